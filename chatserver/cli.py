@@ -1,0 +1,223 @@
+"""The ``chatserver`` command: run a node, migrate the store, add users and rooms."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"chatserver: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+def _run_loop(main: Awaitable[Any]) -> Any:
+    import uvloop
+
+    return uvloop.run(main)  # type: ignore[arg-type]
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+async def _serve(config: Config) -> None:
+    from .server import Node
+    from .store.migrate import SchemaError
+
+    node = Node(config)
+    try:
+        await node.start()
+    except SchemaError as exc:
+        await node.db.close()
+        _fail(str(exc))
+    except OSError as exc:
+        await node.stop()
+        _fail(f"cannot listen: {exc}")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            print("chatserver: forced exit", file=sys.stderr)
+            raise SystemExit(1)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
+    print("chatserver: shutting down", flush=True)
+    await node.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    config = _config(args)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    print(f"chatserver: node {config.node.name}, store {_redact(config.database.url)}", flush=True)
+    _run_loop(_serve(config))
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}@{host}"
+    return url
+
+
+# -- store commands ------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from .store.migrate import head_revision, upgrade
+
+    config = _config(args)
+    upgrade(config.database.url)
+    print(f"chatserver: schema is at revision {head_revision()}")
+
+
+def _with_service(args: argparse.Namespace, body: Callable[[Any], Awaitable[None]]) -> None:
+    from .rooms.service import ChatService
+    from .store.db import Database
+    from .store.migrate import SchemaError, check_schema, upgrade
+
+    config = _config(args)
+    if config.database.url.startswith("sqlite"):
+        upgrade(config.database.url)
+
+    async def main() -> None:
+        db = Database(config.database.url)
+        try:
+            await check_schema(db)
+            await body(ChatService(config, db))
+        except SchemaError as exc:
+            _fail(str(exc))
+        finally:
+            await db.close()
+
+    _run_loop(main())
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            _fail("no terminal to ask for a password; use --password-stdin")
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            _fail("the passwords differ")
+    if len(password) < 8:
+        _fail("the password must have at least 8 characters")
+    return password
+
+
+def cmd_user_add(args: argparse.Namespace) -> None:
+    from .protocol.errors import ChatError
+
+    password = _read_password(args)
+
+    async def body(service: Any) -> None:
+        try:
+            user = await service.add_user(
+                args.name, password, is_admin=args.admin, display_name=args.display_name
+            )
+        except ChatError as exc:
+            _fail(exc.message, 1)
+        role = "administrator" if user.is_admin else "user"
+        print(f"chatserver: added {role} {user.name!r} (id {user.id})")
+
+    _with_service(args, body)
+
+
+def cmd_room_add(args: argparse.Namespace) -> None:
+    from .store import rooms as room_store
+
+    if not 1 <= len(args.name) <= 256:
+        _fail("a room name has 1 to 256 characters")
+    if len(args.description) > 256:
+        _fail("a room description has at most 256 characters")
+
+    async def body(service: Any) -> None:
+        try:
+            room = await room_store.create_room(service.db, args.name, args.description)
+        except room_store.RoomExists:
+            _fail(f"a room named {args.name!r} exists", 1)
+        print(f"chatserver: added room {room.name!r} (id {room.id})")
+
+    _with_service(args, body)
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file (default: $CHATSERVER_CONFIG, else built-in defaults)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="chatserver", description="A persistent chat server."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="run a chat node")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    migrate = sub.add_parser("migrate", parents=[common], help="create or upgrade the store schema")
+    migrate.set_defaults(func=cmd_migrate)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(
+        dest="user_command", required=True, metavar="ACTION"
+    )
+    user_add = user.add_parser("add", parents=[common], help="add a user")
+    user_add.add_argument("name")
+    user_add.add_argument("--admin", action="store_true", help="make the user an administrator")
+    user_add.add_argument("--display-name", help="the name others see (default: NAME)")
+    user_add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    user_add.set_defaults(func=cmd_user_add)
+
+    room = sub.add_parser("room", help="manage rooms").add_subparsers(
+        dest="room_command", required=True, metavar="ACTION"
+    )
+    room_add = room.add_parser("add", parents=[common], help="add a room")
+    room_add.add_argument("name")
+    room_add.add_argument("--description", default="")
+    room_add.set_defaults(func=cmd_room_add)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

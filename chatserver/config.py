@@ -1,0 +1,177 @@
+"""The node's configuration: one typed object, read from defaults, a TOML file, then the environment.
+
+Sources, later ones winning:
+
+1. the defaults below;
+2. a TOML file (``--config FILE`` or ``CHATSERVER_CONFIG``);
+3. environment variables ``CHATSERVER_<SECTION>_<KEY>``, e.g. ``CHATSERVER_DATABASE_URL`` or
+   ``CHATSERVER_LISTEN_TCP``. Values are parsed like TOML values where they can be (numbers,
+   booleans), otherwise taken as strings.
+
+Any invalid file, unknown key or bad value raises :class:`ConfigError`, whose message names the key.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "CHATSERVER_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:port`` for IPv6) into its parts."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not of the form host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{value!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value!r}: port {port} is out of range 0-65535")
+    return host, port
+
+
+class NodeConfig(_Section):
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///var/chat.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+
+class ListenConfig(_Section):
+    tcp: str = "127.0.0.1:5041"
+    websocket: str = "127.0.0.1:5080"
+    management: str = "127.0.0.1:8012"
+    peer: str = "127.0.0.1:8011"
+
+    @field_validator("tcp", "websocket", "management", "peer")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:  # an empty string switches the listener off
+            parse_address(value)
+        return value
+
+
+class TlsConfig(_Section):
+    certificate: str = ""
+    key: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.certificate)
+
+
+class ChatConfig(_Section):
+    default_chat_history: int = Field(30, ge=1, le=500)
+    max_message_chars: int = Field(8000, ge=1, le=1_000_000)
+    history_page_max: int = Field(500, ge=1, le=10_000)
+    session_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+
+
+class LimitsConfig(_Section):
+    max_frame_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    auth_timeout_s: float = Field(10, gt=0, le=3600)
+    posts_per_user_per_s: float = Field(20, gt=0)
+    output_buffer_bytes: int = Field(4_194_304, ge=65_536)
+    max_nesting_depth: int = Field(16, ge=2, le=100)
+    max_requests_in_flight: int = Field(64, ge=1, le=10_000)
+    max_pending_posts: int = Field(100_000, ge=100)
+
+
+class Config(_Section):
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _from_environment(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    sections = {name: set(model.model_fields) for name, model in _sections().items()}
+    out: dict[str, dict[str, Any]] = {}
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section in sections and key in sections[section]:
+            out.setdefault(section, {})[key] = _env_value(text)
+    return out
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    sections: dict[str, type[BaseModel]] = {}
+    for name, field in Config.model_fields.items():
+        annotation = field.annotation
+        assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        sections[name] = annotation
+    return sections
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{key}: {message}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from the defaults, the TOML file at ``path`` and ``env``."""
+    env = os.environ if env is None else env
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = env[ENV_PREFIX + "CONFIG"]
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    for section, values in _from_environment(env).items():
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{section}: must be a table")
+        target.update(values)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None

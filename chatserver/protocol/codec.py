@@ -1,0 +1,110 @@
+"""Framing and payload decoding for the client protocol, with every read bounded.
+
+TCP frames are a 4-byte big-endian unsigned length followed by that many bytes of MessagePack
+encoding one map. A WebSocket message carries one map: MessagePack in a binary message, JSON in a
+text message. The frame size is checked from the header, before the body is buffered, and decoded
+maps are checked for nesting depth before anything else looks at them.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import msgpack
+
+from .errors import FrameTooLarge, ProtocolError
+
+HEADER = struct.Struct(">I")
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"MessagePack extension type {code} is not allowed")
+
+
+def _check_depth(obj: Any, limit: int) -> None:
+    """Raise if ``obj`` nests containers deeper than ``limit`` (the top-level map is depth 1)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise ProtocolError(f"nesting deeper than {limit} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def decode_msgpack(payload: bytes, max_depth: int) -> dict[str, Any]:
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_no_ext)
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        raise ProtocolError(f"malformed MessagePack: {exc}") from None
+    return _as_map(obj, max_depth)
+
+
+def decode_json(payload: bytes | str, max_depth: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    return _as_map(obj, max_depth)
+
+
+def _as_map(obj: Any, max_depth: int) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"a frame must hold a map, not {type(obj).__name__}")
+    _check_depth(obj, max_depth)
+    return obj
+
+
+def encode_msgpack(obj: dict[str, Any]) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode_json(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def tcp_frame(body: bytes) -> bytes:
+    return HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Splits a TCP byte stream into frame bodies.
+
+    ``feed`` returns the complete bodies found so far; it raises :class:`FrameTooLarge` as soon as a
+    header announces more than ``max_frame_bytes``, so an oversized body is never buffered.
+    """
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        frames: list[bytes] = []
+        offset = 0
+        end = len(buffer)
+        while end - offset >= 4:
+            (size,) = HEADER.unpack_from(buffer, offset)
+            if size > self.max_frame_bytes:
+                raise FrameTooLarge(size, self.max_frame_bytes)
+            if end - offset - 4 < size:
+                break
+            frames.append(bytes(buffer[offset + 4 : offset + 4 + size]))
+            offset += 4 + size
+        if offset:
+            del buffer[:offset]
+        return frames

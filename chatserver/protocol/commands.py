@@ -1,0 +1,209 @@
+"""Client requests: one frozen dataclass per op, validated when parsed.
+
+``parse_request(map)`` looks up the op, checks every declared field's presence and type (ints are
+not bools, strings have bounded length) and returns the request object, or raises
+:class:`ChatError` ``bad_request`` naming the field. Unknown keys are ignored, so clients may send
+extra fields to newer servers.
+
+Limits that depend on configuration (message length, page size) are checked by the session layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, ClassVar
+
+from .errors import BAD_REQUEST, ChatError
+
+# Upper bound on any string field not otherwise limited; the frame size bounds the rest.
+MAX_STRING = 1_000_000
+MAX_ID = 2**63 - 1
+
+
+def _field(*, min_len: int = 0, max_len: int = MAX_STRING, min_value: int = 0) -> Any:
+    return dataclasses.field(metadata={"min_len": min_len, "max_len": max_len, "min": min_value})
+
+
+def _optional(*, min_len: int = 0, max_len: int = MAX_STRING, min_value: int = 0) -> Any:
+    return dataclasses.field(
+        default=None, metadata={"min_len": min_len, "max_len": max_len, "min": min_value}
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    OP: ClassVar[str] = ""
+    # Ops served before authentication.
+    PUBLIC: ClassVar[bool] = False
+    id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hello(Request):
+    OP = "hello"
+    PUBLIC = True
+    protocol: int = _field(min_value=1)
+    client: str | None = _optional(max_len=256)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Auth(Request):
+    OP = "auth"
+    PUBLIC = True
+    user: str | None = _optional(min_len=1, max_len=256)
+    password: str | None = _optional(max_len=1024)
+    token: str | None = _optional(min_len=1, max_len=256)
+
+    def __post_init__(self) -> None:
+        if self.token is None and (self.user is None or self.password is None):
+            raise ChatError(BAD_REQUEST, "auth needs either token, or user and password")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ping(Request):
+    OP = "ping"
+    PUBLIC = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rooms(Request):
+    OP = "rooms"
+    query: str | None = _optional(max_len=256)
+    limit: int | None = _optional(min_value=1)
+    cursor: str | None = _optional(max_len=1024)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomCreate(Request):
+    OP = "room.create"
+    name: str = _field(min_len=1, max_len=256)
+    description: str | None = _optional(max_len=256)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Join(Request):
+    OP = "join"
+    room: int = _field(min_value=1)
+    since: int | None = _optional(min_value=0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Leave(Request):
+    OP = "leave"
+    room: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Post(Request):
+    OP = "post"
+    room: int = _field(min_value=1)
+    text: str = _field(min_len=1)
+    cid: str = _field(min_len=1, max_len=64)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class History(Request):
+    OP = "history"
+    room: int = _field(min_value=1)
+    before: int | None = _optional(min_value=1)
+    after: int | None = _optional(min_value=0)
+    limit: int | None = _optional(min_value=1)
+
+    def __post_init__(self) -> None:
+        if self.before is not None and self.after is not None:
+            raise ChatError(BAD_REQUEST, "history takes before or after, not both")
+
+
+REQUESTS: dict[str, type[Request]] = {
+    cls.OP: cls for cls in (Hello, Auth, Ping, Rooms, RoomCreate, Join, Leave, Post, History)
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FieldSpec:
+    name: str
+    kind: type
+    required: bool
+    min_len: int
+    max_len: int
+    min_value: int
+
+
+def _specs(cls: type[Request]) -> tuple[_FieldSpec, ...]:
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        if f.name == "id":
+            continue
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        optional = isinstance(hint, types.UnionType) and type(None) in args
+        kind = next(a for a in args if a is not type(None)) if optional else hint
+        specs.append(
+            _FieldSpec(
+                f.name,
+                kind,
+                not optional,
+                f.metadata.get("min_len", 0),
+                f.metadata.get("max_len", MAX_STRING),
+                f.metadata.get("min", 0),
+            )
+        )
+    return tuple(specs)
+
+
+_SPECS = {op: _specs(cls) for op, cls in REQUESTS.items()}
+
+
+def _bad(message: str) -> ChatError:
+    return ChatError(BAD_REQUEST, message)
+
+
+def _check(spec: _FieldSpec, value: Any) -> Any:
+    if spec.kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _bad(f"field {spec.name!r} must be an integer")
+        if not spec.min_value <= value <= MAX_ID:
+            raise _bad(f"field {spec.name!r} must be at least {spec.min_value}")
+    elif spec.kind is str:
+        if not isinstance(value, str):
+            raise _bad(f"field {spec.name!r} must be a string")
+        if not spec.min_len <= len(value) <= spec.max_len:
+            raise _bad(
+                f"field {spec.name!r} must be {spec.min_len} to {spec.max_len} characters long"
+            )
+    elif spec.kind is bool:
+        if not isinstance(value, bool):
+            raise _bad(f"field {spec.name!r} must be true or false")
+    return value
+
+
+def request_id(obj: dict[str, Any]) -> int | None:
+    """The request's id if it has a usable one, for error replies to unparseable requests."""
+    value = obj.get("id")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
+        return value
+    return None
+
+
+def parse_request(obj: dict[str, Any]) -> Request:
+    op = obj.get("op")
+    if not isinstance(op, str):
+        raise _bad("field 'op' must be a string")
+    rid = request_id(obj)
+    if rid is None:
+        raise _bad("field 'id' must be a non-negative integer")
+    cls = REQUESTS.get(op)
+    if cls is None:
+        raise _bad(f"unknown op {op[:64]!r}")
+    values: dict[str, Any] = {"id": rid}
+    for spec in _SPECS[op]:
+        value = obj.get(spec.name)
+        if value is None:
+            if spec.required:
+                raise _bad(f"field {spec.name!r} is required")
+            continue
+        values[spec.name] = _check(spec, value)
+    return cls(**values)

@@ -1,0 +1,63 @@
+"""Error codes of the client protocol and the exceptions that carry them.
+
+::
+
+    ChatError (code, message)           -- an op failed; the reply says why, the connection lives on
+    └── ProtocolError                   -- the peer broke the framing; the connection is closed
+        └── FrameTooLarge               -- a frame above max_frame_bytes
+
+``ChatError`` is raised by the domain layers and turned into ``{"re": id, "ok": false, "error": ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+BAD_REQUEST: Final = "bad_request"
+UNAUTHENTICATED: Final = "unauthenticated"
+FORBIDDEN: Final = "forbidden"
+NOT_FOUND: Final = "not_found"
+CONFLICT: Final = "conflict"
+TOO_LARGE: Final = "too_large"
+RATE_LIMITED: Final = "rate_limited"
+UNAVAILABLE: Final = "unavailable"
+INTERNAL: Final = "internal"
+
+CODES: Final = frozenset(
+    {
+        BAD_REQUEST,
+        UNAUTHENTICATED,
+        FORBIDDEN,
+        NOT_FOUND,
+        CONFLICT,
+        TOO_LARGE,
+        RATE_LIMITED,
+        UNAVAILABLE,
+        INTERNAL,
+    }
+)
+
+
+class ChatError(Exception):
+    """An op failed with one of the documented codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        assert code in CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class ProtocolError(ChatError):
+    """The peer sent bytes that cannot be a frame; the connection is closed after telling it why."""
+
+    def __init__(self, message: str, code: str = BAD_REQUEST) -> None:
+        super().__init__(code, message)
+
+
+class FrameTooLarge(ProtocolError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds max_frame_bytes={limit}", TOO_LARGE)

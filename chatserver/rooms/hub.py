@@ -1,0 +1,235 @@
+"""Live delivery: per-room subscriber sets, the recent-message cache, in-order fan-out.
+
+Every stored message reaches :meth:`Hub.deliver` (from this node's writer, and later from peers).
+For each room the hub keeps ``last_seq``, the highest sequence number it has delivered, and keeps
+these rules (ARCHITECTURE invariant 4):
+
+- a message at or below ``last_seq`` is a duplicate and is dropped;
+- a message at ``last_seq + 1`` is appended to the cache and fanned out;
+- a message beyond ``last_seq + 1`` reveals a gap: the room stops delivering, reads the missing
+  messages from the store, then delivers everything in order.
+
+Fan-out wraps each message in one :class:`Outgoing`, encoded once per wire format and shared by
+all subscribers.
+
+A subscriber that joins with a snapshot (the join reply) is added in the same event-loop step
+that takes the snapshot, so its live events start exactly after the reply's ``last_seq``. When the
+snapshot needs the store, the subscription buffers live events until the reply is queued and then
+releases those above the snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ..protocol.events import Outgoing
+from ..store.messages import Message
+
+log = logging.getLogger(__name__)
+
+# A subscription that waits for its snapshot buffers at most this many events, then resyncs.
+MAX_BUFFERED_EVENTS = 10_000
+
+
+class Subscriber(Protocol):
+    def send(self, item: Outgoing) -> None: ...
+
+    def resync(self, room: int, reason: str) -> None: ...
+
+
+class Subscription:
+    """One subscriber's interest in one room."""
+
+    __slots__ = ("buffer", "room", "subscriber")
+
+    def __init__(self, room: int, subscriber: Subscriber, *, buffering: bool) -> None:
+        self.room = room
+        self.subscriber = subscriber
+        self.buffer: list[tuple[int, Outgoing]] | None = [] if buffering else None
+
+
+LoadRecent = Callable[[int, int], Awaitable[tuple[int, list[Message]]]]
+LoadAfter = Callable[[int, int, int], Awaitable[list[Message]]]
+
+
+class RoomState:
+    __slots__ = ("id", "last_seq", "pending", "ready", "recent", "subscriptions", "task")
+
+    def __init__(self, room_id: int, cache_size: int) -> None:
+        self.id = room_id
+        self.subscriptions: dict[Subscriber, Subscription] = {}
+        self.last_seq = 0
+        self.recent: deque[dict[str, Any]] = deque(maxlen=cache_size)
+        # Not ready while loading or repairing a gap; deliveries wait in ``pending`` meanwhile.
+        self.ready = False
+        self.pending: list[Message] = []
+        self.task: asyncio.Task[None] | None = None
+
+
+class Hub:
+    def __init__(
+        self,
+        *,
+        cache_size: int,
+        load_recent: LoadRecent,
+        load_after: LoadAfter,
+        max_idle_rooms: int = 10_000,
+    ) -> None:
+        self.cache_size = cache_size
+        self._load_recent = load_recent
+        self._load_after = load_after
+        self._rooms: OrderedDict[int, RoomState] = OrderedDict()
+        self._max_idle_rooms = max_idle_rooms
+        self.delivered = 0
+
+    # -- room state -------------------------------------------------------------------------
+
+    async def room(self, room_id: int) -> RoomState:
+        """The room's state, loaded from the store (cache and ``last_seq``) if needed."""
+        state = self._rooms.get(room_id)
+        if state is None:
+            state = RoomState(room_id, self.cache_size)
+            self._rooms[room_id] = state
+            state.task = asyncio.get_running_loop().create_task(self._load(state))
+            self._evict_idle()
+        else:
+            self._rooms.move_to_end(room_id)
+        while not state.ready:
+            assert state.task is not None
+            await asyncio.shield(state.task)
+            if self._rooms.get(room_id) is not state:  # evicted or failed; start again
+                return await self.room(room_id)
+        return state
+
+    async def _load(self, state: RoomState) -> None:
+        try:
+            last_seq, recent = await self._load_recent(state.id, self.cache_size)
+        except Exception:
+            self._rooms.pop(state.id, None)
+            raise
+        state.last_seq = last_seq
+        state.recent.extend(m.wire() for m in recent)
+        self._finish(state)
+
+    def _finish(self, state: RoomState) -> None:
+        state.ready = True
+        state.task = None
+        pending, state.pending = state.pending, []
+        self._deliver_room(state, pending)
+
+    def _evict_idle(self) -> None:
+        if len(self._rooms) <= self._max_idle_rooms:
+            return
+        for room_id, state in list(self._rooms.items()):
+            if len(self._rooms) <= self._max_idle_rooms:
+                break
+            if not state.subscriptions and state.ready:
+                del self._rooms[room_id]
+
+    def forget(self, room_id: int) -> None:
+        """Drop a room's cache and subscribers (the room is gone)."""
+        state = self._rooms.pop(room_id, None)
+        if state is not None:
+            for sub in list(state.subscriptions.values()):
+                sub.subscriber.resync(room_id, "room_removed")
+
+    # -- subscribing ------------------------------------------------------------------------
+
+    def subscribe(self, state: RoomState, subscriber: Subscriber) -> None:
+        """Deliver every message after ``state.last_seq`` (as of now) to ``subscriber``."""
+        assert state.ready
+        state.subscriptions[subscriber] = Subscription(state.id, subscriber, buffering=False)
+
+    def subscribe_buffered(self, state: RoomState, subscriber: Subscriber) -> Subscription:
+        """Subscribe now, holding live events until :meth:`release` says where the snapshot ends."""
+        sub = Subscription(state.id, subscriber, buffering=True)
+        state.subscriptions[subscriber] = sub
+        return sub
+
+    def release(self, sub: Subscription, snapshot_seq: int) -> None:
+        """Send the held events above ``snapshot_seq`` and go live."""
+        buffered, sub.buffer = sub.buffer or [], None
+        for seq, item in buffered:
+            if seq > snapshot_seq:
+                sub.subscriber.send(item)
+
+    def unsubscribe(self, room_id: int, subscriber: Subscriber) -> bool:
+        state = self._rooms.get(room_id)
+        if state is None:
+            return False
+        return state.subscriptions.pop(subscriber, None) is not None
+
+    def is_subscribed(self, room_id: int, subscriber: Subscriber) -> bool:
+        state = self._rooms.get(room_id)
+        return state is not None and subscriber in state.subscriptions
+
+    def subscriber_count(self, room_id: int) -> int:
+        state = self._rooms.get(room_id)
+        return 0 if state is None else len(state.subscriptions)
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def deliver(self, stored: list[Message]) -> None:
+        """Fan out committed messages; ``stored`` is in ``seq`` order within each room."""
+        by_room: dict[int, list[Message]] = {}
+        for message in stored:
+            by_room.setdefault(message.room, []).append(message)
+        for room_id, batch in by_room.items():
+            state = self._rooms.get(room_id)
+            if state is not None:
+                if state.ready:
+                    self._deliver_room(state, batch)
+                else:
+                    state.pending.extend(batch)
+
+    def _deliver_room(self, state: RoomState, batch: list[Message]) -> None:
+        for index, message in enumerate(batch):
+            if message.seq <= state.last_seq:
+                continue
+            if message.seq > state.last_seq + 1:
+                # A gap: fetch what is missing before delivering anything after it.
+                state.ready = False
+                state.pending = batch[index:]
+                state.task = asyncio.get_running_loop().create_task(self._repair(state))
+                return
+            state.last_seq = message.seq
+            wire = message.wire()
+            state.recent.append(wire)
+            if state.subscriptions:
+                item = Outgoing({"ev": "message", **wire})
+                for sub in list(state.subscriptions.values()):
+                    if sub.buffer is None:
+                        sub.subscriber.send(item)
+                    elif len(sub.buffer) < MAX_BUFFERED_EVENTS:
+                        sub.buffer.append((message.seq, item))
+                    else:
+                        del state.subscriptions[sub.subscriber]
+                        sub.subscriber.resync(state.id, "too_slow")
+                self.delivered += len(state.subscriptions)
+
+    async def _repair(self, state: RoomState) -> None:
+        target = max(m.seq for m in state.pending)
+        try:
+            while state.last_seq < target:
+                missing = await self._load_after(state.id, state.last_seq, 1000)
+                if not missing or missing[0].seq != state.last_seq + 1:
+                    raise RuntimeError(f"store has no message {state.last_seq + 1}")
+                self._deliver_ready(state, missing)
+        except Exception:
+            log.exception("room %d: gap repair failed; subscribers resync", state.id)
+            self._rooms.pop(state.id, None)
+            for sub in state.subscriptions.values():
+                sub.subscriber.resync(state.id, "gap")
+            return
+        self._finish(state)
+
+    def _deliver_ready(self, state: RoomState, batch: list[Message]) -> None:
+        state.ready = True
+        try:
+            self._deliver_room(state, batch)
+        finally:
+            state.ready = False

@@ -1,0 +1,269 @@
+"""The chat domain: authentication, room directory, authorization, posting, history.
+
+Every transport's sessions call these functions; so will the management port. Each op that reads
+or writes a room goes through :meth:`ChatService.readable_room` / :meth:`writable_room`, the one
+authorization path (ARCHITECTURE invariant 6). Until the governance model lands every user may see,
+read and post in every room; a room that does not exist answers ``not_found``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections import OrderedDict
+from typing import Any
+
+from ..config import Config
+from ..passwords import DUMMY_HASH, hash_password, verify_password
+from ..protocol.errors import (
+    BAD_REQUEST,
+    CONFLICT,
+    FORBIDDEN,
+    NOT_FOUND,
+    RATE_LIMITED,
+    TOO_LARGE,
+    UNAUTHENTICATED,
+    ChatError,
+)
+from ..store import messages as message_store
+from ..store import rooms as room_store
+from ..store import users as user_store
+from ..store.db import Database
+from ..store.messages import Message, NewPost, Stored
+from ..store.rooms import Room
+from ..store.users import User
+from .hub import Hub, Subscriber
+from .writer import Writer
+
+ROOM_PAGE_DEFAULT = 50
+ROOM_PAGE_MAX = 500
+
+
+class TokenBucket:
+    __slots__ = ("rate", "tokens", "updated")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.updated = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class RateLimiter:
+    """Posts per user per second, shared by all of a user's connections; bounded in size."""
+
+    def __init__(self, rate: float, max_users: int = 200_000) -> None:
+        self.rate = rate
+        self._buckets: OrderedDict[int, TokenBucket] = OrderedDict()
+        self._max_users = max_users
+        self.limited = 0
+
+    def allow(self, user_id: int) -> bool:
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            bucket = self._buckets[user_id] = TokenBucket(self.rate)
+            if len(self._buckets) > self._max_users:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(user_id)
+        if bucket.take():
+            return True
+        self.limited += 1
+        return False
+
+
+def _not_found(room_id: int) -> ChatError:
+    return ChatError(NOT_FOUND, f"no room {room_id}")
+
+
+class ChatService:
+    def __init__(self, config: Config, db: Database) -> None:
+        self.config = config
+        self.db = db
+        chat = config.chat
+        self.hub = Hub(
+            cache_size=chat.default_chat_history,
+            load_recent=self._load_recent,
+            load_after=lambda room, seq, limit: message_store.after(db, room, seq, limit),
+        )
+        self.writer = Writer(
+            db, self.hub.deliver, max_pending=config.limits.max_pending_posts
+        )
+        self.rate_limiter = RateLimiter(config.limits.posts_per_user_per_s)
+        self._rooms: OrderedDict[int, Room] = OrderedDict()
+        self._max_cached_rooms = 100_000
+
+    def start(self) -> None:
+        self.writer.start()
+
+    async def close(self) -> None:
+        await self.writer.close()
+
+    # -- users ------------------------------------------------------------------------------
+
+    async def login(self, name: str, password: str) -> tuple[User, str]:
+        found = await user_store.credentials(self.db, name)
+        stored_hash = found[1] if found else DUMMY_HASH
+        ok = await asyncio.to_thread(verify_password, password, stored_hash)
+        if not ok or found is None:
+            raise ChatError(UNAUTHENTICATED, "wrong user name or password")
+        user = found[0]
+        token = await user_store.create_session(self.db, user.id, self.config.chat.session_ttl_s)
+        return user, token
+
+    async def resume(self, token: str) -> User:
+        user = await user_store.user_for_token(self.db, token)
+        if user is None:
+            raise ChatError(UNAUTHENTICATED, "the token is unknown or expired")
+        return user
+
+    async def add_user(
+        self, name: str, password: str, *, is_admin: bool = False, display_name: str | None = None
+    ) -> User:
+        password_hash = await asyncio.to_thread(hash_password, password)
+        try:
+            return await user_store.create_user(
+                self.db, name, password_hash, is_admin=is_admin, display_name=display_name
+            )
+        except user_store.UserExists:
+            raise ChatError(CONFLICT, f"a user named {name!r} exists") from None
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    async def _room(self, room_id: int) -> Room | None:
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = await room_store.get_room(self.db, room_id)
+            if room is None:
+                return None
+            self._rooms[room_id] = room
+            if len(self._rooms) > self._max_cached_rooms:
+                self._rooms.popitem(last=False)
+        return room
+
+    async def readable_room(self, user: User, room_id: int) -> Room:
+        """The room if ``user`` may find and read it; otherwise ``not_found``, as if absent."""
+        room = await self._room(room_id)
+        if room is None:
+            raise _not_found(room_id)
+        return room
+
+    async def writable_room(self, user: User, room_id: int) -> Room:
+        """The room if ``user`` may post in it."""
+        return await self.readable_room(user, room_id)
+
+    async def create_room(self, user: User, name: str, description: str) -> Room:
+        if not user.is_admin:
+            raise ChatError(FORBIDDEN, "only administrators create rooms")
+        try:
+            return await room_store.create_room(self.db, name, description)
+        except room_store.RoomExists:
+            raise ChatError(CONFLICT, f"a room named {name!r} exists") from None
+
+    async def list_rooms(
+        self, user: User, query: str | None, limit: int | None, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        limit = min(limit or ROOM_PAGE_DEFAULT, ROOM_PAGE_MAX)
+        after_name = None
+        if cursor:
+            try:
+                after_name = base64.urlsafe_b64decode(cursor.encode()).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise ChatError(BAD_REQUEST, "field 'cursor' is not a cursor of this server") from None
+        found = await room_store.list_rooms(
+            self.db, query=query, after_name=after_name, limit=limit + 1
+        )
+        page = found[:limit]
+        rooms = [room.public() for room in page]
+        next_cursor = None
+        if len(found) > limit:
+            next_cursor = base64.urlsafe_b64encode(page[-1].name.encode()).decode()
+        return rooms, next_cursor
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _load_recent(self, room_id: int, limit: int) -> tuple[int, list[Message]]:
+        last = await message_store.last_seq(self.db, room_id)
+        recent = await message_store.latest(self.db, room_id, limit)
+        top = recent[-1].seq if recent else 0
+        return max(last or 0, top), recent
+
+    async def join(
+        self, user: User, subscriber: Subscriber, room_id: int, since: int | None
+    ) -> tuple[dict[str, Any], Any]:
+        """Subscribe and return the join reply's fields and a release callback.
+
+        The caller queues the reply, then calls the callback, which starts live delivery
+        exactly after the reply's ``last_seq``.
+        """
+        room = await self.readable_room(user, room_id)
+        state = await self.hub.room(room.id)
+        page_max = self.config.chat.history_page_max
+        cached = list(state.recent)
+        first_cached = cached[0]["seq"] if cached else state.last_seq + 1
+        if since is None or since >= first_cached - 1:
+            # Served from the cache, and subscribed in the same step: no await in between.
+            if since is None:
+                messages = cached[-self.config.chat.default_chat_history :]
+            else:
+                messages = [m for m in cached if m["seq"] > since][-page_max:]
+            gap = bool(since is not None and messages and messages[0]["seq"] > since + 1)
+            self.hub.subscribe(state, subscriber)
+            return (
+                {"room": room.id, "last_seq": state.last_seq, "messages": messages, "gap": gap},
+                None,
+            )
+        sub = self.hub.subscribe_buffered(state, subscriber)
+        try:
+            last = await message_store.last_seq(self.db, room.id) or 0
+            newest = await message_store.latest(self.db, room.id, page_max, after=since)
+        except BaseException:
+            self.hub.unsubscribe(room.id, subscriber)
+            raise
+        snapshot = max(last, newest[-1].seq if newest else 0)
+        gap = bool(newest and newest[0].seq > since + 1)
+        reply = {
+            "room": room.id,
+            "last_seq": snapshot,
+            "messages": [m.wire() for m in newest],
+            "gap": gap,
+        }
+        return reply, lambda: self.hub.release(sub, snapshot)
+
+    def leave(self, subscriber: Subscriber, room_id: int) -> bool:
+        return self.hub.unsubscribe(room_id, subscriber)
+
+    async def history(
+        self, user: User, room_id: int, before: int | None, after: int | None, limit: int | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        room = await self.readable_room(user, room_id)
+        page_max = self.config.chat.history_page_max
+        if limit is not None and limit > page_max:
+            raise ChatError(TOO_LARGE, f"limit exceeds history_page_max={page_max}")
+        limit = limit or min(page_max, 50)
+        if after is not None:
+            found = await message_store.after(self.db, room.id, after, limit + 1)
+            return [m.wire() for m in found[:limit]], len(found) > limit
+        found = await message_store.latest(self.db, room.id, limit + 1, before=before)
+        return [m.wire() for m in found[-limit:]], len(found) > limit
+
+    # -- posting ----------------------------------------------------------------------------
+
+    async def post(self, user: User, room_id: int, text: str, cid: str) -> asyncio.Future[Stored]:
+        """Queue a post for the next group commit; the future resolves after commit."""
+        limit = self.config.chat.max_message_chars
+        if len(text) > limit:
+            raise ChatError(TOO_LARGE, f"message exceeds max_message_chars={limit}")
+        room = await self.writable_room(user, room_id)
+        if not self.rate_limiter.allow(user.id):
+            raise ChatError(RATE_LIMITED, "too many posts; slow down")
+        return self.writer.submit(NewPost(room.id, user.id, user.name, cid, text))

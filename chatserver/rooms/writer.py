@@ -1,0 +1,110 @@
+"""Group commit: posts that arrive while a transaction runs are stored together in the next one.
+
+::
+
+    submit(post) ──► queue ──► [one transaction: lock rooms, assign seqs, insert N rows] ──► commit
+                                                                                   │
+            futures resolved (acks sent) ◄── hub.deliver(new messages) ◄───────────┘
+
+Nothing is acknowledged before its transaction commits (ARCHITECTURE invariant 1); a failed
+transaction fails every post in it with ``unavailable`` and stores none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ..protocol.errors import UNAVAILABLE, ChatError
+from ..store.db import Database
+from ..store.messages import Message, NewPost, Stored, store_batch
+
+log = logging.getLogger(__name__)
+
+
+class Writer:
+    def __init__(
+        self,
+        db: Database,
+        on_stored: Callable[[list[Message]], None],
+        *,
+        max_batch: int = 1000,
+        max_pending: int = 100_000,
+    ) -> None:
+        self._db = db
+        self._on_stored = on_stored
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._queue: deque[tuple[NewPost, asyncio.Future[Stored]]] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        # Observations for metrics and benchmarks.
+        self.batches = 0
+        self.stored = 0
+        self.last_batch_size = 0
+        self.last_batch_seconds = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="writer")
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def submit(self, post: NewPost) -> asyncio.Future[Stored]:
+        if self._closing:
+            raise ChatError(UNAVAILABLE, "the server is shutting down")
+        if len(self._queue) >= self._max_pending:
+            raise ChatError(UNAVAILABLE, "the server is overloaded; retry the post later")
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._queue.append((post, future))
+        self._wakeup.set()
+        return future
+
+    async def close(self) -> None:
+        """Store what was submitted, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                take = min(len(self._queue), self._max_batch)
+                batch = [self._queue.popleft() for _ in range(take)]
+                await self._commit(batch)
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[tuple[NewPost, asyncio.Future[Stored]]]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await store_batch(self._db, [post for post, _ in batch])
+        except Exception as exc:
+            log.error("storing a batch of %d posts failed: %s", len(batch), exc)
+            error = ChatError(UNAVAILABLE, "the message could not be stored; retry with the same cid")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        self.batches += 1
+        self.last_batch_size = len(batch)
+        self.last_batch_seconds = time.perf_counter() - started
+        new = [r.message for r in results if r.message is not None and not r.duplicate]
+        self.stored += len(new)
+        if new:
+            new.sort(key=lambda m: (m.room, m.seq))
+            try:
+                self._on_stored(new)
+            except Exception:
+                log.exception("delivering stored messages failed")
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)

@@ -1,0 +1,232 @@
+"""A client session: the protocol state of one connection, whatever its transport.
+
+The transport hands every decoded map to :meth:`Session.receive`. Requests are served one at a
+time, in order, by a task that exists only while requests are waiting (an idle connection holds no
+task). A ``post`` does not hold the line while its transaction commits: the reply is sent from the
+write's completion callback, so a client may pipeline posts and they are stored in the order sent.
+
+States: ``new`` (only ``hello`` and ``ping``) → ``hello`` (``auth`` and ``ping``) → ``authenticated``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from . import PROTOCOL_VERSION, __version__
+from .protocol import commands as cmd
+from .protocol.errors import (
+    BAD_REQUEST,
+    INTERNAL,
+    UNAUTHENTICATED,
+    ChatError,
+)
+from .protocol.events import Outgoing, error_reply, reply
+from .store.messages import Stored
+from .store.users import User
+
+if TYPE_CHECKING:
+    from .rooms.service import ChatService
+    from .transport.connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(self, service: ChatService, conn: Connection) -> None:
+        self.service = service
+        self.conn = conn
+        self.said_hello = False
+        self.user: User | None = None
+        self.rooms: set[int] = set()
+        self._queue: deque[dict[str, Any]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._posts_in_flight = 0
+        self.closed = False
+
+    # -- input ------------------------------------------------------------------------------
+
+    def receive(self, obj: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        self._queue.append(obj)
+        limits = self.service.config.limits
+        if len(self._queue) + self._posts_in_flight >= limits.max_requests_in_flight:
+            self.conn.pause_reading()
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    def reject(self, error: ChatError) -> None:
+        """A frame could not be decoded; tell the client (it has no request id)."""
+        self.conn.send(Outgoing(error_reply(None, error.code, error.message)))
+
+    async def _work(self) -> None:
+        try:
+            while self._queue and not self.closed:
+                obj = self._queue.popleft()
+                response = await self._serve(obj)
+                if response is not None:
+                    self.conn.send(Outgoing(response))
+                self._maybe_resume_reading()
+        finally:
+            self._worker = None
+
+    def _maybe_resume_reading(self) -> None:
+        limits = self.service.config.limits
+        if len(self._queue) + self._posts_in_flight < limits.max_requests_in_flight // 2 + 1:
+            self.conn.resume_reading()
+
+    async def _serve(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        rid = cmd.request_id(obj)
+        try:
+            request = cmd.parse_request(obj)
+            return await self._dispatch(request)
+        except ChatError as exc:
+            return error_reply(rid, exc.code, exc.message)
+        except Exception:
+            log.exception("op %r failed", obj.get("op"))
+            return error_reply(rid, INTERNAL, "internal error")
+
+    async def _dispatch(self, request: cmd.Request) -> dict[str, Any] | None:
+        if not self.said_hello and not isinstance(request, cmd.Hello | cmd.Ping):
+            raise ChatError(BAD_REQUEST, "hello must come first")
+        if self.user is None and not request.PUBLIC:
+            raise ChatError(UNAUTHENTICATED, "authenticate first")
+        handler = getattr(self, "op_" + request.OP.replace(".", "_"))
+        return await handler(request)  # type: ignore[no-any-return]
+
+    # -- ops --------------------------------------------------------------------------------
+
+    async def op_hello(self, request: cmd.Hello) -> dict[str, Any]:
+        if request.protocol != PROTOCOL_VERSION:
+            raise ChatError(BAD_REQUEST, f"this server speaks protocol {PROTOCOL_VERSION}")
+        self.said_hello = True
+        config = self.service.config
+        return reply(
+            request.id,
+            server=f"chatserver/{__version__}",
+            protocol=PROTOCOL_VERSION,
+            node=config.node.name,
+            limits={
+                "max_frame_bytes": config.limits.max_frame_bytes,
+                "max_message_chars": config.chat.max_message_chars,
+                "default_chat_history": config.chat.default_chat_history,
+                "history_page_max": config.chat.history_page_max,
+            },
+        )
+
+    async def op_auth(self, request: cmd.Auth) -> dict[str, Any]:
+        if self.user is not None:
+            raise ChatError(BAD_REQUEST, "already authenticated")
+        if request.token is not None:
+            user = await self.service.resume(request.token)
+            token = request.token
+        else:
+            assert request.user is not None and request.password is not None
+            user, token = await self.service.login(request.user, request.password)
+        if self.closed:
+            return None  # type: ignore[return-value]
+        self.user = user
+        self.conn.authenticated(user)
+        return reply(request.id, user=user.public(), token=token)
+
+    async def op_ping(self, request: cmd.Ping) -> dict[str, Any]:
+        return reply(request.id)
+
+    async def op_rooms(self, request: cmd.Rooms) -> dict[str, Any]:
+        assert self.user is not None
+        rooms, cursor = await self.service.list_rooms(
+            self.user, request.query, request.limit, request.cursor
+        )
+        return reply(request.id, rooms=rooms, cursor=cursor)
+
+    async def op_room_create(self, request: cmd.RoomCreate) -> dict[str, Any]:
+        assert self.user is not None
+        room = await self.service.create_room(self.user, request.name, request.description or "")
+        return reply(request.id, room=room.public())
+
+    async def op_join(self, request: cmd.Join) -> dict[str, Any] | None:
+        assert self.user is not None
+        fields, release = await self.service.join(self.user, self, request.room, request.since)
+        if self.closed:
+            self.service.leave(self, request.room)
+            return None
+        self.rooms.add(request.room)
+        self.conn.send(Outgoing(reply(request.id, **fields)))
+        if release is not None:
+            release()
+        return None
+
+    async def op_leave(self, request: cmd.Leave) -> dict[str, Any]:
+        self.rooms.discard(request.room)
+        self.service.leave(self, request.room)
+        return reply(request.id)
+
+    async def op_history(self, request: cmd.History) -> dict[str, Any]:
+        assert self.user is not None
+        messages, more = await self.service.history(
+            self.user, request.room, request.before, request.after, request.limit
+        )
+        return reply(request.id, messages=messages, more=more)
+
+    async def op_post(self, request: cmd.Post) -> None:
+        assert self.user is not None
+        future = await self.service.post(self.user, request.room, request.text, request.cid)
+        self._posts_in_flight += 1
+        rid = request.id
+
+        def done(f: asyncio.Future[Stored]) -> None:
+            self._posts_in_flight -= 1
+            self._maybe_resume_reading()
+            if f.cancelled():
+                response = error_reply(rid, INTERNAL, "the post was cancelled")
+            elif (exc := f.exception()) is not None:
+                if isinstance(exc, ChatError):
+                    response = error_reply(rid, exc.code, exc.message)
+                else:
+                    response = error_reply(rid, INTERNAL, "internal error")
+            else:
+                stored = f.result()
+                if stored.message is None:
+                    response = error_reply(rid, "not_found", f"no room {request.room}")
+                else:
+                    response = reply(
+                        rid,
+                        seq=stored.message.seq,
+                        ts=stored.message.ts,
+                        duplicate=stored.duplicate,
+                    )
+            if not self.closed:
+                self.conn.send(Outgoing(response))
+
+        future.add_done_callback(done)
+        return None
+
+    # -- subscriber interface (called by the hub) -------------------------------------------
+
+    def send(self, item: Outgoing) -> None:
+        self.conn.send(item)
+
+    def resync(self, room: int, reason: str) -> None:
+        """Live delivery of ``room`` stopped for this connection; the client rejoins with since."""
+        self.rooms.discard(room)
+        self.service.leave(self, room)
+        self.conn.send(Outgoing({"ev": "resync", "room": room, "reason": reason}))
+
+    def fall_behind(self) -> None:
+        """The connection's output passed its limit: stop every room's live events."""
+        for room in list(self.rooms):
+            self.resync(room, "too_slow")
+
+    # -- end --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for room in self.rooms:
+            self.service.leave(self, room)
+        self.rooms.clear()
+        self._queue.clear()

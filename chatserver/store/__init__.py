@@ -1,0 +1,1 @@
+"""The content store: SQLAlchemy Core tables (``schema``), one module per domain, both dialects."""

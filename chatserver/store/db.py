@@ -1,0 +1,120 @@
+"""The content store's connection: one SQLAlchemy async engine per node, for either dialect.
+
+- SQLite (the embedded default) through aiosqlite, in WAL mode with ``synchronous=FULL`` so a
+  committed transaction survives power loss. Write transactions begin ``IMMEDIATE`` so two writers
+  queue on the lock instead of failing to upgrade a read lock.
+- PostgreSQL through asyncpg. The group-commit fast path also keeps a small asyncpg pool of its own
+  (:meth:`Database.pg_pool`), for statements SQLAlchemy cannot express as cheaply.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Map a configured URL (``sqlite:///…``, ``postgresql://…``) to its async driver URL."""
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        return "postgresql+asyncpg://" + url[len("postgresql://") :]
+    raise ValueError(f"unsupported database URL {url!r}")
+
+
+def dialect_of(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite") else "postgresql"
+
+
+def sqlite_path(url: str) -> Path | None:
+    database = make_url(sqlalchemy_url(url)).database
+    if not database or database == ":memory:":
+        return None
+    return Path(database)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.dialect = dialect_of(url)
+        self._pg_pool: Any = None
+        if self.dialect == "sqlite":
+            path = sqlite_path(url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(sqlalchemy_url(url))
+            _configure_sqlite(self.engine)
+        else:
+            self.engine = create_async_engine(
+                sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size
+            )
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that commits when the block exits normally and rolls back otherwise."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(chat_write=True)
+            async with conn.begin():
+                yield conn
+
+    async def pg_pool(self) -> Any:
+        """An asyncpg pool on the same database, for the PostgreSQL fast paths."""
+        assert self.is_postgres
+        if self._pg_pool is None:
+            import asyncpg
+
+            dsn = make_url(self.url.replace("postgres://", "postgresql://", 1))
+            self._pg_pool = await asyncpg.create_pool(
+                dsn.render_as_string(hide_password=False), min_size=1, max_size=4
+            )
+        return self._pg_pool
+
+    async def close(self) -> None:
+        if self._pg_pool is not None:
+            await self._pg_pool.close()
+            self._pg_pool = None
+        await self.engine.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver's own is always DEFERRED).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("chat_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")

@@ -1,0 +1,226 @@
+"""Messages: the group-commit batch insert and history reads.
+
+Every room has a gap-free sequence ``seq`` = 1, 2, 3, … assigned inside the storing transaction,
+under a lock on the room's row taken in ascending room-id order (so two batches cannot deadlock).
+Because the lock is held until commit, commit order equals ``seq`` order in every room.
+
+A post is identified by (room, sender, cid); a post whose key is already stored (or earlier in the
+same batch) stores nothing and reports the first message's ``seq`` with ``duplicate=True``. The
+duplicate check runs after the room lock is held, so it cannot race a concurrent insert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, tuple_, update
+
+from .db import Database, now_ms
+from .schema import messages, rooms, users
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    room: int
+    seq: int
+    ts: int
+    sender_id: int
+    sender_name: str
+    text: str
+    cid: str
+
+    def wire(self) -> dict[str, Any]:
+        """The message as every reply and event carries it."""
+        return {
+            "room": self.room,
+            "seq": self.seq,
+            "ts": self.ts,
+            "sender": {"id": self.sender_id, "name": self.sender_name},
+            "text": self.text,
+            "cid": self.cid,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewPost:
+    room: int
+    sender_id: int
+    sender_name: str
+    cid: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The outcome of one post in a batch."""
+
+    message: Message | None  # None: the room does not exist (any more)
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class _Plan:
+    results: list[Stored]
+    new_rows: list[Message]
+    last_seqs: dict[int, int]
+
+
+def _plan(
+    posts: list[NewPost],
+    last_seqs: dict[int, int],
+    existing: dict[tuple[int, int, str], tuple[int, int, str]],
+    ts: int,
+) -> _Plan:
+    """Assign seqs to the new posts of a batch; pure, shared by both dialects."""
+    results: list[Stored] = []
+    new_rows: list[Message] = []
+    seen: dict[tuple[int, int, str], Message] = {}
+    last = dict(last_seqs)
+    for post in posts:
+        key = (post.room, post.sender_id, post.cid)
+        if post.room not in last:
+            results.append(Stored(None, False))
+        elif key in seen:
+            results.append(Stored(seen[key], True))
+        elif key in existing:
+            seq, old_ts, text = existing[key]
+            msg = Message(post.room, seq, old_ts, post.sender_id, post.sender_name, text, post.cid)
+            seen[key] = msg
+            results.append(Stored(msg, True))
+        else:
+            last[post.room] += 1
+            msg = Message(post.room, last[post.room], ts, post.sender_id, post.sender_name,
+                          post.text, post.cid)
+            seen[key] = msg
+            new_rows.append(msg)
+            results.append(Stored(msg, False))
+    changed = {room: seq for room, seq in last.items() if seq != last_seqs[room]}
+    return _Plan(results, new_rows, changed)
+
+
+async def store_batch(db: Database, posts: list[NewPost]) -> list[Stored]:
+    """Store a batch of posts in one transaction; the results are in the order of ``posts``."""
+    if db.is_postgres:
+        return await _store_batch_pg(db, posts)
+    return await _store_batch_generic(db, posts)
+
+
+async def _store_batch_generic(db: Database, posts: list[NewPost]) -> list[Stored]:
+    room_ids = sorted({p.room for p in posts})
+    keys = list({(p.room, p.sender_id, p.cid) for p in posts})
+    async with db.write() as conn:
+        rows = await conn.execute(
+            select(rooms.c.id, rooms.c.last_seq)
+            .where(rooms.c.id.in_(room_ids))
+            .order_by(rooms.c.id)
+            .with_for_update()
+        )
+        last_seqs = {row.id: row.last_seq for row in rows}
+        existing = {}
+        for row in await conn.execute(
+            select(messages.c.room_id, messages.c.sender_id, messages.c.cid, messages.c.seq,
+                   messages.c.ts, messages.c.text)
+            .where(tuple_(messages.c.room_id, messages.c.sender_id, messages.c.cid).in_(keys))
+        ):
+            existing[(row.room_id, row.sender_id, row.cid)] = (row.seq, row.ts, row.text)
+        plan = _plan(posts, last_seqs, existing, now_ms())
+        if plan.new_rows:
+            await conn.execute(
+                insert(messages),
+                [
+                    {"room_id": m.room, "seq": m.seq, "sender_id": m.sender_id, "cid": m.cid,
+                     "text": m.text, "ts": m.ts}
+                    for m in plan.new_rows
+                ],
+            )
+            await conn.execute(
+                update(rooms)
+                .where(rooms.c.id == bindparam("rid"))
+                .values(last_seq=bindparam("seq")),
+                [{"rid": room, "seq": seq} for room, seq in plan.last_seqs.items()],
+            )
+    return plan.results
+
+
+async def _store_batch_pg(db: Database, posts: list[NewPost]) -> list[Stored]:
+    pool = await db.pg_pool()
+    room_ids = sorted({p.room for p in posts})
+    keys = list({(p.room, p.sender_id, p.cid) for p in posts})
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT id, last_seq FROM rooms WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+            room_ids,
+        )
+        last_seqs = {row["id"]: row["last_seq"] for row in rows}
+        existing = {}
+        for row in await conn.fetch(
+            "SELECT m.room_id, m.sender_id, m.cid, m.seq, m.ts, m.text FROM messages m"
+            " JOIN unnest($1::bigint[], $2::bigint[], $3::text[]) AS k(r, s, c)"
+            " ON m.room_id = k.r AND m.sender_id = k.s AND m.cid = k.c",
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+        ):
+            existing[(row["room_id"], row["sender_id"], row["cid"])] = (
+                row["seq"], row["ts"], row["text"]
+            )
+        plan = _plan(posts, last_seqs, existing, now_ms())
+        if plan.new_rows:
+            new = plan.new_rows
+            await conn.execute(
+                "INSERT INTO messages (room_id, seq, sender_id, cid, text, ts)"
+                " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
+                " $5::text[], $6::bigint[])",
+                [m.room for m in new], [m.seq for m in new], [m.sender_id for m in new],
+                [m.cid for m in new], [m.text for m in new], [m.ts for m in new],
+            )
+            await conn.execute(
+                "UPDATE rooms SET last_seq = v.seq FROM unnest($1::bigint[], $2::bigint[])"
+                " AS v(id, seq) WHERE rooms.id = v.id",
+                list(plan.last_seqs), list(plan.last_seqs.values()),
+            )
+    return plan.results
+
+
+def _select_messages() -> Any:
+    return select(
+        messages.c.room_id, messages.c.seq, messages.c.ts, messages.c.sender_id,
+        users.c.name.label("sender_name"), messages.c.text, messages.c.cid,
+    ).join(users, users.c.id == messages.c.sender_id)
+
+
+def _message(row: Any) -> Message:
+    return Message(row.room_id, row.seq, row.ts, row.sender_id, row.sender_name, row.text, row.cid)
+
+
+async def latest(
+    db: Database, room: int, limit: int, *, before: int | None = None, after: int | None = None
+) -> list[Message]:
+    """The newest ``limit`` messages below ``before`` and above ``after``, oldest first."""
+    stmt = _select_messages().where(messages.c.room_id == room)
+    if before is not None:
+        stmt = stmt.where(messages.c.seq < before)
+    if after is not None:
+        stmt = stmt.where(messages.c.seq > after)
+    stmt = stmt.order_by(messages.c.seq.desc()).limit(limit)
+    async with db.read() as conn:
+        rows = list(await conn.execute(stmt))
+    return [_message(row) for row in reversed(rows)]
+
+
+async def after(db: Database, room: int, seq: int, limit: int) -> list[Message]:
+    """The first ``limit`` messages with a sequence number above ``seq``, oldest first."""
+    stmt = (
+        _select_messages()
+        .where(messages.c.room_id == room, messages.c.seq > seq)
+        .order_by(messages.c.seq)
+        .limit(limit)
+    )
+    async with db.read() as conn:
+        return [_message(row) for row in await conn.execute(stmt)]
+
+
+async def last_seq(db: Database, room: int) -> int | None:
+    async with db.read() as conn:
+        result = await conn.execute(select(rooms.c.last_seq).where(rooms.c.id == room))
+        value = result.scalar_one_or_none()
+    return None if value is None else int(value)

@@ -1,0 +1,110 @@
+"""Users and their session tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from .db import Database, now_ms
+from .schema import sessions, users
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    name: str
+    display_name: str
+    is_admin: bool
+
+    def public(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "display_name": self.display_name}
+
+
+class UserExists(Exception):
+    pass
+
+
+def _user(row: object) -> User:
+    return User(row.id, row.name, row.display_name, bool(row.is_admin))  # type: ignore[attr-defined]
+
+
+async def create_user(
+    db: Database, name: str, password_hash: str, *, display_name: str | None = None,
+    is_admin: bool = False,
+) -> User:
+    try:
+        async with db.write() as conn:
+            result = await conn.execute(
+                insert(users)
+                .values(
+                    name=name,
+                    display_name=display_name or name,
+                    password_hash=password_hash,
+                    is_admin=is_admin,
+                    created_ms=now_ms(),
+                )
+                .returning(users.c.id)
+            )
+            user_id = result.scalar_one()
+    except IntegrityError:
+        raise UserExists(name) from None
+    return User(user_id, name, display_name or name, is_admin)
+
+
+async def get_user(db: Database, user_id: int) -> User | None:
+    async with db.read() as conn:
+        row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
+    return _user(row) if row else None
+
+
+async def credentials(db: Database, name: str) -> tuple[User, str] | None:
+    """The user called ``name`` and their password hash."""
+    async with db.read() as conn:
+        row = (await conn.execute(select(users).where(users.c.name == name))).first()
+    return (_user(row), row.password_hash) if row else None
+
+
+async def count_admins(db: Database) -> int:
+    async with db.read() as conn:
+        result = await conn.execute(select(func.count()).where(users.c.is_admin.is_(True)))
+        return int(result.scalar_one())
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_session(db: Database, user_id: int, ttl_s: int) -> str:
+    """A new random session token for ``user_id``; only its hash is stored."""
+    token = secrets.token_urlsafe(32)
+    created = now_ms()
+    async with db.write() as conn:
+        # Expired sessions of this user go when a new one is made, so the table stays bounded.
+        await conn.execute(
+            delete(sessions).where(sessions.c.user_id == user_id, sessions.c.expires_ms < created)
+        )
+        await conn.execute(
+            insert(sessions).values(
+                token_hash=_token_hash(token),
+                user_id=user_id,
+                created_ms=created,
+                expires_ms=created + ttl_s * 1000,
+            )
+        )
+    return token
+
+
+async def user_for_token(db: Database, token: str) -> User | None:
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                select(users)
+                .join(sessions, sessions.c.user_id == users.c.id)
+                .where(sessions.c.token_hash == _token_hash(token), sessions.c.expires_ms > now_ms())
+            )
+        ).first()
+    return _user(row) if row else None

@@ -1,0 +1,179 @@
+"""The part every client transport shares: output batching, backpressure, timers, closing.
+
+Output: everything queued for a connection during one event-loop turn goes out in one write
+(``writelines`` of the queued frames), scheduled with ``call_soon``. Fan-out hands every subscriber
+the same pre-encoded bytes, so a delivery costs an append here and one system call per turn.
+
+Backpressure: when the unsent output (ours plus the transport's buffer) passes
+``output_buffer_bytes``, the session is told to fall behind: every joined room gets ``resync`` and
+live events stop. If the output still grows to twice the limit the connection is closed.
+When the transport asks us to pause writing, we stop reading requests too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+from ..protocol.events import Outgoing
+from ..sessions import Session
+
+if TYPE_CHECKING:
+    from ..server import NodeState
+    from ..store.users import User
+
+log = logging.getLogger("chatserver.connection")
+
+
+class Connection(asyncio.Protocol):
+    transport_name = "?"
+    fmt = 0
+
+    def __init__(self, node: NodeState) -> None:
+        self.node = node
+        self.session = Session(node.service, self)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flush_scheduled = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._behind = False
+        self._closing = False
+        self._auth_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        limit = self.node.config.limits.output_buffer_bytes
+        transport.set_write_buffer_limits(high=limit // 4, low=limit // 16)
+        loop = asyncio.get_running_loop()
+        self._auth_timer = loop.call_later(
+            self.node.config.limits.auth_timeout_s, self._auth_expired
+        )
+        self.node.connection_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        self._out.clear()
+        self.session.close()
+        self.node.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._behind and self._pending_output() < self.node.config.limits.output_buffer_bytes // 2:
+            self._behind = False
+        self._update_reading()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+        self._update_reading()
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self._closing:
+            return
+        if self._reading_paused or self._writing_paused:
+            if self.transport.is_reading():
+                self.transport.pause_reading()
+        elif not self.transport.is_reading():
+            self.transport.resume_reading()
+
+    def deliver(self, obj: dict[str, Any]) -> None:
+        """One decoded map from the client."""
+        self.session.receive(obj)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def send(self, item: Outgoing) -> None:
+        self.write(item.encoded(self.fmt))
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._out.append(data)
+        self._out_size += len(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        pending = self._pending_output()
+        limit = self.node.config.limits.output_buffer_bytes
+        if self._behind and pending < limit // 2:
+            self._behind = False
+        if pending > limit and not self._behind:
+            self._behind = True
+            self.node.resyncs += 1
+            self.session.fall_behind()
+        elif pending > 2 * limit:
+            log.info("%s %s: closing, output does not drain", self.transport_name, self.peer)
+            self.abort()
+
+    def _pending_output(self) -> int:
+        buffered = self.transport.get_write_buffer_size() if self.transport else 0
+        return buffered + self._out_size
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closing or self.transport is None or not self._out:
+            return
+        out, self._out = self._out, []
+        self._out_size = 0
+        if len(out) == 1:
+            self.transport.write(out[0])
+        else:
+            self.transport.write(b"".join(out))
+
+    # -- session hooks ----------------------------------------------------------------------
+
+    def authenticated(self, user: User) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        self.node.user_authenticated(self, user)
+
+    def _auth_expired(self) -> None:
+        self._auth_timer = None
+        if self.session.user is None:
+            self.close("auth_timeout")
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        """Say ``bye`` with ``reason``, flush, and close."""
+        if self._closing or self.transport is None:
+            return
+        self.send(Outgoing({"ev": "bye", "reason": reason}))
+        self._end_stream(reason)
+        self._flush()
+        self._close_transport()
+
+    def _end_stream(self, reason: str) -> None:
+        """Anything the transport's own protocol sends before closing (a WebSocket close frame)."""
+
+    def _close_transport(self) -> None:
+        self._closing = True
+        assert self.transport is not None
+        self.transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,45 @@
+"""The TCP transport: 4-byte big-endian length, then a MessagePack map."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ..protocol.codec import FrameDecoder, decode_msgpack
+from ..protocol.errors import FrameTooLarge, ProtocolError
+from ..protocol.events import TCP
+from .connection import Connection
+
+if TYPE_CHECKING:
+    from ..server import NodeState
+
+log = logging.getLogger("chatserver.connection")
+
+
+class TcpConnection(Connection):
+    transport_name = "tcp"
+    fmt = TCP
+
+    def __init__(self, node: NodeState) -> None:
+        super().__init__(node)
+        limits = node.config.limits
+        self._decoder = FrameDecoder(limits.max_frame_bytes)
+        self._max_depth = limits.max_nesting_depth
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            bodies = self._decoder.feed(data)
+        except FrameTooLarge as exc:
+            self.session.reject(exc)
+            self.close("frame_too_large")
+            return
+        for body in bodies:
+            try:
+                obj = decode_msgpack(body, self._max_depth)
+            except ProtocolError as exc:
+                self.session.reject(exc)
+                continue
+            self.deliver(obj)
+
+    def eof_received(self) -> bool:
+        return False

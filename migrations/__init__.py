@@ -1,0 +1,1 @@
+"""Alembic migrations for both dialects (SQLite and PostgreSQL); run with ``chatserver migrate``."""

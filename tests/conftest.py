@@ -1,0 +1,146 @@
+"""Shared fixtures: both store dialects, a running node, clients.
+
+Every store test runs twice: on SQLite (a file under the test's tmp_path) and on PostgreSQL (a
+throwaway cluster started once per test session; each test gets a new database cloned from a
+migrated template). ``CHATSERVER_TEST_DIALECTS=sqlite`` limits a local run to one dialect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from chatserver.client import Client
+from chatserver.config import Config, load_config
+from chatserver.server import Node
+from chatserver.store.migrate import upgrade
+from chatserver.testing import PostgresCluster
+
+DIALECTS = [d for d in os.environ.get("CHATSERVER_TEST_DIALECTS", "sqlite,postgresql").split(",") if d]
+# Scale every timeout in the tests on a slow machine: CHATSERVER_TEST_TIMEOUT_SCALE=3.
+TIMEOUT_SCALE = float(os.environ.get("CHATSERVER_TEST_TIMEOUT_SCALE", "1"))
+PASSWORD = "correct horse battery"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="run the long fault and soak tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Tests run on uvloop, the loop the server runs on in production."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster().start()
+    try:
+        upgrade(cluster.url())  # the template: the "postgres" database, migrated once
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+_db_numbers = itertools.count(1)
+
+
+@pytest.fixture(params=DIALECTS)
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/chat.db"
+        await asyncio.to_thread(upgrade, url)
+        return url
+    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+    return await cluster.create_database(f"test_{next(_db_numbers)}", template="postgres")
+
+
+def node_config(db_url: str, **sections: dict[str, object]) -> Config:
+    env = {
+        "CHATSERVER_NODE_NAME": "test-node",
+        "CHATSERVER_DATABASE_URL": db_url,
+        "CHATSERVER_LISTEN_TCP": "127.0.0.1:0",
+        "CHATSERVER_LISTEN_WEBSOCKET": "127.0.0.1:0",
+    }
+    for section, values in sections.items():
+        for key, value in values.items():
+            env[f"CHATSERVER_{section.upper()}_{key.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+    return load_config(env=env)
+
+
+class Harness:
+    """A running node and helpers to talk to it."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.clients: list[Client] = []
+
+    @property
+    def service(self):  # type: ignore[no-untyped-def]
+        return self.node.service
+
+    async def connect(self, transport: str = "tcp") -> Client:
+        if transport == "tcp":
+            host, port = self.node.addresses["tcp"]
+            client = await Client.connect_tcp(host, port)
+        else:
+            host, port = self.node.addresses["websocket"]
+            client = await Client.connect_websocket(
+                f"ws://{host}:{port}/", text=transport == "websocket-json"
+            )
+        self.clients.append(client)
+        return client
+
+    async def user(self, name: str, *, admin: bool = False) -> None:
+        await self.service.add_user(name, PASSWORD, is_admin=admin)
+
+    async def login(self, name: str, transport: str = "tcp") -> Client:
+        client = await self.connect(transport)
+        await client.login(name, PASSWORD)
+        return client
+
+    async def room(self, name: str = "lobby") -> int:
+        from chatserver.store.rooms import create_room
+
+        return (await create_room(self.service.db, name)).id
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+        await self.node.stop()
+
+
+async def start_node(config: Config) -> Node:
+    node = Node(config, announce=lambda _line: None)
+    await node.start()
+    return node
+
+
+@pytest.fixture
+async def harness(db_url: str) -> AsyncIterator[Harness]:
+    node = await start_node(node_config(db_url))
+    h = Harness(node)
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+def scaled(seconds: float) -> float:
+    return seconds * TIMEOUT_SCALE
