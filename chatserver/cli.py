@@ -37,18 +37,15 @@ def _run_loop(main: Awaitable[Any]) -> Any:
 
 
 async def _serve(config: Config) -> None:
-    from .server import Node
+    from .server import Node, StartupError
     from .store.migrate import SchemaError
 
     node = Node(config)
     try:
         await node.start()
-    except SchemaError as exc:
-        await node.db.close()
-        _fail(str(exc))
-    except OSError as exc:
+    except (SchemaError, StartupError) as exc:
         await node.stop()
-        _fail(f"cannot listen: {exc}")
+        _fail(str(exc))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -74,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_level != "debug":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     print(f"chatserver: node {config.node.name}, store {_redact(config.database.url)}", flush=True)
     _run_loop(_serve(config))
 

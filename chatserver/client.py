@@ -1,7 +1,6 @@
 """A small asyncio client for the chat protocol, over TCP or WebSocket.
 
-Used by the tests, the load generator and ``chatserver selftest``; also a reference for writing
-clients. Replies are matched to requests by ``id``; events wait in :attr:`Client.events`.
+Used by the tests; also a reference for writing clients. Replies are matched to requests by ``id``; events wait in :attr:`Client.events`.
 
     client = await Client.connect_tcp("127.0.0.1", 5041)
     await client.login("alice", "secret")
@@ -178,7 +177,7 @@ class _TcpClient(Client):
         except (ConnectionError, OSError):
             pass
         if self._reader is not None:
-            await self._reader
+            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 class _WebSocketClient(Client):
@@ -206,4 +205,4 @@ class _WebSocketClient(Client):
     async def close(self) -> None:
         await self._ws.close()
         if self._reader is not None:
-            await self._reader
+            await asyncio.gather(self._reader, return_exceptions=True)

@@ -5,8 +5,8 @@ Sources, later ones winning:
 1. the defaults below;
 2. a TOML file (``--config FILE`` or ``CHATSERVER_CONFIG``);
 3. environment variables ``CHATSERVER_<SECTION>_<KEY>``, e.g. ``CHATSERVER_DATABASE_URL`` or
-   ``CHATSERVER_LISTEN_TCP``. Values are parsed like TOML values where they can be (numbers,
-   booleans), otherwise taken as strings.
+   ``CHATSERVER_LISTEN_TCP``. Text settings take the value as it is; other values are parsed
+   like TOML values (numbers, booleans).
 
 Any invalid file, unknown key or bad value raises :class:`ConfigError`, whose message names the key.
 """
@@ -121,7 +121,7 @@ def _env_value(text: str) -> Any:
 
 
 def _from_environment(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    sections = {name: set(model.model_fields) for name, model in _sections().items()}
+    sections = {name: model.model_fields for name, model in _sections().items()}
     out: dict[str, dict[str, Any]] = {}
     for name, text in env.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
@@ -129,7 +129,9 @@ def _from_environment(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         rest = name[len(ENV_PREFIX) :].lower()
         section, _, key = rest.partition("_")
         if section in sections and key in sections[section]:
-            out.setdefault(section, {})[key] = _env_value(text)
+            # Text settings take the value as it is ("1" is a fine node name).
+            is_text = sections[section][key].annotation is str
+            out.setdefault(section, {})[key] = text if is_text else _env_value(text)
     return out
 
 
@@ -164,6 +166,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"configuration file {path} is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
     for section, values in _from_environment(env).items():

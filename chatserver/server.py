@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import Config, parse_address
+from .protocol.errors import ChatError
 from .rooms.service import ChatService
 from .store import users as user_store
 from .store.db import Database
@@ -62,11 +63,20 @@ class NodeState:
         self.authenticated_users += 1
 
 
+class StartupError(Exception):
+    """The node cannot start; the message says why and what to do."""
+
+
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
     if not config.tls.enabled:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls.certificate, config.tls.key or None)
+    try:
+        context.load_cert_chain(config.tls.certificate, config.tls.key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(
+            f"tls.certificate / tls.key: cannot load {config.tls.certificate}: {exc}"
+        ) from None
     return context
 
 
@@ -75,7 +85,13 @@ async def ensure_admin(service: ChatService, announce: Callable[[str], None]) ->
     if await user_store.count_admins(service.db):
         return
     password = os.environ.get("CHATSERVER_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
-    await service.add_user("admin", password, is_admin=True, display_name="Administrator")
+    try:
+        await service.add_user("admin", password, is_admin=True, display_name="Administrator")
+    except ChatError:
+        raise StartupError(
+            "the store has no administrator and the name 'admin' belongs to an ordinary user;"
+            " add one with `chatserver user add NAME --admin`"
+        ) from None
     if os.environ.get("CHATSERVER_ADMIN_PASSWORD"):
         announce("created administrator 'admin' with the password from CHATSERVER_ADMIN_PASSWORD")
     else:
@@ -94,13 +110,13 @@ class Node:
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        context = _ssl_context(self.config)
         if self.db.dialect == "sqlite":
             await asyncio.to_thread(upgrade, self.config.database.url)
         await check_schema(self.db)
         await ensure_admin(self.service, self.announce)
         self.service.start()
         loop = asyncio.get_running_loop()
-        context = _ssl_context(self.config)
         listeners: list[tuple[str, str, type[Connection]]] = [
             ("tcp", self.config.listen.tcp, TcpConnection),
             ("websocket", self.config.listen.websocket, WebSocketConnection),
@@ -113,9 +129,12 @@ class Node:
             def protocol_factory(factory: type[Connection] = factory) -> Connection:
                 return factory(self.state)
 
-            server = await loop.create_server(
-                protocol_factory, host, port, ssl=context, reuse_address=True, backlog=4096
-            )
+            try:
+                server = await loop.create_server(
+                    protocol_factory, host, port, ssl=context, reuse_address=True, backlog=4096
+                )
+            except OSError as exc:
+                raise StartupError(f"listen.{name}: cannot listen on {address}: {exc}") from None
             self._servers.append(server)
             bound = server.sockets[0].getsockname()
             self.addresses[name] = (bound[0], bound[1])

@@ -70,6 +70,9 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def node_config(db_url: str, **sections: dict[str, object]) -> Config:
+    """A node on free loopback ports; tests post in bursts, so the post rate limit is lifted
+    unless a test sets ``limits={"posts_per_user_per_s": …}`` itself."""
+    sections.setdefault("limits", {}).setdefault("posts_per_user_per_s", 1_000_000)
     env = {
         "CHATSERVER_NODE_NAME": "test-node",
         "CHATSERVER_DATABASE_URL": db_url,

@@ -23,20 +23,40 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"MessagePack extension type {code} is not allowed")
 
 
-def _check_depth(obj: Any, limit: int) -> None:
-    """Raise if ``obj`` nests containers deeper than ``limit`` (the top-level map is depth 1)."""
+_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
+def _check_tree(obj: Any, limit: int, *, check_text: bool) -> None:
+    """Raise unless ``obj`` is plain data: maps with string keys, lists, and scalars, nested at
+    most ``limit`` deep (the top-level map is depth 1). With ``check_text``, strings must also be
+    valid Unicode (JSON escapes can smuggle lone surrogates that cannot be encoded again)."""
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
-            children: Any = item.values()
+            if depth > limit:
+                raise ProtocolError(f"nesting deeper than {limit} levels")
+            for key, value in item.items():
+                if not isinstance(key, str):
+                    raise ProtocolError("map keys must be strings")
+                if check_text:
+                    _check_text(key)
+                stack.append((value, depth + 1))
         elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            raise ProtocolError(f"nesting deeper than {limit} levels")
-        stack.extend((child, depth + 1) for child in children)
+            if depth > limit:
+                raise ProtocolError(f"nesting deeper than {limit} levels")
+            stack.extend((child, depth + 1) for child in item)
+        elif not isinstance(item, _SCALARS):
+            raise ProtocolError(f"values of type {type(item).__name__} are not allowed")
+        elif check_text and isinstance(item, str):
+            _check_text(item)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("strings must be valid Unicode (no lone surrogates)") from None
 
 
 def decode_msgpack(payload: bytes, max_depth: int) -> dict[str, Any]:
@@ -51,16 +71,17 @@ def decode_msgpack(payload: bytes, max_depth: int) -> dict[str, Any]:
 
 def decode_json(payload: bytes | str, max_depth: int) -> dict[str, Any]:
     try:
-        obj = json.loads(payload)
+        text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+        obj = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
-    return _as_map(obj, max_depth)
+    return _as_map(obj, max_depth, check_text=True)
 
 
-def _as_map(obj: Any, max_depth: int) -> dict[str, Any]:
+def _as_map(obj: Any, max_depth: int, *, check_text: bool = False) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ProtocolError(f"a frame must hold a map, not {type(obj).__name__}")
-    _check_depth(obj, max_depth)
+    _check_tree(obj, max_depth, check_text=check_text)
     return obj
 
 
@@ -92,6 +113,11 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the complete frame bodies.
+
+        Frames that precede an oversized one in the same call are returned first; the next call
+        (``feed(b"")`` will do) raises :class:`FrameTooLarge`.
+        """
         buffer = self._buffer
         buffer += data
         frames: list[bytes] = []
@@ -100,6 +126,8 @@ class FrameDecoder:
         while end - offset >= 4:
             (size,) = HEADER.unpack_from(buffer, offset)
             if size > self.max_frame_bytes:
+                if frames:
+                    break
                 raise FrameTooLarge(size, self.max_frame_bytes)
             if end - offset - 4 < size:
                 break

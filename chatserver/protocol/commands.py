@@ -166,7 +166,7 @@ def _check(spec: _FieldSpec, value: Any) -> Any:
         if not isinstance(value, int) or isinstance(value, bool):
             raise _bad(f"field {spec.name!r} must be an integer")
         if not spec.min_value <= value <= MAX_ID:
-            raise _bad(f"field {spec.name!r} must be at least {spec.min_value}")
+            raise _bad(f"field {spec.name!r} must be from {spec.min_value} to {MAX_ID}")
     elif spec.kind is str:
         if not isinstance(value, str):
             raise _bad(f"field {spec.name!r} must be a string")

@@ -3,8 +3,10 @@
 ::
 
     ChatError (code, message)           -- an op failed; the reply says why, the connection lives on
-    └── ProtocolError                   -- the peer broke the framing; the connection is closed
-        └── FrameTooLarge               -- a frame above max_frame_bytes
+    └── ProtocolError                   -- the peer sent a frame that cannot be decoded; the reply
+        │                                  has "re": null and the connection lives on
+        └── FrameTooLarge               -- a frame above max_frame_bytes: the stream cannot be
+                                           trusted any more, so the connection is closed
 
 ``ChatError`` is raised by the domain layers and turned into ``{"re": id, "ok": false, "error": ...}``.
 """
@@ -52,7 +54,7 @@ class ChatError(Exception):
 
 
 class ProtocolError(ChatError):
-    """The peer sent bytes that cannot be a frame; the connection is closed after telling it why."""
+    """The peer sent a frame that cannot be decoded."""
 
     def __init__(self, message: str, code: str = BAD_REQUEST) -> None:
         super().__init__(code, message)

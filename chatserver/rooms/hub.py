@@ -42,14 +42,21 @@ class Subscriber(Protocol):
 
 
 class Subscription:
-    """One subscriber's interest in one room."""
+    """One subscriber's interest in one room.
 
-    __slots__ = ("buffer", "room", "subscriber")
+    ``floor`` is the highest ``seq`` the subscriber already has (from its join reply); only
+    messages above it are sent. While ``buffer`` is a list, live events wait there until the
+    snapshot is known (:meth:`Hub.release`).
+    """
 
-    def __init__(self, room: int, subscriber: Subscriber, *, buffering: bool) -> None:
+    __slots__ = ("buffer", "floor", "overflowed", "room", "subscriber")
+
+    def __init__(self, room: int, subscriber: Subscriber, floor: int, *, buffering: bool) -> None:
         self.room = room
         self.subscriber = subscriber
+        self.floor = floor
         self.buffer: list[tuple[int, Outgoing]] | None = [] if buffering else None
+        self.overflowed = False
 
 
 LoadRecent = Callable[[int, int], Awaitable[tuple[int, list[Message]]]]
@@ -142,20 +149,31 @@ class Hub:
     def subscribe(self, state: RoomState, subscriber: Subscriber) -> None:
         """Deliver every message after ``state.last_seq`` (as of now) to ``subscriber``."""
         assert state.ready
-        state.subscriptions[subscriber] = Subscription(state.id, subscriber, buffering=False)
+        state.subscriptions[subscriber] = Subscription(
+            state.id, subscriber, state.last_seq, buffering=False
+        )
 
     def subscribe_buffered(self, state: RoomState, subscriber: Subscriber) -> Subscription:
         """Subscribe now, holding live events until :meth:`release` says where the snapshot ends."""
-        sub = Subscription(state.id, subscriber, buffering=True)
+        sub = Subscription(state.id, subscriber, 0, buffering=True)
         state.subscriptions[subscriber] = sub
         return sub
 
     def release(self, sub: Subscription, snapshot_seq: int) -> None:
-        """Send the held events above ``snapshot_seq`` and go live."""
+        """Send the held events above ``snapshot_seq`` and go live after it.
+
+        Call it after the join reply is queued: a subscription that overflowed its buffer
+        meanwhile gets its ``resync`` now, after the reply, not before it.
+        """
         buffered, sub.buffer = sub.buffer or [], None
+        sub.floor = snapshot_seq
+        if sub.overflowed:
+            sub.subscriber.resync(sub.room, "too_slow")
+            return
         for seq, item in buffered:
             if seq > snapshot_seq:
                 sub.subscriber.send(item)
+                sub.floor = seq
 
     def unsubscribe(self, room_id: int, subscriber: Subscriber) -> bool:
         state = self._rooms.get(room_id)
@@ -201,15 +219,20 @@ class Hub:
             state.recent.append(wire)
             if state.subscriptions:
                 item = Outgoing({"ev": "message", **wire})
+                seq = message.seq
                 for sub in list(state.subscriptions.values()):
                     if sub.buffer is None:
-                        sub.subscriber.send(item)
+                        if seq > sub.floor:
+                            sub.floor = seq
+                            sub.subscriber.send(item)
+                            self.delivered += 1
+                    elif sub.overflowed:
+                        continue
                     elif len(sub.buffer) < MAX_BUFFERED_EVENTS:
-                        sub.buffer.append((message.seq, item))
+                        sub.buffer.append((seq, item))
                     else:
-                        del state.subscriptions[sub.subscriber]
-                        sub.subscriber.resync(state.id, "too_slow")
-                self.delivered += len(state.subscriptions)
+                        sub.overflowed = True
+                        sub.buffer.clear()
 
     async def _repair(self, state: RoomState) -> None:
         target = max(m.seq for m in state.pending)

@@ -41,16 +41,16 @@ ROOM_PAGE_MAX = 500
 
 
 class TokenBucket:
-    __slots__ = ("rate", "tokens", "updated")
+    __slots__ = ("burst", "rate", "tokens", "updated")
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self.tokens = rate
+        self.tokens = self.burst = max(rate, 1.0)
         self.updated = time.monotonic()
 
     def take(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1:
             self.tokens -= 1
@@ -79,6 +79,23 @@ class RateLimiter:
             return True
         self.limited += 1
         return False
+
+
+_CURSOR_PREFIX = "room:"
+
+
+def _encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode((_CURSOR_PREFIX + name).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        text = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        text = ""
+    if not text.startswith(_CURSOR_PREFIX):
+        raise ChatError(BAD_REQUEST, "field 'cursor' is not a cursor of this server")
+    return text[len(_CURSOR_PREFIX) :]
 
 
 def _not_found(room_id: int) -> ChatError:
@@ -175,10 +192,7 @@ class ChatService:
         limit = min(limit or ROOM_PAGE_DEFAULT, ROOM_PAGE_MAX)
         after_name = None
         if cursor:
-            try:
-                after_name = base64.urlsafe_b64decode(cursor.encode()).decode()
-            except (ValueError, UnicodeDecodeError):
-                raise ChatError(BAD_REQUEST, "field 'cursor' is not a cursor of this server") from None
+            after_name = _decode_cursor(cursor)
         found = await room_store.list_rooms(
             self.db, query=query, after_name=after_name, limit=limit + 1
         )
@@ -186,7 +200,7 @@ class ChatService:
         rooms = [room.public() for room in page]
         next_cursor = None
         if len(found) > limit:
-            next_cursor = base64.urlsafe_b64encode(page[-1].name.encode()).decode()
+            next_cursor = _encode_cursor(page[-1].name)
         return rooms, next_cursor
 
     # -- reading ----------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 import migrations
 
+from .db import sqlite_path
+
 
 class SchemaError(Exception):
     """The database schema is not the one this version of the server expects."""
@@ -34,6 +36,9 @@ def upgrade(url: str) -> None:
     Alembic's environment runs an event loop of its own, so when this thread already runs one
     the migration runs in a worker thread (blocking this one until it is done).
     """
+    path = sqlite_path(url) if url.startswith("sqlite") else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

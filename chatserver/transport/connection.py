@@ -1,12 +1,14 @@
 """The part every client transport shares: output batching, backpressure, timers, closing.
 
-Output: everything queued for a connection during one event-loop turn goes out in one write
-(``writelines`` of the queued frames), scheduled with ``call_soon``. Fan-out hands every subscriber
+Output: everything queued for a connection during one event-loop turn goes out in one
+``transport.write`` of the joined frames, scheduled with ``call_soon``. Fan-out hands every subscriber
 the same pre-encoded bytes, so a delivery costs an append here and one system call per turn.
 
-Backpressure: when the unsent output (ours plus the transport's buffer) passes
+Backpressure: when the output the socket would not take (the transport's buffer) passes
 ``output_buffer_bytes``, the session is told to fall behind: every joined room gets ``resync`` and
-live events stop. If the output still grows to twice the limit the connection is closed.
+live events stop. If it has not drained below half the limit within ``DRAIN_TIMEOUT_S``, or its
+backlog grows by another ``output_buffer_bytes`` meanwhile, or one loop turn queues more than four
+times the limit, the connection is aborted.
 When the transport asks us to pause writing, we stop reading requests too.
 """
 
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chatserver.connection")
 
+# A connection that fell behind and has not drained its output within this time is closed.
+DRAIN_TIMEOUT_S = 30.0
+
 
 class Connection(asyncio.Protocol):
     transport_name = "?"
@@ -41,6 +46,8 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._behind = False
+        self._behind_backlog = 0
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._auth_timer: asyncio.TimerHandle | None = None
 
@@ -62,8 +69,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
+        for timer in (self._auth_timer, self._drain_timer):
+            if timer is not None:
+                timer.cancel()
         self._out.clear()
         self.session.close()
         self.node.connection_closed(self)
@@ -74,8 +82,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._behind and self._pending_output() < self.node.config.limits.output_buffer_bytes // 2:
-            self._behind = False
+        self._check_backlog()
         self._update_reading()
 
     # -- reading ----------------------------------------------------------------------------
@@ -114,21 +121,10 @@ class Connection(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        pending = self._pending_output()
-        limit = self.node.config.limits.output_buffer_bytes
-        if self._behind and pending < limit // 2:
-            self._behind = False
-        if pending > limit and not self._behind:
-            self._behind = True
-            self.node.resyncs += 1
-            self.session.fall_behind()
-        elif pending > 2 * limit:
-            log.info("%s %s: closing, output does not drain", self.transport_name, self.peer)
+        elif self._out_size > 4 * self.node.config.limits.output_buffer_bytes:
+            # One loop turn queued more than a slow client may ever hold: protect the node.
+            log.info("%s %s: closing, output limit exceeded", self.transport_name, self.peer)
             self.abort()
-
-    def _pending_output(self) -> int:
-        buffered = self.transport.get_write_buffer_size() if self.transport else 0
-        return buffered + self._out_size
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -136,10 +132,37 @@ class Connection(asyncio.Protocol):
             return
         out, self._out = self._out, []
         self._out_size = 0
-        if len(out) == 1:
-            self.transport.write(out[0])
-        else:
-            self.transport.write(b"".join(out))
+        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        """What the socket did not take stays in the transport; bound it."""
+        assert self.transport is not None
+        backlog = self.transport.get_write_buffer_size()
+        limit = self.node.config.limits.output_buffer_bytes
+        if not self._behind:
+            if backlog > limit:
+                self._behind = True
+                self._behind_backlog = backlog
+                self.node.resyncs += 1
+                self.session.fall_behind()
+                self._drain_timer = asyncio.get_running_loop().call_later(
+                    DRAIN_TIMEOUT_S, self._drain_expired
+                )
+        elif backlog > self._behind_backlog + limit:
+            log.info("%s %s: closing, output keeps growing", self.transport_name, self.peer)
+            self.abort()
+        elif backlog < limit // 2:
+            self._behind = False
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+
+    def _drain_expired(self) -> None:
+        self._drain_timer = None
+        if self._behind and not self._closing:
+            log.info("%s %s: closing, output did not drain", self.transport_name, self.peer)
+            self.abort()
 
     # -- session hooks ----------------------------------------------------------------------
 

@@ -27,19 +27,23 @@ class TcpConnection(Connection):
         self._max_depth = limits.max_nesting_depth
 
     def data_received(self, data: bytes) -> None:
-        try:
-            bodies = self._decoder.feed(data)
-        except FrameTooLarge as exc:
-            self.session.reject(exc)
-            self.close("frame_too_large")
-            return
-        for body in bodies:
+        while True:
             try:
-                obj = decode_msgpack(body, self._max_depth)
-            except ProtocolError as exc:
+                bodies = self._decoder.feed(data)
+            except FrameTooLarge as exc:
                 self.session.reject(exc)
-                continue
-            self.deliver(obj)
+                self.close("frame_too_large")
+                return
+            for body in bodies:
+                try:
+                    obj = decode_msgpack(body, self._max_depth)
+                except ProtocolError as exc:
+                    self.session.reject(exc)
+                    continue
+                self.deliver(obj)
+            if not bodies or self._decoder.buffered < 4:
+                return
+            data = b""  # an oversized header may follow the frames just served
 
     def eof_received(self) -> bool:
         return False

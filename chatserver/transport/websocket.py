@@ -63,9 +63,7 @@ class WebSocketConnection(Connection):
             response = self._ws.reject(404, f"no WebSocket endpoint at {path}\n")
         else:
             response = self._ws.accept(request)
-        self._ws.send_response(response)
-        if response.status_code != 101:
-            self._ws.send_eof()
+        self._ws.send_response(response)  # on a refusal this also ends the stream
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
