@@ -157,8 +157,18 @@ class Node:
         except TimeoutError:
             log.error("in-flight posts did not finish within %.0f s", timeout)
         await asyncio.sleep(0)  # let the acknowledgement callbacks run
+        workers = []
         for conn in list(self.state.connections):
+            if conn.session.worker is not None:
+                workers.append(conn.session.worker)
             conn.close("shutting_down")
+        # Requests being served may still hold store connections: let them end before closing it.
+        if workers:
+            _done, pending = await asyncio.wait(workers, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
         for server in self._servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 2)

@@ -42,7 +42,7 @@ class Session:
         self.user: User | None = None
         self.rooms: set[int] = set()
         self._queue: deque[dict[str, Any]] = deque()
-        self._worker: asyncio.Task[None] | None = None
+        self.worker: asyncio.Task[None] | None = None
         self._posts_in_flight = 0
         self.closed = False
 
@@ -55,8 +55,8 @@ class Session:
         limits = self.service.config.limits
         if len(self._queue) + self._posts_in_flight >= limits.max_requests_in_flight:
             self.conn.pause_reading()
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work())
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
 
     def reject(self, error: ChatError) -> None:
         """A frame could not be decoded; tell the client (it has no request id)."""
@@ -71,7 +71,7 @@ class Session:
                     self.conn.send(Outgoing(response))
                 self._maybe_resume_reading()
         finally:
-            self._worker = None
+            self.worker = None
 
     def _maybe_resume_reading(self) -> None:
         limits = self.service.config.limits
