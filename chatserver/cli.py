@@ -41,11 +41,6 @@ async def _serve(config: Config) -> None:
     from .store.migrate import SchemaError
 
     node = Node(config)
-    try:
-        await node.start()
-    except (SchemaError, StartupError) as exc:
-        await node.stop()
-        _fail(str(exc))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -59,7 +54,12 @@ async def _serve(config: Config) -> None:
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_signal)  # before start: a signal during it is not lost
+    try:
+        await node.start()
+    except (SchemaError, StartupError) as exc:
+        await node.stop()
+        _fail(str(exc))
     await stop.wait()
     print("chatserver: shutting down", flush=True)
     await node.stop()
@@ -179,9 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TOML configuration file (default: $CHATSERVER_CONFIG, else built-in defaults)",
     )
-    parser = argparse.ArgumentParser(
-        prog="chatserver", description="A persistent chat server."
-    )
+    parser = argparse.ArgumentParser(prog="chatserver", description="A persistent chat server.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run a chat node")

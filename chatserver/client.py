@@ -1,6 +1,7 @@
 """A small asyncio client for the chat protocol, over TCP or WebSocket.
 
-Used by the tests; also a reference for writing clients. Replies are matched to requests by ``id``; events wait in :attr:`Client.events`.
+Used by the tests; also a reference for writing clients. Replies are matched to requests by
+``id``; events wait in :attr:`Client.events`.
 
     client = await Client.connect_tcp("127.0.0.1", 5041)
     await client.login("alice", "secret")

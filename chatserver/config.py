@@ -1,4 +1,4 @@
-"""The node's configuration: one typed object, read from defaults, a TOML file, then the environment.
+"""The node's configuration: one typed object from defaults, a TOML file, then the environment.
 
 Sources, later ones winning:
 
@@ -155,7 +155,9 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
     """Build the configuration from the defaults, the TOML file at ``path`` and ``env``."""
     env = os.environ if env is None else env
     if path is None and env.get(ENV_PREFIX + "CONFIG"):

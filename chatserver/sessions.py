@@ -5,7 +5,7 @@ time, in order, by a task that exists only while requests are waiting (an idle c
 task). A ``post`` does not hold the line while its transaction commits: the reply is sent from the
 write's completion callback, so a client may pipeline posts and they are stored in the order sent.
 
-States: ``new`` (only ``hello`` and ``ping``) → ``hello`` (``auth`` and ``ping``) → ``authenticated``.
+States: ``new`` (only ``hello`` and ``ping``) → ``hello`` (``auth``, ``ping``) → ``authenticated``.
 """
 
 from __future__ import annotations

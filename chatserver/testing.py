@@ -43,15 +43,36 @@ class PostgresCluster:
     def start(self) -> PostgresCluster:
         if not shutil.which("initdb") or not shutil.which("pg_ctl"):
             raise RuntimeError("initdb and pg_ctl must be on PATH to start a PostgreSQL cluster")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8",
-                  "--no-locale")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            self.user,
+            "-E",
+            "UTF8",
+            "--no-locale",
+        )
         options = (
-            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root}"
-            f" -c max_connections=300 -c shared_buffers=256MB -c fsync={'on' if self.fsync else 'off'}"
+            f"-c listen_addresses=127.0.0.1 -c port={self.port}"
+            f" -c unix_socket_directories={self.root}"
+            f" -c max_connections=300 -c shared_buffers=256MB"
+            f" -c fsync={'on' if self.fsync else 'off'}"
             " -c synchronous_commit=on -c log_min_messages=warning"
         )
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
-                  "-w", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "start",
+        )
         return self
 
     def url(self, database: str = "postgres") -> str:

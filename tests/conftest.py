@@ -22,7 +22,9 @@ from chatserver.server import Node
 from chatserver.store.migrate import upgrade
 from chatserver.testing import PostgresCluster
 
-DIALECTS = [d for d in os.environ.get("CHATSERVER_TEST_DIALECTS", "sqlite,postgresql").split(",") if d]
+DIALECTS = [
+    d for d in os.environ.get("CHATSERVER_TEST_DIALECTS", "sqlite,postgresql").split(",") if d
+]
 # Scale every timeout in the tests on a slow machine: CHATSERVER_TEST_TIMEOUT_SCALE=3.
 TIMEOUT_SCALE = float(os.environ.get("CHATSERVER_TEST_TIMEOUT_SCALE", "1"))
 PASSWORD = "correct horse battery"

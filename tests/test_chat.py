@@ -6,8 +6,6 @@ import asyncio
 
 import pytest
 
-from chatserver.client import RequestFailed
-
 from .conftest import Harness, scaled
 
 TRANSPORTS = ["tcp", "websocket", "websocket-json"]
@@ -37,8 +35,10 @@ async def test_two_users_chat_live(harness: Harness, transport: str) -> None:
 
 
 async def _post_many(client, room: int, count: int, prefix: str = "m") -> list[dict]:  # type: ignore[no-untyped-def]
-    return [await client.call("post", room=room, text=f"{prefix}{i}", cid=f"{prefix}{i}")
-            for i in range(count)]
+    return [
+        await client.call("post", room=room, text=f"{prefix}{i}", cid=f"{prefix}{i}")
+        for i in range(count)
+    ]
 
 
 async def test_join_gets_backchat_from_cache(harness: Harness) -> None:
@@ -197,13 +197,17 @@ async def test_concurrent_posters_leave_gap_free_sequence(harness: Harness) -> N
         )
         return [r["seq"] for r in replies]
 
-    acked = [seq for seqs in await asyncio.gather(*(post_all(i, c) for i, c in enumerate(clients)))
-             for seq in seqs]
+    acked = [
+        seq
+        for seqs in await asyncio.gather(*(post_all(i, c) for i, c in enumerate(clients)))
+        for seq in seqs
+    ]
     total = posters * each
     assert sorted(acked) == list(range(1, total + 1))
 
-    received = [(await listener.next_event("message", timeout=scaled(10)))["seq"]
-                for _ in range(total)]
+    received = [
+        (await listener.next_event("message", timeout=scaled(10)))["seq"] for _ in range(total)
+    ]
     assert received == list(range(1, total + 1))  # in order, no gap, no duplicate
 
     stored = await listener.call("history", room=room, after=0, limit=500)
@@ -247,8 +251,9 @@ async def test_joiners_during_traffic_see_no_gap_and_no_duplicate(harness: Harne
 async def test_slow_reader_gets_resync_while_fast_reader_keeps_pace(db_url: str) -> None:
     from .conftest import node_config, start_node
 
-    node = await start_node(node_config(
-        db_url, limits={"output_buffer_bytes": 65536, "posts_per_user_per_s": 100000}))
+    node = await start_node(
+        node_config(db_url, limits={"output_buffer_bytes": 65536, "posts_per_user_per_s": 100000})
+    )
     h = Harness(node)
     try:
         room = await h.room()
@@ -266,18 +271,24 @@ async def test_slow_reader_gets_resync_while_fast_reader_keeps_pace(db_url: str)
         text = "x" * 8000
         posted = 0
         while node.state.resyncs == 0 and posted < 6000:  # at most 48 MB
-            await asyncio.gather(*(poster.call("post", room=room, text=text, cid=f"{posted + j}")
-                                   for j in range(20)))
+            await asyncio.gather(
+                *(poster.call("post", room=room, text=text, cid=f"{posted + j}") for j in range(20))
+            )
             posted += 20
         assert node.state.resyncs == 1, "the slow reader never fell behind"
-        slow_session = next(c.session for c in node.state.connections
-                            if c.session.user and c.session.user.name == "slow")
+        slow_session = next(
+            c.session
+            for c in node.state.connections
+            if c.session.user and c.session.user.name == "slow"
+        )
         assert not node.service.hub.is_subscribed(room, slow_session)
         assert slow_session.rooms == set()
-        received = [(await fast.next_event("message", timeout=scaled(10)))["seq"]
-                    for _ in range(posted)]
+        received = [
+            (await fast.next_event("message", timeout=scaled(10)))["seq"] for _ in range(posted)
+        ]
         assert received == list(range(1, posted + 1))
-        assert node.service.hub.is_subscribed(room, next(
-            c.session for c in node.state.connections if c.session.user.name == "fast"))
+        assert node.service.hub.is_subscribed(
+            room, next(c.session for c in node.state.connections if c.session.user.name == "fast")
+        )
     finally:
         await h.close()

@@ -245,7 +245,6 @@ def test_malformed_json(payload: bytes) -> None:
     assert_bad_request(decode_json, text)  # type: ignore[arg-type]
 
 
-
 INVALID_UTF8 = {
     "lone 0xff": b"\xff",
     "truncated 2-byte sequence": b"\xc3",
@@ -307,8 +306,6 @@ def test_json_non_map_top_level(value: Any) -> None:
     assert_bad_request(decode_json, json.dumps(value).encode())
 
 
-
-
 @pytest.mark.parametrize(
     "obj",
     [
@@ -336,8 +333,6 @@ def test_msgpack_non_string_keys(obj: dict[Any, Any]) -> None:
 )
 def test_msgpack_unhashable_keys(payload: bytes) -> None:
     assert_bad_request(decode_msgpack, payload)
-
-
 
 
 @pytest.mark.parametrize(

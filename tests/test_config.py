@@ -222,8 +222,6 @@ def test_range_boundaries_accepted(tmp_path: Path, key: str, value: int) -> None
     assert get(config, key) == value
 
 
-
-
 @pytest.mark.parametrize(
     "name",
     [

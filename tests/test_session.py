@@ -38,14 +38,17 @@ async def test_hello_must_come_first(harness: Harness) -> None:
     }
 
 
-@pytest.mark.parametrize("op,fields", [
-    ("rooms", {}),
-    ("join", {"room": 1}),
-    ("history", {"room": 1}),
-    ("post", {"room": 1, "text": "x", "cid": "1"}),
-    ("room.create", {"name": "r"}),
-    ("leave", {"room": 1}),
-])
+@pytest.mark.parametrize(
+    "op,fields",
+    [
+        ("rooms", {}),
+        ("join", {"room": 1}),
+        ("history", {"room": 1}),
+        ("post", {"room": 1, "text": "x", "cid": "1"}),
+        ("room.create", {"name": "r"}),
+        ("leave", {"room": 1}),
+    ],
+)
 async def test_ops_before_auth_are_refused(harness: Harness, op: str, fields: dict) -> None:  # type: ignore[type-arg]
     room = await harness.room()
     await harness.user("alice")
@@ -65,8 +68,11 @@ async def test_wrong_user_and_wrong_password_answer_alike(harness: Harness) -> N
         client = await harness.connect()
         await client.call("hello", protocol=1)
         answers.append((await client.request("auth", user=user, password=password))["error"])
-    assert answers[0] == answers[1] == {
-        "code": "unauthenticated", "message": "wrong user name or password"}
+    assert (
+        answers[0]
+        == answers[1]
+        == {"code": "unauthenticated", "message": "wrong user name or password"}
+    )
 
 
 async def test_token_resumes_and_bad_token_is_refused(harness: Harness) -> None:
@@ -148,8 +154,9 @@ async def test_websocket_other_path_is_404(harness: Harness) -> None:
 
 
 async def test_message_length_and_post_rate_are_limited(db_url: str) -> None:
-    node = await start_node(node_config(
-        db_url, chat={"max_message_chars": 100}, limits={"posts_per_user_per_s": 3}))
+    node = await start_node(
+        node_config(db_url, chat={"max_message_chars": 100}, limits={"posts_per_user_per_s": 3})
+    )
     h = Harness(node)
     try:
         await h.user("alice")
@@ -160,7 +167,8 @@ async def test_message_length_and_post_rate_are_limited(db_url: str) -> None:
         cid = await alice.request("post", room=room, text="x", cid="c" * 65)
         assert cid["error"]["code"] == "bad_request"
         replies = await asyncio.gather(
-            *(alice.request("post", room=room, text="x" * 100, cid=str(i)) for i in range(6)))
+            *(alice.request("post", room=room, text="x" * 100, cid=str(i)) for i in range(6))
+        )
         codes = [r["ok"] or r["error"]["code"] for r in replies]
         assert codes.count(True) == 3 and codes.count("rate_limited") == 3
         history = await alice.call("history", room=room)
@@ -230,8 +238,10 @@ async def test_shutdown_says_bye_and_acknowledged_posts_survive(db_url: str) -> 
     await h.user("alice")
     room = await h.room()
     alice = await h.login("alice")
-    pending = [asyncio.ensure_future(alice.request("post", room=room, text=str(i), cid=str(i)))
-               for i in range(100)]
+    pending = [
+        asyncio.ensure_future(alice.request("post", room=room, text=str(i), cid=str(i)))
+        for i in range(100)
+    ]
     await asyncio.sleep(0)
     await node.stop()
     bye = await alice.next_event("bye", timeout=scaled(5))

@@ -4,12 +4,12 @@ Nothing here touches sockets, asyncio or the database; tests feed bytes in and r
 
 ::
 
-    bytes ──► codec.FrameDecoder (TCP: length + MessagePack)  ─┐
-    WebSocket message ──► codec.decode_payload (MessagePack | JSON)─┴─► dict ──► commands.parse_request
+    TCP bytes ──► codec.FrameDecoder ──► codec.decode_msgpack ──┐
+    WebSocket message ──► codec.decode_msgpack | decode_json ───┴─► dict ──► parse_request
                                                                                     │
     events.encode_* ◄── reply / event dicts ◄── the session layer ◄─────────────────┘
 
-- ``errors``   — the error codes every reply uses, and :class:`ProtocolError` (the peer sent garbage).
+- ``errors``   — the error codes every reply uses; :class:`ProtocolError` (undecodable input).
 - ``codec``    — framing and payload decoding with every read bounded.
 - ``commands`` — one frozen dataclass per request op, validated on construction.
 - ``events``   — encodes a reply or event once per wire format, for fan-out.

@@ -8,7 +8,7 @@
         └── FrameTooLarge               -- a frame above max_frame_bytes: the stream cannot be
                                            trusted any more, so the connection is closed
 
-``ChatError`` is raised by the domain layers and turned into ``{"re": id, "ok": false, "error": ...}``.
+``ChatError`` is raised by the domain layers and becomes ``{"re": id, "ok": false, "error": …}``.
 """
 
 from __future__ import annotations

@@ -112,9 +112,7 @@ class ChatService:
             load_recent=self._load_recent,
             load_after=lambda room, seq, limit: message_store.after(db, room, seq, limit),
         )
-        self.writer = Writer(
-            db, self.hub.deliver, max_pending=config.limits.max_pending_posts
-        )
+        self.writer = Writer(db, self.hub.deliver, max_pending=config.limits.max_pending_posts)
         self.rate_limiter = RateLimiter(config.limits.posts_per_user_per_s)
         self._rooms: OrderedDict[int, Room] = OrderedDict()
         self._max_cached_rooms = 100_000

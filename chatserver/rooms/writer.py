@@ -89,7 +89,9 @@ class Writer:
             results = await store_batch(self._db, [post for post, _ in batch])
         except Exception as exc:
             log.error("storing a batch of %d posts failed: %s", len(batch), exc)
-            error = ChatError(UNAVAILABLE, "the message could not be stored; retry with the same cid")
+            error = ChatError(
+                UNAVAILABLE, "the message could not be stored; retry with the same cid"
+            )
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)

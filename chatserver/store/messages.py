@@ -90,8 +90,15 @@ def _plan(
             results.append(Stored(msg, True))
         else:
             last[post.room] += 1
-            msg = Message(post.room, last[post.room], ts, post.sender_id, post.sender_name,
-                          post.text, post.cid)
+            msg = Message(
+                post.room,
+                last[post.room],
+                ts,
+                post.sender_id,
+                post.sender_name,
+                post.text,
+                post.cid,
+            )
             seen[key] = msg
             new_rows.append(msg)
             results.append(Stored(msg, False))
@@ -119,9 +126,14 @@ async def _store_batch_generic(db: Database, posts: list[NewPost]) -> list[Store
         last_seqs = {row.id: row.last_seq for row in rows}
         existing = {}
         for row in await conn.execute(
-            select(messages.c.room_id, messages.c.sender_id, messages.c.cid, messages.c.seq,
-                   messages.c.ts, messages.c.text)
-            .where(tuple_(messages.c.room_id, messages.c.sender_id, messages.c.cid).in_(keys))
+            select(
+                messages.c.room_id,
+                messages.c.sender_id,
+                messages.c.cid,
+                messages.c.seq,
+                messages.c.ts,
+                messages.c.text,
+            ).where(tuple_(messages.c.room_id, messages.c.sender_id, messages.c.cid).in_(keys))
         ):
             existing[(row.room_id, row.sender_id, row.cid)] = (row.seq, row.ts, row.text)
         plan = _plan(posts, last_seqs, existing, now_ms())
@@ -129,8 +141,14 @@ async def _store_batch_generic(db: Database, posts: list[NewPost]) -> list[Store
             await conn.execute(
                 insert(messages),
                 [
-                    {"room_id": m.room, "seq": m.seq, "sender_id": m.sender_id, "cid": m.cid,
-                     "text": m.text, "ts": m.ts}
+                    {
+                        "room_id": m.room,
+                        "seq": m.seq,
+                        "sender_id": m.sender_id,
+                        "cid": m.cid,
+                        "text": m.text,
+                        "ts": m.ts,
+                    }
                     for m in plan.new_rows
                 ],
             )
@@ -158,10 +176,14 @@ async def _store_batch_pg(db: Database, posts: list[NewPost]) -> list[Stored]:
             "SELECT m.room_id, m.sender_id, m.cid, m.seq, m.ts, m.text FROM messages m"
             " JOIN unnest($1::bigint[], $2::bigint[], $3::text[]) AS k(r, s, c)"
             " ON m.room_id = k.r AND m.sender_id = k.s AND m.cid = k.c",
-            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
         ):
             existing[(row["room_id"], row["sender_id"], row["cid"])] = (
-                row["seq"], row["ts"], row["text"]
+                row["seq"],
+                row["ts"],
+                row["text"],
             )
         plan = _plan(posts, last_seqs, existing, now_ms())
         if plan.new_rows:
@@ -170,21 +192,31 @@ async def _store_batch_pg(db: Database, posts: list[NewPost]) -> list[Stored]:
                 "INSERT INTO messages (room_id, seq, sender_id, cid, text, ts)"
                 " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
                 " $5::text[], $6::bigint[])",
-                [m.room for m in new], [m.seq for m in new], [m.sender_id for m in new],
-                [m.cid for m in new], [m.text for m in new], [m.ts for m in new],
+                [m.room for m in new],
+                [m.seq for m in new],
+                [m.sender_id for m in new],
+                [m.cid for m in new],
+                [m.text for m in new],
+                [m.ts for m in new],
             )
             await conn.execute(
                 "UPDATE rooms SET last_seq = v.seq FROM unnest($1::bigint[], $2::bigint[])"
                 " AS v(id, seq) WHERE rooms.id = v.id",
-                list(plan.last_seqs), list(plan.last_seqs.values()),
+                list(plan.last_seqs),
+                list(plan.last_seqs.values()),
             )
     return plan.results
 
 
 def _select_messages() -> Any:
     return select(
-        messages.c.room_id, messages.c.seq, messages.c.ts, messages.c.sender_id,
-        users.c.name.label("sender_name"), messages.c.text, messages.c.cid,
+        messages.c.room_id,
+        messages.c.seq,
+        messages.c.ts,
+        messages.c.sender_id,
+        users.c.name.label("sender_name"),
+        messages.c.text,
+        messages.c.cid,
     ).join(users, users.c.id == messages.c.sender_id)
 
 

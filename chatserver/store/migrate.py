@@ -14,6 +14,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+
 import migrations
 
 from .db import sqlite_path
@@ -76,8 +77,10 @@ async def check_schema(db: object) -> None:
     known = {rev.revision for rev in script.walk_revisions()}
     if current not in known:
         raise SchemaError(
-            f"the database schema ({current}) is newer than this server ({head}); upgrade the server"
+            f"the database schema ({current}) is newer than this server ({head});"
+            " upgrade the server"
         )
     raise SchemaError(
-        f"the database schema ({current}) is older than this server ({head}): run `chatserver migrate`"
+        f"the database schema ({current}) is older than this server ({head}):"
+        " run `chatserver migrate`"
     )

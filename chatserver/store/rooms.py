@@ -61,9 +61,12 @@ async def list_rooms(
     """Rooms ordered by name, those whose name or description contains ``query`` (any case)."""
     stmt = select(rooms).order_by(rooms.c.name).limit(limit)
     if query:
-        pattern = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pattern = (
+            "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        )
         stmt = stmt.where(
-            rooms.c.name.ilike(pattern, escape="\\") | rooms.c.description.ilike(pattern, escape="\\")
+            rooms.c.name.ilike(pattern, escape="\\")
+            | rooms.c.description.ilike(pattern, escape="\\")
         )
     if after_name is not None:
         stmt = stmt.where(rooms.c.name > after_name)

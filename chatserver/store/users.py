@@ -33,7 +33,11 @@ def _user(row: object) -> User:
 
 
 async def create_user(
-    db: Database, name: str, password_hash: str, *, display_name: str | None = None,
+    db: Database,
+    name: str,
+    password_hash: str,
+    *,
+    display_name: str | None = None,
     is_admin: bool = False,
 ) -> User:
     try:
@@ -104,7 +108,9 @@ async def user_for_token(db: Database, token: str) -> User | None:
             await conn.execute(
                 select(users)
                 .join(sessions, sessions.c.user_id == users.c.id)
-                .where(sessions.c.token_hash == _token_hash(token), sessions.c.expires_ms > now_ms())
+                .where(
+                    sessions.c.token_hash == _token_hash(token), sessions.c.expires_ms > now_ms()
+                )
             )
         ).first()
     return _user(row) if row else None

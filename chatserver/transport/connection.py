@@ -1,8 +1,9 @@
 """The part every client transport shares: output batching, backpressure, timers, closing.
 
 Output: everything queued for a connection during one event-loop turn goes out in one
-``transport.write`` of the joined frames, scheduled with ``call_soon``. Fan-out hands every subscriber
-the same pre-encoded bytes, so a delivery costs an append here and one system call per turn.
+``transport.write`` of the joined frames, scheduled with ``call_soon``. Fan-out hands every
+subscriber the same pre-encoded bytes, so a delivery costs an append here and one system call
+per turn.
 
 Backpressure: when the output the socket would not take (the transport's buffer) passes
 ``output_buffer_bytes``, the session is told to fall behind: every joined room gets ``resync`` and

@@ -67,18 +67,19 @@ class WebSocketConnection(Connection):
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
+        data = bytes(frame.data)
         if opcode in (Opcode.TEXT, Opcode.BINARY):
             if frame.fin:
-                self._message(opcode, frame.data)
+                self._message(opcode, data)
             else:
                 self._fragment_opcode = opcode
-                self._fragments = [frame.data]
+                self._fragments = [data]
         elif opcode is Opcode.CONT and self._fragment_opcode is not None:
-            self._fragments.append(frame.data)
+            self._fragments.append(data)
             if frame.fin:
-                data = b"".join(self._fragments)
+                whole = b"".join(self._fragments)
                 opcode, self._fragment_opcode, self._fragments = self._fragment_opcode, None, []
-                self._message(opcode, data)
+                self._message(opcode, whole)
 
     def _message(self, opcode: Opcode, data: bytes) -> None:
         try:
