@@ -274,3 +274,50 @@ async def test_new_connections_after_stop_are_refused(harness: Harness) -> None:
     with pytest.raises(OSError):
         client = await Client.connect_tcp(host, port)
         await client.request("ping")
+
+
+async def test_tls_on_both_listeners(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(str(tmp_path / "cert.pem"), append=True)
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    node = await start_node(
+        node_config(db_url, tls={"certificate": tmp_path / "cert.pem", "key": tmp_path / "key.pem"})
+    )
+    h = Harness(node)
+    try:
+        await h.user("alice")
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        ca.configure_trust(context)
+        host, port = node.addresses["tcp"]
+        tcp = await Client.connect_tcp(host, port, ssl=context)
+        h.clients.append(tcp)
+        await tcp.login("alice", PASSWORD)
+        host, port = node.addresses["websocket"]
+        wss = await Client.connect_websocket(f"wss://{host}:{port}/", ssl=context)
+        h.clients.append(wss)
+        await wss.login("alice", PASSWORD)
+        plain = await Client.connect_tcp(*node.addresses["tcp"])
+        h.clients.append(plain)
+        await plain.send_raw({"op": "ping", "id": 1})
+        await asyncio.wait_for(plain.closed.wait(), scaled(5))  # no TLS handshake: dropped
+    finally:
+        await h.close()
+
+
+async def test_bad_certificate_stops_start_up(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from chatserver.server import Node, StartupError
+
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    node = Node(
+        node_config(db_url, tls={"certificate": tmp_path / "cert.pem"}), announce=lambda _line: None
+    )
+    with pytest.raises(StartupError, match="tls.certificate"):
+        await node.start()
+    await node.stop()

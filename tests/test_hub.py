@@ -1,0 +1,132 @@
+"""The hub's ordering rules with an in-memory store: duplicates dropped, gaps filled, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from chatserver.protocol.events import Outgoing
+from chatserver.rooms.hub import Hub
+from chatserver.store.messages import Message
+
+
+def msg(seq: int, room: int = 1) -> Message:
+    return Message(room, seq, 1000 + seq, 7, "u", f"text {seq}", f"c{seq}")
+
+
+class Store:
+    """Stands in for the message table: the hub reads history through two functions."""
+
+    def __init__(self) -> None:
+        self.messages: dict[int, list[Message]] = {}
+        self.reads = 0
+
+    def add(self, *seqs: int, room: int = 1) -> list[Message]:
+        new = [msg(s, room) for s in seqs]
+        self.messages.setdefault(room, []).extend(new)
+        return new
+
+    async def recent(self, room: int, limit: int) -> tuple[int, list[Message]]:
+        self.reads += 1
+        stored = self.messages.get(room, [])
+        return (stored[-1].seq if stored else 0), stored[-limit:]
+
+    async def after(self, room: int, seq: int, limit: int) -> list[Message]:
+        self.reads += 1
+        await asyncio.sleep(0)
+        return [m for m in self.messages.get(room, []) if m.seq > seq][:limit]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.resyncs: list[tuple[int, str]] = []
+
+    def send(self, item: Outgoing) -> None:
+        self.seqs.append(item.obj["seq"])
+
+    def resync(self, room: int, reason: str) -> None:
+        self.resyncs.append((room, reason))
+
+
+def make_hub(store: Store, cache: int = 3) -> Hub:
+    return Hub(cache_size=cache, load_recent=store.recent, load_after=store.after)
+
+
+async def test_duplicates_are_dropped_and_cache_keeps_the_newest() -> None:
+    store = Store()
+    store.add(1, 2)
+    hub = make_hub(store)
+    state = await hub.room(1)
+    sub = Recorder()
+    hub.subscribe(state, sub)
+    hub.deliver(store.add(3, 4))
+    hub.deliver([msg(2), msg(3), msg(4)])  # already delivered: dropped
+    assert sub.seqs == [3, 4]
+    assert [m["seq"] for m in state.recent] == [2, 3, 4]
+
+
+async def test_a_gap_is_filled_from_the_store_before_anything_after_it() -> None:
+    store = Store()
+    store.add(1)
+    hub = make_hub(store)
+    state = await hub.room(1)
+    sub = Recorder()
+    hub.subscribe(state, sub)
+    store.add(2, 3)  # stored, but their announcement was lost
+    hub.deliver(store.add(4))
+    hub.deliver(store.add(5))  # arrives while the gap is being repaired
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert sub.seqs == [2, 3, 4, 5]
+    assert state.ready and state.last_seq == 5
+
+
+async def test_buffered_subscription_releases_only_after_the_snapshot() -> None:
+    store = Store()
+    store.add(1, 2, 3)
+    hub = make_hub(store)
+    state = await hub.room(1)
+    sub = Recorder()
+    held = hub.subscribe_buffered(state, sub)
+    hub.deliver(store.add(4, 5))
+    assert sub.seqs == []  # held until the reply is out
+    hub.release(held, snapshot_seq=4)  # the reply already had 1..4
+    assert sub.seqs == [5]
+    hub.deliver([msg(4)])  # a late duplicate of something in the snapshot
+    hub.deliver(store.add(6))
+    assert sub.seqs == [5, 6]
+
+
+async def test_overflowing_buffer_resyncs_after_the_reply() -> None:
+    from chatserver.rooms import hub as hub_module
+
+    store = Store()
+    hub = make_hub(store)
+    state = await hub.room(1)
+    sub = Recorder()
+    held = hub.subscribe_buffered(state, sub)
+    limit = hub_module.MAX_BUFFERED_EVENTS
+    hub.deliver(store.add(*range(1, limit + 3)))
+    assert sub.resyncs == []  # not before the join reply
+    hub.release(held, snapshot_seq=0)
+    assert sub.resyncs == [(1, "too_slow")] and sub.seqs == []
+
+
+async def test_concurrent_first_use_loads_once() -> None:
+    store = Store()
+    store.add(1)
+    hub = make_hub(store)
+    states = await asyncio.gather(*(hub.room(1) for _ in range(5)))
+    assert all(s is states[0] for s in states) and store.reads == 1
+
+
+async def test_idle_rooms_are_evicted_beyond_the_bound() -> None:
+    store = Store()
+    hub = Hub(cache_size=3, load_recent=store.recent, load_after=store.after, max_idle_rooms=2)
+    keep = await hub.room(1)
+    hub.subscribe(keep, Recorder())
+    for room in range(2, 6):
+        await hub.room(room)
+    rooms: Any = hub._rooms
+    assert 1 in rooms and len(rooms) <= 3

@@ -1,0 +1,154 @@
+"""The store on both dialects: schema checks, group-commit batches, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+
+from chatserver.protocol.errors import ChatError
+from chatserver.rooms.writer import Writer
+from chatserver.store import messages as message_store
+from chatserver.store import rooms as room_store
+from chatserver.store import users as user_store
+from chatserver.store.db import Database
+from chatserver.store.messages import NewPost
+from chatserver.store.migrate import SchemaError, check_schema, head_revision
+
+
+@pytest.fixture
+async def db(db_url: str):  # type: ignore[no-untyped-def]
+    database = Database(db_url)
+    yield database
+    await database.close()
+
+
+async def test_schema_check_accepts_head_and_refuses_others(db: Database) -> None:
+    await check_schema(db)
+    async with db.write() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = 'ffffffff'"))
+    with pytest.raises(SchemaError, match="newer than this server"):
+        await check_schema(db)
+    async with db.write() as conn:
+        await conn.execute(text("DELETE FROM alembic_version"))
+    with pytest.raises(SchemaError, match="chatserver migrate"):
+        await check_schema(db)
+    assert head_revision() == "0001"
+
+
+async def test_batch_assigns_gap_free_seqs_per_room_and_dedups(db: Database) -> None:
+    alice = await user_store.create_user(db, "alice", "x")
+    bob = await user_store.create_user(db, "bob", "x")
+    r1 = (await room_store.create_room(db, "one")).id
+    r2 = (await room_store.create_room(db, "two")).id
+    posts = [
+        NewPost(r2, alice.id, "alice", "a", "first in two"),
+        NewPost(r1, alice.id, "alice", "a", "first in one"),
+        NewPost(r1, bob.id, "bob", "a", "second in one"),  # same cid, other sender
+        NewPost(r1, alice.id, "alice", "a", "retry"),  # same key as post 2
+        NewPost(999, alice.id, "alice", "z", "no such room"),
+        NewPost(r2, bob.id, "bob", "b", "second in two"),
+    ]
+    results = await message_store.store_batch(db, posts)
+    summary = [(r.message.room, r.message.seq, r.duplicate) if r.message else None for r in results]
+    assert summary == [
+        (r2, 1, False),
+        (r1, 1, False),
+        (r1, 2, False),
+        (r1, 1, True),
+        None,
+        (r2, 2, False),
+    ]
+    assert results[3].message.text == "first in one"  # type: ignore[union-attr]
+    again = await message_store.store_batch(
+        db, [NewPost(r1, bob.id, "bob", "a", "x"), NewPost(r1, bob.id, "bob", "c", "third")]
+    )
+    assert [(r.message.seq, r.duplicate) for r in again] == [(2, True), (3, False)]  # type: ignore[union-attr]
+    assert await message_store.last_seq(db, r1) == 3
+    assert await message_store.last_seq(db, r2) == 2
+    stored = await message_store.after(db, r1, 0, 10)
+    assert [(m.seq, m.sender_name, m.text) for m in stored] == [
+        (1, "alice", "first in one"),
+        (2, "bob", "second in one"),
+        (3, "bob", "third"),
+    ]
+
+
+async def test_concurrent_batches_keep_one_order(db_url: str) -> None:
+    """Two writers on two connections (as two nodes would be) never share or skip a seq."""
+    dbs = [Database(db_url), Database(db_url)]
+    try:
+        user = await user_store.create_user(dbs[0], "u", "x")
+        rooms = [(await room_store.create_room(dbs[0], f"r{i}")).id for i in range(3)]
+
+        async def writer(w: int) -> None:
+            for k in range(20):
+                batch = [
+                    NewPost(rooms[(k + j) % 3], user.id, "u", f"{w}-{k}-{j}", "t") for j in range(5)
+                ]
+                await message_store.store_batch(dbs[w], batch)
+
+        await asyncio.gather(writer(0), writer(1))
+        for room in rooms:
+            seqs = [m.seq for m in await message_store.after(dbs[0], room, 0, 1000)]
+            assert seqs == list(range(1, len(seqs) + 1))
+        total = 0
+        for room in rooms:
+            total += len(await message_store.after(dbs[0], room, 0, 1000))
+        assert total == 2 * 20 * 5
+    finally:
+        for database in dbs:
+            await database.close()
+
+
+async def test_failed_transaction_fails_every_post_and_stores_none(db: Database) -> None:
+    user = await user_store.create_user(db, "u", "x")
+    room = (await room_store.create_room(db, "r")).id
+    delivered: list[object] = []
+    writer = Writer(db, delivered.extend)
+    writer.start()
+    try:
+        async with db.write() as conn:
+            await conn.execute(text("ALTER TABLE messages RENAME TO messages_away"))
+        futures = [writer.submit(NewPost(room, user.id, "u", str(i), "t")) for i in range(10)]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(isinstance(o, ChatError) and o.code == "unavailable" for o in outcomes)
+        assert delivered == []
+        async with db.write() as conn:
+            await conn.execute(text("ALTER TABLE messages_away RENAME TO messages"))
+        assert await message_store.last_seq(db, room) == 0  # the seqs were rolled back too
+        retried = await asyncio.gather(
+            *(writer.submit(NewPost(room, user.id, "u", str(i), "t")) for i in range(10))
+        )
+        assert sorted(r.message.seq for r in retried) == list(range(1, 11))  # type: ignore[union-attr]
+        assert len(delivered) == 10
+    finally:
+        await writer.close()
+
+
+async def test_writer_refuses_when_full_and_after_close(db: Database) -> None:
+    user = await user_store.create_user(db, "u", "x")
+    room = (await room_store.create_room(db, "r")).id
+    writer = Writer(db, lambda _m: None, max_pending=100)
+    # Not started: nothing drains the queue.
+    futures = [writer.submit(NewPost(room, user.id, "u", str(i), "t")) for i in range(100)]
+    with pytest.raises(ChatError) as info:
+        writer.submit(NewPost(room, user.id, "u", "overflow", "t"))
+    assert info.value.code == "unavailable"
+    writer.start()
+    await writer.close()  # stores what was queued before stopping
+    assert all(f.done() and not f.exception() for f in futures)
+    with pytest.raises(ChatError):
+        writer.submit(NewPost(room, user.id, "u", "late", "t"))
+    assert await message_store.last_seq(db, room) == 100
+
+
+async def test_sessions_expire(db: Database) -> None:
+    user = await user_store.create_user(db, "u", "x")
+    token = await user_store.create_session(db, user.id, ttl_s=3600)
+    assert (await user_store.user_for_token(db, token)) == user
+    async with db.write() as conn:
+        await conn.execute(text("UPDATE sessions SET expires_ms = 0"))
+    assert await user_store.user_for_token(db, token) is None
+    assert await user_store.user_for_token(db, "unknown") is None
