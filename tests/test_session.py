@@ -318,6 +318,6 @@ async def test_bad_certificate_stops_start_up(db_url: str, tmp_path) -> None:  #
     node = Node(
         node_config(db_url, tls={"certificate": tmp_path / "cert.pem"}), announce=lambda _line: None
     )
-    with pytest.raises(StartupError, match="tls.certificate"):
+    with pytest.raises(StartupError, match=r"tls\.certificate"):
         await node.start()
     await node.stop()
