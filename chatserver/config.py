@@ -104,6 +104,12 @@ class LimitsConfig(_Section):
     max_pending_posts: int = Field(100_000, ge=100)
 
 
+class PolicyConfig(_Section):
+    # The default of each user's persistent_chat_enabled policy (the reference system shipped
+    # it off; on here, so a fresh install works).
+    persistent_chat_enabled: bool = True
+
+
 class Config(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
@@ -111,6 +117,7 @@ class Config(_Section):
     tls: TlsConfig = Field(default_factory=TlsConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
 
 def _env_value(text: str) -> Any:

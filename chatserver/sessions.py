@@ -24,7 +24,10 @@ from .protocol.errors import (
     ChatError,
 )
 from .protocol.events import Outgoing, error_reply, reply
+from .rooms.governance import Governance, parse_principals
+from .store import rooms as room_store
 from .store.messages import Stored
+from .store.principals import Principal
 from .store.users import User
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ class Session:
         self._queue: deque[dict[str, Any]] = deque()
         self.worker: asyncio.Task[None] | None = None
         self._posts_in_flight = 0
+        self.invited_rooms: set[int] = set()
         self.closed = False
 
     # -- input ------------------------------------------------------------------------------
@@ -129,8 +133,11 @@ class Session:
         if self.closed:
             return None  # type: ignore[return-value]
         self.user = user
+        self.service.governance.members.setdefault(user.id, set()).add(self)
         self.conn.authenticated(user)
-        return reply(request.id, user=user.public(), token=token)
+        invitations = await self.service.governance.invitations(user)
+        self.invited_rooms = {i["room"]["id"] for i in invitations}
+        return reply(request.id, user=user.public(), token=token, invitations=invitations)
 
     async def op_ping(self, request: cmd.Ping) -> dict[str, Any]:
         return reply(request.id)
@@ -138,14 +145,151 @@ class Session:
     async def op_rooms(self, request: cmd.Rooms) -> dict[str, Any]:
         assert self.user is not None
         rooms, cursor = await self.service.list_rooms(
-            self.user, request.query, request.limit, request.cursor
+            self.user, request.query, request.limit, request.cursor, request.category
         )
         return reply(request.id, rooms=rooms, cursor=cursor)
 
+    # -- governance -------------------------------------------------------------------------
+
+    @property
+    def _gov(self) -> Governance:
+        return self.service.governance
+
+    async def _room_reply(self, rid: int, room_id: int) -> dict[str, Any]:
+        assert self.user is not None
+        room, category, _actor = await self._gov.check(self.user, room_id, "find")
+        return reply(rid, room=await self._gov.room_view(self.user, room, category))
+
     async def op_room_create(self, request: cmd.RoomCreate) -> dict[str, Any]:
         assert self.user is not None
-        room = await self.service.create_room(self.user, request.name, request.description or "")
-        return reply(request.id, room=room.public())
+        room = await self._gov.create_room(
+            self.user,
+            request.category or 1,
+            request.name,
+            request.description or "",
+            request.privacy,
+            request.type,
+            request.invitations,
+        )
+        return await self._room_reply(request.id, room.id)
+
+    async def op_room_get(self, request: cmd.RoomGet) -> dict[str, Any]:
+        return await self._room_reply(request.id, request.room)
+
+    async def op_room_update(self, request: cmd.RoomUpdate) -> dict[str, Any]:
+        assert self.user is not None
+        values: dict[str, Any] = {
+            key: getattr(request, key)
+            for key in ("name", "description", "privacy", "type", "invitations")
+            if getattr(request, key) is not None
+        }
+        if request.addin is not None:
+            values["addin_id"] = request.addin or None
+        await self._gov.update_room(self.user, request.room, values)
+        return await self._room_reply(request.id, request.room)
+
+    async def op_room_members(self, request: cmd.RoomMembers) -> dict[str, Any]:
+        assert self.user is not None
+        add = _roles(request.add, "add")
+        remove = _roles(request.remove, "remove")
+        invited = await self._gov.change_roles(self.user, request.room, add, remove)
+        response = await self._room_reply(request.id, request.room)
+        return {**response, "invited": sorted(invited)}
+
+    async def op_room_move(self, request: cmd.RoomMove) -> dict[str, Any]:
+        assert self.user is not None
+        await self._gov.move_room(self.user, request.room, request.category)
+        return await self._room_reply(request.id, request.room)
+
+    async def op_room_disable(self, request: cmd.RoomDisable) -> dict[str, Any]:
+        assert self.user is not None
+        await self._gov.set_disabled(self.user, request.room, True)
+        return await self._room_reply(request.id, request.room)
+
+    async def op_room_enable(self, request: cmd.RoomEnable) -> dict[str, Any]:
+        assert self.user is not None
+        await self._gov.set_disabled(self.user, request.room, False)
+        return await self._room_reply(request.id, request.room)
+
+    async def op_room_delete(self, request: cmd.RoomDelete) -> dict[str, Any]:
+        assert self.user is not None
+        await self._gov.delete_room(self.user, request.room)
+        return reply(request.id)
+
+    async def op_categories(self, request: cmd.Categories) -> dict[str, Any]:
+        assert self.user is not None
+        return reply(request.id, categories=await self._gov.list_categories(self.user))
+
+    async def op_invitations(self, request: cmd.Invitations) -> dict[str, Any]:
+        assert self.user is not None
+        return reply(request.id, invitations=await self._gov.invitations(self.user))
+
+    async def op_invitation_dismiss(self, request: cmd.InvitationDismiss) -> dict[str, Any]:
+        assert self.user is not None
+        await self._gov.dismiss(self.user, request.room)
+        return reply(request.id)
+
+    async def op_category_create(self, request: cmd.CategoryCreate) -> dict[str, Any]:
+        assert self.user is not None
+        flags = {
+            key: getattr(request, key)
+            for key in ("invitations", "file_upload", "chat_history")
+            if getattr(request, key) is not None
+        }
+        category = await self._gov.create_category(
+            self.user, request.name, description=request.description or "", **flags
+        )
+        return reply(request.id, category=category)
+
+    async def op_category_update(self, request: cmd.CategoryUpdate) -> dict[str, Any]:
+        assert self.user is not None
+        values = {
+            key: getattr(request, key)
+            for key in ("name", "description", "invitations", "file_upload", "chat_history")
+            if getattr(request, key) is not None
+        }
+        category = await self._gov.update_category(
+            self.user,
+            request.category,
+            values,
+            _lists(request.add, "add"),
+            _lists(request.remove, "remove"),
+        )
+        return reply(request.id, category=category)
+
+    async def op_category_delete(self, request: cmd.CategoryDelete) -> dict[str, Any]:
+        assert self.user is not None
+        await self._gov.delete_category(self.user, request.category)
+        return reply(request.id)
+
+    async def op_group_create(self, request: cmd.GroupCreate) -> dict[str, Any]:
+        assert self.user is not None
+        group = await self._gov.create_group(self.user, request.name, request.description or "")
+        return reply(request.id, group=group)
+
+    async def op_group_members(self, request: cmd.GroupMembers) -> dict[str, Any]:
+        assert self.user is not None
+        group = await self._gov.change_group(
+            self.user,
+            request.group,
+            parse_principals(request.add, "add"),
+            parse_principals(request.remove, "remove"),
+        )
+        return reply(request.id, group=group)
+
+    async def op_group_delete(self, request: cmd.GroupDelete) -> dict[str, Any]:
+        assert self.user is not None
+        await self._gov.delete_group(self.user, request.group)
+        return reply(request.id)
+
+    async def op_user_policy(self, request: cmd.UserPolicy) -> dict[str, Any]:
+        assert self.user is not None
+        await self._gov.set_policy(self.user, request.user, request.persistent_chat_enabled)
+        return reply(request.id)
+
+    async def op_users(self, request: cmd.Users) -> dict[str, Any]:
+        assert self.user is not None
+        return reply(request.id, users=await self._gov.list_users(self.user, request.query))
 
     async def op_join(self, request: cmd.Join) -> dict[str, Any] | None:
         assert self.user is not None
@@ -157,6 +301,9 @@ class Session:
         self.conn.send(Outgoing(reply(request.id, **fields)))
         if release is not None:
             release()
+        if request.room in self.invited_rooms:
+            self.invited_rooms.discard(request.room)
+            await room_store.remove_invitation(self.service.db, self.user.id, request.room)
         return None
 
     async def op_leave(self, request: cmd.Leave) -> dict[str, Any]:
@@ -215,6 +362,15 @@ class Session:
         self.service.leave(self, room)
         self.conn.send(Outgoing({"ev": "resync", "room": room, "reason": reason}))
 
+    def removed(self, room: int, reason: str) -> None:
+        """The user lost the right to read ``room`` (or it was disabled or deleted)."""
+        self.rooms.discard(room)
+        self.service.leave(self, room)
+        self.conn.send(Outgoing({"ev": "room.removed", "room": room, "reason": reason}))
+
+    def disconnect(self, reason: str) -> None:
+        self.conn.close(reason)
+
     def fall_behind(self) -> None:
         """The connection's output passed its limit: stop every room's live events."""
         for room in list(self.rooms):
@@ -226,7 +382,38 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        if self.user is not None:
+            mine = self.service.governance.members.get(self.user.id)
+            if mine is not None:
+                mine.discard(self)
+                if not mine:
+                    del self.service.governance.members[self.user.id]
         for room in self.rooms:
             self.service.leave(self, room)
         self.rooms.clear()
         self._queue.clear()
+
+
+_ROOM_ROLES = {"members": "member", "managers": "manager", "presenters": "presenter"}
+_CATEGORY_LISTS = {"allowed": "allowed", "denied": "denied", "creators": "creator"}
+
+
+def _by_key(
+    value: dict[str, Any] | None, field: str, keys: dict[str, str]
+) -> dict[str, list[Principal]]:
+    if value is None:
+        return {}
+    unknown = set(value) - set(keys)
+    if unknown:
+        raise ChatError(
+            BAD_REQUEST, f"field {field!r} takes {', '.join(keys)}; not {sorted(unknown)[0]!r}"
+        )
+    return {keys[k]: parse_principals(v, f"{field}.{k}") for k, v in value.items()}
+
+
+def _roles(value: dict[str, Any] | None, field: str) -> dict[str, list[Principal]]:
+    return _by_key(value, field, _ROOM_ROLES)
+
+
+def _lists(value: dict[str, Any] | None, field: str) -> dict[str, list[Principal]]:
+    return _by_key(value, field, _CATEGORY_LISTS)

@@ -37,6 +37,24 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "leave": {"room": 1},
     "post": {"room": 1, "text": "hi", "cid": "c1"},
     "history": {"room": 1},
+    "room.get": {"room": 1},
+    "room.update": {"room": 1},
+    "room.members": {"room": 1},
+    "room.move": {"room": 1, "category": 2},
+    "room.disable": {"room": 1},
+    "room.enable": {"room": 1},
+    "room.delete": {"room": 1},
+    "categories": {},
+    "invitations": {},
+    "invitation.dismiss": {"room": 1},
+    "category.create": {"name": "c"},
+    "category.update": {"category": 1},
+    "category.delete": {"category": 1},
+    "group.create": {"name": "g"},
+    "group.members": {"group": 1},
+    "group.delete": {"group": 1},
+    "user.policy": {"user": 1},
+    "users": {},
 }
 
 # Every field of every op set to a valid value (History's "after" excludes "before": see below).
@@ -44,12 +62,64 @@ FULL: dict[str, dict[str, Any]] = {
     "hello": {"protocol": 2, "client": "cli/1.0"},
     "auth": {"user": "ann", "password": "pw", "token": "tok"},
     "ping": {},
-    "rooms": {"query": "lob", "limit": 10, "cursor": "abc"},
-    "room.create": {"name": "lobby", "description": "the lobby"},
+    "rooms": {"query": "lob", "limit": 10, "cursor": "abc", "category": 3},
+    "room.create": {
+        "name": "lobby",
+        "description": "the lobby",
+        "category": 2,
+        "privacy": "secret",
+        "type": "auditorium",
+        "invitations": "off",
+    },
     "join": {"room": 4, "since": 0},
     "leave": {"room": 4},
     "post": {"room": 4, "text": "hello ✓", "cid": "c-9"},
     "history": {"room": 4, "before": 100, "limit": 50},
+    "room.get": {"room": 4},
+    "room.update": {
+        "room": 4,
+        "name": "n",
+        "description": "d",
+        "privacy": "open",
+        "type": "normal",
+        "invitations": "inherit",
+        "addin": 0,
+    },
+    "room.members": {
+        "room": 4,
+        "add": {"members": [{"kind": "user", "id": 3}]},
+        "remove": {"managers": [{"kind": "group", "id": 2}]},
+    },
+    "room.move": {"room": 4, "category": 2},
+    "room.disable": {"room": 4},
+    "room.enable": {"room": 4},
+    "room.delete": {"room": 4},
+    "categories": {},
+    "invitations": {},
+    "invitation.dismiss": {"room": 4},
+    "category.create": {
+        "name": "c",
+        "description": "d",
+        "invitations": False,
+        "file_upload": True,
+        "chat_history": False,
+    },
+    "category.update": {
+        "category": 1,
+        "name": "c",
+        "description": "d",
+        "invitations": True,
+        "file_upload": False,
+        "chat_history": True,
+        "add": {"allowed": [{"kind": "everyone", "id": 0}]},
+        "remove": {"denied": []},
+    },
+    "category.delete": {"category": 1},
+    "group.create": {"name": "g", "description": "d"},
+    "group.members": {"group": 1, "add": [{"kind": "user", "id": 1}], "remove": []},
+    "group.delete": {"group": 1},
+    "user.policy": {"user": 1, "persistent_chat_enabled": False},
+    "users": {"query": "a"},
 }
 
 CLASSES = {
@@ -62,6 +132,12 @@ CLASSES = {
     "leave": Leave,
     "post": Post,
     "history": History,
+    **{
+        op: REQUESTS[op]
+        for op in MINIMAL
+        if op
+        not in ("hello", "auth", "ping", "rooms", "room.create", "join", "leave", "post", "history")
+    },
 }
 
 
@@ -119,7 +195,7 @@ def test_requests_are_frozen(op: str) -> None:
 @pytest.mark.parametrize(
     ("op", "public"),
     [("hello", True), ("auth", True), ("ping", True)]
-    + [(op, False) for op in ("rooms", "room.create", "join", "leave", "post", "history")],
+    + [(op, False) for op in MINIMAL if op not in ("hello", "auth", "ping")],
 )
 def test_public_ops(op: str, public: bool) -> None:
     assert REQUESTS[op].PUBLIC is public
@@ -151,6 +227,22 @@ def test_required_table_is_complete() -> None:
         ("post", "text"),
         ("post", "cid"),
         ("history", "room"),
+        ("room.get", "room"),
+        ("room.update", "room"),
+        ("room.members", "room"),
+        ("room.move", "room"),
+        ("room.move", "category"),
+        ("room.disable", "room"),
+        ("room.enable", "room"),
+        ("room.delete", "room"),
+        ("invitation.dismiss", "room"),
+        ("category.create", "name"),
+        ("category.update", "category"),
+        ("category.delete", "category"),
+        ("group.create", "name"),
+        ("group.members", "group"),
+        ("group.delete", "group"),
+        ("user.policy", "user"),
     }
 
 
@@ -176,6 +268,12 @@ WRONG_TYPES = [
     ("rooms", "query", ["a"]),
     ("post", "text", b"bytes"),
     ("room.create", "description", {"a": 1}),
+    # maps and lists
+    ("room.members", "add", [1]),
+    ("room.members", "remove", "members"),
+    ("category.update", "add", 3),
+    ("group.members", "add", {"kind": "user"}),
+    ("user.policy", "persistent_chat_enabled", 1),
 ]
 
 

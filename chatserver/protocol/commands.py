@@ -73,6 +73,7 @@ class Rooms(Request):
     query: str | None = _optional(max_len=256)
     limit: int | None = _optional(min_value=1)
     cursor: str | None = _optional(max_len=1024)
+    category: int | None = _optional(min_value=1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,6 +81,149 @@ class RoomCreate(Request):
     OP = "room.create"
     name: str = _field(min_len=1, max_len=256)
     description: str | None = _optional(max_len=256)
+    category: int | None = _optional(min_value=1)  # default: 1, "General"
+    privacy: str | None = _optional(max_len=16)
+    type: str | None = _optional(max_len=16)
+    invitations: str | None = _optional(max_len=16)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomGet(Request):
+    OP = "room.get"
+    room: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomUpdate(Request):
+    OP = "room.update"
+    room: int = _field(min_value=1)
+    name: str | None = _optional(min_len=1, max_len=256)
+    description: str | None = _optional(max_len=256)
+    privacy: str | None = _optional(max_len=16)
+    type: str | None = _optional(max_len=16)
+    invitations: str | None = _optional(max_len=16)
+    addin: int | None = _optional(min_value=0)  # 0 removes the add-in
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomMembers(Request):
+    """``add`` / ``remove``: ``{"members"|"managers"|"presenters": [principal, …]}``."""
+
+    OP = "room.members"
+    room: int = _field(min_value=1)
+    add: dict[str, Any] | None = _optional()
+    remove: dict[str, Any] | None = _optional()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomMove(Request):
+    OP = "room.move"
+    room: int = _field(min_value=1)
+    category: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomDisable(Request):
+    OP = "room.disable"
+    room: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomEnable(Request):
+    OP = "room.enable"
+    room: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomDelete(Request):
+    OP = "room.delete"
+    room: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Categories(Request):
+    OP = "categories"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invitations(Request):
+    OP = "invitations"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvitationDismiss(Request):
+    OP = "invitation.dismiss"
+    room: int = _field(min_value=1)
+
+
+# -- administrators ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CategoryCreate(Request):
+    OP = "category.create"
+    name: str = _field(min_len=1, max_len=256)
+    description: str | None = _optional(max_len=256)
+    invitations: bool | None = _optional()
+    file_upload: bool | None = _optional()
+    chat_history: bool | None = _optional()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CategoryUpdate(Request):
+    """``add`` / ``remove``: ``{"allowed"|"denied"|"creators": [principal, …]}``."""
+
+    OP = "category.update"
+    category: int = _field(min_value=1)
+    name: str | None = _optional(min_len=1, max_len=256)
+    description: str | None = _optional(max_len=256)
+    invitations: bool | None = _optional()
+    file_upload: bool | None = _optional()
+    chat_history: bool | None = _optional()
+    add: dict[str, Any] | None = _optional()
+    remove: dict[str, Any] | None = _optional()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CategoryDelete(Request):
+    OP = "category.delete"
+    category: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupCreate(Request):
+    OP = "group.create"
+    name: str = _field(min_len=1, max_len=256)
+    description: str | None = _optional(max_len=256)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupMembers(Request):
+    OP = "group.members"
+    group: int = _field(min_value=1)
+    add: list[Any] | None = _optional()
+    remove: list[Any] | None = _optional()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupDelete(Request):
+    OP = "group.delete"
+    group: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserPolicy(Request):
+    """``persistent_chat_enabled``: true, false, or absent/null for the global default."""
+
+    OP = "user.policy"
+    user: int = _field(min_value=1)
+    persistent_chat_enabled: bool | None = _optional()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Users(Request):
+    OP = "users"
+    query: str | None = _optional(max_len=256)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,7 +261,36 @@ class History(Request):
 
 
 REQUESTS: dict[str, type[Request]] = {
-    cls.OP: cls for cls in (Hello, Auth, Ping, Rooms, RoomCreate, Join, Leave, Post, History)
+    cls.OP: cls
+    for cls in (
+        Hello,
+        Auth,
+        Ping,
+        Rooms,
+        RoomCreate,
+        Join,
+        Leave,
+        Post,
+        History,
+        RoomGet,
+        RoomUpdate,
+        RoomMembers,
+        RoomMove,
+        RoomDisable,
+        RoomEnable,
+        RoomDelete,
+        Categories,
+        Invitations,
+        InvitationDismiss,
+        CategoryCreate,
+        CategoryUpdate,
+        CategoryDelete,
+        GroupCreate,
+        GroupMembers,
+        GroupDelete,
+        UserPolicy,
+        Users,
+    )
 }
 
 
@@ -141,6 +314,7 @@ def _specs(cls: type[Request]) -> tuple[_FieldSpec, ...]:
         args = typing.get_args(hint)
         optional = isinstance(hint, types.UnionType) and type(None) in args
         kind = next(a for a in args if a is not type(None)) if optional else hint
+        kind = typing.get_origin(kind) or kind  # dict[str, Any] -> dict
         specs.append(
             _FieldSpec(
                 f.name,
@@ -177,6 +351,12 @@ def _check(spec: _FieldSpec, value: Any) -> Any:
     elif spec.kind is bool:
         if not isinstance(value, bool):
             raise _bad(f"field {spec.name!r} must be true or false")
+    elif spec.kind is dict:
+        if not isinstance(value, dict):
+            raise _bad(f"field {spec.name!r} must be a map")
+    elif spec.kind is list:
+        if not isinstance(value, list):
+            raise _bad(f"field {spec.name!r} must be a list")
     return value
 
 

@@ -185,6 +185,13 @@ class Hub:
         state = self._rooms.get(room_id)
         return state is not None and subscriber in state.subscriptions
 
+    def subscribers(self, room_id: int) -> list[Any]:
+        state = self._rooms.get(room_id)
+        return [] if state is None else list(state.subscriptions)
+
+    def subscribed_rooms(self) -> list[int]:
+        return [room_id for room_id, state in self._rooms.items() if state.subscriptions]
+
     def subscriber_count(self, room_id: int) -> int:
         state = self._rooms.get(room_id)
         return 0 if state is None else len(state.subscriptions)
@@ -216,7 +223,8 @@ class Hub:
                 return
             state.last_seq = message.seq
             wire = message.wire()
-            state.recent.append(wire)
+            if message.kept:  # a category without chat history keeps nothing for later readers
+                state.recent.append(wire)
             if state.subscriptions:
                 item = Outgoing({"ev": "message", **wire})
                 seq = message.seq

@@ -33,6 +33,8 @@ from ..store.db import Database
 from ..store.messages import Message, NewPost, Stored
 from ..store.rooms import Room
 from ..store.users import User
+from . import access
+from .governance import Governance
 from .hub import Hub, Subscriber
 from .writer import Writer
 
@@ -114,8 +116,8 @@ class ChatService:
         )
         self.writer = Writer(db, self.hub.deliver, max_pending=config.limits.max_pending_posts)
         self.rate_limiter = RateLimiter(config.limits.posts_per_user_per_s)
-        self._rooms: OrderedDict[int, Room] = OrderedDict()
-        self._max_cached_rooms = 100_000
+        self.governance = Governance(config, db, self.hub)
+        self.governance.on_room_gone = self.hub.forget
 
     def start(self) -> None:
         self.writer.start()
@@ -132,6 +134,7 @@ class ChatService:
         if not ok or found is None:
             raise ChatError(UNAUTHENTICATED, "wrong user name or password")
         user = found[0]
+        self._check_policy(user)
         token = await user_store.create_session(self.db, user.id, self.config.chat.session_ttl_s)
         return user, token
 
@@ -139,7 +142,12 @@ class ChatService:
         user = await user_store.user_for_token(self.db, token)
         if user is None:
             raise ChatError(UNAUTHENTICATED, "the token is unknown or expired")
+        self._check_policy(user)
         return user
+
+    def _check_policy(self, user: User) -> None:
+        if not self.governance.policy_enabled(user):
+            raise ChatError(FORBIDDEN, "persistent chat is disabled for this user")
 
     async def add_user(
         self, name: str, password: str, *, is_admin: bool = False, display_name: str | None = None
@@ -154,52 +162,54 @@ class ChatService:
 
     # -- rooms ------------------------------------------------------------------------------
 
-    async def _room(self, room_id: int) -> Room | None:
-        room = self._rooms.get(room_id)
-        if room is None:
-            room = await room_store.get_room(self.db, room_id)
-            if room is None:
-                return None
-            self._rooms[room_id] = room
-            if len(self._rooms) > self._max_cached_rooms:
-                self._rooms.popitem(last=False)
-        return room
-
     async def readable_room(self, user: User, room_id: int) -> Room:
-        """The room if ``user`` may find and read it; otherwise ``not_found``, as if absent."""
-        room = await self._room(room_id)
-        if room is None:
-            raise _not_found(room_id)
+        """The room if ``user`` may read it; ``not_found`` if they may not even find it."""
+        room, _category, _actor = await self.governance.check(user, room_id, "read")
         return room
 
     async def writable_room(self, user: User, room_id: int) -> Room:
         """The room if ``user`` may post in it."""
-        return await self.readable_room(user, room_id)
-
-    async def create_room(self, user: User, name: str, description: str) -> Room:
-        if not user.is_admin:
-            raise ChatError(FORBIDDEN, "only administrators create rooms")
-        try:
-            return await room_store.create_room(self.db, name, description)
-        except room_store.RoomExists:
-            raise ChatError(CONFLICT, f"a room named {name!r} exists") from None
+        room, _category, _actor = await self.governance.check(user, room_id, "post")
+        return room
 
     async def list_rooms(
-        self, user: User, query: str | None, limit: int | None, cursor: str | None
+        self,
+        user: User,
+        query: str | None,
+        limit: int | None,
+        cursor: str | None,
+        category: int | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
+        """The rooms ``user`` may find (disabled ones only for administrators), by name."""
         limit = min(limit or ROOM_PAGE_DEFAULT, ROOM_PAGE_MAX)
-        after_name = None
-        if cursor:
-            after_name = _decode_cursor(cursor)
-        found = await room_store.list_rooms(
-            self.db, query=query, after_name=after_name, limit=limit + 1
-        )
-        page = found[:limit]
-        rooms = [room.public() for room in page]
-        next_cursor = None
-        if len(found) > limit:
-            next_cursor = _encode_cursor(page[-1].name)
-        return rooms, next_cursor
+        after_name = _decode_cursor(cursor) if cursor else None
+        governance = self.governance
+        actor = await governance.actor(user)
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        # Scan in pages; stop after a bounded amount of work and hand out a cursor to continue.
+        while len(found) < limit and scanned < 20 * limit:
+            page = await room_store.list_rooms(
+                self.db, query=query, after_name=after_name, limit=limit, category_id=category
+            )
+            if not page:
+                after_name = None
+                break
+            scanned += len(page)
+            for candidate in page:
+                after_name = candidate.name
+                room = await governance.room(candidate.id)
+                cat = await governance.category(room.category_id) if room else None
+                if room is None or cat is None or (room.disabled and not user.is_admin):
+                    continue
+                if access.can_find(actor, room, cat):
+                    found.append(room.public())
+                    if len(found) == limit:
+                        break
+            if len(page) < limit and len(found) < limit:
+                after_name = None
+                break
+        return found, (_encode_cursor(after_name) if after_name is not None else None)
 
     # -- reading ----------------------------------------------------------------------------
 

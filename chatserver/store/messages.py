@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, tuple_, update
 
 from .db import Database, now_ms
-from .schema import messages, rooms, users
+from .schema import categories, messages, rooms, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,7 @@ class Message:
     sender_name: str
     text: str
     cid: str
+    kept: bool = True  # False: live only (the room's category has chat history off)
 
     def wire(self) -> dict[str, Any]:
         """The message as every reply and event carries it."""
@@ -62,13 +63,18 @@ class Stored:
 @dataclass(slots=True)
 class _Plan:
     results: list[Stored]
-    new_rows: list[Message]
+    new_rows: list[Message]  # every new message, kept or not
     last_seqs: dict[int, int]
+
+    @property
+    def kept_rows(self) -> list[Message]:
+        return [m for m in self.new_rows if m.kept]
 
 
 def _plan(
     posts: list[NewPost],
     last_seqs: dict[int, int],
+    keeps: dict[int, bool],
     existing: dict[tuple[int, int, str], tuple[int, int, str]],
     ts: int,
 ) -> _Plan:
@@ -98,6 +104,7 @@ def _plan(
                 post.sender_name,
                 post.text,
                 post.cid,
+                keeps[post.room],
             )
             seen[key] = msg
             new_rows.append(msg)
@@ -117,13 +124,17 @@ async def _store_batch_generic(db: Database, posts: list[NewPost]) -> list[Store
     room_ids = sorted({p.room for p in posts})
     keys = list({(p.room, p.sender_id, p.cid) for p in posts})
     async with db.write() as conn:
-        rows = await conn.execute(
-            select(rooms.c.id, rooms.c.last_seq)
-            .where(rooms.c.id.in_(room_ids))
-            .order_by(rooms.c.id)
-            .with_for_update()
+        rows = list(
+            await conn.execute(
+                select(rooms.c.id, rooms.c.last_seq, categories.c.chat_history)
+                .join(categories, categories.c.id == rooms.c.category_id)
+                .where(rooms.c.id.in_(room_ids))
+                .order_by(rooms.c.id)
+                .with_for_update(of=rooms)
+            )
         )
         last_seqs = {row.id: row.last_seq for row in rows}
+        keeps = {row.id: bool(row.chat_history) for row in rows}
         existing = {}
         for row in await conn.execute(
             select(
@@ -136,8 +147,8 @@ async def _store_batch_generic(db: Database, posts: list[NewPost]) -> list[Store
             ).where(tuple_(messages.c.room_id, messages.c.sender_id, messages.c.cid).in_(keys))
         ):
             existing[(row.room_id, row.sender_id, row.cid)] = (row.seq, row.ts, row.text)
-        plan = _plan(posts, last_seqs, existing, now_ms())
-        if plan.new_rows:
+        plan = _plan(posts, last_seqs, keeps, existing, now_ms())
+        if plan.kept_rows:
             await conn.execute(
                 insert(messages),
                 [
@@ -149,9 +160,10 @@ async def _store_batch_generic(db: Database, posts: list[NewPost]) -> list[Store
                         "text": m.text,
                         "ts": m.ts,
                     }
-                    for m in plan.new_rows
+                    for m in plan.kept_rows
                 ],
             )
+        if plan.last_seqs:
             await conn.execute(
                 update(rooms)
                 .where(rooms.c.id == bindparam("rid"))
@@ -167,10 +179,13 @@ async def _store_batch_pg(db: Database, posts: list[NewPost]) -> list[Stored]:
     keys = list({(p.room, p.sender_id, p.cid) for p in posts})
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
-            "SELECT id, last_seq FROM rooms WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+            "SELECT r.id, r.last_seq, c.chat_history FROM rooms r"
+            " JOIN categories c ON c.id = r.category_id"
+            " WHERE r.id = ANY($1::bigint[]) ORDER BY r.id FOR UPDATE OF r",
             room_ids,
         )
         last_seqs = {row["id"]: row["last_seq"] for row in rows}
+        keeps = {row["id"]: row["chat_history"] for row in rows}
         existing = {}
         for row in await conn.fetch(
             "SELECT m.room_id, m.sender_id, m.cid, m.seq, m.ts, m.text FROM messages m"
@@ -185,9 +200,9 @@ async def _store_batch_pg(db: Database, posts: list[NewPost]) -> list[Stored]:
                 row["ts"],
                 row["text"],
             )
-        plan = _plan(posts, last_seqs, existing, now_ms())
-        if plan.new_rows:
-            new = plan.new_rows
+        plan = _plan(posts, last_seqs, keeps, existing, now_ms())
+        new = plan.kept_rows
+        if new:
             await conn.execute(
                 "INSERT INTO messages (room_id, seq, sender_id, cid, text, ts)"
                 " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
@@ -199,6 +214,7 @@ async def _store_batch_pg(db: Database, posts: list[NewPost]) -> list[Stored]:
                 [m.text for m in new],
                 [m.ts for m in new],
             )
+        if plan.last_seqs:
             await conn.execute(
                 "UPDATE rooms SET last_seq = v.seq FROM unnest($1::bigint[], $2::bigint[])"
                 " AS v(id, seq) WHERE rooms.id = v.id",

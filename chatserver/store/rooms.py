@@ -1,14 +1,21 @@
-"""Rooms: the directory of rooms and each room's last sequence number."""
+"""Rooms: the directory, each room's settings and roles, its last sequence number, invitations."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .db import Database, now_ms
-from .schema import rooms
+from .principals import Principal
+from .schema import invitations, room_principals, rooms
+
+ROLES = ("member", "manager", "presenter")
+PRIVACY = ("open", "closed", "secret")
+TYPES = ("normal", "auditorium")
+INVITATIONS = ("inherit", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,58 +24,253 @@ class Room:
     name: str
     description: str
     last_seq: int
+    category_id: int = 1
+    privacy: str = "closed"
+    type: str = "normal"
+    disabled: bool = False
+    invitations: str = "inherit"
+    addin_id: int | None = None
+    members: frozenset[Principal] = field(default_factory=frozenset)
+    managers: frozenset[Principal] = field(default_factory=frozenset)
+    presenters: frozenset[Principal] = field(default_factory=frozenset)
 
-    def public(self) -> dict[str, object]:
-        return {
+    def public(self, *, with_roles: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "description": self.description,
             "last_seq": self.last_seq,
+            "category": self.category_id,
+            "privacy": self.privacy,
+            "type": self.type,
+            "disabled": self.disabled,
+            "invitations": self.invitations,
+            "addin": self.addin_id,
         }
+        if with_roles:
+            for name in ("members", "managers", "presenters"):
+                out[name] = [p.wire() for p in sorted(getattr(self, name))]
+        return out
+
+    def with_roles(self, roles: dict[str, set[Principal]]) -> Room:
+        return replace(
+            self,
+            members=frozenset(roles.get("member", ())),
+            managers=frozenset(roles.get("manager", ())),
+            presenters=frozenset(roles.get("presenter", ())),
+        )
 
 
 class RoomExists(Exception):
     pass
 
 
-def _room(row: object) -> Room:
-    return Room(row.id, row.name, row.description, row.last_seq)  # type: ignore[attr-defined]
+def _room(row: Any) -> Room:
+    return Room(
+        row.id,
+        row.name,
+        row.description,
+        row.last_seq,
+        row.category_id,
+        row.privacy,
+        row.type,
+        bool(row.disabled),
+        row.invitations,
+        row.addin_id,
+    )
 
 
-async def create_room(db: Database, name: str, description: str = "") -> Room:
+async def create_room(
+    db: Database,
+    name: str,
+    description: str = "",
+    *,
+    category_id: int = 1,
+    privacy: str = "open",
+    type: str = "normal",
+    invitations: str = "inherit",
+    managers: tuple[Principal, ...] = (),
+) -> Room:
+    """Create a room. The defaults make an open room in "General", as ``chatserver room add``
+    and the tests expect; the protocol's ``room.create`` defaults to closed."""
     try:
         async with db.write() as conn:
             result = await conn.execute(
                 insert(rooms)
-                .values(name=name, description=description, last_seq=0, created_ms=now_ms())
+                .values(
+                    name=name,
+                    description=description,
+                    last_seq=0,
+                    created_ms=now_ms(),
+                    category_id=category_id,
+                    privacy=privacy,
+                    type=type,
+                    disabled=False,
+                    invitations=invitations,
+                )
                 .returning(rooms.c.id)
             )
-            room_id = result.scalar_one()
+            room_id = int(result.scalar_one())
+            if managers:
+                await conn.execute(
+                    insert(room_principals),
+                    [
+                        {
+                            "room_id": room_id,
+                            "role": "manager",
+                            "principal_kind": p.kind,
+                            "principal_id": p.id,
+                        }
+                        for p in managers
+                    ],
+                )
     except IntegrityError:
         raise RoomExists(name) from None
-    return Room(room_id, name, description, 0)
+    return Room(
+        room_id,
+        name,
+        description,
+        0,
+        category_id,
+        privacy,
+        type,
+        False,
+        invitations,
+        None,
+        managers=frozenset(managers),
+    )
 
 
 async def get_room(db: Database, room_id: int) -> Room | None:
+    """The room with its role lists."""
     async with db.read() as conn:
         row = (await conn.execute(select(rooms).where(rooms.c.id == room_id))).first()
-    return _room(row) if row else None
+        if row is None:
+            return None
+        roles: dict[str, set[Principal]] = {}
+        for r in await conn.execute(
+            select(room_principals).where(room_principals.c.room_id == room_id)
+        ):
+            roles.setdefault(r.role, set()).add(Principal(r.principal_kind, r.principal_id))
+    return _room(row).with_roles(roles)
 
 
 async def list_rooms(
-    db: Database, *, query: str | None, after_name: str | None, limit: int
+    db: Database,
+    *,
+    query: str | None,
+    after_name: str | None,
+    limit: int,
+    category_id: int | None = None,
 ) -> list[Room]:
-    """Rooms ordered by name, those whose name or description contains ``query`` (any case)."""
+    """Rooms ordered by name, those whose name or description contains ``query`` (any case).
+
+    Role lists are not loaded; the caller filters what each user may see.
+    """
     stmt = select(rooms).order_by(rooms.c.name).limit(limit)
     if query:
-        pattern = (
-            "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        )
+        escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = "%" + escaped + "%"
         stmt = stmt.where(
             rooms.c.name.ilike(pattern, escape="\\")
             | rooms.c.description.ilike(pattern, escape="\\")
         )
     if after_name is not None:
         stmt = stmt.where(rooms.c.name > after_name)
+    if category_id is not None:
+        stmt = stmt.where(rooms.c.category_id == category_id)
     async with db.read() as conn:
         return [_room(row) for row in await conn.execute(stmt)]
+
+
+async def update_room(db: Database, room_id: int, **values: Any) -> None:
+    try:
+        async with db.write() as conn:
+            await conn.execute(update(rooms).where(rooms.c.id == room_id).values(**values))
+    except IntegrityError:
+        raise RoomExists(values.get("name", "")) from None
+
+
+async def change_roles(
+    db: Database,
+    room_id: int,
+    add: dict[str, list[Principal]],
+    remove: dict[str, list[Principal]],
+) -> None:
+    async with db.write() as conn:
+        for role, principals in remove.items():
+            for p in principals:
+                await conn.execute(
+                    delete(room_principals).where(
+                        room_principals.c.room_id == room_id,
+                        room_principals.c.role == role,
+                        room_principals.c.principal_kind == p.kind,
+                        room_principals.c.principal_id == p.id,
+                    )
+                )
+        existing = {
+            (r.role, Principal(r.principal_kind, r.principal_id))
+            for r in await conn.execute(
+                select(room_principals).where(room_principals.c.room_id == room_id)
+            )
+        }
+        rows = [
+            {"room_id": room_id, "role": role, "principal_kind": p.kind, "principal_id": p.id}
+            for role, principals in add.items()
+            for p in dict.fromkeys(principals)
+            if (role, p) not in existing
+        ]
+        if rows:
+            await conn.execute(insert(room_principals), rows)
+
+
+async def delete_room(db: Database, room_id: int) -> bool:
+    async with db.write() as conn:
+        result = await conn.execute(delete(rooms).where(rooms.c.id == room_id))
+    return bool(result.rowcount)
+
+
+# -- invitations ---------------------------------------------------------------------------
+
+
+async def add_invitations(db: Database, room_id: int, user_ids: set[int], inviter: int) -> set[int]:
+    """Record pending invitations; returns the users newly invited."""
+    async with db.write() as conn:
+        existing = {
+            r.user_id
+            for r in await conn.execute(
+                select(invitations.c.user_id).where(invitations.c.room_id == room_id)
+            )
+        }
+        new = user_ids - existing
+        if new:
+            created = now_ms()
+            await conn.execute(
+                insert(invitations),
+                [
+                    {"user_id": u, "room_id": room_id, "inviter_id": inviter, "created_ms": created}
+                    for u in sorted(new)
+                ],
+            )
+    return new
+
+
+async def pending_invitations(db: Database, user_id: int) -> list[tuple[int, int | None, int]]:
+    """(room id, inviter id, created ms) of the user's pending invitations."""
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(invitations)
+            .where(invitations.c.user_id == user_id)
+            .order_by(invitations.c.created_ms)
+        )
+        return [(r.room_id, r.inviter_id, r.created_ms) for r in rows]
+
+
+async def remove_invitation(db: Database, user_id: int, room_id: int) -> bool:
+    async with db.write() as conn:
+        result = await conn.execute(
+            delete(invitations).where(
+                invitations.c.user_id == user_id, invitations.c.room_id == room_id
+            )
+        )
+    return bool(result.rowcount)

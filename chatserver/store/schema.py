@@ -1,7 +1,8 @@
 """SQLAlchemy Core table definitions shared by every store module and the migrations.
 
 The tables are defined in one ``MetaData`` so Alembic can compare them; each domain module
-(``users``, ``rooms``, ``messages``) owns the functions that read and write its tables.
+(``users``, ``principals``, ``categories``, ``rooms``, ``messages``) owns the functions that read
+and write its tables.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ users = Table(
     Column("password_hash", String(512), nullable=False),
     Column("is_admin", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),
+    # None: the global default ([policy] persistent_chat_enabled).
+    Column("persistent_chat_enabled", Boolean, nullable=True),
 )
 
 sessions = Table(
@@ -54,6 +57,52 @@ sessions = Table(
     Index("ix_sessions_user_id", "user_id"),
 )
 
+# A principal is a user, a group, or everyone: (kind, id) with kind "user" | "group" | "everyone"
+# (id 0 for everyone).
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False, unique=True),
+    Column("description", String(256), nullable=False, default=""),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", Id, ForeignKey("groups.id", ondelete="CASCADE"), nullable=False),
+    Column("member_kind", String(8), nullable=False),  # "user" | "group"
+    Column("member_id", Id, nullable=False),
+    PrimaryKeyConstraint("group_id", "member_kind", "member_id", name="pk_group_members"),
+    Index("ix_group_members_member", "member_kind", "member_id"),
+)
+
+categories = Table(
+    "categories",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False, unique=True),
+    Column("description", String(256), nullable=False, default=""),
+    Column("invitations", Boolean, nullable=False, default=True),
+    Column("file_upload", Boolean, nullable=False, default=True),
+    Column("chat_history", Boolean, nullable=False, default=True),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+category_principals = Table(
+    "category_principals",
+    metadata,
+    Column("category_id", Id, ForeignKey("categories.id", ondelete="CASCADE"), nullable=False),
+    Column("role", String(8), nullable=False),  # "allowed" | "denied" | "creator"
+    Column("principal_kind", String(8), nullable=False),
+    Column("principal_id", Id, nullable=False),
+    PrimaryKeyConstraint(
+        "category_id", "role", "principal_kind", "principal_id", name="pk_category_principals"
+    ),
+)
+
 rooms = Table(
     "rooms",
     metadata,
@@ -62,6 +111,36 @@ rooms = Table(
     Column("description", String(256), nullable=False, default=""),
     Column("last_seq", BigInteger, nullable=False, default=0),
     Column("created_ms", BigInteger, nullable=False),
+    Column("category_id", Id, ForeignKey("categories.id"), nullable=False),
+    Column("privacy", String(8), nullable=False, default="closed"),  # open | closed | secret
+    Column("type", String(12), nullable=False, default="normal"),  # normal | auditorium
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("invitations", String(8), nullable=False, default="inherit"),  # inherit | off
+    Column("addin_id", BigInteger, nullable=True),
+    Index("ix_rooms_category_id", "category_id"),
+)
+
+room_principals = Table(
+    "room_principals",
+    metadata,
+    Column("room_id", Id, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("role", String(10), nullable=False),  # "member" | "manager" | "presenter"
+    Column("principal_kind", String(8), nullable=False),
+    Column("principal_id", Id, nullable=False),
+    PrimaryKeyConstraint(
+        "room_id", "role", "principal_kind", "principal_id", name="pk_room_principals"
+    ),
+    Index("ix_room_principals_principal", "principal_kind", "principal_id"),
+)
+
+invitations = Table(
+    "invitations",
+    metadata,
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("room_id", Id, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("inviter_id", Id, nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "room_id", name="pk_invitations"),
 )
 
 messages = Table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +20,7 @@ class User:
     name: str
     display_name: str
     is_admin: bool
+    persistent_chat_enabled: bool | None = None  # None: the global default
 
     def public(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "display_name": self.display_name}
@@ -29,7 +31,9 @@ class UserExists(Exception):
 
 
 def _user(row: object) -> User:
-    return User(row.id, row.name, row.display_name, bool(row.is_admin))  # type: ignore[attr-defined]
+    r: Any = row
+    enabled = None if r.persistent_chat_enabled is None else bool(r.persistent_chat_enabled)
+    return User(r.id, r.name, r.display_name, bool(r.is_admin), enabled)
 
 
 async def create_user(
@@ -70,6 +74,14 @@ async def credentials(db: Database, name: str) -> tuple[User, str] | None:
     async with db.read() as conn:
         row = (await conn.execute(select(users).where(users.c.name == name))).first()
     return (_user(row), row.password_hash) if row else None
+
+
+async def list_users(db: Database, query: str | None = None, limit: int = 100) -> list[User]:
+    stmt = select(users).order_by(users.c.name).limit(limit)
+    if query:
+        stmt = stmt.where(users.c.name.ilike("%" + query.replace("%", "") + "%"))
+    async with db.read() as conn:
+        return [_user(row) for row in await conn.execute(stmt)]
 
 
 async def count_admins(db: Database) -> int:

@@ -1,0 +1,162 @@
+"""Categories: one level of grouping for rooms, with the principals they allow, deny and let
+create rooms, and the switches for invitations, file upload and chat history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .db import Database, now_ms
+from .principals import Principal
+from .schema import categories, category_principals, rooms
+
+ROLES = ("allowed", "denied", "creator")
+
+
+@dataclass(frozen=True, slots=True)
+class Category:
+    id: int
+    name: str
+    description: str
+    invitations: bool
+    file_upload: bool
+    chat_history: bool
+    allowed: frozenset[Principal] = field(default_factory=frozenset)
+    denied: frozenset[Principal] = field(default_factory=frozenset)
+    creators: frozenset[Principal] = field(default_factory=frozenset)
+
+    def public(self, *, with_principals: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "invitations": self.invitations,
+            "file_upload": self.file_upload,
+            "chat_history": self.chat_history,
+        }
+        if with_principals:
+            for name in ("allowed", "denied", "creators"):
+                out[name] = [p.wire() for p in sorted(getattr(self, name))]
+        return out
+
+
+class CategoryExists(Exception):
+    pass
+
+
+class CategoryNotEmpty(Exception):
+    pass
+
+
+async def create_category(
+    db: Database,
+    name: str,
+    description: str = "",
+    *,
+    invitations: bool = True,
+    file_upload: bool = True,
+    chat_history: bool = True,
+) -> int:
+    try:
+        async with db.write() as conn:
+            result = await conn.execute(
+                insert(categories)
+                .values(
+                    name=name,
+                    description=description,
+                    invitations=invitations,
+                    file_upload=file_upload,
+                    chat_history=chat_history,
+                    created_ms=now_ms(),
+                )
+                .returning(categories.c.id)
+            )
+            return int(result.scalar_one())
+    except IntegrityError:
+        raise CategoryExists(name) from None
+
+
+async def update_category(db: Database, category_id: int, **values: Any) -> bool:
+    try:
+        async with db.write() as conn:
+            result = await conn.execute(
+                update(categories).where(categories.c.id == category_id).values(**values)
+            )
+    except IntegrityError:
+        raise CategoryExists(values.get("name", "")) from None
+    return bool(result.rowcount)
+
+
+async def delete_category(db: Database, category_id: int) -> bool:
+    async with db.write() as conn:
+        count = (
+            await conn.execute(select(func.count()).where(rooms.c.category_id == category_id))
+        ).scalar_one()
+        if count:
+            raise CategoryNotEmpty(category_id)
+        result = await conn.execute(delete(categories).where(categories.c.id == category_id))
+    return bool(result.rowcount)
+
+
+async def change_principals(
+    db: Database, category_id: int, role: str, add: list[Principal], remove: list[Principal]
+) -> None:
+    assert role in ROLES
+    async with db.write() as conn:
+        for p in remove:
+            await conn.execute(
+                delete(category_principals).where(
+                    category_principals.c.category_id == category_id,
+                    category_principals.c.role == role,
+                    category_principals.c.principal_kind == p.kind,
+                    category_principals.c.principal_id == p.id,
+                )
+            )
+        existing = {
+            Principal(r.principal_kind, r.principal_id)
+            for r in await conn.execute(
+                select(category_principals).where(
+                    category_principals.c.category_id == category_id,
+                    category_principals.c.role == role,
+                )
+            )
+        }
+        rows = [
+            {
+                "category_id": category_id,
+                "role": role,
+                "principal_kind": p.kind,
+                "principal_id": p.id,
+            }
+            for p in dict.fromkeys(add)
+            if p not in existing
+        ]
+        if rows:
+            await conn.execute(insert(category_principals), rows)
+
+
+async def load_categories(db: Database) -> dict[int, Category]:
+    """Every category with its principal lists (categories are few; the service caches them)."""
+    lists: dict[tuple[int, str], set[Principal]] = {}
+    async with db.read() as conn:
+        for row in await conn.execute(select(category_principals)):
+            lists.setdefault((row.category_id, row.role), set()).add(
+                Principal(row.principal_kind, row.principal_id)
+            )
+        out = {}
+        for row in await conn.execute(select(categories)):
+            out[row.id] = Category(
+                row.id,
+                row.name,
+                row.description,
+                bool(row.invitations),
+                bool(row.file_upload),
+                bool(row.chat_history),
+                frozenset(lists.get((row.id, "allowed"), ())),
+                frozenset(lists.get((row.id, "denied"), ())),
+                frozenset(lists.get((row.id, "creator"), ())),
+            )
+    return out

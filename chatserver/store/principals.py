@@ -1,0 +1,192 @@
+"""Principals: groups of users and groups, and each user's policy.
+
+A principal is ``Principal(kind, id)`` with kind ``user``, ``group`` or ``everyone`` (id 0).
+Group membership is transitive; adding a member that would make a cycle is refused.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .db import Database, now_ms
+from .schema import group_members, groups, users
+
+KINDS = ("user", "group", "everyone")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Principal:
+    kind: str
+    id: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id}
+
+
+EVERYONE = Principal("everyone", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    id: int
+    name: str
+    description: str
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "description": self.description}
+
+
+class GroupExists(Exception):
+    pass
+
+
+class CycleError(Exception):
+    pass
+
+
+async def create_group(db: Database, name: str, description: str = "") -> Group:
+    try:
+        async with db.write() as conn:
+            result = await conn.execute(
+                insert(groups)
+                .values(name=name, description=description, created_ms=now_ms())
+                .returning(groups.c.id)
+            )
+            group_id = result.scalar_one()
+    except IntegrityError:
+        raise GroupExists(name) from None
+    return Group(group_id, name, description)
+
+
+async def get_group(db: Database, group_id: int) -> Group | None:
+    async with db.read() as conn:
+        row = (await conn.execute(select(groups).where(groups.c.id == group_id))).first()
+    return Group(row.id, row.name, row.description) if row else None
+
+
+async def list_groups(db: Database) -> list[Group]:
+    async with db.read() as conn:
+        rows = await conn.execute(select(groups).order_by(groups.c.name))
+        return [Group(r.id, r.name, r.description) for r in rows]
+
+
+async def delete_group(db: Database, group_id: int) -> bool:
+    async with db.write() as conn:
+        await conn.execute(
+            delete(group_members).where(
+                group_members.c.member_kind == "group", group_members.c.member_id == group_id
+            )
+        )
+        result = await conn.execute(delete(groups).where(groups.c.id == group_id))
+    return bool(result.rowcount)
+
+
+async def _edges(conn: Any) -> dict[int, set[int]]:
+    """group id -> the groups it directly contains."""
+    contains: dict[int, set[int]] = defaultdict(set)
+    rows = await conn.execute(
+        select(group_members.c.group_id, group_members.c.member_id).where(
+            group_members.c.member_kind == "group"
+        )
+    )
+    for row in rows:
+        contains[row.group_id].add(row.member_id)
+    return contains
+
+
+def _reachable(contains: dict[int, set[int]], start: int) -> set[int]:
+    seen = {start}
+    stack = [start]
+    while stack:
+        for child in contains.get(stack.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
+
+
+async def add_group_members(db: Database, group_id: int, members: list[Principal]) -> None:
+    """Add users and groups to a group; :class:`CycleError` if a group would contain itself."""
+    async with db.write() as conn:
+        contains = await _edges(conn)
+        existing = {
+            (r.member_kind, r.member_id)
+            for r in await conn.execute(
+                select(group_members.c.member_kind, group_members.c.member_id).where(
+                    group_members.c.group_id == group_id
+                )
+            )
+        }
+        rows = []
+        for member in members:
+            if (member.kind, member.id) in existing:
+                continue
+            if member.kind == "group":
+                if group_id in _reachable(contains, member.id):
+                    raise CycleError(f"group {member.id} contains group {group_id}")
+                contains[group_id].add(member.id)
+            rows.append({"group_id": group_id, "member_kind": member.kind, "member_id": member.id})
+            existing.add((member.kind, member.id))
+        if rows:
+            await conn.execute(insert(group_members), rows)
+
+
+async def remove_group_members(db: Database, group_id: int, members: list[Principal]) -> None:
+    async with db.write() as conn:
+        for member in members:
+            await conn.execute(
+                delete(group_members).where(
+                    group_members.c.group_id == group_id,
+                    group_members.c.member_kind == member.kind,
+                    group_members.c.member_id == member.id,
+                )
+            )
+
+
+async def group_members_of(db: Database, group_id: int) -> list[Principal]:
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(group_members.c.member_kind, group_members.c.member_id)
+            .where(group_members.c.group_id == group_id)
+            .order_by(group_members.c.member_kind, group_members.c.member_id)
+        )
+        return [Principal(r.member_kind, r.member_id) for r in rows]
+
+
+async def load_membership(db: Database) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+    """Every direct membership: (user id -> groups, group id -> groups that contain it)."""
+    user_groups: dict[int, set[int]] = defaultdict(set)
+    group_parents: dict[int, set[int]] = defaultdict(set)
+    async with db.read() as conn:
+        for row in await conn.execute(select(group_members)):
+            if row.member_kind == "user":
+                user_groups[row.member_id].add(row.group_id)
+            else:
+                group_parents[row.member_id].add(row.group_id)
+    return user_groups, group_parents
+
+
+async def users_in_group(db: Database, group_id: int) -> set[int]:
+    """Every user in the group, directly or through nested groups."""
+    async with db.read() as conn:
+        contains = await _edges(conn)
+        all_groups = _reachable(contains, group_id)
+        rows = await conn.execute(
+            select(group_members.c.member_id).where(
+                group_members.c.member_kind == "user", group_members.c.group_id.in_(all_groups)
+            )
+        )
+        return {r.member_id for r in rows}
+
+
+async def set_user_policy(db: Database, user_id: int, enabled: bool | None) -> bool:
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(users).where(users.c.id == user_id).values(persistent_chat_enabled=enabled)
+        )
+    return bool(result.rowcount)
