@@ -11,6 +11,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .config import Config, ConfigError, load_config
 
 
@@ -60,6 +62,9 @@ async def _serve(config: Config) -> None:
     except (SchemaError, StartupError) as exc:
         await node.stop()
         _fail(str(exc))
+    except (OSError, SQLAlchemyError) as exc:
+        await node.stop()
+        _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
     await stop.wait()
     print("chatserver: shutting down", flush=True)
     await node.stop()
@@ -75,6 +80,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     print(f"chatserver: node {config.node.name}, store {_redact(config.database.url)}", flush=True)
     _run_loop(_serve(config))
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own message, without SQLAlchemy's wrapping and links."""
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
 
 
 def _redact(url: str) -> str:
@@ -93,7 +104,10 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     from .store.migrate import head_revision, upgrade
 
     config = _config(args)
-    upgrade(config.database.url)
+    try:
+        upgrade(config.database.url)
+    except (OSError, SQLAlchemyError) as exc:
+        _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
     print(f"chatserver: schema is at revision {head_revision()}")
 
 
@@ -113,6 +127,8 @@ def _with_service(args: argparse.Namespace, body: Callable[[Any], Awaitable[None
             await body(ChatService(config, db))
         except SchemaError as exc:
             _fail(str(exc))
+        except (OSError, SQLAlchemyError) as exc:
+            _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
         finally:
             await db.close()
 
@@ -136,6 +152,7 @@ def _read_password(args: argparse.Namespace) -> str:
 def cmd_user_add(args: argparse.Namespace) -> None:
     from .protocol.errors import ChatError
 
+    _config(args)  # a bad configuration is reported before the password is asked for
     password = _read_password(args)
 
     async def body(service: Any) -> None:

@@ -2,7 +2,8 @@
 
 ``Node.start()`` opens the store, checks (or, on SQLite, applies) the schema, creates the first
 administrator if there is none, and opens the TCP and WebSocket listeners. ``Node.stop()`` is
-idempotent: stop accepting, tell every connection ``bye``, finish the in-flight commits, close.
+idempotent: stop accepting, finish the in-flight commits (so their acknowledgements go out), tell
+every connection ``bye``, wait for the requests being served, close the store.
 """
 
 from __future__ import annotations

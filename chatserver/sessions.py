@@ -47,13 +47,16 @@ class Session:
         self._queue: deque[dict[str, Any]] = deque()
         self.worker: asyncio.Task[None] | None = None
         self._posts_in_flight = 0
+        self._posts_drained = asyncio.Event()
+        self._posts_drained.set()
         self.invited_rooms: set[int] = set()
+        self._ending: tuple[ChatError, str] | None = None
         self.closed = False
 
     # -- input ------------------------------------------------------------------------------
 
     def receive(self, obj: dict[str, Any]) -> None:
-        if self.closed:
+        if self.closed or self._ending is not None:
             return
         self._queue.append(obj)
         limits = self.service.config.limits
@@ -66,6 +69,14 @@ class Session:
         """A frame could not be decoded; tell the client (it has no request id)."""
         self.conn.send(Outgoing(error_reply(None, error.code, error.message)))
 
+    def end(self, error: ChatError, reason: str) -> None:
+        """The input cannot be trusted any more: answer what came before, then ``error`` (with
+        ``re: null``), then ``bye`` with ``reason``, and close."""
+        self.conn.pause_reading()
+        self._ending = (error, reason)
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
     async def _work(self) -> None:
         try:
             while self._queue and not self.closed:
@@ -74,10 +85,17 @@ class Session:
                 if response is not None:
                     self.conn.send(Outgoing(response))
                 self._maybe_resume_reading()
+            if self._ending is not None and not self.closed:
+                error, reason = self._ending
+                await self._posts_drained.wait()  # their acknowledgements come first
+                self.reject(error)
+                self.conn.close(reason)
         finally:
             self.worker = None
 
     def _maybe_resume_reading(self) -> None:
+        if self._ending is not None:
+            return
         limits = self.service.config.limits
         if len(self._queue) + self._posts_in_flight < limits.max_requests_in_flight // 2 + 1:
             self.conn.resume_reading()
@@ -322,10 +340,13 @@ class Session:
         assert self.user is not None
         future = await self.service.post(self.user, request.room, request.text, request.cid)
         self._posts_in_flight += 1
+        self._posts_drained.clear()
         rid = request.id
 
         def done(f: asyncio.Future[Stored]) -> None:
             self._posts_in_flight -= 1
+            if not self._posts_in_flight:
+                self._posts_drained.set()
             self._maybe_resume_reading()
             if f.cancelled():
                 response = error_reply(rid, INTERNAL, "the post was cancelled")

@@ -200,3 +200,10 @@ async def test_postgres_needs_migrate_before_run(
         await server.wait_for("websocket clients on")
     finally:
         assert await server.stop() == 0
+
+
+async def test_unreachable_store_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    env = env_for(tmp_path, f"postgresql://nobody@127.0.0.1:{free_port()}/chat")
+    for args in (["run"], ["migrate"]):
+        code, _, err = await chatserver(*args, env=env)
+        assert code == 1 and "cannot use the store" in err and "Traceback" not in err

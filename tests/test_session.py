@@ -107,13 +107,24 @@ async def test_unauthenticated_connection_is_closed_after_auth_timeout(db_url: s
 
 
 async def test_oversized_frame_is_rejected_then_closed(harness: Harness) -> None:
-    client = await harness.connect()
-    # A valid request and an oversized header arrive in one write: the first is still served.
-    await client.send_bytes(frame({"op": "ping", "id": 7}) + struct.pack(">I", 2 * 1048576))  # type: ignore[attr-defined]
+    await harness.user("alice")
+    room = await harness.room()
+    client = await harness.login("alice")
+    # Requests and an oversized header arrive in one write: the requests before it are served
+    # and answered, then the error, then bye.
+    post = frame({"op": "post", "id": 7, "room": room, "text": "kept", "cid": "k"})
+    ping = frame({"op": "ping", "id": 8})
+    await client.send_bytes(post + ping + struct.pack(">I", 2 * 1048576))  # type: ignore[attr-defined]
     await asyncio.wait_for(client.closed.wait(), scaled(5))
-    assert client.unmatched[0]["error"]["code"] == "too_large"
+    replies = {r["re"]: r for r in client.unmatched[:2]}  # a post's ack may pass a later reply
+    assert replies[7]["ok"] and replies[7]["seq"] == 1 and replies[8]["ok"]
+    assert client.unmatched[2]["re"] is None
+    assert client.unmatched[2]["error"]["code"] == "too_large"
     bye = await client.next_event("bye")
     assert bye["reason"] == "frame_too_large"
+    reader = await harness.login("alice")
+    stored = await reader.call("history", room=room)
+    assert [m["text"] for m in stored["messages"]] == ["kept"]
 
 
 async def test_malformed_frames_cost_only_the_request(harness: Harness) -> None:

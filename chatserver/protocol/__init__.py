@@ -7,7 +7,7 @@ Nothing here touches sockets, asyncio or the database; tests feed bytes in and r
     TCP bytes ──► codec.FrameDecoder ──► codec.decode_msgpack ──┐
     WebSocket message ──► codec.decode_msgpack | decode_json ───┴─► dict ──► parse_request
                                                                                     │
-    events.encode_* ◄── reply / event dicts ◄── the session layer ◄─────────────────┘
+    events.Outgoing ◄── reply / event dicts ◄── the session layer ◄─────────────────┘
 
 - ``errors``   — the error codes every reply uses; :class:`ProtocolError` (undecodable input).
 - ``codec``    — framing and payload decoding with every read bounded.

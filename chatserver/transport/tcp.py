@@ -23,16 +23,18 @@ class TcpConnection(Connection):
     def __init__(self, node: NodeState) -> None:
         super().__init__(node)
         limits = node.config.limits
-        self._decoder = FrameDecoder(limits.max_frame_bytes)
+        self._decoder: FrameDecoder | None = FrameDecoder(limits.max_frame_bytes)
         self._max_depth = limits.max_nesting_depth
 
     def data_received(self, data: bytes) -> None:
+        if self._decoder is None:  # after an oversized frame: nothing more is read
+            return
         while True:
             try:
                 bodies = self._decoder.feed(data)
             except FrameTooLarge as exc:
-                self.session.reject(exc)
-                self.close("frame_too_large")
+                self._decoder = None
+                self.session.end(exc, "frame_too_large")
                 return
             for body in bodies:
                 try:
