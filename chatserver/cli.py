@@ -177,8 +177,17 @@ def cmd_room_add(args: argparse.Namespace) -> None:
         _fail("a room description has at most 256 characters")
 
     async def body(service: Any) -> None:
+        if await service.governance.category(args.category) is None:
+            _fail(f"no category {args.category}", 1)
         try:
-            room = await room_store.create_room(service.db, args.name, args.description)
+            room = await room_store.create_room(
+                service.db,
+                args.name,
+                args.description,
+                category_id=args.category,
+                privacy=args.privacy,
+                type=args.type,
+            )
         except room_store.RoomExists:
             _fail(f"a room named {args.name!r} exists", 1)
         print(f"chatserver: added room {room.name!r} (id {room.id})")
@@ -224,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     room_add = room.add_parser("add", parents=[common], help="add a room")
     room_add.add_argument("name")
     room_add.add_argument("--description", default="")
+    room_add.add_argument(
+        "--category", type=int, default=1, help="category id (default: 1, General)"
+    )
+    room_add.add_argument(
+        "--privacy",
+        choices=["open", "closed", "secret"],
+        default="open",
+        help="who may find and enter the room (default: open)",
+    )
+    room_add.add_argument("--type", choices=["normal", "auditorium"], default="normal")
     room_add.set_defaults(func=cmd_room_add)
     return parser
 
