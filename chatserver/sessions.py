@@ -211,7 +211,13 @@ class Session:
         add = _roles(request.add, "add")
         remove = _roles(request.remove, "remove")
         invited = await self._gov.change_roles(self.user, request.room, add, remove)
-        response = await self._room_reply(request.id, request.room)
+        try:
+            response = await self._room_reply(request.id, request.room)
+        except ChatError as exc:
+            if exc.code != "not_found":
+                raise
+            # The change was made, and it took away the caller's own sight of the room.
+            response = reply(request.id, room=None)
         return {**response, "invited": sorted(invited)}
 
     async def op_room_move(self, request: cmd.RoomMove) -> dict[str, Any]:

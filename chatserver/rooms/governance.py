@@ -18,6 +18,7 @@ from ..config import Config
 from ..protocol.errors import BAD_REQUEST, CONFLICT, FORBIDDEN, NOT_FOUND, ChatError
 from ..protocol.events import Outgoing
 from ..store import categories as category_store
+from ..store import messages as message_store
 from ..store import principals as principal_store
 from ..store import rooms as room_store
 from ..store import users as user_store
@@ -44,6 +45,7 @@ class Member(Protocol):
     """A live session, as governance sees it."""
 
     user: User | None
+    invited_rooms: set[int]
 
     def send(self, item: Outgoing) -> None: ...
 
@@ -92,6 +94,9 @@ class Governance:
         # Live sessions by user id, for invitations, policy changes and enforcement.
         self.members: dict[int, set[Member]] = {}
         self.on_room_gone: Callable[[int], None] = lambda room_id: None
+        # Bumped whenever cached facts are dropped (a right may have changed): a check that
+        # awaited something re-checks when the generation moved meanwhile.
+        self.generation = 0
 
     # -- facts ------------------------------------------------------------------------------
 
@@ -132,15 +137,36 @@ class Governance:
                 self._rooms.popitem(last=False)
         return room
 
+    async def last_seq(self, room_id: int) -> int:
+        """The room's newest sequence number (the cached room's copy goes stale with posts)."""
+        known = self.hub.known_last_seq(room_id)
+        if known is not None:
+            return known
+        return await message_store.last_seq(self.db, room_id) or 0
+
     def forget_room(self, room_id: int) -> None:
         self._rooms.pop(room_id, None)
+        self.generation += 1
+
+    def forget_categories(self) -> None:
+        self.forget_categories()
+        self._rooms.clear()
+        self.generation += 1
+
+    def forget_membership(self) -> None:
+        self.forget_membership()
+        self.generation += 1
 
     def forget_all(self) -> None:
-        self._categories = None
-        self._membership = None
+        self.forget_categories()
+        self.forget_membership()
         self._rooms.clear()
+        self.generation += 1
 
     def policy_enabled(self, user: User) -> bool:
+        """Administrators are never locked out by the policy (they are the ones who change it)."""
+        if user.is_admin:
+            return True
         if user.persistent_chat_enabled is not None:
             return user.persistent_chat_enabled
         return self.config.policy.persistent_chat_enabled
@@ -171,6 +197,7 @@ class Governance:
     async def room_view(self, user: User, room: Room, category: Category) -> dict[str, Any]:
         actor = await self.actor(user)
         out = room.public(with_roles=access.can_manage(actor, room, category))
+        out["last_seq"] = await self.last_seq(room.id)
         out["roles"] = sorted(access.roles(actor, room, category))
         out["can_post"] = access.can_post(actor, room, category)
         out["can_manage"] = access.can_manage(actor, room, category)
@@ -234,7 +261,7 @@ class Governance:
             category_id = await category_store.create_category(self.db, name, **flags)
         except category_store.CategoryExists:
             raise ChatError(CONFLICT, f"a category named {name!r} exists") from None
-        self._categories = None
+        self.forget_categories()
         category = await self.category(category_id)
         assert category is not None
         return category.public(with_principals=True)
@@ -250,6 +277,7 @@ class Governance:
         self.require_admin(user)
         if await self.category(category_id) is None:
             raise ChatError(NOT_FOUND, f"no category {category_id}")
+        await self._check_exist([p for principals in add.values() for p in principals])
         if values:
             try:
                 await category_store.update_category(self.db, category_id, **values)
@@ -260,8 +288,7 @@ class Governance:
                 await category_store.change_principals(
                     self.db, category_id, role, add.get(role, []), remove.get(role, [])
                 )
-        self._categories = None
-        self._rooms.clear()
+        self.forget_categories()
         await self.enforce()
         category = await self.category(category_id)
         assert category is not None
@@ -277,7 +304,7 @@ class Governance:
             ) from None
         if not deleted:
             raise ChatError(NOT_FOUND, f"no category {category_id}")
-        self._categories = None
+        self.forget_categories()
 
     # -- groups and policy (administrators) -------------------------------------------------
 
@@ -304,16 +331,17 @@ class Governance:
         except principal_store.CycleError as exc:
             raise ChatError(CONFLICT, f"that would make a cycle: {exc}") from None
         await principal_store.remove_group_members(self.db, group_id, remove)
-        self._membership = None
+        self.forget_membership()
         await self.enforce()
         members = await principal_store.group_members_of(self.db, group_id)
         return {**group.public(), "members": [p.wire() for p in members]}
 
     async def delete_group(self, user: User, group_id: int) -> None:
         self.require_admin(user)
-        if not await principal_store.delete_group(self.db, group_id):
+        if not await principal_store.delete_group(self.db, group_id):  # and its grants
             raise ChatError(NOT_FOUND, f"no group {group_id}")
-        self._membership = None
+        self.forget_all()
+        self.forget_membership()
         await self.enforce()
 
     async def _check_exist(self, principals: list[Principal]) -> None:
@@ -392,6 +420,8 @@ class Governance:
         _choice(values.get("privacy"), room_store.PRIVACY, "privacy")
         _choice(values.get("type"), room_store.TYPES, "type")
         _choice(values.get("invitations"), room_store.INVITATIONS, "invitations")
+        if not values:
+            return
         try:
             await room_store.update_room(self.db, room_id, **values)
         except room_store.RoomExists:
@@ -431,15 +461,21 @@ class Governance:
                 elif p.kind == "group":
                     users |= await principal_store.users_in_group(self.db, p.id)
             users.discard(user.id)
-            invited = await room_store.add_invitations(self.db, room_id, users, user.id)
-            if invited:
-                fresh = await self.room(room_id)
-                assert fresh is not None
-                for uid in invited:
-                    for member in list(self.members.get(uid, ())):
-                        assert member.user is not None
-                        view = await self.room_view(member.user, fresh, category)
-                        member.send(Outgoing({"ev": "invited", "room": view, "by": user.public()}))
+            fresh = await self.room(room_id)
+            assert fresh is not None
+            # Only users who may now read the room are invited (a denied group member is not).
+            entitled = set()
+            for uid in users:
+                actor = Actor(uid, False, await self._groups_of("user", uid))
+                if access.can_read(actor, fresh, category):
+                    entitled.add(uid)
+            invited = await room_store.add_invitations(self.db, room_id, entitled, user.id)
+            for uid in invited:
+                for member in list(self.members.get(uid, ())):
+                    assert member.user is not None
+                    member.invited_rooms.add(room_id)
+                    view = await self.room_view(member.user, fresh, category)
+                    member.send(Outgoing({"ev": "invited", "room": view, "by": user.public()}))
         await self.announce_room(room_id)
         return invited
 

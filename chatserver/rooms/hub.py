@@ -185,6 +185,11 @@ class Hub:
         state = self._rooms.get(room_id)
         return state is not None and subscriber in state.subscriptions
 
+    def known_last_seq(self, room_id: int) -> int | None:
+        """The last seq delivered here, if this node follows the room (else ``None``)."""
+        state = self._rooms.get(room_id)
+        return state.last_seq if state is not None and state.ready else None
+
     def subscribers(self, room_id: int) -> list[Any]:
         state = self._rooms.get(room_id)
         return [] if state is None else list(state.subscriptions)

@@ -1,9 +1,9 @@
 """The chat domain: authentication, room directory, authorization, posting, history.
 
 Every transport's sessions call these functions; so will the management port. Each op that reads
-or writes a room goes through :meth:`ChatService.readable_room` / :meth:`writable_room`, the one
-authorization path (ARCHITECTURE invariant 6). Until the governance model lands every user may see,
-read and post in every room; a room that does not exist answers ``not_found``.
+or writes a room goes through :meth:`ChatService.readable_room` / :meth:`writable_room`, which ask
+:class:`~chatserver.rooms.governance.Governance` — the one authorization path (ARCHITECTURE
+invariant 6). A room the caller may not find answers ``not_found``, like a missing room.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ class ChatService:
                 if room is None or cat is None or (room.disabled and not user.is_admin):
                     continue
                 if access.can_find(actor, room, cat):
-                    found.append(room.public())
+                    found.append(candidate.public())  # the page's row: a current last_seq
                     if len(found) == limit:
                         break
             if len(page) < limit and len(found) < limit:
@@ -225,10 +225,16 @@ class ChatService:
         """Subscribe and return the join reply's fields and a release callback.
 
         The caller queues the reply, then calls the callback, which starts live delivery
-        exactly after the reply's ``last_seq``.
+        exactly after the reply's ``last_seq``. The subscription is made in the same step as a
+        check that no right changed since the authorization check, so a change that takes the
+        right away either is seen by the check or sees the subscription when it enforces.
         """
-        room = await self.readable_room(user, room_id)
-        state = await self.hub.room(room.id)
+        while True:
+            generation = self.governance.generation
+            room = await self.readable_room(user, room_id)
+            state = await self.hub.room(room.id)
+            if generation == self.governance.generation:
+                break
         page_max = self.config.chat.history_page_max
         cached = list(state.recent)
         first_cached = cached[0]["seq"] if cached else state.last_seq + 1

@@ -14,7 +14,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .db import Database, now_ms
-from .schema import group_members, groups, users
+from .schema import category_principals, group_members, groups, room_principals, users
 
 KINDS = ("user", "group", "everyone")
 
@@ -76,12 +76,19 @@ async def list_groups(db: Database) -> list[Group]:
 
 
 async def delete_group(db: Database, group_id: int) -> bool:
+    """Delete a group, its memberships in other groups and every grant it held."""
     async with db.write() as conn:
         await conn.execute(
             delete(group_members).where(
                 group_members.c.member_kind == "group", group_members.c.member_id == group_id
             )
         )
+        for table in (category_principals, room_principals):
+            await conn.execute(
+                delete(table).where(
+                    table.c.principal_kind == "group", table.c.principal_id == group_id
+                )
+            )
         result = await conn.execute(delete(groups).where(groups.c.id == group_id))
     return bool(result.rowcount)
 

@@ -67,6 +67,7 @@ groups = Table(
     Column("name", String(256), nullable=False, unique=True),
     Column("description", String(256), nullable=False, default=""),
     Column("created_ms", BigInteger, nullable=False),
+    sqlite_autoincrement=True,  # a deleted group's id is never given to a new one
 )
 
 group_members = Table(
@@ -89,6 +90,7 @@ categories = Table(
     Column("file_upload", Boolean, nullable=False, default=True),
     Column("chat_history", Boolean, nullable=False, default=True),
     Column("created_ms", BigInteger, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 category_principals = Table(

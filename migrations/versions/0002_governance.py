@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("created_ms", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_groups"),
         sa.UniqueConstraint("name", name="uq_groups_name"),
+        sqlite_autoincrement=True,  # a deleted group's id is never given to a new one
     )
     op.create_table(
         "group_members",
@@ -55,6 +56,7 @@ def upgrade() -> None:
         sa.Column("created_ms", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_categories"),
         sa.UniqueConstraint("name", name="uq_categories_name"),
+        sqlite_autoincrement=True,
     )
     category_principals = op.create_table(
         "category_principals",
