@@ -9,7 +9,8 @@ lists) and asks. The rules (docs/governance.md explains them to administrators):
   (transitively), or everyone.
 - A user's room roles (member, manager, presenter) count only while they are in the category.
 - Find: administrators always; others only rooms of categories they are in; a secret room only
-  with a role; a disabled room only as its manager.
+  with a role; a disabled room only as its manager, and only by id (``room.get``): the ``rooms``
+  search lists disabled rooms to administrators alone.
 - Read (join, history): not disabled, findable, and the room is open or the user has a role
   (administrators may read any room that is not disabled).
 - Post: may read, and the room is normal, or the user presents or manages it (or is an admin).

@@ -149,17 +149,17 @@ class Governance:
         self.generation += 1
 
     def forget_categories(self) -> None:
-        self.forget_categories()
+        self._categories = None
         self._rooms.clear()
         self.generation += 1
 
     def forget_membership(self) -> None:
-        self.forget_membership()
+        self._membership = None
         self.generation += 1
 
     def forget_all(self) -> None:
-        self.forget_categories()
-        self.forget_membership()
+        self._categories = None
+        self._membership = None
         self._rooms.clear()
         self.generation += 1
 
