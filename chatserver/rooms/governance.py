@@ -101,18 +101,26 @@ class Governance:
     # -- facts ------------------------------------------------------------------------------
 
     async def categories(self) -> dict[int, Category]:
-        if self._categories is None:
-            self._categories = await category_store.load_categories(self.db)
-        return self._categories
+        categories = self._categories
+        if categories is None:
+            generation = self.generation
+            categories = await category_store.load_categories(self.db)
+            if generation == self.generation:  # else a change landed meanwhile: don't keep it
+                self._categories = categories
+        return categories
 
     async def category(self, category_id: int) -> Category | None:
         return (await self.categories()).get(category_id)
 
     async def _groups_of(self, kind: str, pid: int) -> frozenset[int]:
         """For a user: every group they are in; for a group: itself and every group above it."""
-        if self._membership is None:
-            self._membership = await principal_store.load_membership(self.db)
-        user_groups, parents = self._membership
+        membership = self._membership
+        if membership is None:
+            generation = self.generation
+            membership = await principal_store.load_membership(self.db)
+            if generation == self.generation:
+                self._membership = membership
+        user_groups, parents = membership
         start = set(user_groups.get(pid, ())) if kind == "user" else {pid}
         seen = set(start)
         stack = list(start)
@@ -129,9 +137,12 @@ class Governance:
     async def room(self, room_id: int) -> Room | None:
         room = self._rooms.get(room_id)
         if room is None:
+            generation = self.generation
             room = await room_store.get_room(self.db, room_id)
             if room is None:
                 return None
+            if generation != self.generation:
+                return room  # a change landed while reading: use it once, cache nothing
             self._rooms[room_id] = room
             if len(self._rooms) > self._max_cached_rooms:
                 self._rooms.popitem(last=False)
