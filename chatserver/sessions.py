@@ -178,6 +178,16 @@ class Session:
         room, category, _actor = await self._gov.check(self.user, room_id, "find")
         return reply(rid, room=await self._gov.room_view(self.user, room, category))
 
+    async def _changed_room_reply(self, rid: int, room_id: int) -> dict[str, Any]:
+        """The room after a change the caller made; ``room: null`` when the change took away the
+        caller's own sight of it (the change was made all the same)."""
+        try:
+            return await self._room_reply(rid, room_id)
+        except ChatError as exc:
+            if exc.code != "not_found":
+                raise
+            return reply(rid, room=None)
+
     async def op_room_create(self, request: cmd.RoomCreate) -> dict[str, Any]:
         assert self.user is not None
         room = await self._gov.create_room(
@@ -211,19 +221,13 @@ class Session:
         add = _roles(request.add, "add")
         remove = _roles(request.remove, "remove")
         invited = await self._gov.change_roles(self.user, request.room, add, remove)
-        try:
-            response = await self._room_reply(request.id, request.room)
-        except ChatError as exc:
-            if exc.code != "not_found":
-                raise
-            # The change was made, and it took away the caller's own sight of the room.
-            response = reply(request.id, room=None)
+        response = await self._changed_room_reply(request.id, request.room)
         return {**response, "invited": sorted(invited)}
 
     async def op_room_move(self, request: cmd.RoomMove) -> dict[str, Any]:
         assert self.user is not None
         await self._gov.move_room(self.user, request.room, request.category)
-        return await self._room_reply(request.id, request.room)
+        return await self._changed_room_reply(request.id, request.room)
 
     async def op_room_disable(self, request: cmd.RoomDisable) -> dict[str, Any]:
         assert self.user is not None
