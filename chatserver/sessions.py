@@ -50,6 +50,8 @@ class Session:
         self._posts_drained = asyncio.Event()
         self._posts_drained.set()
         self.invited_rooms: set[int] = set()
+        # Rooms whose join is being served -> the event that stopped them meanwhile, if any.
+        self._joining: dict[int, Outgoing | None] = {}
         self._ending: tuple[ChatError, str] | None = None
         self.closed = False
 
@@ -321,15 +323,24 @@ class Session:
 
     async def op_join(self, request: cmd.Join) -> dict[str, Any] | None:
         assert self.user is not None
-        fields, release = await self.service.join(self.user, self, request.room, request.since)
+        room = request.room
+        self._joining[room] = None
+        try:
+            fields, release = await self.service.join(self.user, self, room, request.since)
+        finally:
+            interrupted = self._joining.pop(room, None)
         if self.closed:
-            self.service.leave(self, request.room)
+            self.service.leave(self, room)
             return None
-        self.rooms.add(request.room)
         self.conn.send(Outgoing(reply(request.id, **fields)))
-        if release is not None:
-            release()
-        if request.room in self.invited_rooms:
+        if interrupted is not None:
+            # Live delivery stopped while the reply was being made: say so after the reply.
+            self.conn.send(interrupted)
+        else:
+            self.rooms.add(room)
+            if release is not None:
+                release()
+        if room in self.invited_rooms:
             self.invited_rooms.discard(request.room)
             await room_store.remove_invitation(self.service.db, self.user.id, request.room)
         return None
@@ -389,15 +400,19 @@ class Session:
 
     def resync(self, room: int, reason: str) -> None:
         """Live delivery of ``room`` stopped for this connection; the client rejoins with since."""
-        self.rooms.discard(room)
-        self.service.leave(self, room)
-        self.conn.send(Outgoing({"ev": "resync", "room": room, "reason": reason}))
+        self._stop(room, Outgoing({"ev": "resync", "room": room, "reason": reason}))
 
     def removed(self, room: int, reason: str) -> None:
         """The user lost the right to read ``room`` (or it was disabled or deleted)."""
+        self._stop(room, Outgoing({"ev": "room.removed", "room": room, "reason": reason}))
+
+    def _stop(self, room: int, event: Outgoing) -> None:
         self.rooms.discard(room)
         self.service.leave(self, room)
-        self.conn.send(Outgoing({"ev": "room.removed", "room": room, "reason": reason}))
+        if room in self._joining:
+            self._joining[room] = event  # sent by op_join after its reply
+        else:
+            self.conn.send(event)
 
     def disconnect(self, reason: str) -> None:
         self.conn.close(reason)

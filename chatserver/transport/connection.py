@@ -161,6 +161,8 @@ class Connection(asyncio.Protocol):
 
     def _drain_expired(self) -> None:
         self._drain_timer = None
+        if self._behind and not self._closing and self.transport is not None:
+            self._check_backlog()  # it may have drained without a write or a low-water mark
         if self._behind and not self._closing:
             log.info("%s %s: closing, output did not drain", self.transport_name, self.peer)
             self.abort()
