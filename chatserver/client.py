@@ -45,6 +45,7 @@ class Client:
         self.closed = asyncio.Event()
         self.token: str | None = None
         self.user: dict[str, Any] | None = None
+        self.trace: list[dict[str, Any]] | None = None  # set to a list to record every arrival
 
     # -- transports -------------------------------------------------------------------------
 
@@ -88,6 +89,8 @@ class Client:
             self._waiting.clear()
 
     def _dispatch(self, obj: dict[str, Any]) -> None:
+        if self.trace is not None:
+            self.trace.append(obj)
         if "ev" in obj:
             self.events.put_nowait(obj)
             return

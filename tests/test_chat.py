@@ -292,3 +292,39 @@ async def test_slow_reader_gets_resync_while_fast_reader_keeps_pace(db_url: str)
         )
     finally:
         await h.close()
+
+
+async def test_room_stopped_during_its_join_is_told_after_the_reply(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatserver.store import messages as message_store
+
+    await harness.user("root", admin=True)
+    await harness.user("bob")
+    room = await harness.room()
+    root = await harness.login("root")
+    bob = await harness.login("bob")
+    await _post_many(root, room, 40)  # more than the cache: join since=1 reads the store
+    await root.call("join", room=room)  # the room's cache is loaded now
+    bob.trace = []
+    gate = asyncio.Event()
+    real_latest = message_store.latest
+
+    async def slow_latest(*args, **kwargs):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await real_latest(*args, **kwargs)
+
+    monkeypatch.setattr(message_store, "latest", slow_latest)
+    join = asyncio.ensure_future(bob.request("join", room=room, since=1))
+    await asyncio.sleep(0.2)  # bob's join now waits inside the store read, already subscribed
+    await root.call("room.disable", room=room)
+    gate.set()
+    reply = await join
+    assert reply["ok"] and reply["last_seq"] == 40
+    removed = await bob.next_event("room.removed", timeout=scaled(5))
+    assert removed == {"ev": "room.removed", "room": room, "reason": "disabled"}
+    assert bob.trace.index(reply) < bob.trace.index(removed)  # never before the reply
+    await root.call("room.enable", room=room)
+    await root.call("post", room=room, text="after", cid="after")
+    await bob.call("ping")
+    assert all(e["ev"] != "message" for e in list(bob.events._queue))  # type: ignore[attr-defined]
