@@ -294,11 +294,8 @@ class Governance:
                 await category_store.update_category(self.db, category_id, **values)
             except category_store.CategoryExists:
                 raise ChatError(CONFLICT, f"a category named {values['name']!r} exists") from None
-        for role in category_store.ROLES:
-            if add.get(role) or remove.get(role):
-                await category_store.change_principals(
-                    self.db, category_id, role, add.get(role, []), remove.get(role, [])
-                )
+        if add or remove:
+            await category_store.change_principals(self.db, category_id, add, remove)
         self.forget_categories()
         await self.enforce()
         category = await self.category(category_id)

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .db import Database, now_ms
-from .principals import Principal
+from .principals import Principal, change_grants
 from .schema import categories, category_principals, rooms
 
 ROLES = ("allowed", "denied", "creator")
@@ -102,40 +102,15 @@ async def delete_category(db: Database, category_id: int) -> bool:
 
 
 async def change_principals(
-    db: Database, category_id: int, role: str, add: list[Principal], remove: list[Principal]
+    db: Database,
+    category_id: int,
+    add: dict[str, list[Principal]],
+    remove: dict[str, list[Principal]],
 ) -> None:
-    assert role in ROLES
+    """Change the lists (roles ``allowed``, ``denied``, ``creator``) in one transaction."""
+    assert set(add) | set(remove) <= set(ROLES)
     async with db.write() as conn:
-        for p in remove:
-            await conn.execute(
-                delete(category_principals).where(
-                    category_principals.c.category_id == category_id,
-                    category_principals.c.role == role,
-                    category_principals.c.principal_kind == p.kind,
-                    category_principals.c.principal_id == p.id,
-                )
-            )
-        existing = {
-            Principal(r.principal_kind, r.principal_id)
-            for r in await conn.execute(
-                select(category_principals).where(
-                    category_principals.c.category_id == category_id,
-                    category_principals.c.role == role,
-                )
-            )
-        }
-        rows = [
-            {
-                "category_id": category_id,
-                "role": role,
-                "principal_kind": p.kind,
-                "principal_id": p.id,
-            }
-            for p in dict.fromkeys(add)
-            if p not in existing
-        ]
-        if rows:
-            await conn.execute(insert(category_principals), rows)
+        await change_grants(conn, category_principals, "category_id", category_id, add, remove)
 
 
 async def load_categories(db: Database) -> dict[int, Category]:

@@ -197,3 +197,38 @@ async def set_user_policy(db: Database, user_id: int, enabled: bool | None) -> b
             update(users).where(users.c.id == user_id).values(persistent_chat_enabled=enabled)
         )
     return bool(result.rowcount)
+
+
+async def change_grants(
+    conn: Any,
+    table: Any,
+    owner_column: str,
+    owner_id: int,
+    add: dict[str, list[Principal]],
+    remove: dict[str, list[Principal]],
+) -> None:
+    """Add and remove (role, principal) grants of one category or room, inside ``conn``'s
+    transaction. ``table`` has the columns ``owner_column``, role, principal_kind, principal_id."""
+    owner = table.c[owner_column]
+    for role, principals in remove.items():
+        for p in principals:
+            await conn.execute(
+                delete(table).where(
+                    owner == owner_id,
+                    table.c.role == role,
+                    table.c.principal_kind == p.kind,
+                    table.c.principal_id == p.id,
+                )
+            )
+    existing = {
+        (r.role, Principal(r.principal_kind, r.principal_id))
+        for r in await conn.execute(select(table).where(owner == owner_id))
+    }
+    rows = [
+        {owner_column: owner_id, "role": role, "principal_kind": p.kind, "principal_id": p.id}
+        for role, principals in add.items()
+        for p in dict.fromkeys(principals)
+        if (role, p) not in existing
+    ]
+    if rows:
+        await conn.execute(insert(table), rows)

@@ -9,7 +9,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .db import Database, now_ms
-from .principals import Principal
+from .principals import Principal, change_grants
 from .schema import invitations, room_principals, rooms
 
 ROLES = ("member", "manager", "presenter")
@@ -198,30 +198,7 @@ async def change_roles(
     remove: dict[str, list[Principal]],
 ) -> None:
     async with db.write() as conn:
-        for role, principals in remove.items():
-            for p in principals:
-                await conn.execute(
-                    delete(room_principals).where(
-                        room_principals.c.room_id == room_id,
-                        room_principals.c.role == role,
-                        room_principals.c.principal_kind == p.kind,
-                        room_principals.c.principal_id == p.id,
-                    )
-                )
-        existing = {
-            (r.role, Principal(r.principal_kind, r.principal_id))
-            for r in await conn.execute(
-                select(room_principals).where(room_principals.c.room_id == room_id)
-            )
-        }
-        rows = [
-            {"room_id": room_id, "role": role, "principal_kind": p.kind, "principal_id": p.id}
-            for role, principals in add.items()
-            for p in dict.fromkeys(principals)
-            if (role, p) not in existing
-        ]
-        if rows:
-            await conn.execute(insert(room_principals), rows)
+        await change_grants(conn, room_principals, "room_id", room_id, add, remove)
 
 
 async def delete_room(db: Database, room_id: int) -> bool:
