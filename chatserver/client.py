@@ -203,9 +203,6 @@ class _WebSocketClient(Client):
         else:
             await self._ws.send(msgpack.packb(obj, use_bin_type=True))
 
-    async def send_message(self, data: bytes | str) -> None:
-        await self._ws.send(data)
-
     async def close(self) -> None:
         await self._ws.close()
         if self._reader is not None:

@@ -49,9 +49,6 @@ class ChatError(Exception):
         self.code = code
         self.message = message
 
-    def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
-
 
 class ProtocolError(ChatError):
     """The peer sent a frame that cannot be decoded."""

@@ -197,10 +197,6 @@ class Hub:
     def subscribed_rooms(self) -> list[int]:
         return [room_id for room_id, state in self._rooms.items() if state.subscriptions]
 
-    def subscriber_count(self, room_id: int) -> int:
-        state = self._rooms.get(room_id)
-        return 0 if state is None else len(state.subscriptions)
-
     # -- delivery ---------------------------------------------------------------------------
 
     def deliver(self, stored: list[Message]) -> None:

@@ -20,7 +20,6 @@ from ..protocol.errors import (
     BAD_REQUEST,
     CONFLICT,
     FORBIDDEN,
-    NOT_FOUND,
     RATE_LIMITED,
     TOO_LARGE,
     UNAUTHENTICATED,
@@ -98,10 +97,6 @@ def _decode_cursor(cursor: str) -> str:
     if not text.startswith(_CURSOR_PREFIX):
         raise ChatError(BAD_REQUEST, "field 'cursor' is not a cursor of this server")
     return text[len(_CURSOR_PREFIX) :]
-
-
-def _not_found(room_id: int) -> ChatError:
-    return ChatError(NOT_FOUND, f"no room {room_id}")
 
 
 class ChatService:

@@ -69,12 +69,6 @@ async def get_group(db: Database, group_id: int) -> Group | None:
     return Group(row.id, row.name, row.description) if row else None
 
 
-async def list_groups(db: Database) -> list[Group]:
-    async with db.read() as conn:
-        rows = await conn.execute(select(groups).order_by(groups.c.name))
-        return [Group(r.id, r.name, r.description) for r in rows]
-
-
 async def delete_group(db: Database, group_id: int) -> bool:
     """Delete a group, its memberships in other groups and every grant it held."""
     async with db.write() as conn:
