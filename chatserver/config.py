@@ -92,6 +92,10 @@ class ChatConfig(_Section):
     max_message_chars: int = Field(8000, ge=1, le=1_000_000)
     history_page_max: int = Field(500, ge=1, le=10_000)
     session_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    # Also settable at run time through the management API (global, or per node).
+    max_file_size_kb: int = Field(20_480, ge=1, le=1_048_576)
+    participant_update_limit: int = Field(75, ge=0, le=100_000)
+    room_management_url: str = ""
 
 
 class LimitsConfig(_Section):
@@ -110,6 +114,41 @@ class PolicyConfig(_Section):
     persistent_chat_enabled: bool = True
 
 
+class ManagementConfig(_Section):
+    # A static bearer token for automation (empty: only administrators' session tokens work).
+    token: str = ""
+
+
+class PoolConfig(_Section):
+    # A pool is several nodes sharing one PostgreSQL store; see docs/operations.md.
+    enabled: bool = False
+    # Proves each peer on connect (challenge-response); required unless the peer port is loopback.
+    secret: str = ""
+    max_active: int = Field(4, ge=1, le=64)
+    # The client address other nodes and clients are told (default: listen.tcp).
+    advertise_tcp: str = ""
+    advertise_websocket: str = ""
+    heartbeat_s: float = Field(1.0, gt=0, le=60)
+    # A node whose heartbeat is older than this is treated as gone.
+    dead_after_s: float = Field(10.0, gt=0, le=3600)
+    # With a peer link down, rooms with local subscribers are polled from the store this often:
+    # the bound on delivery delay during a partition.
+    catchup_interval_s: float = Field(2.0, gt=0, le=600)
+
+
+class ComplianceConfig(_Section):
+    enabled: bool = False
+    # A separate database: PostgreSQL, or SQLite for a single node.
+    database_url: str = "sqlite:///var/compliance.db"
+    adapter: str = "xml"
+    output_dir: str = "var/compliance"
+    run_interval_s: int = Field(900, ge=60, le=30 * 24 * 3600)
+    one_room_per_file: bool = False
+    add_room_details: bool = False
+    add_user_details: bool = False
+    attachments_manifest: bool = False
+
+
 class Config(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
@@ -118,6 +157,9 @@ class Config(_Section):
     chat: ChatConfig = Field(default_factory=ChatConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    management: ManagementConfig = Field(default_factory=ManagementConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
 
 
 def _env_value(text: str) -> Any:

@@ -223,6 +223,8 @@ class Hub:
                 state.task = asyncio.get_running_loop().create_task(self._repair(state))
                 return
             state.last_seq = message.seq
+            if message.removed:  # a tombstone from gap repair: the seq is taken, nothing to send
+                continue
             wire = message.wire()
             if message.kept:  # a category without chat history keeps nothing for later readers
                 state.recent.append(wire)

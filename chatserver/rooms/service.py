@@ -107,7 +107,9 @@ class ChatService:
         self.hub = Hub(
             cache_size=chat.default_chat_history,
             load_recent=self._load_recent,
-            load_after=lambda room, seq, limit: message_store.after(db, room, seq, limit),
+            load_after=lambda room, seq, limit: message_store.after(
+                db, room, seq, limit, include_removed=True
+            ),
         )
         self.writer = Writer(db, self.hub.deliver, max_pending=config.limits.max_pending_posts)
         self.rate_limiter = RateLimiter(config.limits.posts_per_user_per_s)

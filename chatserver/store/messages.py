@@ -30,10 +30,11 @@ class Message:
     text: str
     cid: str
     kept: bool = True  # False: live only (the room's category has chat history off)
+    state: str = ""  # "" | "replaced" | "removed" (see schema.messages)
 
     def wire(self) -> dict[str, Any]:
         """The message as every reply and event carries it."""
-        return {
+        wire = {
             "room": self.room,
             "seq": self.seq,
             "ts": self.ts,
@@ -41,6 +42,13 @@ class Message:
             "text": self.text,
             "cid": self.cid,
         }
+        if self.state:
+            wire["state"] = self.state
+        return wire
+
+    @property
+    def removed(self) -> bool:
+        return self.state == "removed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,18 +241,31 @@ def _select_messages() -> Any:
         users.c.name.label("sender_name"),
         messages.c.text,
         messages.c.cid,
+        messages.c.state,
     ).join(users, users.c.id == messages.c.sender_id)
 
 
 def _message(row: Any) -> Message:
-    return Message(row.room_id, row.seq, row.ts, row.sender_id, row.sender_name, row.text, row.cid)
+    return Message(
+        row.room_id,
+        row.seq,
+        row.ts,
+        row.sender_id,
+        row.sender_name,
+        row.text,
+        row.cid,
+        state=row.state,
+    )
 
 
 async def latest(
     db: Database, room: int, limit: int, *, before: int | None = None, after: int | None = None
 ) -> list[Message]:
-    """The newest ``limit`` messages below ``before`` and above ``after``, oldest first."""
-    stmt = _select_messages().where(messages.c.room_id == room)
+    """The newest ``limit`` messages below ``before`` and above ``after``, oldest first.
+
+    Messages an administrator removed are left out.
+    """
+    stmt = _select_messages().where(messages.c.room_id == room, messages.c.state != "removed")
     if before is not None:
         stmt = stmt.where(messages.c.seq < before)
     if after is not None:
@@ -255,14 +276,22 @@ async def latest(
     return [_message(row) for row in reversed(rows)]
 
 
-async def after(db: Database, room: int, seq: int, limit: int) -> list[Message]:
-    """The first ``limit`` messages with a sequence number above ``seq``, oldest first."""
+async def after(
+    db: Database, room: int, seq: int, limit: int, *, include_removed: bool = False
+) -> list[Message]:
+    """The first ``limit`` messages with a sequence number above ``seq``, oldest first.
+
+    ``include_removed`` keeps the tombstones of removed messages, for a reader (the hub's gap
+    repair) that needs every seq.
+    """
     stmt = (
         _select_messages()
         .where(messages.c.room_id == room, messages.c.seq > seq)
         .order_by(messages.c.seq)
         .limit(limit)
     )
+    if not include_removed:
+        stmt = stmt.where(messages.c.state != "removed")
     async with db.read() as conn:
         return [_message(row) for row in await conn.execute(stmt)]
 

@@ -154,6 +154,78 @@ messages = Table(
     Column("cid", String(64), nullable=False),
     Column("text", Text, nullable=False),
     Column("ts", BigInteger, nullable=False),
+    # "" (as posted) | "replaced" (text substituted by an administrator) | "removed" (a tombstone:
+    # the text is gone, the seq stays so readers still see a gap-free order).
+    Column("state", String(8), nullable=False, default="", server_default=""),
     PrimaryKeyConstraint("room_id", "seq", name="pk_messages"),
     UniqueConstraint("room_id", "sender_id", "cid", name="uq_messages_room_sender_cid"),
+)
+
+# -- management (issue 4) ------------------------------------------------------------------
+
+# Every change made through the management port: who, what, when, and the state before/after.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("actor", String(256), nullable=False),  # a user name, or "token" (the static token)
+    Column("actor_id", Id, nullable=True),
+    Column("action", String(64), nullable=False),  # e.g. "room.update"
+    Column("target", String(256), nullable=False),  # e.g. "room:12"
+    Column("before", Text, nullable=True),  # JSON
+    Column("after", Text, nullable=True),  # JSON
+    Index("ix_audit_log_ts_ms", "ts_ms"),
+    sqlite_autoincrement=True,
+)
+
+addins = Table(
+    "addins",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False, unique=True),
+    Column("url", String(2048), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# Run-time settings: scope "" is the whole deployment, otherwise a node name overriding it.
+settings = Table(
+    "settings",
+    metadata,
+    Column("scope", String(128), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("value", Text, nullable=False),  # JSON
+    PrimaryKeyConstraint("scope", "key", name="pk_settings"),
+)
+
+# -- compliance (issue 6): written in the same transaction as the change it records --------
+
+compliance_outbox = Table(
+    "compliance_outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False, unique=True),  # a UUID
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),  # JOIN | PART | CHAT | BACKCHAT | …
+    Column("node", String(128), nullable=False),
+    Column("room_id", Id, nullable=True),
+    Column("user_id", Id, nullable=True),
+    Column("payload", Text, nullable=False),  # JSON
+    sqlite_autoincrement=True,
+)
+
+# -- pool (issue 5): the nodes sharing this store ------------------------------------------
+
+pool_nodes = Table(
+    "pool_nodes",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("tcp", String(256), nullable=False, default=""),
+    Column("websocket", String(256), nullable=False, default=""),
+    Column("peer", String(256), nullable=False, default=""),
+    Column("management", String(256), nullable=False, default=""),
+    Column("state", String(8), nullable=False, default="active"),  # active | standby | draining
+    Column("started_ms", BigInteger, nullable=False),
+    Column("heartbeat_ms", BigInteger, nullable=False),
 )
