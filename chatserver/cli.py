@@ -244,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     room_add.add_argument("--type", choices=["normal", "auditorium"], default="normal")
     room_add.set_defaults(func=cmd_room_add)
+
+    from compliance.cli import register as register_compliance
+
+    from .pool.cli import register as register_pool
+
+    register_pool(sub, common)
+    register_compliance(sub, common)
     return parser
 
 

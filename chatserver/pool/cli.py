@@ -1,0 +1,11 @@
+"""``chatserver pool …`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add the ``pool`` command group to the top-level parser."""
