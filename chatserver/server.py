@@ -9,18 +9,23 @@ every connection ``bye``, wait for the requests being served, close the store.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import secrets
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .admin.server import ManagementServer
 from .config import Config, parse_address
+from .metrics import Metrics
 from .protocol.errors import ChatError
+from .rooms.hub import MessageChange
 from .rooms.service import ChatService
+from .store import admin as admin_store
 from .store import users as user_store
 from .store.db import Database
 from .store.migrate import check_schema, upgrade
@@ -28,6 +33,7 @@ from .transport.tcp import TcpConnection
 from .transport.websocket import WebSocketConnection
 
 if TYPE_CHECKING:
+    from .pool.node import Pool
     from .store.users import User
     from .transport.connection import Connection
 
@@ -44,7 +50,10 @@ class NodeState:
     by_transport: Counter[str] = field(default_factory=Counter)
     authenticated_users: int = 0
     resyncs: int = 0
+    request_errors: int = 0  # requests that failed with an unexpected exception
     accepting: bool = True
+    pool: Pool | None = None  # this node's pool membership, when [pool] enabled
+    metrics: Metrics = field(default_factory=Metrics)
 
     def connection_opened(self, conn: Connection) -> None:
         if not self.accepting:
@@ -109,13 +118,35 @@ class Node:
         self._servers: list[asyncio.Server] = []
         self.addresses: dict[str, tuple[str, int]] = {}
         self._stopping: asyncio.Task[None] | None = None
+        self.listening = False
+        self.management: ManagementServer | None = None
+        # Run-time settings from the store (management API): deployment-wide, then this node.
+        self.settings: dict[str, dict[str, Any]] = {}
+        # Called after an administrator changed messages here (the pool forwards them).
+        self.message_change_listeners: list[
+            Callable[[int, list[MessageChange], int | None], None]
+        ] = []
+        self.metric_refreshers: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         context = _ssl_context(self.config)
+        if self.config.pool.enabled:
+            from .pool.node import Pool, PoolError
+
+            self.state.pool = Pool(self.config, self.service, self.state, self.addresses)
+            try:
+                self.state.pool.check()
+            except PoolError as exc:
+                raise StartupError(str(exc)) from None
         if self.db.dialect == "sqlite":
             await asyncio.to_thread(upgrade, self.config.database.url)
         await check_schema(self.db)
         await ensure_admin(self.service, self.announce)
+        await self.settings_changed()
+        metrics = self.state.metrics
+        metrics.attach(self.state)
+        metrics.start()
+        self.service.writer.on_batch = metrics.observe_batch
         self.service.start()
         loop = asyncio.get_running_loop()
         listeners: list[tuple[str, str, type[Connection]]] = [
@@ -141,6 +172,20 @@ class Node:
             self.addresses[name] = (bound[0], bound[1])
             scheme = {"tcp": "tcp", "websocket": "ws"}[name] + ("s" if context else "")
             self.announce(f"listening for {name} clients on {scheme}://{bound[0]}:{bound[1]}/")
+        self.listening = True
+        if self.config.listen.management:
+            await self._start_management(context)
+        if self.state.pool is not None:
+            from .pool.node import PoolError
+
+            try:
+                await self.state.pool.start()
+            except PoolError as exc:
+                raise StartupError(str(exc)) from None
+            pool = self.state.pool
+            assert pool.peer_address is not None
+            host, port = pool.peer_address
+            self.announce(f"pool: listening for peers on {host}:{port}, joined as {pool.state}")
         log.info("node %s started on %s", self.config.node.name, self.db.dialect)
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -150,6 +195,10 @@ class Node:
 
     async def _stop(self, timeout: float) -> None:
         self.state.accepting = False
+        self.listening = False
+        if self.management is not None:
+            await self.management.stop()
+        await self.state.metrics.stop()
         for server in self._servers:
             server.close()
         # Finish the commits in flight first, so their acknowledgements go out before ``bye``.
@@ -175,5 +224,104 @@ class Node:
                 await asyncio.wait_for(server.wait_closed(), 2)
             except TimeoutError:
                 pass
+        if self.state.pool is not None:
+            await self.state.pool.stop()
         await self.db.close()
         log.info("node %s stopped", self.config.node.name)
+
+    # -- management ---------------------------------------------------------------------------
+
+    async def _start_management(self, context: ssl.SSLContext | None) -> None:
+        address = self.config.listen.management
+        self.management = ManagementServer(self)
+        try:
+            host, port = await self.management.start(address, context)
+        except OSError as exc:
+            raise StartupError(f"listen.management: cannot listen on {address}: {exc}") from None
+        scheme = "https" if context else "http"
+        self.announce(f"management API on {scheme}://{host}:{port}/ (see /openapi.json)")
+        if context is None and not ipaddress.ip_address(host).is_loopback:
+            log.warning(
+                "the management port listens on %s without TLS: tokens and passwords cross the"
+                " network in clear; set [tls] or bind it to 127.0.0.1",
+                host,
+            )
+
+    @property
+    def compliance_node(self) -> str | None:
+        """This node's name when compliance capture is on (outbox rows carry it), else None."""
+        return self.config.node.name if self.config.compliance.enabled else None
+
+    def messages_changed(
+        self, room_id: int, changes: list[MessageChange], cleared_through: int | None
+    ) -> None:
+        """An administrator replaced or removed messages (committed): update caches, tell
+        subscribers here, and let the pool tell the other nodes."""
+        self.service.hub.change_messages(room_id, changes, cleared_through)
+        for listener in self.message_change_listeners:
+            listener(room_id, changes, cleared_through)
+
+    def disconnect_user(self, user_id: int, reason: str) -> int:
+        """Close every connection of the user on this node; returns how many."""
+        members = list(self.service.governance.members.get(user_id, ()))
+        for member in members:
+            member.disconnect(reason)
+        return len(members)
+
+    def default_settings(self) -> dict[str, Any]:
+        chat = self.config.chat
+        return {key: getattr(chat, key) for key in RUNTIME_SETTINGS}
+
+    def effective_settings(self) -> dict[str, Any]:
+        out = self.default_settings()
+        out.update(self.settings.get("", {}))
+        out.update(self.settings.get(self.config.node.name, {}))
+        return {key: out[key] for key in RUNTIME_SETTINGS}
+
+    async def settings_changed(self) -> None:
+        """Reload the run-time settings from the store and apply them to this node."""
+        self.settings = await admin_store.load_settings(self.db)
+        effective = self.effective_settings()
+        chat = self.service.config.chat.model_copy(update=effective)
+        self.service.config = self.service.config.model_copy(update={"chat": chat})
+        self.service.hub.set_cache_size(effective["default_chat_history"])
+
+    async def refresh_metrics(self) -> None:
+        for refresh in self.metric_refreshers:
+            try:
+                await refresh()
+            except Exception:
+                log.exception("refreshing metrics failed")
+
+    async def pool_view(self) -> dict[str, Any]:
+        """The pool's nodes as the management API shows them."""
+        pool = self.state.pool
+        if pool is not None and hasattr(pool, "view"):
+            return await pool.view()  # type: ignore[no-any-return]
+        tcp = self.addresses.get("tcp")
+        websocket = self.addresses.get("websocket")
+        management = self.management.address if self.management else None
+        return {
+            "pooled": False,
+            "nodes": [
+                {
+                    "name": self.config.node.name,
+                    "tcp": f"{tcp[0]}:{tcp[1]}" if tcp else "",
+                    "websocket": f"{websocket[0]}:{websocket[1]}" if websocket else "",
+                    "peer": "",
+                    "management": f"{management[0]}:{management[1]}" if management else "",
+                    "state": "active" if self.state.accepting else "stopping",
+                    "heartbeat_age_s": None,
+                    "this_node": True,
+                }
+            ],
+        }
+
+
+# The settings an administrator can change at run time (global or per node).
+RUNTIME_SETTINGS = (
+    "default_chat_history",
+    "max_file_size_kb",
+    "participant_update_limit",
+    "room_management_url",
+)

@@ -21,10 +21,12 @@ from .protocol.errors import (
     BAD_REQUEST,
     INTERNAL,
     UNAUTHENTICATED,
+    UNAVAILABLE,
     ChatError,
 )
 from .protocol.events import Outgoing, error_reply, reply
 from .rooms.governance import Governance, parse_principals
+from .store import outbox
 from .store import rooms as room_store
 from .store.messages import Stored
 from .store.principals import Principal
@@ -111,6 +113,7 @@ class Session:
             return error_reply(rid, exc.code, exc.message)
         except Exception:
             log.exception("op %r failed", obj.get("op"))
+            self.conn.node.request_errors += 1
             return error_reply(rid, INTERNAL, "internal error")
 
     async def _dispatch(self, request: cmd.Request) -> dict[str, Any] | None:
@@ -118,18 +121,32 @@ class Session:
             raise ChatError(BAD_REQUEST, "hello must come first")
         if self.user is None and not request.PUBLIC:
             raise ChatError(UNAUTHENTICATED, "authenticate first")
+        if self.user is not None:
+            outbox.ACTOR.set(self.user.id)  # compliance events name who made a change
         handler = getattr(self, "op_" + request.OP.replace(".", "_"))
         return await handler(request)  # type: ignore[no-any-return]
 
     # -- ops --------------------------------------------------------------------------------
 
-    async def op_hello(self, request: cmd.Hello) -> dict[str, Any]:
+    async def op_hello(self, request: cmd.Hello) -> dict[str, Any] | None:
         if request.protocol != PROTOCOL_VERSION:
             raise ChatError(BAD_REQUEST, f"this server speaks protocol {PROTOCOL_VERSION}")
+        pool = self.conn.node.pool
+        extra: dict[str, Any] = {}
+        if pool is not None:
+            refused = pool.refusal()
+            if refused is not None:
+                # A standby or draining node: say where the active nodes are, and close.
+                refusal = error_reply(request.id, UNAVAILABLE, refused)
+                self.conn.send(Outgoing({**refusal, "active": pool.active_nodes()}))
+                self.conn.close("unavailable")
+                return None
+            extra["pool"] = pool.hello_info()
         self.said_hello = True
         config = self.service.config
         return reply(
             request.id,
+            **extra,
             server=f"chatserver/{__version__}",
             protocol=PROTOCOL_VERSION,
             node=config.node.name,
@@ -359,7 +376,13 @@ class Session:
 
     async def op_post(self, request: cmd.Post) -> None:
         assert self.user is not None
-        future = await self.service.post(self.user, request.room, request.text, request.cid)
+        metrics = self.conn.node.metrics
+        metrics.posts_received.inc()
+        try:
+            future = await self.service.post(self.user, request.room, request.text, request.cid)
+        except ChatError as exc:
+            metrics.post_rejected(exc.code)
+            raise
         self._posts_in_flight += 1
         self._posts_drained.clear()
         rid = request.id
@@ -371,15 +394,19 @@ class Session:
             self._maybe_resume_reading()
             if f.cancelled():
                 response = error_reply(rid, INTERNAL, "the post was cancelled")
+                metrics.post_rejected(INTERNAL)
             elif (exc := f.exception()) is not None:
                 if isinstance(exc, ChatError):
                     response = error_reply(rid, exc.code, exc.message)
+                    metrics.post_rejected(exc.code)
                 else:
                     response = error_reply(rid, INTERNAL, "internal error")
+                    metrics.post_rejected(INTERNAL)
             else:
                 stored = f.result()
                 if stored.message is None:
                     response = error_reply(rid, "not_found", f"no room {request.room}")
+                    metrics.post_rejected("not_found")
                 else:
                     response = reply(
                         rid,
@@ -400,6 +427,7 @@ class Session:
 
     def resync(self, room: int, reason: str) -> None:
         """Live delivery of ``room`` stopped for this connection; the client rejoins with since."""
+        self.conn.node.resyncs += 1
         self._stop(room, Outgoing({"ev": "resync", "room": room, "reason": reason}))
 
     def removed(self, room: int, reason: str) -> None:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..protocol.events import Outgoing
@@ -33,6 +34,22 @@ log = logging.getLogger(__name__)
 
 # A subscription that waits for its snapshot buffers at most this many events, then resyncs.
 MAX_BUFFERED_EVENTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class MessageChange:
+    """An administrator's change to a stored message (see ``messages.state``)."""
+
+    seq: int
+    state: str  # "replaced" | "removed"
+    text: str = ""  # the substituted text; "" when removed
+
+    def event(self, room_id: int) -> dict[str, Any]:
+        event: dict[str, Any] = {"ev": "message.changed", "room": room_id, "seq": self.seq}
+        event["state"] = self.state
+        if self.state != "removed":
+            event["text"] = self.text
+        return event
 
 
 class Subscriber(Protocol):
@@ -64,7 +81,16 @@ LoadAfter = Callable[[int, int, int], Awaitable[list[Message]]]
 
 
 class RoomState:
-    __slots__ = ("id", "last_seq", "pending", "ready", "recent", "subscriptions", "task")
+    __slots__ = (
+        "changes",
+        "id",
+        "last_seq",
+        "pending",
+        "ready",
+        "recent",
+        "subscriptions",
+        "task",
+    )
 
     def __init__(self, room_id: int, cache_size: int) -> None:
         self.id = room_id
@@ -74,6 +100,8 @@ class RoomState:
         # Not ready while loading or repairing a gap; deliveries wait in ``pending`` meanwhile.
         self.ready = False
         self.pending: list[Message] = []
+        # Administrators' changes that arrived while the cache was loading, applied after it.
+        self.changes: list[MessageChange] = []
         self.task: asyncio.Task[None] | None = None
 
 
@@ -125,6 +153,9 @@ class Hub:
     def _finish(self, state: RoomState) -> None:
         state.ready = True
         state.task = None
+        if state.changes:
+            changes, state.changes = state.changes, []
+            self._edit_cache(state, changes, None)
         pending, state.pending = state.pending, []
         self._deliver_room(state, pending)
 
@@ -194,8 +225,90 @@ class Hub:
         state = self._rooms.get(room_id)
         return [] if state is None else list(state.subscriptions)
 
+    def subscription_count(self) -> int:
+        return sum(len(state.subscriptions) for state in self._rooms.values())
+
     def subscribed_rooms(self) -> list[int]:
         return [room_id for room_id, state in self._rooms.items() if state.subscriptions]
+
+    def set_cache_size(self, size: int) -> None:
+        """Keep ``size`` recent messages per room from now on (the join backchat's length).
+
+        Idle rooms are dropped and reload on next use; rooms with subscribers keep their cache,
+        refilled from the store when it grows.
+        """
+        if size == self.cache_size:
+            return
+        growing = size > self.cache_size
+        self.cache_size = size
+        for room_id, state in list(self._rooms.items()):
+            if not state.subscriptions or not state.ready:
+                if not state.subscriptions and state.ready:
+                    del self._rooms[room_id]
+                continue
+            state.recent = deque(state.recent, maxlen=size)
+            if growing:
+                asyncio.get_running_loop().create_task(self._refill(state))
+
+    async def _refill(self, state: RoomState) -> None:
+        try:
+            _last, older = await self._load_recent(state.id, self.cache_size)
+        except Exception:
+            log.exception("room %d: refilling the recent-message cache failed", state.id)
+            return
+        # What was delivered meanwhile is already in ``recent``: merge by seq.
+        merged = {m.seq: m.wire() for m in older if m.seq <= state.last_seq}
+        merged.update((wire["seq"], wire) for wire in state.recent)
+        state.recent = deque((merged[seq] for seq in sorted(merged)), maxlen=self.cache_size)
+
+    # -- administrators' changes ------------------------------------------------------------
+
+    def change_messages(
+        self, room_id: int, changes: Sequence[MessageChange], cleared_through: int | None = None
+    ) -> None:
+        """Apply replaced / removed messages (and a room clear up to ``cleared_through``) to the
+        cache, and tell the room's live subscribers (``message.changed``, ``room.cleared``).
+
+        A subscriber still waiting for its join snapshot is not told: its snapshot is read after
+        the change was committed, so it already has the new state.
+        """
+        state = self._rooms.get(room_id)
+        if state is None:
+            return
+        if not state.ready:
+            if cleared_through is not None:  # the load may have read the old rows: reload
+                self._rooms.pop(room_id, None)
+                for sub in list(state.subscriptions.values()):
+                    sub.subscriber.resync(room_id, "cleared")
+                return
+            state.changes.extend(changes)
+            return
+        self._edit_cache(state, changes, cleared_through)
+        events = [Outgoing(change.event(room_id)) for change in changes]
+        if cleared_through is not None:
+            events.append(
+                Outgoing({"ev": "room.cleared", "room": room_id, "through_seq": cleared_through})
+            )
+        for sub in list(state.subscriptions.values()):
+            if sub.buffer is None:
+                for item in events:
+                    sub.subscriber.send(item)
+
+    def _edit_cache(
+        self, state: RoomState, changes: Sequence[MessageChange], cleared_through: int | None
+    ) -> None:
+        by_seq = {change.seq: change for change in changes}
+        kept: deque[dict[str, Any]] = deque(maxlen=state.recent.maxlen)
+        for wire in state.recent:
+            seq = wire["seq"]
+            change = by_seq.get(seq)
+            if cleared_through is not None and seq <= cleared_through:
+                continue
+            if change is None:
+                kept.append(wire)
+            elif change.state != "removed":
+                kept.append({**wire, "text": change.text, "state": change.state})
+        state.recent = kept
 
     # -- delivery ---------------------------------------------------------------------------
 

@@ -145,7 +145,6 @@ class Connection(asyncio.Protocol):
             if backlog > limit:
                 self._behind = True
                 self._behind_backlog = backlog
-                self.node.resyncs += 1
                 self.session.fall_behind()
                 self._drain_timer = asyncio.get_running_loop().call_later(
                     DRAIN_TIMEOUT_S, self._drain_expired

@@ -1,0 +1,1 @@
+"""The management port: REST API, Prometheus metrics, health (see docs/administration.md)."""

@@ -1,0 +1,224 @@
+"""The route table of the management API, and the OpenAPI 3 document built from it.
+
+Each route declares its request body, query parameters and response as pydantic types. The same
+declarations validate every request, check every response before it leaves (a handler that
+returns something the document does not promise is a server error, not a silent drift), and
+produce ``/openapi.json`` — so the document matches the implementation by construction, and the
+tests check it independently with schemathesis.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, TypeAdapter
+
+if TYPE_CHECKING:
+    from .api import Ctx
+
+Handler = Callable[["Ctx"], Awaitable[Any]]
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    tag: str
+    summary: str
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    response: Any  # a type for TypeAdapter, or None for "204 No Content"
+    status: int
+    mutating: bool
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"{(\w+)}", self.path)
+
+    def adapter(self) -> TypeAdapter[Any] | None:
+        return None if self.response is None else _adapter(self.response)
+
+
+_adapters: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    if tp not in _adapters:
+        _adapters[tp] = TypeAdapter(tp)
+    return _adapters[tp]
+
+
+ROUTES: list[Route] = []
+
+
+def route(
+    method: str,
+    path: str,
+    *,
+    tag: str,
+    summary: str,
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    response: Any = None,
+    status: int = 200,
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        ROUTES.append(
+            Route(
+                method,
+                path,
+                handler,
+                tag,
+                summary,
+                body,
+                query,
+                response,
+                204 if response is None else status,
+                mutating=method != "GET" and not path.endswith("/search"),
+            )
+        )
+        return handler
+
+    return register
+
+
+# -- OpenAPI --------------------------------------------------------------------------------
+
+REF = "#/components/schemas/{model}"
+
+ERROR_STATUSES = {
+    "400": "The request is malformed or a value is out of range",
+    "401": "No valid credentials",
+    "403": "The caller is not an administrator",
+    "404": "No such resource",
+    "409": "The change conflicts with the current state",
+}
+
+
+def _schema(tp: Any, components: dict[str, Any], mode: str = "serialization") -> dict[str, Any]:
+    schema = _adapter(tp).json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
+    components.update(schema.pop("$defs", {}))
+    return schema
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    from .api import ErrorBody
+
+    components: dict[str, Any] = {}
+    error_schema = _schema(ErrorBody, components)
+    paths: dict[str, Any] = {}
+    for r in ROUTES:
+        op: dict[str, Any] = {
+            "operationId": r.handler.__name__,
+            "summary": r.summary,
+            "tags": [r.tag],
+            "security": [{"bearer": []}, {"basic": []}],
+        }
+        params: list[dict[str, Any]] = [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 2**53},
+            }
+            for name in r.path_params
+        ]
+        if r.query is not None:
+            query_schema = _schema(r.query, components, "validation")
+            required = set(query_schema.get("required", ()))
+            for name, prop in query_schema["properties"].items():
+                params.append(
+                    {"name": name, "in": "query", "required": name in required, "schema": prop}
+                )
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _schema(r.body, components, "validation")}
+                },
+            }
+        responses: dict[str, Any] = {}
+        if r.response is None:
+            responses[str(r.status)] = {"description": "Done"}
+        else:
+            responses[str(r.status)] = {
+                "description": "OK",
+                "content": {"application/json": {"schema": _schema(r.response, components)}},
+            }
+        for status, text in ERROR_STATUSES.items():
+            responses[status] = {
+                "description": text,
+                "content": {"application/json": {"schema": error_schema}},
+            }
+        op["responses"] = responses
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    for path, summary, content in (
+        ("/healthz", "The process is alive and its event loop responsive", "application/json"),
+        (
+            "/readyz",
+            "The store is reachable and migrated, and the node accepts clients",
+            "application/json",
+        ),
+    ):
+        paths[path] = {
+            "get": {
+                "operationId": path.strip("/"),
+                "summary": summary,
+                "tags": ["health"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Yes",
+                        "content": {content: {"schema": {"type": "object"}}},
+                    },
+                    "503": {
+                        "description": "No",
+                        "content": {content: {"schema": {"type": "object"}}},
+                    },
+                },
+            }
+        }
+    paths["/metrics"] = {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (text exposition format)",
+            "tags": ["health"],
+            "security": [{"bearer": []}, {"basic": []}],
+            "responses": {
+                "200": {
+                    "description": "Metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "401": {
+                    "description": ERROR_STATUSES["401"],
+                    "content": {"application/json": {"schema": error_schema}},
+                },
+                "403": {
+                    "description": ERROR_STATUSES["403"],
+                    "content": {"application/json": {"schema": error_schema}},
+                },
+            },
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "chatserver management API",
+            "version": version,
+            "description": "Administer a chatserver deployment; see docs/administration.md.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic"},
+            },
+        },
+    }

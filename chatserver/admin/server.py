@@ -1,0 +1,257 @@
+"""The management port: an aiohttp application serving the REST API, /metrics and health.
+
+Authentication, on every endpoint but ``/healthz`` and ``/readyz``:
+
+- ``Authorization: Bearer TOKEN`` with an administrator's session token (the same tokens the
+  client protocol hands out), or with ``[management] token`` for automation;
+- ``Authorization: Basic`` with an administrator's name and password (how the CLI logs in:
+  ``POST /api/v1/tokens`` turns it into a session token).
+
+No credentials (or bad ones) get 401; a valid user who is not an administrator gets 403, and no
+data either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from .. import __version__
+from ..config import parse_address
+from ..passwords import verify_password
+from ..protocol.errors import (
+    BAD_REQUEST,
+    CONFLICT,
+    FORBIDDEN,
+    NOT_FOUND,
+    RATE_LIMITED,
+    TOO_LARGE,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    ChatError,
+)
+from ..store import users as user_store
+from ..store.migrate import SchemaError, check_schema
+from ..store.users import User
+from . import api
+from .routes import ROUTES, Route, openapi_document
+
+if TYPE_CHECKING:
+    from ..server import Node
+
+log = logging.getLogger("chatserver.admin")
+
+STATUS = {
+    BAD_REQUEST: 400,
+    UNAUTHENTICATED: 401,
+    FORBIDDEN: 403,
+    NOT_FOUND: 404,
+    CONFLICT: 409,
+    TOO_LARGE: 413,
+    RATE_LIMITED: 429,
+    UNAVAILABLE: 503,
+}
+
+TOKEN_USER = User(0, "token", "Automation token", True)
+MAX_BODY_BYTES = 1_048_576
+# /healthz fails when a timer fired this much later than asked (the loop is stuck).
+MAX_LOOP_LAG_S = 5.0
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers or None
+    )
+
+
+def _unauthorized(message: str) -> web.Response:
+    return _error(
+        401, UNAUTHENTICATED, message, **{"WWW-Authenticate": 'Bearer realm="chatserver"'}
+    )
+
+
+class ManagementServer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self._runner: web.AppRunner | None = None
+        self.address: tuple[str, int] | None = None
+        self._openapi: bytes | None = None
+        self._add_routes()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, address: str, ssl_context: Any) -> tuple[str, int]:
+        host, port = parse_address(address)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()
+        self.address = (bound[0], bound[1])
+        return self.address
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _add_routes(self) -> None:
+        r = self.app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/openapi.json", self.openapi)
+        for spec in ROUTES:
+            r.add_route(spec.method, spec.path, self._handler(spec))
+
+    async def _authenticate(self, request: web.Request) -> tuple[User, str] | web.Response:
+        header = request.headers.get("Authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        credentials = credentials.strip()
+        scheme = scheme.lower()
+        db = self.node.db
+        if scheme == "bearer" and credentials:
+            static = self.node.config.management.token
+            if static and hmac.compare_digest(credentials.encode(), static.encode()):
+                return TOKEN_USER, "token"
+            user = await user_store.user_for_token(db, credentials)
+            if user is None:
+                return _unauthorized("the token is not valid (expired, or never issued)")
+        elif scheme == "basic" and credentials:
+            try:
+                name, _, password = (
+                    base64.b64decode(credentials, validate=True).decode().partition(":")
+                )
+            except (binascii.Error, UnicodeDecodeError):
+                return _unauthorized("malformed Basic credentials")
+            found = await user_store.credentials(db, name)
+            ok = found is not None and await asyncio.to_thread(verify_password, password, found[1])
+            if not ok or found is None:
+                return _unauthorized("wrong user name or password")
+            user = found[0]
+        else:
+            return _unauthorized("send Authorization: Bearer TOKEN (or Basic for an administrator)")
+        if not user.is_admin:
+            return _error(403, FORBIDDEN, "only administrators may use the management API")
+        return user, user.name
+
+    def _handler(self, spec: Route) -> Any:
+        adapter = spec.adapter()
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            auth = await self._authenticate(request)
+            if isinstance(auth, web.Response):
+                return auth
+            actor, label = auth
+            params: dict[str, Any] = {}
+            for name in spec.path_params:
+                text = request.match_info[name]
+                if name.endswith("_id"):
+                    if not text.isdigit() or not 1 <= int(text) <= 2**53:
+                        return _error(404, NOT_FOUND, f"no such {name[:-3]}: {text!r}")
+                    params[name] = int(text)
+                else:
+                    params[name] = text
+            try:
+                query = None
+                if spec.query is not None:
+                    query = spec.query.model_validate(dict(request.query))
+                elif request.query:
+                    raise ChatError(
+                        BAD_REQUEST, f"unexpected query parameters: {sorted(request.query)}"
+                    )
+                body = None
+                if spec.body is not None:
+                    try:
+                        raw = await request.read()
+                        data = json.loads(raw)
+                    except web.HTTPRequestEntityTooLarge:
+                        return _error(413, TOO_LARGE, f"the body exceeds {MAX_BODY_BYTES} bytes")
+                    except (ValueError, UnicodeDecodeError):
+                        raise ChatError(BAD_REQUEST, "the body is not JSON") from None
+                    body = spec.body.model_validate(data)
+                ctx = api.Ctx(self.node, actor, label, params, body, query)
+                result = await spec.handler(ctx)
+            except ValidationError as exc:
+                return _error(400, BAD_REQUEST, _describe(exc))
+            except ChatError as exc:
+                return _error(STATUS.get(exc.code, 500), exc.code, exc.message)
+            except Exception:
+                log.exception("%s %s failed", spec.method, spec.path)
+                self.node.state.request_errors += 1
+                return _error(500, "internal", "internal error")
+            if spec.mutating and not ctx.audited:
+                log.error("%s %s changed state without an audit entry", spec.method, spec.path)
+            if adapter is None:
+                return web.Response(status=204)
+            try:
+                payload = adapter.dump_python(adapter.validate_python(result), mode="json")
+            except ValidationError:
+                log.exception(
+                    "%s %s: the response does not match its schema", spec.method, spec.path
+                )
+                return _error(500, "internal", "internal error")
+            return web.json_response(payload, status=spec.status)
+
+        handle.__name__ = spec.handler.__name__
+        return handle
+
+    # -- endpoints that are not resources ---------------------------------------------------
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        auth = await self._authenticate(request)
+        if isinstance(auth, web.Response):
+            return auth
+        if self._openapi is None:
+            self._openapi = json.dumps(openapi_document(__version__)).encode()
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        auth = await self._authenticate(request)
+        if isinstance(auth, web.Response):
+            return auth
+        await self.node.refresh_metrics()
+        body = generate_latest(self.node.state.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        lag = self.node.state.metrics.loop_lag._value.get()
+        ok = lag < MAX_LOOP_LAG_S
+        return web.json_response(
+            {"alive": ok, "event_loop_lag_s": round(lag, 4)}, status=200 if ok else 503
+        )
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        checks: dict[str, Any] = {"accepting": self.node.state.accepting and self.node.listening}
+        try:
+            await asyncio.wait_for(check_schema(self.node.db), 5)
+            checks["store"] = "ok"
+        except SchemaError as exc:
+            checks["store"] = f"not migrated: {exc}"
+        except Exception as exc:  # unreachable, timed out, …
+            checks["store"] = f"unreachable: {type(exc).__name__}"
+        ready = checks["accepting"] and checks["store"] == "ok"
+        return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts[:10])

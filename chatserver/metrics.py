@@ -1,0 +1,165 @@
+"""The node's Prometheus metrics (served on the management port at ``/metrics``).
+
+Each node has its own :class:`Metrics` and ``CollectorRegistry`` (tests run several nodes in one
+process). Counters that the hot path already keeps (deliveries, connections, the writer's
+queue) are read at scrape time by a collector instead of being counted twice; events that
+nothing else counts (posts rejected by reason, batch sizes and latencies) are counted here.
+Every label has a small fixed set of values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .server import NodeState
+
+# No ``*_created`` series: scrapers do not need them and they double the output.
+disable_created_metrics()
+
+# The reasons a post can be refused; anything else is counted as "other".
+REJECT_REASONS = frozenset(
+    {
+        "rate_limited",
+        "forbidden",
+        "not_found",
+        "too_large",
+        "bad_request",
+        "unavailable",
+        "internal",
+    }
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.posts_received = Counter(
+            "chatserver_posts_received", "Posts received from clients", registry=r
+        )
+        self.posts_rejected = Counter(
+            "chatserver_posts_rejected",
+            "Posts refused, by reason (the error code)",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "chatserver_rate_limited_requests",
+            "Requests refused by the per-user rate limit",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "chatserver_group_commit_batch_size",
+            "Posts stored per group-commit transaction",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "chatserver_group_commit_seconds",
+            "Duration of each group-commit transaction",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "chatserver_event_loop_lag_seconds",
+            "How late the event loop ran a timer, sampled every half second",
+            registry=r,
+        )
+        self._lag_task: asyncio.Task[None] | None = None
+
+    def attach(self, state: NodeState) -> None:
+        self.registry.register(_NodeCollector(state))
+
+    def register(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def post_rejected(self, code: str) -> None:
+        self.posts_rejected.labels(code if code in REJECT_REASONS else "other").inc()
+        if code == "rate_limited":
+            self.rate_limited.inc()
+
+    # -- event-loop lag ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._lag_task = asyncio.get_running_loop().create_task(self._sample_lag())
+
+    async def stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            try:
+                await self._lag_task
+            except asyncio.CancelledError:
+                pass
+
+    async def _sample_lag(self, interval: float = 0.5) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(interval)
+            self.loop_lag.set(max(0.0, time.perf_counter() - started - interval))
+
+
+class _NodeCollector(Collector):
+    """Reads, at scrape time, the counts the node keeps anyway."""
+
+    def __init__(self, state: NodeState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Any]:
+        state = self.state
+        connections = GaugeMetricFamily(
+            "chatserver_connections", "Open client connections by transport", labels=["transport"]
+        )
+        for transport in ("tcp", "websocket"):
+            connections.add_metric([transport], state.by_transport.get(transport, 0))
+        yield connections
+        yield GaugeMetricFamily(
+            "chatserver_authenticated_users",
+            "Connections that completed authentication",
+            value=state.authenticated_users,
+        )
+        hub = state.service.hub
+        yield GaugeMetricFamily(
+            "chatserver_joined_rooms",
+            "Live room subscriptions (a connection joined to a room)",
+            value=hub.subscription_count(),
+        )
+        yield CounterMetricFamily(
+            "chatserver_deliveries", "Messages written to subscribers", value=hub.delivered
+        )
+        yield CounterMetricFamily(
+            "chatserver_resyncs", "resync events sent to clients", value=state.resyncs
+        )
+        writer = state.service.writer
+        errors = CounterMetricFamily(
+            "chatserver_store_errors",
+            "Store operations that failed: group-commit transactions, and requests that failed"
+            " inside the server",
+            labels=["operation"],
+        )
+        errors.add_metric(["group_commit"], writer.failed_batches)
+        errors.add_metric(["request"], state.request_errors)
+        yield errors
+        yield CounterMetricFamily(
+            "chatserver_posts_stored", "Posts stored (new messages committed)", value=writer.stored
+        )
+        yield GaugeMetricFamily(
+            "chatserver_posts_pending", "Posts waiting for group commit", value=writer.pending
+        )
