@@ -128,11 +128,20 @@ class PoolConfig(_Section):
     # The client address other nodes and clients are told (default: listen.tcp).
     advertise_tcp: str = ""
     advertise_websocket: str = ""
+    # The peer address other nodes dial (default: listen.peer with its bound port).
+    advertise_peer: str = ""
+    # With [tls] configured, the peer port speaks TLS too; peers' certificates are checked
+    # against peer_ca (default: the node's own tls.certificate, for a pool sharing one).
+    peer_tls: bool = True
+    peer_ca: str = ""
     heartbeat_s: float = Field(1.0, gt=0, le=60)
+    # A peer link on which nothing (not even a heartbeat) arrived for this long is closed.
+    link_timeout_s: float = Field(3.0, gt=0, le=600)
     # A node whose heartbeat is older than this is treated as gone.
     dead_after_s: float = Field(10.0, gt=0, le=3600)
-    # With a peer link down, rooms with local subscribers are polled from the store this often:
-    # the bound on delivery delay during a partition.
+    # Rooms with local subscribers are compared with the store this often, and what a lost peer
+    # event or a down link kept from them is delivered: the bound on delivery delay during a
+    # partition (see docs/operations.md).
     catchup_interval_s: float = Field(2.0, gt=0, le=600)
 
 

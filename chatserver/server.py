@@ -133,7 +133,9 @@ class Node:
         if self.config.pool.enabled:
             from .pool.node import Pool, PoolError
 
-            self.state.pool = Pool(self.config, self.service, self.state, self.addresses)
+            self.state.pool = Pool(
+                self.config, self.service, self.state, self.addresses, host=self
+            )
             try:
                 self.state.pool.check()
             except PoolError as exc:

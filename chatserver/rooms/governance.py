@@ -94,6 +94,8 @@ class Governance:
         # Live sessions by user id, for invitations, policy changes and enforcement.
         self.members: dict[int, set[Member]] = {}
         self.on_room_gone: Callable[[int], None] = lambda room_id: None
+        # Tells the other nodes of a pool about each committed change (set by chatserver.pool).
+        self.publish: Callable[[dict[str, Any]], None] = lambda event: None
         # Bumped whenever cached facts are dropped (a right may have changed): a check that
         # awaited something re-checks when the generation moved meanwhile.
         self.generation = 0
@@ -155,24 +157,35 @@ class Governance:
             return known
         return await message_store.last_seq(self.db, room_id) or 0
 
-    def forget_room(self, room_id: int) -> None:
+    # The forget_* methods run after the change committed; ``publish=False`` when the change
+    # came from a peer (it was published by the node that made it).
+
+    def forget_room(self, room_id: int, *, publish: bool = True) -> None:
         self._rooms.pop(room_id, None)
         self.generation += 1
+        if publish:
+            self.publish({"t": "room", "room": room_id})
 
-    def forget_categories(self) -> None:
+    def forget_categories(self, *, publish: bool = True) -> None:
         self._categories = None
         self._rooms.clear()
         self.generation += 1
+        if publish:
+            self.publish({"t": "categories"})
 
-    def forget_membership(self) -> None:
+    def forget_membership(self, *, publish: bool = True) -> None:
         self._membership = None
         self.generation += 1
+        if publish:
+            self.publish({"t": "membership"})
 
-    def forget_all(self) -> None:
+    def forget_all(self, *, publish: bool = True) -> None:
         self._categories = None
         self._membership = None
         self._rooms.clear()
         self.generation += 1
+        if publish:
+            self.publish({"t": "categories"})
 
     def policy_enabled(self, user: User) -> bool:
         """Administrators are never locked out by the policy (they are the ones who change it)."""
@@ -366,6 +379,7 @@ class Governance:
         updated = await user_store.get_user(self.db, target)
         assert updated is not None
         if not self.policy_enabled(updated):
+            self.publish({"t": "disconnect", "user": target, "reason": "disabled"})
             for member in list(self.members.get(target, ())):
                 member.disconnect("disabled")
 

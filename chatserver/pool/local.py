@@ -1,0 +1,186 @@
+"""Run a pool of ``chatserver run`` processes on this machine (``chatserver pool up``, tests).
+
+Each node is a separate process with its own addresses; they share one PostgreSQL database (a
+throwaway cluster from :mod:`chatserver.testing` unless a URL is given). Their output is read
+continuously, so a test can wait for a line (``peer link node2 up``) without the pipe filling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..testing import free_port
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    env: dict[str, str]
+    proc: asyncio.subprocess.Process | None = None
+    lines: list[str] = field(default_factory=list)
+    tcp: tuple[str, int] = ("", 0)
+    websocket: tuple[str, int] = ("", 0)
+    peer: tuple[str, int] = ("", 0)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _reader: asyncio.Task[None] | None = None
+    echo: bool = False
+
+    async def start(self) -> None:
+        self.lines = []
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "chatserver",
+            "run",
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor only
+        )
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            line = (await self.proc.stdout.readline()).decode(errors="replace")
+            if not line:
+                break
+            self.lines.append(line)
+            if self.echo:
+                print(f"[{self.name}] {line}", end="", flush=True)
+            self._changed.set()
+        self._changed.set()
+
+    async def wait_for(self, pattern: str, timeout: float = 30, start: int = 0) -> re.Match[str]:
+        """The first output line from index ``start`` on that matches ``pattern``."""
+        async with asyncio.timeout(timeout):
+            index = start
+            while True:
+                while index < len(self.lines):
+                    if match := re.search(pattern, self.lines[index]):
+                        return match
+                    index += 1
+                if self._reader is not None and self._reader.done():
+                    raise RuntimeError(f"{self.name} exited; output:\n" + "".join(self.lines))
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def started(self, timeout: float = 30) -> None:
+        tcp = await self.wait_for(r"tcp clients on tcp://([\d.]+):(\d+)/", timeout)
+        self.tcp = (tcp.group(1), int(tcp.group(2)))
+        ws = await self.wait_for(r"websocket clients on ws://([\d.]+):(\d+)/", timeout)
+        self.websocket = (ws.group(1), int(ws.group(2)))
+        peer = await self.wait_for(r"listening for peers on ([\d.]+):(\d+)", timeout)
+        self.peer = (peer.group(1), int(peer.group(2)))
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def stop(self, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        return self.proc.returncode
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+
+
+class LocalPool:
+    """Nodes ``node1`` … ``nodeN`` sharing ``database_url``.
+
+    With ``addresses="hosts"`` node *i* listens on 127.0.0.*i* with the standard ports (5041,
+    5080, 8011, 8012); with ``"free"`` every node listens on free ports of 127.0.0.1.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        secret: str = "",
+        addresses: str = "free",
+        env: dict[str, str] | None = None,
+        echo: bool = False,
+    ) -> None:
+        self.database_url = database_url
+        self.secret = secret or os.urandom(16).hex()
+        self.addresses = addresses
+        self.extra = dict(env or {})
+        self.echo = echo
+        self.nodes: list[NodeProcess] = []
+
+    def node_env(self, index: int, **overrides: str) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
+        if self.addresses == "hosts":
+            host = f"127.0.0.{index}"
+            ports = {"tcp": 5041, "websocket": 5080, "peer": 8011, "management": 8012}
+        else:
+            host = "127.0.0.1"
+            ports = {k: free_port() for k in ("tcp", "websocket", "peer", "management")}
+        base.update(
+            CHATSERVER_NODE_NAME=f"node{index}",
+            CHATSERVER_DATABASE_URL=self.database_url,
+            CHATSERVER_POOL_ENABLED="true",
+            CHATSERVER_POOL_SECRET=self.secret,
+            PYTHONUNBUFFERED="1",
+            **{f"CHATSERVER_LISTEN_{k.upper()}": f"{host}:{p}" for k, p in ports.items()},
+        )
+        base.update(self.extra)
+        base.update(overrides)
+        return base
+
+    async def add(self, **overrides: str) -> NodeProcess:
+        """Start one more node and wait until it listens."""
+        index = len(self.nodes) + 1
+        node = NodeProcess(f"node{index}", self.node_env(index, **overrides), echo=self.echo)
+        self.nodes.append(node)
+        await node.start()
+        await node.started()
+        return node
+
+    async def start(self, count: int, **overrides: str) -> list[NodeProcess]:
+        for _ in range(count):
+            await self.add(**overrides)
+        return self.nodes
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(n.stop() for n in self.nodes), return_exceptions=True)
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for node in self.nodes:
+            out.append(
+                {
+                    "node": node.name,
+                    "tcp": f"{node.tcp[0]}:{node.tcp[1]}",
+                    "websocket": f"ws://{node.websocket[0]}:{node.websocket[1]}/",
+                    "peer": f"{node.peer[0]}:{node.peer[1]}",
+                    "management": node.env.get("CHATSERVER_LISTEN_MANAGEMENT", ""),
+                    "state": "standby"
+                    if any("joined as standby" in line for line in node.lines)
+                    else "active",
+                }
+            )
+        return out

@@ -1,0 +1,183 @@
+"""The pool's membership in the store: the ``pool_nodes`` table.
+
+Each node upserts its own row (addresses, state, heartbeat) every ``heartbeat_s`` and reads every
+row back; a row whose heartbeat is older than ``dead_after_s`` is a node that is gone, and the
+first node to notice deletes it. ``state`` is ``active``, ``standby`` or ``draining``; the
+management API changes it and the node concerned reads it at its next heartbeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from ..store.db import Database, now_ms
+from ..store.schema import pool_nodes
+
+ACTIVE = "active"
+STANDBY = "standby"
+DRAINING = "draining"
+STATES = (ACTIVE, STANDBY, DRAINING)
+# Serializes the "how many are active?" decision of nodes joining at the same moment.
+_JOIN_LOCK = 80110001
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    name: str
+    tcp: str
+    websocket: str
+    peer: str
+    management: str
+    state: str
+    started_ms: int
+    heartbeat_ms: int
+
+    def public(self, now: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "tcp": self.tcp,
+            "websocket": self.websocket,
+            "peer": self.peer,
+            "management": self.management,
+            "state": self.state,
+            "started_ms": self.started_ms,
+            "heartbeat_ms": self.heartbeat_ms,
+        }
+        if now is not None:
+            out["heartbeat_age_s"] = round((now - self.heartbeat_ms) / 1000, 3)
+        return out
+
+
+def _row(row: Any) -> NodeRow:
+    return NodeRow(
+        row.name,
+        row.tcp,
+        row.websocket,
+        row.peer,
+        row.management,
+        row.state,
+        row.started_ms,
+        row.heartbeat_ms,
+    )
+
+
+async def list_nodes(db: Database) -> list[NodeRow]:
+    async with db.read() as conn:
+        result = await conn.execute(select(pool_nodes).order_by(pool_nodes.c.name))
+        return [_row(r) for r in result]
+
+
+class NameTaken(Exception):
+    """Another live node registered under this name."""
+
+
+async def join(
+    db: Database,
+    name: str,
+    addresses: dict[str, str],
+    *,
+    started_ms: int,
+    max_active: int,
+    dead_after_ms: int,
+) -> str:
+    """Register this node; returns its state (``standby`` when ``max_active`` are active)."""
+    now = now_ms()
+    async with db.write() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _JOIN_LOCK})
+        rows = [_row(r) for r in await conn.execute(select(pool_nodes))]
+        live = [r for r in rows if now - r.heartbeat_ms <= dead_after_ms]
+        for r in live:
+            if r.name == name and r.started_ms != started_ms:
+                raise NameTaken(
+                    f"node name {name!r} is in use by a live node (heartbeat"
+                    f" {(now - r.heartbeat_ms) / 1000:.1f} s ago); give this node another"
+                    " [node] name, or wait pool.dead_after_s for the old one to expire"
+                )
+        active = sum(1 for r in live if r.state == ACTIVE and r.name != name)
+        state = ACTIVE if active < max_active else STANDBY
+        await conn.execute(delete(pool_nodes).where(pool_nodes.c.name == name))
+        await conn.execute(
+            pool_nodes.insert().values(
+                name=name, state=state, started_ms=started_ms, heartbeat_ms=now, **addresses
+            )
+        )
+    return state
+
+
+async def heartbeat(
+    db: Database, name: str, addresses: dict[str, str], *, state: str, started_ms: int
+) -> tuple[str, list[NodeRow]]:
+    """Refresh this node's row (re-creating it if another node expired it meanwhile).
+
+    Returns the state the registry holds for this node (the management API may have changed it)
+    and every row.
+    """
+    now = now_ms()
+    async with db.write() as conn:
+        statement = (
+            pg_insert(pool_nodes)
+            .values(name=name, state=state, started_ms=started_ms, heartbeat_ms=now, **addresses)
+            .on_conflict_do_update(
+                index_elements=[pool_nodes.c.name],
+                set_={"heartbeat_ms": now, "started_ms": started_ms, **addresses},
+            )
+            .returning(pool_nodes.c.state)
+        )
+        current = (await conn.execute(statement)).scalar_one()
+        rows = [_row(r) for r in await conn.execute(select(pool_nodes).order_by(pool_nodes.c.name))]
+    return current, rows
+
+
+async def expire(db: Database, dead_after_ms: int) -> list[str]:
+    """Delete the rows of nodes whose heartbeat is older than ``dead_after_ms``."""
+    cutoff = now_ms() - dead_after_ms
+    async with db.write() as conn:
+        result = await conn.execute(
+            delete(pool_nodes)
+            .where(pool_nodes.c.heartbeat_ms < cutoff)
+            .returning(pool_nodes.c.name)
+        )
+        return [r.name for r in result]
+
+
+async def leave(db: Database, name: str, started_ms: int) -> None:
+    async with db.write() as conn:
+        await conn.execute(
+            delete(pool_nodes).where(
+                pool_nodes.c.name == name, pool_nodes.c.started_ms == started_ms
+            )
+        )
+
+
+async def set_states(db: Database, states: dict[str, str]) -> list[str]:
+    """Set several nodes' states in one transaction; returns the names that exist."""
+    found = []
+    async with db.write() as conn:
+        for name, state in states.items():
+            assert state in STATES
+            result = await conn.execute(
+                update(pool_nodes)
+                .where(pool_nodes.c.name == name)
+                .values(state=state)
+                .returning(pool_nodes.c.name)
+            )
+            if result.scalar_one_or_none() is not None:
+                found.append(name)
+    return found
+
+
+async def room_seqs(db: Database, room_ids: list[int]) -> dict[int, int]:
+    """The committed ``last_seq`` of each room (for catch-up polling)."""
+    from ..store.schema import rooms
+
+    if not room_ids:
+        return {}
+    async with db.read() as conn:
+        result = await conn.execute(
+            select(rooms.c.id, rooms.c.last_seq).where(rooms.c.id.in_(room_ids))
+        )
+        return {r.id: r.last_seq for r in result}
