@@ -1,11 +1,170 @@
-"""``chatserver compliance …`` subcommands."""
+"""``chatserver compliance …`` subcommands: ``run`` (the writer), ``export``, ``verify``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from chatserver.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"chatserver: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _run(main: Any) -> Any:
+    import uvloop
+
+    return uvloop.run(main)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .schema import ComplianceSchemaError
+    from .writer import run
+
+    config = _config(args)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(
+            config,
+            stop,
+            poll_s=args.poll_s,
+            batch=args.batch,
+            export=not args.no_export,
+            once=args.once,
+        )
+
+    print(f"chatserver: compliance writer on node {config.node.name}", flush=True)
+    try:
+        _run(main())
+    except ComplianceSchemaError as exc:
+        _fail(str(exc))
+    except (OSError, SQLAlchemyError) as exc:
+        _fail(f"compliance writer: {exc}", 1)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from chatserver.store.db import Database
+
+    from .adapters import UnknownAdapter, export_once
+    from .schema import ComplianceSchemaError, prepare
+
+    config = _config(args)
+
+    async def main() -> None:
+        content = Database(config.database.url, pool_size=1)
+        comp = Database(config.compliance.database_url, pool_size=1)
+        try:
+            await prepare(comp, (config.compliance.adapter,))
+            result = await export_once(config, comp, content)
+        finally:
+            await content.close()
+            await comp.close()
+        print(f"chatserver: exported {result.events} events to {len(result.files)} files")
+        for path in result.files:
+            print(path)
+
+    try:
+        _run(main())
+    except (ComplianceSchemaError, UnknownAdapter) as exc:
+        _fail(str(exc))
+    except (OSError, SQLAlchemyError) as exc:
+        _fail(f"compliance export: {exc}", 1)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from chatserver.store.db import Database
+
+    from .schema import ComplianceSchemaError, prepare
+    from .verify import verify
+
+    config = _config(args)
+
+    async def main() -> bool:
+        content = Database(config.database.url, pool_size=1)
+        comp = Database(config.compliance.database_url, pool_size=1)
+        try:
+            await prepare(comp, (config.compliance.adapter,))
+            report = await verify(comp, content, since_ms=args.since_ms)
+        finally:
+            await content.close()
+            await comp.close()
+        if args.json:
+            print(json.dumps(report.as_dict(), indent=2))
+        else:
+            print("\n".join(report.lines()))
+        return report.ok
+
+    try:
+        ok = _run(main())
+    except ComplianceSchemaError as exc:
+        _fail(str(exc))
+    except (OSError, SQLAlchemyError) as exc:
+        _fail(f"compliance verify: {exc}", 1)
+    raise SystemExit(0 if ok else 1)
 
 
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     """Add the ``compliance`` command group to the top-level parser."""
+    group = sub.add_parser("compliance", help="the compliance writer, export and verification")
+    actions = group.add_subparsers(dest="compliance_command", required=True, metavar="ACTION")
+
+    run = actions.add_parser(
+        "run",
+        parents=[common],
+        help="move captured events to the compliance database; export every run_interval_s",
+    )
+    run.add_argument(
+        "--poll-s", type=float, default=1.0, help="seconds between outbox polls (default: 1)"
+    )
+    run.add_argument("--batch", type=int, default=500, help="events per transaction (default: 500)")
+    run.add_argument(
+        "--no-export", action="store_true", help="only store events; never run the adapter"
+    )
+    run.add_argument("--once", action="store_true", help="drain the outbox, export once, and exit")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    export = actions.add_parser(
+        "export", parents=[common], help="run the adapter once over every event not yet exported"
+    )
+    export.set_defaults(func=cmd_export)
+
+    verify = actions.add_parser(
+        "verify",
+        parents=[common],
+        help="check the hash chain and that every captured event and stored message is there",
+    )
+    verify.add_argument(
+        "--since-ms",
+        type=int,
+        default=None,
+        help="check messages stored since this time (default: the first captured event)",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=cmd_verify)

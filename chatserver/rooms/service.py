@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -23,9 +24,11 @@ from ..protocol.errors import (
     RATE_LIMITED,
     TOO_LARGE,
     UNAUTHENTICATED,
+    UNAVAILABLE,
     ChatError,
 )
 from ..store import messages as message_store
+from ..store import outbox
 from ..store import rooms as room_store
 from ..store import users as user_store
 from ..store.db import Database
@@ -36,6 +39,8 @@ from . import access
 from .governance import Governance
 from .hub import Hub, Subscriber
 from .writer import Writer
+
+log = logging.getLogger(__name__)
 
 ROOM_PAGE_DEFAULT = 50
 ROOM_PAGE_MAX = 500
@@ -111,7 +116,20 @@ class ChatService:
                 db, room, seq, limit, include_removed=True
             ),
         )
-        self.writer = Writer(db, self.hub.deliver, max_pending=config.limits.max_pending_posts)
+        # Compliance capture (docs/compliance.md): the node's name when on, else None.
+        self.capture = config.node.name if config.compliance.enabled else None
+        if self.capture is not None:
+            outbox.enable(db, self.capture)
+        # (subscriber, room) -> user id of every subscription whose JOIN was recorded: its PART
+        # is recorded when the subscription ends, however it ends.
+        self._joined: dict[tuple[Subscriber, int], int] = {}
+        self._part_tasks: set[asyncio.Task[None]] = set()
+        self.writer = Writer(
+            db,
+            self.hub.deliver,
+            max_pending=config.limits.max_pending_posts,
+            capture=self.capture,
+        )
         self.rate_limiter = RateLimiter(config.limits.posts_per_user_per_s)
         self.governance = Governance(config, db, self.hub)
         self.governance.on_room_gone = self.hub.forget
@@ -121,6 +139,8 @@ class ChatService:
 
     async def close(self) -> None:
         await self.writer.close()
+        if self._part_tasks:
+            await asyncio.gather(*self._part_tasks, return_exceptions=True)
 
     # -- users ------------------------------------------------------------------------------
 
@@ -243,8 +263,11 @@ class ChatService:
                 messages = [m for m in cached if m["seq"] > since][-page_max:]
             gap = bool(since is not None and messages and messages[0]["seq"] > since + 1)
             self.hub.subscribe(state, subscriber)
+            last_seq = state.last_seq
+            if self.capture is not None:
+                await self._record_join(user, subscriber, room.id, since, last_seq, messages)
             return (
-                {"room": room.id, "last_seq": state.last_seq, "messages": messages, "gap": gap},
+                {"room": room.id, "last_seq": last_seq, "messages": messages, "gap": gap},
                 None,
             )
         sub = self.hub.subscribe_buffered(state, subscriber)
@@ -256,16 +279,57 @@ class ChatService:
             raise
         snapshot = max(last, newest[-1].seq if newest else 0)
         gap = bool(newest and newest[0].seq > since + 1)
-        reply = {
-            "room": room.id,
-            "last_seq": snapshot,
-            "messages": [m.wire() for m in newest],
-            "gap": gap,
-        }
+        wires = [m.wire() for m in newest]
+        if self.capture is not None:
+            await self._record_join(user, subscriber, room.id, since, snapshot, wires)
+        reply = {"room": room.id, "last_seq": snapshot, "messages": wires, "gap": gap}
         return reply, lambda: self.hub.release(sub, snapshot)
 
     def leave(self, subscriber: Subscriber, room_id: int) -> bool:
-        return self.hub.unsubscribe(room_id, subscriber)
+        left = self.hub.unsubscribe(room_id, subscriber)
+        if self._joined:
+            user_id = self._joined.pop((subscriber, room_id), None)
+            if user_id is not None:
+                task = asyncio.get_running_loop().create_task(self._record_part(user_id, room_id))
+                self._part_tasks.add(task)
+                task.add_done_callback(self._part_tasks.discard)
+        return left
+
+    # -- compliance capture of reads and presence (docs/compliance.md) ---------------------
+
+    async def _record(self, events: list[outbox.Event]) -> None:
+        assert self.capture is not None
+        async with self.db.write() as conn:
+            await outbox.record(conn, self.capture, events)
+
+    async def _record_join(
+        self,
+        user: User,
+        subscriber: Subscriber,
+        room_id: int,
+        since: int | None,
+        last_seq: int,
+        messages: list[dict[str, Any]],
+    ) -> None:
+        """Commit the JOIN (and the BACKCHAT of the messages the reply carries) before the
+        reply is sent; a join whose events cannot be recorded fails with ``unavailable``."""
+        events = [outbox.Event("JOIN", room_id, user.id, {"since": since, "last_seq": last_seq})]
+        if messages:
+            events.append(_backchat(user, room_id, "join", messages))
+        self._joined[(subscriber, room_id)] = user.id
+        try:
+            await self._record(events)
+        except Exception as exc:
+            self._joined.pop((subscriber, room_id), None)
+            self.hub.unsubscribe(room_id, subscriber)
+            log.error("recording a compliance JOIN failed: %s", exc)
+            raise ChatError(UNAVAILABLE, "the join could not be recorded; retry later") from None
+
+    async def _record_part(self, user_id: int, room_id: int) -> None:
+        try:
+            await self._record([outbox.Event("PART", room_id, user_id, {})])
+        except Exception as exc:
+            log.error("recording a compliance PART of room %d failed: %s", room_id, exc)
 
     async def history(
         self, user: User, room_id: int, before: int | None, after: int | None, limit: int | None
@@ -277,9 +341,21 @@ class ChatService:
         limit = limit or min(page_max, 50)
         if after is not None:
             found = await message_store.after(self.db, room.id, after, limit + 1)
-            return [m.wire() for m in found[:limit]], len(found) > limit
-        found = await message_store.latest(self.db, room.id, limit + 1, before=before)
-        return [m.wire() for m in found[-limit:]], len(found) > limit
+            page, more = [m.wire() for m in found[:limit]], len(found) > limit
+        else:
+            found = await message_store.latest(self.db, room.id, limit + 1, before=before)
+            page, more = [m.wire() for m in found[-limit:]], len(found) > limit
+        if self.capture is not None:
+            event = _backchat(user, room.id, "history", page)
+            event.payload.update(before=before, after=after, limit=limit)
+            try:
+                await self._record([event])
+            except Exception as exc:
+                log.error("recording a compliance BACKCHAT failed: %s", exc)
+                raise ChatError(
+                    UNAVAILABLE, "the read could not be recorded; retry later"
+                ) from None
+        return page, more
 
     # -- posting ----------------------------------------------------------------------------
 
@@ -292,3 +368,19 @@ class ChatService:
         if not self.rate_limiter.allow(user.id):
             raise ChatError(RATE_LIMITED, "too many posts; slow down")
         return self.writer.submit(NewPost(room.id, user.id, user.name, cid, text))
+
+
+def _backchat(user: User, room_id: int, source: str, page: list[dict[str, Any]]) -> outbox.Event:
+    """A BACKCHAT event: ``user`` read ``page`` (messages in wire form) of ``room_id``."""
+    seqs = [m["seq"] for m in page]
+    return outbox.Event(
+        "BACKCHAT",
+        room_id,
+        user.id,
+        {
+            "source": source,  # "join" (the join backchat) | "history" (a history request)
+            "from_seq": min(seqs) if seqs else None,
+            "to_seq": max(seqs) if seqs else None,
+            "count": len(seqs),
+        },
+    )

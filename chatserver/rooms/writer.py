@@ -33,8 +33,11 @@ class Writer:
         *,
         max_batch: int = 1000,
         max_pending: int = 100_000,
+        capture: str | None = None,
     ) -> None:
         self._db = db
+        # The node's name when compliance is on: each batch records its CHAT events too.
+        self._capture = capture
         self._on_stored = on_stored
         self._max_batch = max_batch
         self._max_pending = max_pending
@@ -47,6 +50,9 @@ class Writer:
         self.stored = 0
         self.last_batch_size = 0
         self.last_batch_seconds = 0.0
+        self.failed_batches = 0
+        # Called with (posts, seconds) after each committed batch (the node's metrics).
+        self.on_batch: Callable[[int, float], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="writer")
@@ -86,9 +92,12 @@ class Writer:
     async def _commit(self, batch: list[tuple[NewPost, asyncio.Future[Stored]]]) -> None:
         started = time.perf_counter()
         try:
-            results = await store_batch(self._db, [post for post, _ in batch])
+            results = await store_batch(
+                self._db, [post for post, _ in batch], capture=self._capture
+            )
         except Exception as exc:
             log.error("storing a batch of %d posts failed: %s", len(batch), exc)
+            self.failed_batches += 1
             error = ChatError(
                 UNAVAILABLE, "the message could not be stored; retry with the same cid"
             )
@@ -99,6 +108,8 @@ class Writer:
         self.batches += 1
         self.last_batch_size = len(batch)
         self.last_batch_seconds = time.perf_counter() - started
+        if self.on_batch is not None:
+            self.on_batch(len(batch), self.last_batch_seconds)
         new = [r.message for r in results if r.message is not None and not r.duplicate]
         self.stored += len(new)
         if new:

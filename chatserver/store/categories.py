@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from . import outbox
 from .db import Database, now_ms
 from .principals import Principal, change_grants
 from .schema import categories, category_principals, rooms
@@ -74,7 +75,22 @@ async def create_category(
                 )
                 .returning(categories.c.id)
             )
-            return int(result.scalar_one())
+            category_id = int(result.scalar_one())
+            await outbox.capture(
+                db,
+                conn,
+                "CATEGORY_CREATE",
+                None,
+                {
+                    "category": category_id,
+                    "name": name,
+                    "description": description,
+                    "invitations": invitations,
+                    "file_upload": file_upload,
+                    "chat_history": chat_history,
+                },
+            )
+            return category_id
     except IntegrityError:
         raise CategoryExists(name) from None
 
@@ -85,6 +101,9 @@ async def update_category(db: Database, category_id: int, **values: Any) -> bool
             result = await conn.execute(
                 update(categories).where(categories.c.id == category_id).values(**values)
             )
+            if result.rowcount:
+                payload = {"category": category_id, "values": values}
+                await outbox.capture(db, conn, "CATEGORY_UPDATE", None, payload)
     except IntegrityError:
         raise CategoryExists(values.get("name", "")) from None
     return bool(result.rowcount)
@@ -98,6 +117,8 @@ async def delete_category(db: Database, category_id: int) -> bool:
         if count:
             raise CategoryNotEmpty(category_id)
         result = await conn.execute(delete(categories).where(categories.c.id == category_id))
+        if result.rowcount:
+            await outbox.capture(db, conn, "CATEGORY_DELETE", None, {"category": category_id})
     return bool(result.rowcount)
 
 
@@ -111,6 +132,9 @@ async def change_principals(
     assert set(add) | set(remove) <= set(ROLES)
     async with db.write() as conn:
         await change_grants(conn, category_principals, "category_id", category_id, add, remove)
+        if any(add.values()) or any(remove.values()):
+            payload = {"category": category_id, **outbox.grants(add, remove)}
+            await outbox.capture(db, conn, "CATEGORY_ACL", None, payload)
 
 
 async def load_categories(db: Database) -> dict[int, Category]:

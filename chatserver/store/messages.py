@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, tuple_, update
 
 from .db import Database, now_ms
+from .outbox import Event, record, record_pg
 from .schema import categories, messages, rooms, users
 
 
@@ -121,14 +122,36 @@ def _plan(
     return _Plan(results, new_rows, changed)
 
 
-async def store_batch(db: Database, posts: list[NewPost]) -> list[Stored]:
-    """Store a batch of posts in one transaction; the results are in the order of ``posts``."""
+def _chat_events(new_rows: list[Message]) -> list[Event]:
+    """One compliance ``CHAT`` event per new message, kept or not (chat history off)."""
+    return [
+        Event(
+            "CHAT",
+            m.room,
+            m.sender_id,
+            {"seq": m.seq, "text": m.text, "cid": m.cid, "sender": m.sender_name, "kept": m.kept},
+            m.ts,
+        )
+        for m in new_rows
+    ]
+
+
+async def store_batch(
+    db: Database, posts: list[NewPost], *, capture: str | None = None
+) -> list[Stored]:
+    """Store a batch of posts in one transaction; the results are in the order of ``posts``.
+
+    With ``capture`` (the node's name), a compliance ``CHAT`` event for every new message is
+    written to the outbox in the same transaction.
+    """
     if db.is_postgres:
-        return await _store_batch_pg(db, posts)
-    return await _store_batch_generic(db, posts)
+        return await _store_batch_pg(db, posts, capture)
+    return await _store_batch_generic(db, posts, capture)
 
 
-async def _store_batch_generic(db: Database, posts: list[NewPost]) -> list[Stored]:
+async def _store_batch_generic(
+    db: Database, posts: list[NewPost], capture: str | None
+) -> list[Stored]:
     room_ids = sorted({p.room for p in posts})
     keys = list({(p.room, p.sender_id, p.cid) for p in posts})
     async with db.write() as conn:
@@ -178,10 +201,12 @@ async def _store_batch_generic(db: Database, posts: list[NewPost]) -> list[Store
                 .values(last_seq=bindparam("seq")),
                 [{"rid": room, "seq": seq} for room, seq in plan.last_seqs.items()],
             )
+        if capture is not None and plan.new_rows:
+            await record(conn, capture, _chat_events(plan.new_rows))
     return plan.results
 
 
-async def _store_batch_pg(db: Database, posts: list[NewPost]) -> list[Stored]:
+async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | None) -> list[Stored]:
     pool = await db.pg_pool()
     room_ids = sorted({p.room for p in posts})
     keys = list({(p.room, p.sender_id, p.cid) for p in posts})
@@ -229,6 +254,8 @@ async def _store_batch_pg(db: Database, posts: list[NewPost]) -> list[Stored]:
                 list(plan.last_seqs),
                 list(plan.last_seqs.values()),
             )
+        if capture is not None and plan.new_rows:
+            await record_pg(conn, capture, _chat_events(plan.new_rows))
     return plan.results
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from . import outbox
 from .db import Database, now_ms
 from .schema import category_principals, group_members, groups, room_principals, users
 
@@ -58,6 +59,8 @@ async def create_group(db: Database, name: str, description: str = "") -> Group:
                 .returning(groups.c.id)
             )
             group_id = result.scalar_one()
+            payload = {"group": group_id, "name": name, "description": description}
+            await outbox.capture(db, conn, "GROUP_CREATE", None, payload)
     except IntegrityError:
         raise GroupExists(name) from None
     return Group(group_id, name, description)
@@ -84,6 +87,8 @@ async def delete_group(db: Database, group_id: int) -> bool:
                 )
             )
         result = await conn.execute(delete(groups).where(groups.c.id == group_id))
+        if result.rowcount:
+            await outbox.capture(db, conn, "GROUP_DELETE", None, {"group": group_id})
     return bool(result.rowcount)
 
 
@@ -135,6 +140,9 @@ async def add_group_members(db: Database, group_id: int, members: list[Principal
             existing.add((member.kind, member.id))
         if rows:
             await conn.execute(insert(group_members), rows)
+            added = [{"kind": r["member_kind"], "id": r["member_id"]} for r in rows]
+            payload = {"group": group_id, "add": added, "remove": []}
+            await outbox.capture(db, conn, "GROUP_MEMBERS", None, payload)
 
 
 async def remove_group_members(db: Database, group_id: int, members: list[Principal]) -> None:
@@ -147,6 +155,9 @@ async def remove_group_members(db: Database, group_id: int, members: list[Princi
                     group_members.c.member_id == member.id,
                 )
             )
+        if members:
+            payload = {"group": group_id, "add": [], "remove": [m.wire() for m in members]}
+            await outbox.capture(db, conn, "GROUP_MEMBERS", None, payload)
 
 
 async def group_members_of(db: Database, group_id: int) -> list[Principal]:
@@ -190,6 +201,9 @@ async def set_user_policy(db: Database, user_id: int, enabled: bool | None) -> b
         result = await conn.execute(
             update(users).where(users.c.id == user_id).values(persistent_chat_enabled=enabled)
         )
+        if result.rowcount:
+            payload = {"user": user_id, "persistent_chat_enabled": enabled}
+            await outbox.capture(db, conn, "USER_POLICY", None, payload)
     return bool(result.rowcount)
 
 

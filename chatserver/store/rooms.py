@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from . import outbox
 from .db import Database, now_ms
 from .principals import Principal, change_grants
 from .schema import invitations, room_principals, rooms
@@ -124,6 +125,21 @@ async def create_room(
                         for p in managers
                     ],
                 )
+            await outbox.capture(
+                db,
+                conn,
+                "ROOM_CREATE",
+                room_id,
+                {
+                    "name": name,
+                    "description": description,
+                    "category": category_id,
+                    "privacy": privacy,
+                    "type": type,
+                    "invitations": invitations,
+                    "managers": [p.wire() for p in sorted(managers)],
+                },
+            )
     except IntegrityError:
         raise RoomExists(name) from None
     return Room(
@@ -186,7 +202,12 @@ async def list_rooms(
 async def update_room(db: Database, room_id: int, **values: Any) -> None:
     try:
         async with db.write() as conn:
-            await conn.execute(update(rooms).where(rooms.c.id == room_id).values(**values))
+            result = await conn.execute(update(rooms).where(rooms.c.id == room_id).values(**values))
+            if result.rowcount:
+                kind = "ROOM_UPDATE"
+                if set(values) == {"disabled"}:
+                    kind = "ROOM_DISABLE" if values["disabled"] else "ROOM_ENABLE"
+                await outbox.capture(db, conn, kind, room_id, {"values": values})
     except IntegrityError:
         raise RoomExists(values.get("name", "")) from None
 
@@ -199,11 +220,19 @@ async def change_roles(
 ) -> None:
     async with db.write() as conn:
         await change_grants(conn, room_principals, "room_id", room_id, add, remove)
+        if any(add.values()) or any(remove.values()):
+            await outbox.capture(db, conn, "ROOM_ROLES", room_id, outbox.grants(add, remove))
 
 
 async def delete_room(db: Database, room_id: int) -> bool:
     async with db.write() as conn:
+        name = None
+        if outbox.node_for(db) is not None:
+            found = await conn.execute(select(rooms.c.name).where(rooms.c.id == room_id))
+            name = found.scalar_one_or_none()
         result = await conn.execute(delete(rooms).where(rooms.c.id == room_id))
+        if result.rowcount:
+            await outbox.capture(db, conn, "ROOM_DELETE", room_id, {"name": name})
     return bool(result.rowcount)
 
 

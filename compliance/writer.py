@@ -1,0 +1,203 @@
+"""The compliance writer: moves events from the content store's outbox to the compliance database.
+
+::
+
+    content store                          compliance database
+    compliance_outbox ──claim a batch──►  append under the chain lock (skip event ids already
+         ▲   (FOR UPDATE SKIP LOCKED)      there), hash each row, commit
+         └──────── delete the batch ◄──── only after that commit
+
+Killed at any point, nothing is lost (the outbox rows stay until the compliance commit) and
+nothing is duplicated (an event id already stored is skipped, then its outbox row deleted).
+Several writers may run: on PostgreSQL each claims rows the others have not locked; on SQLite
+(a single node) they would only repeat each other's work, which the event ids make harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from chatserver.config import Config
+from chatserver.store.db import Database, now_ms
+from chatserver.store.schema import compliance_outbox
+
+from . import schema
+from .schema import chain, counts, event_hash, events
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 500
+
+
+@dataclass(slots=True)
+class Moved:
+    claimed: int = 0  # outbox rows taken
+    stored: int = 0  # new events appended to the compliance database
+
+
+async def append(comp: Database, rows: list[dict[str, Any]]) -> int:
+    """Append outbox ``rows`` to the chain in one compliance transaction; returns how many
+    were new (rows whose event id is already stored are skipped)."""
+    async with comp.write() as conn:
+        head = (await conn.execute(select(chain).where(chain.c.id == 1).with_for_update())).one()
+        ids = [r["event_id"] for r in rows]
+        known = {
+            r.event_id
+            for r in await conn.execute(select(events.c.event_id).where(events.c.event_id.in_(ids)))
+        }
+        seq, prev = int(head.head_seq), str(head.head_hash)
+        stored_ms = now_ms()
+        new: list[dict[str, Any]] = []
+        for r in rows:
+            if r["event_id"] in known:
+                continue
+            known.add(r["event_id"])
+            seq += 1
+            row = {
+                "seq": seq,
+                "event_id": r["event_id"],
+                "ts_ms": r["ts_ms"],
+                "kind": r["kind"],
+                "node": r["node"],
+                "room_id": r["room_id"],
+                "user_id": r["user_id"],
+                "payload": r["payload"],
+                "stored_ms": stored_ms,
+                "prev_hash": prev,
+            }
+            row["hash"] = prev = event_hash(row, prev)
+            new.append(row)
+        if not new:
+            return 0
+        await conn.execute(insert(events), new)
+        await conn.execute(
+            update(chain).where(chain.c.id == 1).values(head_seq=seq, head_hash=prev)
+        )
+        await add_counts(conn, Counter(r["kind"] for r in new), "stored")
+    return len(new)
+
+
+async def add_counts(conn: Any, by_kind: Counter[str], column: str) -> None:
+    """Add to ``counts.<column>`` per kind (the caller holds the chain or a cursor lock)."""
+    existing = {
+        r.kind
+        for r in await conn.execute(select(counts.c.kind).where(counts.c.kind.in_(list(by_kind))))
+    }
+    for kind, n in sorted(by_kind.items()):
+        if kind in existing:
+            await conn.execute(
+                update(counts).where(counts.c.kind == kind).values({column: counts.c[column] + n})
+            )
+        else:
+            values = {"kind": kind, "stored": 0, "exported": 0, column: n}
+            await conn.execute(insert(counts).values(**values))
+
+
+def _outbox_row(row: Any) -> dict[str, Any]:
+    return {
+        k: getattr(row, k)
+        for k in ("id", "event_id", "ts_ms", "kind", "node", "room_id", "user_id", "payload")
+    }
+
+
+async def move_batch(content: Database, comp: Database, batch: int = DEFAULT_BATCH) -> Moved:
+    """Claim up to ``batch`` outbox rows, store them, then delete them from the outbox."""
+    stmt = select(compliance_outbox).order_by(compliance_outbox.c.id).limit(batch)
+    if content.is_postgres:
+        # Hold the claimed rows locked until they are deleted; other writers skip them.
+        async with content.engine.connect() as conn, conn.begin():
+            claimed = [
+                _outbox_row(r) for r in await conn.execute(stmt.with_for_update(skip_locked=True))
+            ]
+            if not claimed:
+                return Moved()
+            stored = await append(comp, claimed)
+            await conn.execute(
+                delete(compliance_outbox).where(
+                    compliance_outbox.c.id.in_([r["id"] for r in claimed])
+                )
+            )
+        return Moved(len(claimed), stored)
+    async with content.read() as conn:
+        claimed = [_outbox_row(r) for r in await conn.execute(stmt)]
+    if not claimed:
+        return Moved()
+    stored = await append(comp, claimed)
+    async with content.write() as conn:
+        await conn.execute(
+            delete(compliance_outbox).where(compliance_outbox.c.id.in_([r["id"] for r in claimed]))
+        )
+    return Moved(len(claimed), stored)
+
+
+async def drain(content: Database, comp: Database, batch: int = DEFAULT_BATCH) -> Moved:
+    """Move batches until the outbox is empty (as seen by this writer)."""
+    total = Moved()
+    while True:
+        moved = await move_batch(content, comp, batch)
+        total.claimed += moved.claimed
+        total.stored += moved.stored
+        if moved.claimed < batch:
+            return total
+
+
+async def run(
+    config: Config,
+    stop: asyncio.Event,
+    *,
+    poll_s: float = 1.0,
+    batch: int = DEFAULT_BATCH,
+    export: bool = True,
+    once: bool = False,
+) -> None:
+    """The writer process: drain the outbox every ``poll_s`` and, with ``export``, run the
+    configured adapter every ``run_interval_s``. A database that cannot be reached is retried
+    (with a growing pause, up to 30 s) until it returns; nothing is lost meanwhile."""
+    from .adapters import export_once
+
+    content = Database(config.database.url, pool_size=2)
+    comp = Database(config.compliance.database_url, pool_size=2)
+    pause = poll_s
+    prepared = False
+    last_export = 0.0
+    try:
+        while not stop.is_set():
+            try:
+                if not prepared:
+                    await schema.prepare(comp, (config.compliance.adapter,))
+                    prepared = True
+                moved = await drain(content, comp, batch)
+                if moved.claimed:
+                    log.info("stored %d events (%d new)", moved.claimed, moved.stored)
+                due = time.monotonic() - last_export >= config.compliance.run_interval_s
+                if export and (due or once):
+                    await export_once(config, comp, content)
+                    last_export = time.monotonic()
+                pause = poll_s
+                if once:
+                    return
+            except (OSError, SQLAlchemyError) as exc:
+                log.warning("compliance writer: %s; retrying in %.1f s", _reason(exc), pause)
+                if once:
+                    raise
+                pause = min(pause * 2, 30.0)
+            try:
+                await asyncio.wait_for(stop.wait(), pause)
+            except TimeoutError:
+                pass
+    finally:
+        await content.close()
+        await comp.close()
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).splitlines()[0] if str(orig) else type(orig).__name__

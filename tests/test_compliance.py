@@ -1,0 +1,364 @@
+"""Compliance: capture into the outbox, the writer, verify, the XML adapter, metrics.
+
+Every test runs on both dialects (the compliance database follows the content store's: SQLite
+next to a SQLite store, a database on a second PostgreSQL cluster next to a PostgreSQL store).
+The writer, export and verify run as real ``chatserver compliance …`` processes where the test is
+about them, in process where it only needs their effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import random
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+from sqlalchemy import func, select
+
+from chatserver.client import Client
+from chatserver.config import Config
+from chatserver.store.db import Database
+from chatserver.store.schema import compliance_outbox, rooms
+from chatserver.testing import PostgresCluster
+from compliance import schema as comp_schema
+from compliance.schema import events
+from compliance.writer import drain
+
+from .conftest import PASSWORD, Harness, node_config, scaled, start_node
+
+XSD = Path(__file__).resolve().parent.parent / "compliance" / "conversations.xsd"
+EVERYONE = {"kind": "everyone", "id": 0}
+
+_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def comp_cluster() -> Iterator[PostgresCluster]:
+    """A second PostgreSQL cluster: compliance databases live apart from the content store."""
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def comp_url(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if db_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path}/compliance.db"
+    cluster: PostgresCluster = request.getfixturevalue("comp_cluster")
+    return await cluster.create_database(f"compliance_{next(_numbers)}")
+
+
+def comp_config(db_url: str, comp_url: str, tmp_path: Path, **options: Any) -> Config:
+    values = {"enabled": True, "database_url": comp_url, "output_dir": str(tmp_path / "out")}
+    values.update(options)
+    return node_config(db_url, compliance=values)
+
+
+def comp_env(config: Config) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
+    env["CHATSERVER_DATABASE_URL"] = config.database.url
+    env["CHATSERVER_NODE_NAME"] = config.node.name
+    for key, value in config.compliance.model_dump().items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        env[f"CHATSERVER_COMPLIANCE_{key.upper()}"] = text
+    return env
+
+
+async def compliance_cmd(config: Config, *args: str, timeout: float = 60) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chatserver",
+        "compliance",
+        *args,
+        env=comp_env(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), scaled(timeout))
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+class Stores:
+    """The content store and the compliance database, opened by the test itself."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.content = Database(config.database.url, pool_size=2)
+        self.comp = Database(config.compliance.database_url, pool_size=2)
+
+    async def prepare(self) -> None:
+        await comp_schema.prepare(self.comp)
+
+    async def drain(self) -> None:
+        await self.prepare()
+        await drain(self.content, self.comp)
+
+    async def events(self, kind: str | None = None) -> list[Any]:
+        stmt = select(events).order_by(events.c.seq)
+        if kind is not None:
+            stmt = stmt.where(events.c.kind == kind)
+        async with self.comp.read() as conn:
+            return list(await conn.execute(stmt))
+
+    async def outbox_depth(self) -> int:
+        async with self.content.read() as conn:
+            stmt = select(func.count()).select_from(compliance_outbox)
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def close(self) -> None:
+        await self.content.close()
+        await self.comp.close()
+
+
+@pytest.fixture
+async def setup(
+    db_url: str, comp_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[Harness, Stores]]:
+    config = comp_config(db_url, comp_url, tmp_path)
+    node = await start_node(config)
+    h = Harness(node)
+    stores = Stores(config)
+    try:
+        yield h, stores
+    finally:
+        await h.close()
+        await stores.close()
+
+
+async def admin(h: Harness) -> tuple[Client, int]:
+    uid = (await h.service.add_user("root", PASSWORD, is_admin=True)).id
+    return await h.login("root"), uid
+
+
+def payload(row: Any) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(row.payload)
+    return value
+
+
+def exported_files(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.glob("chat-*.xml") if not p.name.endswith("-attachments.xml")
+    )
+
+
+def parse_valid(path: Path) -> Any:
+    """The file's tree, after validating it against the shipped XSD."""
+    xsd = etree.XMLSchema(etree.parse(str(XSD)))
+    tree = etree.parse(str(path))
+    assert xsd.validate(tree), f"{path.name}: {xsd.error_log}"
+    return tree
+
+
+def exported_ids(directory: Path) -> list[str]:
+    """The event id of every exported Message, across every file, with repeats."""
+    out = []
+    for path in exported_files(directory):
+        out += parse_valid(path).xpath("//Messages/Message/@eventId")
+    return out
+
+
+# -- capture -------------------------------------------------------------------------------
+
+
+async def test_every_event_type_is_captured_with_its_fields(
+    setup: tuple[Harness, Stores], tmp_path: Path
+) -> None:
+    h, stores = setup
+    root, root_id = await admin(h)
+    bob_id = (await h.service.add_user("bob", PASSWORD)).id
+    # Governance: a category (history off), its ACL, a room, its roles, a group, the policy.
+    cat = (await root.call("category.create", name="quiet", chat_history=False))["category"]["id"]
+    await root.call("category.update", category=cat, add={"allowed": [EVERYONE]})
+    await root.call("category.update", category=cat, description="no history")
+    room = (await root.call("room.create", category=1, name="kept", privacy="open"))["room"]["id"]
+    quiet = (await root.call("room.create", category=cat, name="quiet", privacy="open"))["room"]
+    await root.call("room.update", room=room, description="the kept room")
+    await root.call("room.members", room=room, add={"managers": [{"kind": "user", "id": bob_id}]})
+    gid = (await root.call("group.create", name="g"))["group"]["id"]
+    await root.call("group.members", group=gid, add=[{"kind": "user", "id": bob_id}])
+    await root.call("group.members", group=gid, remove=[{"kind": "user", "id": bob_id}])
+    await root.call("group.delete", group=gid)
+    await root.call("user.policy", user=bob_id, persistent_chat_enabled=True)
+    # Chat: posts in both rooms (the quiet room keeps no history: captured all the same).
+    for i in range(3):
+        await root.call("post", room=room, text=f"hello {i}", cid=f"c{i}")
+    await root.call("post", room=quiet["id"], text="not kept", cid="q")
+    bob = await h.login("bob")
+    joined = await bob.call("join", room=room)
+    assert [m["seq"] for m in joined["messages"]] == [1, 2, 3]
+    await bob.call("history", room=room, before=3, limit=1)
+    await bob.call("post", room=room, text="from bob", cid="b1")
+    await bob.call("leave", room=room)
+    await bob.call("join", room=quiet["id"])
+    await bob.close()  # PART on disconnect
+    await root.call("room.disable", room=quiet["id"])
+    await root.call("room.enable", room=quiet["id"])
+    await root.call("room.delete", room=quiet["id"])
+    await root.call("category.delete", category=cat)
+    await asyncio.sleep(0.2)  # the disconnect's PART commits in the background
+
+    code, out = await compliance_cmd(stores.config, "run", "--once")
+    assert code == 0, out
+    assert await stores.outbox_depth() == 0
+    rows = await stores.events()
+    assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
+    by_kind: dict[str, list[Any]] = {}
+    for r in rows:
+        by_kind.setdefault(r.kind, []).append(r)
+
+    chat = [(r.room_id, r.user_id, payload(r)) for r in by_kind["CHAT"]]
+    assert [(rid, uid, p["seq"], p["text"], p["kept"]) for rid, uid, p in chat] == [
+        (room, root_id, 1, "hello 0", True),
+        (room, root_id, 2, "hello 1", True),
+        (room, root_id, 3, "hello 2", True),
+        (quiet["id"], root_id, 1, "not kept", False),
+        (room, bob_id, 4, "from bob", True),
+    ]
+    assert [(r.room_id, r.user_id) for r in by_kind["JOIN"]] == [
+        (room, bob_id),
+        (quiet["id"], bob_id),
+    ]
+    assert [(r.room_id, r.user_id) for r in by_kind["PART"]] == [
+        (room, bob_id),
+        (quiet["id"], bob_id),
+    ]
+    reads = [(r.room_id, r.user_id, payload(r)) for r in by_kind["BACKCHAT"]]
+    assert [
+        (rid, uid, p["source"], p["from_seq"], p["to_seq"], p["count"]) for rid, uid, p in reads
+    ] == [
+        (room, bob_id, "join", 1, 3, 3),
+        (room, bob_id, "history", 2, 2, 1),
+    ]
+    # Governance changes name the administrator who made them.
+    governance = [r for r in rows if r.kind not in ("CHAT", "JOIN", "PART", "BACKCHAT")]
+    assert {r.user_id for r in governance} == {root_id}
+    assert Counter(r.kind for r in governance) == {
+        "CATEGORY_CREATE": 1,
+        "CATEGORY_ACL": 1,
+        "CATEGORY_UPDATE": 1,
+        "CATEGORY_DELETE": 1,
+        "ROOM_CREATE": 2,
+        "ROOM_UPDATE": 1,
+        "ROOM_ROLES": 1,
+        "ROOM_DISABLE": 1,
+        "ROOM_ENABLE": 1,
+        "ROOM_DELETE": 1,
+        "GROUP_CREATE": 1,
+        "GROUP_MEMBERS": 2,
+        "GROUP_DELETE": 1,
+        "USER_POLICY": 1,
+    }
+    roles = payload(by_kind["ROOM_ROLES"][0])
+    assert roles == {"add": {"manager": [{"kind": "user", "id": bob_id}]}, "remove": {}}
+    assert payload(by_kind["ROOM_DELETE"][0]) == {"name": "quiet"}
+    assert payload(by_kind["ROOM_UPDATE"][0]) == {"values": {"description": "the kept room"}}
+    assert all(r.node == "test-node" for r in rows)
+
+    code, out = await compliance_cmd(stores.config, "verify")
+    assert code == 0, out
+    assert "result: OK" in out
+
+    code, out = await compliance_cmd(stores.config, "export")
+    assert code == 0, out
+    directory = tmp_path / "out"
+    assert sorted(exported_ids(directory)) == sorted(r.event_id for r in rows)
+    tree = parse_valid(exported_files(directory)[0])
+    channel = tree.xpath(f"//Conversation[Channel/@uri='ma-chan://chatserver/room/{room}']")[0]
+    texts = channel.xpath("Messages/Message[@type='CHAT']/@content")
+    assert texts == ["hello 0", "hello 1", "hello 2", "from bob"]
+    assert channel.xpath("Channel/@name") == ["kept"] and channel.xpath("Channel/@islogged") == [
+        "true"
+    ]
+    first = channel.xpath("FirstMessage")[0]
+    assert first.get("id") == channel.xpath("Messages/Message")[0].get("id")
+    sender = channel.xpath("Messages/Message[@content='from bob']/Sender")[0]
+    assert (sender.get("UserName"), sender.get("id"), sender.get("uri")) == (
+        "bob",
+        str(bob_id),
+        "user:bob",
+    )
+    # The deleted room keeps its name from its own events.
+    assert tree.xpath(f"//Channel[@uri='ma-chan://chatserver/room/{quiet['id']}']/@name") == [
+        "quiet"
+    ]
+
+
+async def test_compliance_off_writes_nothing(harness: Harness) -> None:
+    await harness.user("ann", admin=True)
+    room = await harness.room()
+    ann = await harness.login("ann")
+    await ann.call("join", room=room)
+    await ann.call("post", room=room, text="x", cid="1")
+    await ann.call("history", room=room)
+    await ann.call("leave", room=room)
+    await ann.call("room.create", category=1, name="more")
+    async with harness.service.db.read() as conn:
+        stmt = select(func.count()).select_from(compliance_outbox)
+        assert (await conn.execute(stmt)).scalar_one() == 0
+    assert harness.service.capture is None
+
+
+async def test_counts_equal_the_source_after_a_mixed_workload(
+    setup: tuple[Harness, Stores],
+) -> None:
+    h, stores = setup
+    rng = random.Random(6)
+    room_ids = [await h.room(f"r{i}") for i in range(3)]
+    names = [f"u{i}" for i in range(4)]
+    for name in names:
+        await h.user(name)
+    clients = {name: await h.login(name) for name in names}
+    uid = {name: c.user["id"] for name, c in clients.items()}
+    joined: set[tuple[str, int]] = set()
+    expected: Counter[tuple[str, int | None, int | None]] = Counter()
+    posts: Counter[int] = Counter()
+    for step in range(150):
+        name = rng.choice(names)
+        client, room = clients[name], rng.choice(room_ids)
+        action = rng.random()
+        if action < 0.5:
+            await client.call("post", room=room, text=f"m{step}", cid=f"s{step}")
+            posts[room] += 1
+        elif action < 0.7 and (name, room) not in joined:
+            await client.call("join", room=room)
+            joined.add((name, room))
+            expected["JOIN", room, uid[name]] += 1
+        elif action < 0.85 and (name, room) in joined:
+            await client.call("leave", room=room)
+            joined.discard((name, room))
+            expected["PART", room, uid[name]] += 1
+        else:
+            await client.call("history", room=room, limit=5)
+            expected["READ", room, uid[name]] += 1
+    for name, room in sorted(joined):  # disconnect: the rest are parted
+        expected["PART", room, uid[name]] += 1
+    for client in clients.values():
+        await client.close()
+    await asyncio.sleep(0.3)
+    await stores.drain()
+    got: Counter[tuple[str, int | None, int | None]] = Counter()
+    chat: Counter[int] = Counter()
+    for row in await stores.events():
+        if row.kind == "CHAT":
+            chat[row.room_id] += 1
+        elif row.kind in ("JOIN", "PART"):
+            got[row.kind, row.room_id, row.user_id] += 1
+        elif row.kind == "BACKCHAT" and payload(row)["source"] == "history":
+            got["READ", row.room_id, row.user_id] += 1
+    assert got == expected
+    assert chat == posts
+    async with stores.content.read() as conn:
+        stored = dict(list(await conn.execute(select(rooms.c.id, rooms.c.last_seq))))
+    assert {r: stored[r] for r in room_ids if stored[r]} == dict(chat)
