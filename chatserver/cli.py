@@ -247,8 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from compliance.cli import register as register_compliance
 
+    from .admin.cli import register as register_admin
     from .pool.cli import register as register_pool
 
+    register_admin(sub, common)
     register_pool(sub, common)
     register_compliance(sub, common)
     return parser
