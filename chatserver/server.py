@@ -127,6 +127,7 @@ class Node:
             Callable[[int, list[MessageChange], int | None], None]
         ] = []
         self.metric_refreshers: list[Callable[[], Awaitable[None]]] = []
+        self.closers: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         context = _ssl_context(self.config)
@@ -148,6 +149,13 @@ class Node:
         metrics = self.state.metrics
         metrics.attach(self.state)
         metrics.start()
+        if self.config.compliance.enabled:
+            from compliance.metrics import ComplianceMetrics
+
+            compliance_metrics = ComplianceMetrics(self.config, self.db)
+            metrics.register(compliance_metrics)
+            self.metric_refreshers.append(compliance_metrics.refresh)
+            self.closers.append(compliance_metrics.close)
         self.service.writer.on_batch = metrics.observe_batch
         self.service.start()
         loop = asyncio.get_running_loop()
@@ -228,6 +236,8 @@ class Node:
                 pass
         if self.state.pool is not None:
             await self.state.pool.stop()
+        for close in self.closers:
+            await close()
         await self.db.close()
         log.info("node %s stopped", self.config.node.name)
 
