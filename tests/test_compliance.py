@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 from lxml import etree
-from sqlalchemy import func, select
+from prometheus_client import CollectorRegistry
+from sqlalchemy import delete, func, select, update
 
 from chatserver.client import Client
 from chatserver.config import Config
@@ -29,8 +30,10 @@ from chatserver.store.db import Database
 from chatserver.store.schema import compliance_outbox, rooms
 from chatserver.testing import PostgresCluster
 from compliance import schema as comp_schema
+from compliance.metrics import ComplianceMetrics
 from compliance.schema import events
 from compliance.writer import drain
+from compliance.xml_adapter import export
 
 from .conftest import PASSWORD, Harness, node_config, scaled, start_node
 
@@ -78,8 +81,7 @@ async def compliance_cmd(config: Config, *args: str, timeout: float = 60) -> tup
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "chatserver",
-        "compliance",
+        "compliance",  # = chatserver compliance
         *args,
         env=comp_env(config),
         stdout=asyncio.subprocess.PIPE,
@@ -362,3 +364,209 @@ async def test_counts_equal_the_source_after_a_mixed_workload(
     async with stores.content.read() as conn:
         stored = dict(list(await conn.execute(select(rooms.c.id, rooms.c.last_seq))))
     assert {r: stored[r] for r in room_ids if stored[r]} == dict(chat)
+
+
+# -- verify --------------------------------------------------------------------------------
+
+
+async def post_some(h: Harness, n: int, *, room_name: str = "lobby") -> int:
+    await h.user("poster")
+    room = await h.room(room_name)
+    client = await h.login("poster")
+    for i in range(n):
+        await client.call("post", room=room, text=f"p{i}", cid=f"p{i}")
+    return room
+
+
+async def test_verify_finds_a_changed_a_deleted_and_a_missing_event(
+    setup: tuple[Harness, Stores],
+) -> None:
+    h, stores = setup
+    room = await post_some(h, 6)
+    await stores.drain()
+    code, out = await compliance_cmd(stores.config, "verify")
+    assert code == 0 and "chain: intact" in out, out
+
+    # Somebody edits a stored message's text.
+    async with stores.comp.write() as conn:
+        row = (await conn.execute(select(events).where(events.c.seq == 4))).one()
+        changed = payload(row) | {"text": "edited"}
+        await conn.execute(
+            update(events).where(events.c.seq == 4).values(payload=json.dumps(changed))
+        )
+    code, out = await compliance_cmd(stores.config, "verify")
+    assert code == 1
+    assert "BROKEN at seq 4" in out and "was changed" in out, out
+    async with stores.comp.write() as conn:
+        await conn.execute(update(events).where(events.c.seq == 4).values(payload=row.payload))
+
+    # Somebody deletes the last event (a message vanishes from the archive).
+    last = (await stores.events())[-1]
+    assert payload(last)["seq"] == 6
+    async with stores.comp.write() as conn:
+        await conn.execute(delete(events).where(events.c.seq == last.seq))
+    code, out = await compliance_cmd(stores.config, "verify", "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert report["broken"]["seq"] == last.seq and "chain head" in report["broken"]["problem"]
+    assert report["missing"] == [[room, 6]]
+
+
+async def test_verify_finds_a_message_whose_capture_was_lost(
+    setup: tuple[Harness, Stores],
+) -> None:
+    h, stores = setup
+    room = await post_some(h, 4)
+    async with stores.content.write() as conn:  # an outbox row lost before the writer ran
+        rows = list(await conn.execute(select(compliance_outbox).order_by(compliance_outbox.c.id)))
+        lost = next(r for r in rows if r.kind == "CHAT" and payload(r)["seq"] == 3)
+        await conn.execute(delete(compliance_outbox).where(compliance_outbox.c.id == lost.id))
+    await stores.prepare()
+    code, out = await compliance_cmd(stores.config, "verify")  # before the writer: pending
+    assert code == 1 and f"MISSING message room {room} seq 3" in out, out
+    assert "outbox: 4 events pending" in out  # the room's creation and 3 posts
+    await stores.drain()
+    code, out = await compliance_cmd(stores.config, "verify")
+    assert code == 1 and "chain: intact" in out and "1 missing" in out, out
+
+
+# -- the XML adapter -----------------------------------------------------------------------
+
+
+async def test_each_event_is_exported_exactly_once_across_runs_and_processes(
+    setup: tuple[Harness, Stores], tmp_path: Path
+) -> None:
+    h, stores = setup
+    directory = tmp_path / "out"
+    await h.user("w")
+    room = await h.room()
+    client = await h.login("w")
+    await client.call("join", room=room)
+    await stores.prepare()
+    for round_ in range(3):
+        for i in range(5):
+            await client.call("post", room=room, text=f"r{round_} m{i}", cid=f"{round_}.{i}")
+        await client.call("history", room=room, limit=3)
+        await stores.drain()
+        if round_ == 1:
+            # A pass that wrote its file but died before its commit leaves a leftover.
+            (directory / "chat-999999999990-999999999999.xml").write_text("<partial")
+        # Two adapter processes at once: each event goes to exactly one of them.
+        results = await asyncio.gather(
+            compliance_cmd(stores.config, "export"), compliance_cmd(stores.config, "export")
+        )
+        for code, out in results:
+            assert code == 0, out
+    assert not (directory / "chat-999999999990-999999999999.xml").exists()
+    ids = exported_ids(directory)
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {r.event_id for r in await stores.events()}
+    assert len(ids) == 2 + 3 * 6  # ROOM_CREATE, JOIN, then per round 5 CHAT and a BACKCHAT
+    # Nothing new: no new file.
+    before = exported_files(directory)
+    code, out = await compliance_cmd(stores.config, "export")
+    assert code == 0 and "exported 0 events to 0 files" in out
+    assert exported_files(directory) == before
+
+
+async def test_one_room_per_file_and_details_change_the_output(
+    db_url: str, comp_url: str, tmp_path: Path
+) -> None:
+    config = comp_config(db_url, comp_url, tmp_path)
+    node = await start_node(config)
+    h = Harness(node)
+    stores = Stores(config)
+    try:
+        root, _ = await admin(h)
+        rooms_ = [await h.room(name) for name in ("alpha", "beta")]
+        for r in rooms_:
+            await root.call("post", room=r, text="hi", cid="1")
+        await root.call("group.create", name="g")  # an event without a room
+        await stores.drain()
+        plain = tmp_path / "plain"
+        await export(
+            comp_config(db_url, comp_url, tmp_path, output_dir=str(plain)),
+            stores.comp,
+            stores.content,
+        )
+        (only,) = exported_files(plain)
+        tree = parse_valid(only)
+        assert len(tree.xpath("//Conversation")) == 3
+        assert tree.xpath("//Channel/@description") == []
+        assert tree.xpath("//Sender/@login") == []
+        assert list(plain.glob("*-attachments.xml")) == []
+
+        # A second adapter configuration starts from its own cursor: reset it to export again.
+        async with stores.comp.write() as conn:
+            await conn.execute(update(comp_schema.cursors).values(last_seq=0))
+        detailed = tmp_path / "detailed"
+        await export(
+            comp_config(
+                db_url,
+                comp_url,
+                tmp_path,
+                output_dir=str(detailed),
+                one_room_per_file=True,
+                add_room_details=True,
+                add_user_details=True,
+                attachments_manifest=True,
+            ),
+            stores.comp,
+            stores.content,
+        )
+        files = exported_files(detailed)
+        assert [p.name.split("-", 3)[3] for p in files] == [
+            "admin.xml",
+            f"room-{rooms_[0]}.xml",
+            f"room-{rooms_[1]}.xml",
+        ]
+        for path in files:
+            tree = parse_valid(path)
+            assert len(tree.xpath("//Conversation")) == 1
+            assert set(tree.xpath("//Sender[@id!='0']/@login")) == {"root"}
+            manifest = path.with_name(path.stem + "-attachments.xml")
+            assert etree.XMLSchema(etree.parse(str(XSD))).validate(etree.parse(str(manifest)))
+        alpha = parse_valid(files[1])
+        channel = alpha.xpath("//Channel")[0]
+        assert (channel.get("name"), channel.get("categoryName"), channel.get("privacy")) == (
+            "alpha",
+            "General",
+            "open",
+        )
+    finally:
+        await h.close()
+        await stores.close()
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+async def test_metrics_show_depth_lag_stored_and_exported(setup: tuple[Harness, Stores]) -> None:
+    h, stores = setup
+    await post_some(h, 5)
+    metrics = ComplianceMetrics(stores.config, stores.content)
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    try:
+        await metrics.refresh()  # no compliance database yet
+        assert registry.get_sample_value("chatserver_compliance_outbox_depth") == 6  # + the room
+        assert registry.get_sample_value("chatserver_compliance_database_up") == 0
+        await asyncio.sleep(0.05)
+        await metrics.refresh()
+        assert registry.get_sample_value("chatserver_compliance_lag_seconds") > 0  # type: ignore[operator]
+        await stores.drain()
+        await metrics.refresh()
+        value = registry.get_sample_value
+        assert value("chatserver_compliance_outbox_depth") == 0
+        assert value("chatserver_compliance_lag_seconds") == 0
+        assert value("chatserver_compliance_database_up") == 1
+        assert value("chatserver_compliance_events_stored_total", {"kind": "CHAT"}) == 5
+        assert value("chatserver_compliance_events_exported_total", {"kind": "CHAT"}) == 0
+        assert value("chatserver_compliance_last_export_timestamp_seconds") == 0
+        await export(stores.config, stores.comp, stores.content)
+        await metrics.refresh()
+        assert value("chatserver_compliance_events_exported_total", {"kind": "CHAT"}) == 5
+        assert value("chatserver_compliance_last_export_timestamp_seconds") > 0  # type: ignore[operator]
+        assert value("chatserver_compliance_enabled") == 1
+    finally:
+        await metrics.close()
