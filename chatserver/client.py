@@ -359,6 +359,7 @@ class PoolClient:
             self._ready.clear()
             if self._pump is not None:
                 await asyncio.gather(self._pump, return_exceptions=True)
+            await client.close()
             try:
                 await self._connect_any(avoid=self.address)
             except Closed:
@@ -412,6 +413,26 @@ class PoolClient:
 
     # -- requests ---------------------------------------------------------------------------
 
+    @staticmethod
+    async def _attempt(client: Client, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """One try on ``client``: its reply, or :class:`Closed` if the connection ends first."""
+        if client.closed.is_set():
+            raise Closed("connection closed")
+        request = asyncio.ensure_future(client.request(op, **fields))
+        closed = asyncio.ensure_future(client.closed.wait())
+        try:
+            await asyncio.wait([request, closed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if not request.done():
+            request.cancel()
+            await asyncio.gather(request, return_exceptions=True)
+            raise Closed("connection closed")
+        try:
+            return request.result()
+        except (ConnectionError, OSError, RuntimeError) as exc:  # uvloop: closed transport
+            raise Closed(str(exc)) from None
+
     async def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send a request on the current connection, again on the next one if it is lost."""
         while True:
@@ -419,8 +440,8 @@ class PoolClient:
             client = self.client
             assert client is not None
             try:
-                reply = await client.request(op, **fields)
-            except (Closed, ConnectionError, OSError):
+                reply = await self._attempt(client, op, fields)
+            except Closed:
                 await client.closed.wait()
                 continue
             error = reply.get("error") or {}
@@ -460,8 +481,10 @@ class PoolClient:
             client = self.client
             assert client is not None
             try:
-                reply = await client.request("post", room=room, text=text, cid=cid)
-            except (Closed, ConnectionError, OSError):
+                reply = await self._attempt(
+                    client, "post", {"room": room, "text": text, "cid": cid}
+                )
+            except Closed:
                 await client.closed.wait()
                 continue
             error = reply.get("error") or {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -153,3 +155,214 @@ async def test_three_nodes_chat_history_and_acl(pg_cluster: PostgresCluster) -> 
         finally:
             for c in (alice, bob, carol, admin):
                 await c.close()
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+async def posters_everywhere(pool: LocalPool, rooms: list[int], per_poster: int) -> None:
+    """Two posters per node into every room at once; a subscriber per node and room."""
+    subscribers: list[tuple[str, Client]] = []
+    posters: list[Client] = []
+    try:
+        for node in pool.nodes:
+            sub = await login(node, "reader")
+            for room in rooms:
+                await sub.call("join", room=room)
+            subscribers.append((node.name, sub))
+            posters += [await login(node, "writer") for _ in range(2)]
+        acked: dict[str, tuple[int, int]] = {}
+
+        async def post_all(index: int, client: Client) -> None:
+            pending = []
+            for k in range(per_poster):
+                room = rooms[k % len(rooms)]
+                cid = f"p{index}-{k}"
+                pending.append((cid, room, client.call("post", room=room, text=cid, cid=cid)))
+            replies = await asyncio.gather(*(call for _, _, call in pending))  # pipelined
+            for (cid, room, _), reply in zip(pending, replies, strict=True):
+                assert not reply["duplicate"]
+                acked[cid] = (room, reply["seq"])
+
+        await asyncio.wait_for(
+            asyncio.gather(*(post_all(i, c) for i, c in enumerate(posters))), scaled(60)
+        )
+        total = len(posters) * per_poster
+        assert len(acked) == total
+        for room in rooms:
+            seqs = sorted(seq for r, seq in acked.values() if r == room)
+            assert seqs == list(range(1, len(seqs) + 1)), f"room {room}: seq has gaps"
+        expected = {
+            room: {seq: cid for cid, (r, seq) in acked.items() if r == room} for room in rooms
+        }
+        for name, sub in subscribers:
+            got: dict[int, list[dict[str, Any]]] = {room: [] for room in rooms}
+            async with asyncio.timeout(scaled(30)):
+                while sum(len(v) for v in got.values()) < total:
+                    event = await sub.events.get()
+                    if event["ev"] == "message":
+                        got[event["room"]].append(event)
+            for room in rooms:
+                seqs = [m["seq"] for m in got[room]]
+                assert seqs == list(range(1, len(expected[room]) + 1)), f"{name}: room {room}"
+                assert {m["seq"]: m["cid"] for m in got[room]} == expected[room]
+        stored = await history(subscribers[0][1], rooms[0])
+        assert len({m["cid"] for m in stored}) == len(stored) == len(expected[rooms[0]])
+    finally:
+        for _, client in subscribers:
+            await client.close()
+        for client in posters:
+            await client.close()
+
+
+async def test_concurrent_posters_on_every_node(pg_cluster: PostgresCluster) -> None:
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["reader", "writer"], ["r1", "r2"])
+    async with running_pool(url, 3) as pool:
+        await posters_everywhere(pool, [ids["r1"], ids["r2"]], per_poster=40)
+
+
+@pytest.mark.slow
+async def test_concurrent_posters_on_every_node_long(pg_cluster: PostgresCluster) -> None:
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["reader", "writer"], ["r1", "r2", "r3"])
+    async with running_pool(url, 4) as pool:
+        await posters_everywhere(pool, [ids["r1"], ids["r2"], ids["r3"]], per_poster=1500)
+
+
+# -- kill -9 --------------------------------------------------------------------------------
+
+
+async def kill_under_traffic(pool: LocalPool, room: int, seconds: float) -> list[float]:
+    """Posters and subscribers (PoolClient) on every node; kill -9 the last node mid-traffic.
+
+    Returns the failover times (loss of the node to every room rejoined) of its clients.
+    """
+    victim = pool.nodes[-1]
+    order = [*pool.nodes]
+    clients: list[PoolClient] = []
+    try:
+        for node in order:  # each client starts on ``node``, and knows every node
+            addresses = [node.tcp] + [n.tcp for n in order if n is not node]
+            for _ in range(2):
+                c = await PoolClient.connect(addresses, "writer", PASSWORD)
+                await c.join(room)
+                clients.append(c)
+        on_victim = [c for c in clients if c.node == victim.name]
+        assert on_victim
+        acked: dict[str, int] = {}
+        stop = asyncio.Event()
+
+        async def post_steadily(i: int, c: PoolClient) -> None:
+            k = 0
+            while not stop.is_set():
+                cid = f"k{i}-{k}"
+                reply = await c.post(room, cid, cid=cid)
+                acked[cid] = reply["seq"]
+                k += 1
+                await asyncio.sleep(0.01)
+
+        tasks = [asyncio.ensure_future(post_steadily(i, c)) for i, c in enumerate(clients)]
+        await asyncio.sleep(seconds / 2)
+        await victim.kill()
+        await asyncio.sleep(seconds / 2)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), scaled(30))
+        last = max(acked.values())
+        reader = await login(pool.nodes[0], "writer")
+        stored = await history(reader, room)
+        await reader.close()
+        assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))
+        by_cid = {m["cid"]: m["seq"] for m in stored}
+        assert len(by_cid) == len(stored), "a post was stored twice"
+        for cid, seq in acked.items():
+            assert by_cid.get(cid) == seq, f"acknowledged {cid} (seq {seq}) lost"
+        for c in clients:
+            got = await messages_until(c, room, last, timeout=30)
+            assert [m["seq"] for m in got] == list(range(got[0]["seq"], last + 1))
+            assert got[0]["seq"] == 1
+            assert c.duplicates_dropped == 0
+        for c in on_victim:
+            assert c.node != victim.name and len(c.failovers) == 1
+        return [t for c in on_victim for t in c.failovers]
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_kill_9_a_node_under_traffic(pg_cluster: PostgresCluster) -> None:
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["writer"], ["lobby"])
+    async with running_pool(url, 3) as pool:
+        times = await kill_under_traffic(pool, ids["lobby"], seconds=3)
+    print(f"\nfailover times after kill -9 (s): {[round(t, 3) for t in times]}")
+
+
+@pytest.mark.slow
+async def test_kill_9_a_node_under_traffic_long(pg_cluster: PostgresCluster) -> None:
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["writer"], ["lobby"])
+    async with running_pool(url, 4) as pool:
+        times = await kill_under_traffic(pool, ids["lobby"], seconds=20)
+    print(f"\nfailover times after kill -9 (s): {[round(t, 3) for t in times]}")
+
+
+# -- SIGSTOP --------------------------------------------------------------------------------
+
+
+async def stop_and_continue(pool: LocalPool, room: int, stopped_s: float) -> None:
+    n1, n2, n3 = pool.nodes[:3]
+    subs = {n.name: await login(n, "writer") for n in (n1, n2, n3)}
+    p1, p2 = await login(n1, "writer"), await login(n2, "writer")
+    try:
+        for sub in subs.values():
+            await sub.call("join", room=room)
+        seq = 0
+        for k in range(10):
+            seq = (await (p1 if k % 2 else p2).call("post", room=room, text=f"a{k}", cid=f"a{k}"))[
+                "seq"
+            ]
+        mark = len(n3.lines)
+        n3.signal(signal.SIGSTOP)
+        deadline = time.monotonic() + stopped_s
+        k = 0
+        while time.monotonic() < deadline:  # traffic on the other nodes meanwhile
+            reply = await (p1 if k % 2 else p2).call("post", room=room, text=f"b{k}", cid=f"b{k}")
+            seq, k = reply["seq"], k + 1
+            await asyncio.sleep(0.05)
+        n3.signal(signal.SIGCONT)
+        for k in range(10):
+            seq = (await (p1 if k % 2 else p2).call("post", room=room, text=f"c{k}", cid=f"c{k}"))[
+                "seq"
+            ]
+        for name, sub in subs.items():
+            got = await messages_until(sub, room, seq, timeout=30)
+            assert [m["seq"] for m in got] == list(range(1, seq + 1)), name
+        # It rejoins cleanly: links back, registered again, and it serves new clients.
+        await n3.wait_for(r"peer link node1 up", scaled(20), start=mark)
+        await n3.wait_for(r"peer link node2 up", scaled(20), start=mark)
+        fresh = await login(n3, "writer")
+        joined = await fresh.call("join", room=room, since=seq - 5)
+        assert [m["seq"] for m in joined["messages"]] == list(range(seq - 4, seq + 1))
+        await fresh.call("post", room=room, text="back", cid="back")
+        for sub in subs.values():
+            assert (await messages_until(sub, room, seq + 1))[-1]["text"] == "back"
+        await fresh.close()
+    finally:
+        for c in [*subs.values(), p1, p2]:
+            await c.close()
+
+
+async def test_sigstop_then_sigcont(pg_cluster: PostgresCluster) -> None:
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["writer"], ["lobby"])
+    async with running_pool(url, 3) as pool:
+        await stop_and_continue(pool, ids["lobby"], stopped_s=5)  # > dead_after_s (3 s)
+
+
+@pytest.mark.slow
+async def test_sigstop_20_s_then_sigcont(pg_cluster: PostgresCluster) -> None:
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["writer"], ["lobby"])
+    async with running_pool(url, 3, CHATSERVER_POOL_DEAD_AFTER_S="10") as pool:
+        await stop_and_continue(pool, ids["lobby"], stopped_s=20)

@@ -1,11 +1,222 @@
-"""``chatserver pool …`` subcommands."""
+"""``chatserver pool …`` subcommands.
+
+- ``pool up``: a whole pool on this machine (a local PostgreSQL cluster unless ``--database-url``,
+  nodes on 127.0.0.1, 127.0.0.2, …), until Ctrl-C.
+- ``pool nodes`` / ``activate`` / ``swap`` / ``drain``: the registry of the pool whose store the
+  configuration names (``database.url``), through :mod:`chatserver.pool.control`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"chatserver: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _run(main: Awaitable[Any]) -> Any:
+    import uvloop
+
+    return uvloop.run(main)  # type: ignore[arg-type]
+
+
+# -- pool up ---------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    if args.nodes < 1 or args.standby < 0 or args.nodes + args.standby > 32:
+        _fail("--nodes must be at least 1 and --nodes + --standby at most 32")
+    _run(_up(args))
+
+
+async def _up(args: argparse.Namespace) -> None:
+    from ..store.migrate import upgrade
+    from .local import LocalPool, LocalPostgres
+
+    cluster = None
+    url = args.database_url
+    if not url:
+        cluster = LocalPostgres(Path(args.data) / "postgres" if args.data else None)
+        print("chatserver: starting PostgreSQL …", flush=True)
+        try:
+            await asyncio.to_thread(cluster.start)
+        except Exception as exc:
+            _fail(f"cannot start PostgreSQL (initdb and pg_ctl must be on PATH): {exc}", 1)
+        url = cluster.url()
+    password = os.environ.get("CHATSERVER_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+    pool = LocalPool(
+        url,
+        addresses="free" if args.free_ports else "hosts",
+        env={
+            "CHATSERVER_ADMIN_PASSWORD": password,
+            "CHATSERVER_POOL_MAX_ACTIVE": str(args.nodes),
+        },
+        echo=args.verbose,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.to_thread(upgrade, url)
+        for _ in range(args.nodes + args.standby):
+            starting = asyncio.ensure_future(pool.add())
+            waiting = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([starting, waiting], return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                starting.cancel()
+                break
+            waiting.cancel()
+            starting.result()
+        if not stop.is_set():
+            print(f"chatserver: pool of {len(pool.nodes)} nodes on {_redact(url)}")
+            print(f"chatserver: administrator 'admin', password {password}")
+            for node in pool.describe():
+                print(
+                    f"  {node['node']:8} {node['state']:8} tcp {node['tcp']:21}"
+                    f" {node['websocket']:27} peer {node['peer']}"
+                )
+            print("chatserver: Ctrl-C stops every node", flush=True)
+            watch = [asyncio.ensure_future(n.proc.wait()) for n in pool.nodes if n.proc]
+            waiting = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([*watch, waiting], return_when=asyncio.FIRST_COMPLETED)
+            for task in watch:
+                if task.done():
+                    print("chatserver: a node exited; stopping the pool", file=sys.stderr)
+                task.cancel()
+            waiting.cancel()
+    except Exception as exc:
+        print(f"chatserver: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        print("chatserver: stopping the pool", flush=True)
+        await pool.stop()
+        if cluster is not None:
+            await asyncio.to_thread(cluster.stop)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
+    return url
+
+
+# -- registry commands -----------------------------------------------------------------------
+
+
+def _with_db(
+    args: argparse.Namespace, body: Callable[[Any, Any], Awaitable[dict[str, Any]]]
+) -> None:
+    from ..config import ConfigError, load_config
+    from ..store.db import Database
+    from .control import PoolControlError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not config.database.url.startswith(("postgresql://", "postgres://")):
+        _fail("a pool's store is PostgreSQL: set database.url (or CHATSERVER_DATABASE_URL)")
+
+    async def main() -> dict[str, Any]:
+        db = Database(config.database.url)
+        try:
+            return await body(db, config)
+        finally:
+            await db.close()
+
+    try:
+        result = _run(main())
+    except PoolControlError as exc:
+        _fail(str(exc), 1)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for node in result["nodes"]:
+        print(
+            f"{node['name']:16} {node['state']:9} tcp {node['tcp']:21} peer {node['peer']:21}"
+            f" heartbeat {node['heartbeat_age_s']:.1f} s ago"
+        )
+
+
+def cmd_nodes(args: argparse.Namespace) -> None:
+    from .control import list_nodes
+
+    _with_db(args, lambda db, config: list_nodes(db))
+
+
+def cmd_activate(args: argparse.Namespace) -> None:
+    from .control import set_active
+
+    _with_db(
+        args,
+        lambda db, config: set_active(db, args.names, max_active=config.pool.max_active),
+    )
+
+
+def cmd_swap(args: argparse.Namespace) -> None:
+    from .control import swap
+
+    _with_db(args, lambda db, config: swap(db, args.active, args.standby))
+
+
+def cmd_drain(args: argparse.Namespace) -> None:
+    from .control import drain
+
+    _with_db(args, lambda db, config: drain(db, args.name))
 
 
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     """Add the ``pool`` command group to the top-level parser."""
+    group = sub.add_parser("pool", help="run and manage a pool of nodes sharing PostgreSQL")
+    actions = group.add_subparsers(dest="pool_command", required=True, metavar="ACTION")
+
+    up = actions.add_parser("up", help="start a local pool (PostgreSQL and nodes) until Ctrl-C")
+    up.add_argument("--nodes", type=int, default=3, help="active nodes (default: 3)")
+    up.add_argument("--standby", type=int, default=0, help="standby nodes (default: 0)")
+    up.add_argument(
+        "--data", metavar="DIR", help="keep PostgreSQL's data in DIR (default: a temporary one)"
+    )
+    up.add_argument(
+        "--database-url", metavar="URL", help="use this PostgreSQL database instead of a local one"
+    )
+    up.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="every node on 127.0.0.1 with free ports (default: node N on 127.0.0.N, ports 5041,"
+        " 5080, 8011, 8012)",
+    )
+    up.add_argument("--verbose", action="store_true", help="show every node's log")
+    up.set_defaults(func=cmd_up)
+
+    def registry_command(name: str, help: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, parents=[common], help=help)
+        parser.add_argument("--json", action="store_true", help="print the nodes as JSON")
+        return parser
+
+    registry_command("nodes", "list the pool's nodes").set_defaults(func=cmd_nodes)
+    activate = registry_command("activate", "make exactly these nodes active (others: standby)")
+    activate.add_argument("names", nargs="+", metavar="NAME")
+    activate.set_defaults(func=cmd_activate)
+    swap = registry_command("swap", "move an active node to standby and a standby node to active")
+    swap.add_argument("active")
+    swap.add_argument("standby")
+    swap.set_defaults(func=cmd_swap)
+    drain = registry_command("drain", "tell a node's clients to move, then stop the node")
+    drain.add_argument("name")
+    drain.set_defaults(func=cmd_drain)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..testing import free_port
+from ..testing import PostgresCluster, free_port
 
 
 @dataclass
@@ -184,3 +187,48 @@ class LocalPool:
                 }
             )
         return out
+
+
+class LocalPostgres(PostgresCluster):
+    """A PostgreSQL cluster for ``pool up``: temporary, or kept in ``root`` across runs."""
+
+    def __init__(self, root: Path | None) -> None:
+        super().__init__()
+        self.keep = root is not None
+        if root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = root.resolve()
+            self.root.mkdir(parents=True, exist_ok=True)
+            if self._as_user:
+                shutil.chown(self.root, "postgres")
+            self.data = self.root / "data"
+
+    def start(self) -> LocalPostgres:
+        if not (self.data / "PG_VERSION").exists():
+            super().start()
+            return self
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port}"
+            f" -c unix_socket_directories={self.root} -c max_connections=300"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "start",
+        )
+        return self
+
+    def stop(self) -> None:
+        if not self.keep:
+            super().stop()
+            return
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        except subprocess.CalledProcessError:
+            pass

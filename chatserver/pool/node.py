@@ -338,6 +338,10 @@ class Pool:
         if listeners is not None:
             listeners.append(self.publish_message_changes)
 
+    def refresh(self) -> None:
+        """Read the registry now rather than at the next heartbeat."""
+        self._refresh.set()
+
     # -- what clients are told --------------------------------------------------------------
 
     def active_nodes(self) -> list[dict[str, str]]:
