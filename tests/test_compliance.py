@@ -35,7 +35,7 @@ from compliance.schema import events
 from compliance.writer import drain
 from compliance.xml_adapter import export
 
-from .conftest import PASSWORD, Harness, node_config, scaled, start_node
+from .conftest import DIALECTS, PASSWORD, Harness, node_config, scaled, start_node
 
 XSD = Path(__file__).resolve().parent.parent / "compliance" / "conversations.xsd"
 EVERYONE = {"kind": "everyone", "id": 0}
@@ -570,3 +570,114 @@ async def test_metrics_show_depth_lag_stored_and_exported(setup: tuple[Harness, 
         assert value("chatserver_compliance_enabled") == 1
     finally:
         await metrics.close()
+
+
+# -- the compliance database unreachable ---------------------------------------------------
+
+
+def pause_cluster(cluster: PostgresCluster) -> None:
+    cluster._run("pg_ctl", "-D", str(cluster.data), "-m", "fast", "-w", "stop")
+
+
+def resume_cluster(cluster: PostgresCluster) -> None:
+    options = (
+        f"-c listen_addresses=127.0.0.1 -c port={cluster.port}"
+        f" -c unix_socket_directories={cluster.root} -c max_connections=100"
+        " -c log_min_messages=warning"
+    )
+    log = str(cluster.root / "log")
+    cluster._run("pg_ctl", "-D", str(cluster.data), "-o", options, "-l", log, "-w", "start")
+
+
+class WriterProcess:
+    """``chatserver compliance run`` in the background."""
+
+    def __init__(self, config: Config, *args: str) -> None:
+        self.config = config
+        self.args = args
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> WriterProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "compliance",
+            "run",
+            *self.args,
+            env=comp_env(self.config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await asyncio.wait_for(self.proc.wait(), scaled(30))
+
+
+async def wait_until(check: Any, timeout: float = 30) -> None:
+    async with asyncio.timeout(scaled(timeout)):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif("postgresql" not in DIALECTS, reason="PostgreSQL tests are off")
+async def test_chat_goes_on_while_the_compliance_database_is_down(
+    pg_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    db_url = await pg_cluster.create_database(f"test_down_{next(_numbers)}", template="postgres")
+    comp_cluster = PostgresCluster().start()
+    config = comp_config(db_url, comp_cluster.url(), tmp_path)
+    node = await start_node(config)
+    h = Harness(node)
+    stores = Stores(config)
+    metrics = ComplianceMetrics(config, stores.content)
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    value = registry.get_sample_value
+    writer = await WriterProcess(config, "--no-export", "--poll-s", "0.1").start()
+    try:
+        await h.user("talker")
+        room = await h.room()
+        client = await h.login("talker")
+
+        async def drained() -> bool:
+            return await stores.outbox_depth() == 0
+
+        for i in range(10):
+            await client.call("post", room=room, text=f"up {i}", cid=f"u{i}")
+        await wait_until(drained)
+
+        await asyncio.to_thread(pause_cluster, comp_cluster)
+        for i in range(40):  # every post is acknowledged: chat does not wait for compliance
+            reply = await client.call("post", room=room, text=f"down {i}", cid=f"d{i}")
+            assert reply["seq"] == 11 + i
+        await asyncio.sleep(1.0)
+        await metrics.refresh()
+        assert value("chatserver_compliance_outbox_depth") == 40
+        assert value("chatserver_compliance_database_up") == 0
+        assert value("chatserver_compliance_lag_seconds") >= 1.0  # type: ignore[operator]
+
+        await asyncio.to_thread(resume_cluster, comp_cluster)
+        await wait_until(drained)
+        await metrics.refresh()
+        assert value("chatserver_compliance_outbox_depth") == 0
+        assert value("chatserver_compliance_lag_seconds") == 0
+        assert value("chatserver_compliance_database_up") == 1
+        assert value("chatserver_compliance_events_stored_total", {"kind": "CHAT"}) == 50
+        texts = [payload(r)["text"] for r in await stores.events("CHAT")]
+        assert texts == [f"up {i}" for i in range(10)] + [f"down {i}" for i in range(40)]
+    finally:
+        await writer.stop()
+        await metrics.close()
+        await h.close()
+        await stores.close()
+        comp_cluster.stop()
