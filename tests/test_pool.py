@@ -20,10 +20,11 @@ import pytest
 from chatserver.client import Client, PoolClient, RequestFailed
 from chatserver.passwords import hash_password
 from chatserver.pool.local import LocalPool, NodeProcess
+from chatserver.pool.protocol import Command, PeerProtocol, encode_frame, proof
 from chatserver.store import rooms as room_store
 from chatserver.store import users as user_store
 from chatserver.store.db import Database
-from chatserver.testing import PostgresCluster
+from chatserver.testing import PostgresCluster, free_port
 
 from .conftest import PASSWORD, scaled
 
@@ -366,3 +367,316 @@ async def test_sigstop_20_s_then_sigcont(pg_cluster: PostgresCluster) -> None:
     ids = await seed(url, ["writer"], ["lobby"])
     async with running_pool(url, 3, CHATSERVER_POOL_DEAD_AFTER_S="10") as pool:
         await stop_and_continue(pool, ids["lobby"], stopped_s=20)
+
+
+# -- peer link cut --------------------------------------------------------------------------
+
+
+class Blackhole:
+    """A TCP proxy that can stop passing bytes (a partition: nothing arrives, nothing closes)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.cut = False
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self, port: int = 0) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.writers += [writer, up_w]
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    if not self.cut:  # during a cut the bytes are dropped
+                        w.write(data)
+                        await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
+
+    def heal(self) -> None:
+        """Stop dropping; links broken by the cut are closed so that they are made anew."""
+        for w in self.writers:
+            w.close()
+        self.writers.clear()
+        self.cut = False
+
+    async def close(self) -> None:
+        self.heal()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_peer_link_cut_and_heal(pg_cluster: PostgresCluster) -> None:
+    """node3's peer links pass a proxy (node1 and node2 dial node3, names sort that way)."""
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice", "carol"], ["lobby"])
+    lobby = ids["lobby"]
+    pool = LocalPool(url, env=FAST)
+    peer3 = free_port()
+    proxy = Blackhole(("127.0.0.1", peer3))
+    proxied = await proxy.start()
+    clients: list[Client] = []
+    try:
+        n1, _n2 = await pool.start(2)
+        n3 = await pool.add(
+            CHATSERVER_LISTEN_PEER=f"127.0.0.1:{peer3}",
+            CHATSERVER_POOL_ADVERTISE_PEER=f"127.0.0.1:{proxied}",
+        )
+        await wait_mesh(pool.nodes)
+        alice, carol = await login(n1, "alice"), await login(n3, "carol")
+        clients += [alice, carol]
+        for c in (alice, carol):
+            await c.call("join", room=lobby)
+        await alice.call("post", room=lobby, text="before", cid="before")
+        assert (await messages_until(carol, lobby, 1))[0]["text"] == "before"
+
+        mark1, mark3 = len(n1.lines), len(n3.lines)
+        proxy.cut = True
+        await n3.wait_for(r"peer link node1 down", scaled(10), start=mark3)  # link_timeout_s
+        # During the cut every message still arrives within the documented bound: one
+        # catch-up interval (1 s here) after it is stored, plus the poll's own query.
+        bound = 1.0 + 1.0
+        for k in range(3):
+            started = time.monotonic()
+            seq = (await alice.call("post", room=lobby, text=f"cut{k}", cid=f"cut{k}"))["seq"]
+            got = await messages_until(carol, lobby, seq, timeout=10)
+            assert got[-1]["text"] == f"cut{k}"
+            assert time.monotonic() - started < scaled(bound), "late beyond catchup_interval_s"
+            started = time.monotonic()
+            seq = (await carol.call("post", room=lobby, text=f"back{k}", cid=f"back{k}"))["seq"]
+            got = await messages_until(alice, lobby, seq, timeout=10)
+            assert [m["text"] for m in got][-1] == f"back{k}"
+            assert time.monotonic() - started < scaled(bound)
+            await messages_until(carol, lobby, seq)  # carol's own post, for the next round
+
+        proxy.heal()
+        await n1.wait_for(r"peer link node3 up", scaled(15), start=mark1)
+        await n3.wait_for(r"peer link node1 up", scaled(15), start=mark3)
+        await n3.wait_for(r"peer link node2 up", scaled(15), start=mark3)
+        seq = (await alice.call("post", room=lobby, text="healed", cid="healed"))["seq"]
+        assert (await messages_until(carol, lobby, seq))[-1]["text"] == "healed"
+    finally:
+        for c in clients:
+            await c.close()
+        await pool.stop()
+        await proxy.close()
+
+
+# -- peer authentication --------------------------------------------------------------------
+
+
+async def handshake(
+    address: tuple[str, int], frames: list[bytes], wait: float = 1.0
+) -> tuple[list[Command], bool]:
+    """Send ``frames`` one by one; return what came back and whether the node closed."""
+    reader, writer = await asyncio.open_connection(*address)
+    listener = PeerProtocol("connector", "listener", "")
+    listener.state = "open"  # only to decode frames
+    received: list[Command] = []
+    decoder = FrameReader()
+    closed = False
+    try:
+        for frame in frames:
+            writer.write(frame)
+            await writer.drain()
+            try:
+                data = await asyncio.wait_for(reader.read(65536), wait)
+            except TimeoutError:
+                continue
+            if not data:
+                closed = True
+                break
+            received += decoder.feed(data)
+        if not closed:
+            try:
+                closed = not await asyncio.wait_for(reader.read(65536), wait)
+            except TimeoutError:
+                closed = False
+    finally:
+        writer.close()
+    return received, closed
+
+
+class FrameReader:
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[Command]:
+        import msgpack
+
+        self.buffer += data
+        out = []
+        while len(self.buffer) >= 4:
+            size = int.from_bytes(self.buffer[:4], "big")
+            if len(self.buffer) < 4 + size:
+                break
+            obj = msgpack.unpackb(self.buffer[4 : 4 + size], raw=False)
+            self.buffer = self.buffer[4 + size :]
+            out.append(Command(obj.pop("cmd"), obj))
+        return out
+
+
+async def test_bad_secret_and_replayed_handshake_are_refused(pg_cluster: PostgresCluster) -> None:
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["carol"], ["lobby"])
+    lobby = ids["lobby"]
+    pool = LocalPool(url, env=FAST, secret="the pool secret")
+    try:
+        (n1,) = await pool.start(1)
+        carol = await login(n1, "carol")
+        await carol.call("join", room=lobby)
+        forged = {
+            "t": "msg",
+            "m": {
+                "room": lobby,
+                "seq": 1,
+                "ts": 1,
+                "sender": {"id": 1, "name": "admin"},
+                "text": "forged",
+                "cid": "x",
+                "kept": True,
+            },
+        }
+
+        # 1. The right secret: a handshake completes (the control case).
+        spy = PeerProtocol("connector", "node9", "the pool secret", expect="node1")
+        hello = spy.data_to_send()
+        reader, writer = await asyncio.open_connection(*n1.peer)
+        writer.write(hello)
+        frames = FrameReader()
+        challenge = frames.feed(await reader.read(65536))
+        spy.receive_data(encode_frame({"cmd": challenge[0].name, **challenge[0].fields}))
+        auth = spy.data_to_send()
+        writer.write(auth)
+        ready = frames.feed(await asyncio.wait_for(reader.read(65536), 5))
+        assert [c.name for c in ready] == ["READY"]
+        writer.close()
+
+        # 2. A replay of that handshake's frames: a new challenge, so the old proof fails.
+        got, closed = await handshake(n1.peer, [hello, auth])
+        assert [c.name for c in got] == ["CHALLENGE", "ERROR"] and closed
+        assert "authentication failed" in got[1].fields["message"]
+
+        # 3. A peer with the wrong secret: its proof is refused.
+        intruder = PeerProtocol("connector", "node8", "not the secret")
+        reader, writer = await asyncio.open_connection(*n1.peer)
+        writer.write(intruder.data_to_send())
+        challenge = FrameReader().feed(await reader.read(65536))[0]
+        nonce = challenge.fields["nonce"]
+        wrong = proof("not the secret", "connector", intruder._nonce, nonce, "node8", "node1")
+        writer.write(encode_frame({"cmd": "AUTH", "proof": wrong}))
+        answer = FrameReader().feed(await asyncio.wait_for(reader.read(65536), 5))
+        assert [c.name for c in answer] == ["ERROR"]
+        assert not await asyncio.wait_for(reader.read(65536), 5)  # closed
+        writer.close()
+
+        # 4. Events without a handshake change nothing and get nothing.
+        got, closed = await handshake(
+            n1.peer, [encode_frame({"cmd": "EVENTS", "events": [forged]})]
+        )
+        assert [c.name for c in got] == ["ERROR"] and closed
+        await asyncio.sleep(0.5)
+        assert carol.events.empty()
+        assert await history(carol, lobby) == []
+        await carol.close()
+    finally:
+        await pool.stop()
+
+
+async def test_a_node_refuses_pool_settings_that_cannot_work(tmp_path: Any) -> None:
+    from chatserver.server import StartupError
+
+    from .conftest import node_config, start_node
+
+    config = node_config(f"sqlite:///{tmp_path}/chat.db", pool={"enabled": True})
+    with pytest.raises(StartupError, match="PostgreSQL"):
+        await start_node(config)
+
+
+async def test_a_public_peer_port_needs_a_secret(pg_cluster: PostgresCluster) -> None:
+    from chatserver.server import StartupError
+
+    from .conftest import node_config, start_node
+
+    url = await new_database(pg_cluster)
+    config = node_config(url, pool={"enabled": True}, listen={"peer": "0.0.0.0:0"})
+    with pytest.raises(StartupError, match=r"pool\.secret"):
+        await start_node(config)
+
+
+# -- active and standby ---------------------------------------------------------------------
+
+
+async def test_standby_swap_and_drain(pg_cluster: PostgresCluster) -> None:
+    from .test_cli import chatserver
+
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice"], ["lobby"])
+    lobby = ids["lobby"]
+    async with running_pool(url, 3, CHATSERVER_POOL_MAX_ACTIVE="2") as pool:
+        n1, n2, n3 = pool.nodes
+        assert "joined as standby" in "".join(n3.lines)
+        # A standby node refuses new clients, naming the active ones.
+        raw = await Client.connect_tcp(*n3.tcp)
+        refused = await raw.request("hello", protocol=1)
+        assert refused["error"]["code"] == "unavailable"
+        assert {n["node"] for n in refused["active"]} == {"node1", "node2"}
+        await raw.closed.wait()
+        await raw.close()
+        # The failover client given only the standby's address lands on an active node.
+        moving = await PoolClient.connect([n3.tcp], "alice", PASSWORD)
+        assert moving.node in ("node1", "node2")
+        staying = await login(n1, "alice")
+        await staying.call("join", room=lobby)
+
+        env = {**n1.env}
+        code, out, err = await chatserver("pool", "swap", "node1", "node3", env=env)
+        assert code == 0, err
+        assert "node1" in out and "standby" in out
+        await n1.wait_for(r"is now standby", scaled(5))
+        await n3.wait_for(r"is now active", scaled(5))
+        # node3 takes clients now; node1 refuses new ones but keeps the one it has.
+        on3 = await login(n3, "alice")
+        await on3.call("join", room=lobby)
+        raw = await Client.connect_tcp(*n1.tcp)
+        assert (await raw.request("hello", protocol=1))["error"]["code"] == "unavailable"
+        await raw.close()
+        seq = (await on3.call("post", room=lobby, text="after swap", cid="s1"))["seq"]
+        assert (await messages_until(staying, lobby, seq))[-1]["text"] == "after swap"
+        await staying.call("post", room=lobby, text="still here", cid="s2")
+        assert (await messages_until(on3, lobby, seq + 1))[-1]["text"] == "still here"
+
+        # Drain node2: its clients are told to move (the failover client does), then it stops.
+        on2 = await PoolClient.connect([n2.tcp], "alice", PASSWORD)
+        await on2.join(lobby)
+        code, out, err = await chatserver("pool", "drain", "node2", env=env)
+        assert code == 0, err
+        assert n2.proc is not None
+        await asyncio.wait_for(n2.proc.wait(), scaled(15))
+        reply = await on2.post(lobby, "moved on")
+        assert on2.node == "node3" and on2.failovers
+        got = await messages_until(on2, lobby, reply["seq"])
+        assert got[-1]["text"] == "moved on"
+        code, out, err = await chatserver("pool", "nodes", "--json", env=env)
+        assert code == 0, err
+        import json
+
+        states = {n["name"]: n["state"] for n in json.loads(out)["nodes"]}
+        assert states == {"node1": "standby", "node3": "active"}
+        for c in (moving, on2):
+            await c.close()
+        for c2 in (staying, on3):
+            await c2.close()
