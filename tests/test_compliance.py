@@ -32,6 +32,7 @@ from chatserver.testing import PostgresCluster
 from compliance import schema as comp_schema
 from compliance.metrics import ComplianceMetrics
 from compliance.schema import events
+from compliance.verify import verify
 from compliance.writer import drain
 from compliance.xml_adapter import export
 
@@ -681,3 +682,116 @@ async def test_chat_goes_on_while_the_compliance_database_is_down(
         await h.close()
         await stores.close()
         comp_cluster.stop()
+
+
+# -- faults: kill -9 the writer and the adapter (slow) -------------------------------------
+
+DURATION_S = float(os.environ.get("CHATSERVER_COMPLIANCE_SOAK_S", "20"))
+
+
+async def chatter(h: Harness, name: str, room_ids: list[int], stop: asyncio.Event) -> int:
+    """Post, join, leave and read until ``stop``; returns how many posts were acknowledged."""
+    rng = random.Random(name)
+    client = await h.login(name)
+    joined: set[int] = set()
+    posts = 0
+    while not stop.is_set():
+        room = rng.choice(room_ids)
+        roll = rng.random()
+        if roll < 0.8:
+            await client.call("post", room=room, text=f"{name} {posts}", cid=f"{name}.{posts}")
+            posts += 1
+        elif roll < 0.88 and room not in joined:
+            await client.call("join", room=room)
+            joined.add(room)
+        elif roll < 0.95 and room in joined:
+            await client.call("leave", room=room)
+            joined.discard(room)
+        else:
+            await client.call("history", room=room, limit=10)
+    await client.close()
+    return posts
+
+
+@pytest.mark.slow
+async def test_killing_the_writer_and_the_adapter_loses_and_duplicates_nothing(
+    db_url: str, comp_url: str, tmp_path: Path
+) -> None:
+    config = comp_config(db_url, comp_url, tmp_path)
+    node = await start_node(config)
+    h = Harness(node)
+    stores = Stores(config)
+    rng = random.Random(9)
+    # On PostgreSQL two writers claim batches side by side; SQLite has one.
+    writers = 2 if db_url.startswith("postgresql") else 1
+    kills = Counter[str]()
+    try:
+        room_ids = [await h.room(f"soak{i}") for i in range(4)]
+        names = [f"s{i}" for i in range(4)]
+        for name in names:
+            await h.user(name)
+        stop = asyncio.Event()
+        load = [asyncio.create_task(chatter(h, name, room_ids, stop)) for name in names]
+
+        async def kill_writers() -> None:
+            while not stop.is_set():
+                procs = [
+                    await WriterProcess(
+                        config, "--no-export", "--batch", "20", "--poll-s", "0.05"
+                    ).start()
+                    for _ in range(writers)
+                ]
+                await asyncio.sleep(rng.uniform(0.2, 1.2))
+                for proc in procs:
+                    proc.kill()
+                    assert proc.proc is not None
+                    await proc.proc.wait()
+                    kills["writer"] += 1
+
+        async def kill_exports() -> None:
+            while not stop.is_set():
+                export = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "compliance",
+                    "export",
+                    env=comp_env(config),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                await asyncio.sleep(rng.uniform(0.3, 1.5))
+                if export.returncode is None:
+                    export.kill()
+                    kills["export"] += 1
+                await export.wait()
+
+        faults = [asyncio.create_task(kill_writers()), asyncio.create_task(kill_exports())]
+        await asyncio.sleep(DURATION_S)
+        stop.set()
+        posted = sum(await asyncio.gather(*load))
+        await asyncio.gather(*faults)
+        await asyncio.sleep(0.5)  # the last PARTs commit in the background
+
+        code, out = await compliance_cmd(config, "run", "--once")
+        assert code == 0, out
+        assert await stores.outbox_depth() == 0
+        assert kills["writer"] >= 10, kills
+
+        chat = await stores.events("CHAT")
+        async with stores.content.read() as conn:
+            last = dict(list(await conn.execute(select(rooms.c.id, rooms.c.last_seq))))
+        seqs = Counter((r.room_id, payload(r)["seq"]) for r in chat)
+        assert max(seqs.values()) == 1  # no message twice
+        assert set(seqs) == {(room, s) for room in room_ids for s in range(1, last[room] + 1)}
+        assert len(chat) == posted
+
+        every = await stores.events()
+        report = await verify(stores.comp, stores.content)
+        assert report.ok, report.lines()
+        assert report.events == len(every)
+        ids = exported_ids(tmp_path / "out")
+        assert len(ids) == len(set(ids)) == len(every)
+        print(f"posted {posted}, events {len(every)}, kills {dict(kills)}")
+    finally:
+        await h.close()
+        await stores.close()
