@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -680,3 +682,64 @@ async def test_standby_swap_and_drain(pg_cluster: PostgresCluster) -> None:
             await c.close()
         for c2 in (staying, on3):
             await c2.close()
+
+
+# -- chatserver pool up ---------------------------------------------------------------------
+
+
+async def test_pool_up_starts_postgresql_and_nodes_and_stops_on_ctrl_c() -> None:
+    import re
+    import sys
+    import tempfile
+
+    # As root, PostgreSQL runs as "postgres", which must be able to reach the data directory.
+    data = Path(tempfile.mkdtemp(prefix="chatserver-pool-up-"))
+    os.chmod(data, 0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
+    env.update(CHATSERVER_ADMIN_PASSWORD=PASSWORD, PYTHONUNBUFFERED="1")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chatserver",
+        "pool",
+        "up",
+        "--nodes",
+        "2",
+        "--standby",
+        "1",
+        "--free-ports",
+        "--data",
+        str(data),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(scaled(60)):
+            while not lines or "Ctrl-C stops every node" not in lines[-1]:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "".join(lines)
+                lines.append(line)
+        text = "".join(lines)
+        nodes = re.findall(r"(node\d)\s+(active|standby)\s+tcp ([\d.]+):(\d+)", text)
+        assert [(n, s) for n, s, _, _ in nodes] == [
+            ("node1", "active"),
+            ("node2", "active"),
+            ("node3", "standby"),
+        ]
+        client = await PoolClient.connect(
+            [(h, int(p)) for _, _, h, p in reversed(nodes)], "admin", PASSWORD
+        )
+        assert client.node in ("node1", "node2")
+        await client.close()
+        proc.send_signal(signal.SIGINT)
+        rest = await asyncio.wait_for(proc.stdout.read(), scaled(30))
+        assert await proc.wait() == 0, text + rest.decode()
+        assert (data / "postgres" / "data" / "PG_VERSION").exists()  # kept for the next run
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        shutil.rmtree(data, ignore_errors=True)

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -51,6 +52,10 @@ async def _up(args: argparse.Namespace) -> None:
         print("chatserver: starting PostgreSQL …", flush=True)
         try:
             await asyncio.to_thread(cluster.start)
+        except subprocess.CalledProcessError as exc:
+            detail = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+            hint = f": {detail[-1]}" if detail else ""
+            _fail(f"cannot start PostgreSQL ({' '.join(exc.cmd[-8:])}){hint}", 1)
         except Exception as exc:
             _fail(f"cannot start PostgreSQL (initdb and pg_ctl must be on PATH): {exc}", 1)
         url = cluster.url()
