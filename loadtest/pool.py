@@ -56,6 +56,8 @@ class Workers:
             self.procs.append(proc)
         self.connected = 0
         self.node_stats: ProcStats | None = None
+        self.postgres_stats: ProcStats | None = None
+        self.generator_stats = ProcStats([p.pid for p in self.procs])
         self.phases: list[Phase] = []
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -87,6 +89,8 @@ class Workers:
         cpu0 = node.cpu_s() if node else 0.0
         rss0 = node.rss_kib() if node else 0
         load0 = os.getloadavg()
+        others = {"generator": self.generator_stats, "postgres": self.postgres_stats}
+        others_cpu0 = {k: v.cpu_s() for k, v in others.items() if v is not None}
         for i, q in enumerate(self.commands):
             q.put({**cmd, **(per_worker[i] if per_worker else {})})
         done: dict[int, dict[str, Any]] = {}
@@ -150,8 +154,12 @@ class Workers:
         phase.extra["workers"] = done
         phase.extra["loadavg_before"] = [round(x, 2) for x in load0]
         phase.extra["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        elapsed = phase.end - phase.start
+        phase.extra["cpu_pct"] = {
+            k: round(100 * (others[k].cpu_s() - c0) / max(elapsed, 1e-9), 1)  # type: ignore[union-attr]
+            for k, c0 in others_cpu0.items()
+        }
         if node:
-            elapsed = phase.end - phase.start
             phase.extra["node"] = {
                 "cpu_s": round(node.cpu_s() - cpu0, 3),
                 "cpu_pct": round(100 * (node.cpu_s() - cpu0) / max(elapsed, 1e-9), 1),

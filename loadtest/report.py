@@ -100,9 +100,11 @@ def write(result: dict[str, Any], out_dir: Path, counter: str, latency: str) -> 
             if v.get("count")
         )
         node = phase.get("node", {})
+        other = phase.get("cpu_pct", {})
         lines.append(
             f"| {phase['name']} | {phase['duration_s']:.1f} | {rates} | {lats} | "
-            f"{node.get('cpu_pct', '')} | {phase.get('loadavg_after', '')} |"
+            f"{node.get('cpu_pct', '')} / {other.get('postgres', '')} / "
+            f"{other.get('generator', '')} | {phase.get('loadavg_after', '')} |"
         )
     if has_plot:
         lines += ["", f"![{name}]({png.name})"]

@@ -35,6 +35,19 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def cpu_split(phase: Phase) -> str:
+    node = phase.extra.get("node", {}).get("cpu_pct")
+    other = phase.extra.get("cpu_pct", {})
+    return f"{node} / {other.get('postgres')} / {other.get('generator')}"
+
+
+def per_op_us(phase: Phase, counter: str) -> float | None:
+    """Node CPU time per operation: comparable across runs on a shared, busy machine."""
+    n = phase.totals.get(counter, 0)
+    cpu = phase.extra.get("node", {}).get("cpu_s")
+    return round(1e6 * cpu / n, 2) if n and cpu is not None else None
+
+
 def users_of(prov: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"index": i, "uid": uid, "name": name, "token": token}
@@ -163,6 +176,7 @@ async def run_ingest(args: Any, stack: Stack) -> dict[str, Any]:
     node = stack.start_node(**FAST_NODE)
     workers = Workers(users, workers=args.workers, sources=args.sources, text_bytes=args.text_bytes)
     workers.node_stats = ProcStats(node.pid)
+    workers.postgres_stats = stack.postgres_stats()
     profile = None
     try:
         await workers.phase(
@@ -208,6 +222,8 @@ async def run_ingest(args: Any, stack: Stack) -> dict[str, Any]:
             "raw ceiling rows/s (asyncpg unnest 1,000)": ceiling["rows_per_s"],
             "ratio to ceiling": round(ratio, 3),
             "paced rate posts/s": round(paced_res["totals"].get("acked", 0) / duration, 1),
+            "CPU % in closed loop (node / PostgreSQL / generator)": cpu_split(top),
+            "node CPU µs per acknowledged post": per_op_us(top, "acked"),
             "p99 ack at half rate (ms)": p99,
             "errors": {k: v for k, v in top.totals.items() if k.startswith("err_")},
             "target >= 25,000 posts/s": verdict(max_rate >= 25_000),
@@ -256,9 +272,10 @@ async def ramp(
     drain: float,
     steps: int,
     step_s: float,
-) -> tuple[float, list[Phase]]:
+) -> tuple[float, Phase | None]:
     """Post at rising rates; the top is the best delivered rate of a step that kept up."""
     best = 0.0
+    best_phase: Phase | None = None
     done: list[Phase] = []
     rate = start
     for step in range(steps):
@@ -288,11 +305,12 @@ async def ramp(
         )
         phase.extra["kept_up"] = kept_up
         if kept_up:
-            best = max(best, delivered / step_s)
+            if delivered / step_s > best:
+                best, best_phase = delivered / step_s, phase
         else:
             break
         rate *= factor
-    return best, done
+    return best, best_phase
 
 
 async def run_fanout(args: Any, stack: Stack) -> dict[str, Any]:
@@ -338,6 +356,7 @@ async def run_fanout(args: Any, stack: Stack) -> dict[str, Any]:
                         else (node.ws_port if ws else node.tcp_port)
                     )
                     workers.node_stats = ProcStats(bc.proc.pid if bc else node.pid)
+                    workers.postgres_stats = stack.postgres_stats()
                     await workers.phase(
                         f"{key} {label} connect",
                         {
@@ -356,7 +375,7 @@ async def run_fanout(args: Any, stack: Stack) -> dict[str, Any]:
                         prof = Profiler(
                             node.pid, step_s * steps, Path(tempfile.mkdtemp()) / "fanout.raw"
                         )
-                    top, _ = await ramp(
+                    top, best_phase = await ramp(
                         workers,
                         f"{key} {label}",
                         m,
@@ -370,6 +389,11 @@ async def run_fanout(args: Any, stack: Stack) -> dict[str, Any]:
                     if prof:
                         profile = prof.top()
                     entry[f"{label}_deliveries_per_s"] = round(top, 1)
+                    if best_phase is not None:
+                        entry[f"{label}_cpu_pct_at_top"] = best_phase.extra.get("node", {}).get(
+                            "cpu_pct"
+                        )
+                        entry[f"{label}_cpu_us_per_delivery"] = per_op_us(best_phase, "delivered")
                     if label == "node":
                         half_posts = max(1.0, top / 2 / m)
                         paced = await workers.phase(
@@ -450,6 +474,7 @@ async def run_connections(args: Any, stack: Stack) -> dict[str, Any]:
         workers = Workers(users, workers=args.workers, sources=args.sources)
         stats = ProcStats(node.pid)
         workers.node_stats = stats
+        workers.postgres_stats = stack.postgres_stats()
         try:
             first = await connect(
                 node.host, node.ws_port if ws else node.tcp_port, websocket=ws, token=probe["token"]
@@ -527,6 +552,7 @@ async def run_join(args: Any, stack: Stack) -> dict[str, Any]:
     node = stack.start_node()
     workers = Workers(users, workers=args.workers, sources=args.sources)
     workers.node_stats = ProcStats(node.pid)
+    workers.postgres_stats = stack.postgres_stats()
     profile = None
     try:
         await workers.phase(
@@ -578,6 +604,8 @@ async def run_join(args: Any, stack: Stack) -> dict[str, Any]:
             "paced rate joins/s": round(p["totals"].get("joins", 0) / duration, 1),
             "p99 join ms (paced)": p99_paced,
             "joins with a full 30-message backchat": f"{full} of {storm.totals.get('joins', 0)}",
+            "CPU % in the storm (node / PostgreSQL / generator)": cpu_split(storm),
+            "node CPU µs per join": per_op_us(storm, "joins"),
             "target >= 2,000 joins/s": verdict(top >= 2000),
             "target p99 <= 20 ms (storm)": verdict(p99_storm is not None and p99_storm <= 20),
             "target p99 <= 20 ms (paced)": verdict(p99_paced is not None and p99_paced <= 20),
@@ -632,15 +660,28 @@ async def run_reference(args: Any, stack: Stack) -> dict[str, Any]:
         u["post"] = ids
         u["join"] = ids
     members = {str(room_ids[i]): size for i, (_, size) in enumerate(classes)}
-    node = stack.start_node(**FAST_NODE)
-    workers = Workers(users, workers=args.workers, sources=args.sources, text_bytes=args.text_bytes)
-    workers.node_stats = ProcStats(node.pid)
+    nodes = stack.start_nodes(**FAST_NODE)
+    node = nodes[0]
+    # With a pool, worker i's users connect to node i % N: rooms span nodes, so most deliveries
+    # cross a peer link.
+    workers = Workers(
+        users,
+        workers=max(args.workers, len(nodes)),
+        sources=args.sources,
+        text_bytes=args.text_bytes,
+    )
+    workers.node_stats = ProcStats([n.pid for n in nodes])
+    workers.postgres_stats = stack.postgres_stats()
     results = {}
     profile = None
     try:
         await workers.phase(
             "connect and join 24 rooms each",
-            {"op": "connect", "host": node.host, "port": node.tcp_port, "concurrency": 50},
+            {"op": "connect", "concurrency": 50},
+            per_worker=[
+                {"host": nodes[i % len(nodes)].host, "port": nodes[i % len(nodes)].tcp_port}
+                for i in range(workers.count)
+            ],
             main_counter="joins",
             latency="join",
         )
@@ -677,6 +718,8 @@ async def run_reference(args: Any, stack: Stack) -> dict[str, Any]:
                 "p99 ack ms": r["latency"].get("ack", {}).get("p99_ms"),
                 "p99 join ms": r["latency"].get("join", {}).get("p99_ms"),
                 "node cpu %": r.get("node", {}).get("cpu_pct"),
+                "CPU % (nodes / PostgreSQL / generator)": cpu_split(phase),
+                "node CPU µs per delivery": per_op_us(phase, "delivered"),
                 "node rss MiB": round(r.get("node", {}).get("rss_kib_after", 0) / 1024, 1),
             }
         await workers.phase("disconnect", {"op": "disconnect"}, main_counter="disconnected")
@@ -688,7 +731,7 @@ async def run_reference(args: Any, stack: Stack) -> dict[str, Any]:
         "room sizes": {
             c: max(s for cc, s in classes if cc == c) for c, _ in {c: 0 for c, _ in classes}.items()
         },
-        "nodes": 1,
+        "nodes": len(nodes),
         **results,
     }
     last = results.get(f"{scales[0]:g}x", {})
@@ -696,7 +739,8 @@ async def run_reference(args: Any, stack: Stack) -> dict[str, Any]:
     summary[f"target p99 delivery <= 100 ms at {scales[0]:g}x"] = verdict(
         p99 is not None and p99 <= 100
     )
-    summary["pending"] = "runs on one node; across a pool (--nodes N) when issue 5 lands"
+    if len(nodes) == 1:
+        summary["pending"] = "one node; the target is across a pool: --nodes N (issue 5)"
     return {"phases": [p.result() for p in workers.phases], "profile": profile, "summary": summary}
 
 

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,31 +47,64 @@ class Node:
         return self.proc.pid if self.proc else None
 
 
-class ProcStats:
-    """CPU seconds and RSS of a process, from /proc."""
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass
 
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
+
+class ProcStats:
+    """CPU seconds and RSS of a process (or the sum over several), from /proc."""
+
+    def __init__(self, pid: int | list[int | None] | None) -> None:
+        self._pids = [p for p in (pid if isinstance(pid, list) else [pid]) if p is not None]
         self.ticks = os.sysconf("SC_CLK_TCK")
 
+    @property
+    def pids(self) -> list[int]:
+        return self._pids
+
     def cpu_s(self) -> float:
-        if self.pid is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / self.ticks
+        total = 0.0
+        for pid in self.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / self.ticks
+        return total
 
     def rss_kib(self) -> int:
-        if self.pid is None:
-            return 0
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return 0
-        match = re.search(r"VmRSS:\s+(\d+)", status)
-        return int(match.group(1)) if match else 0
+        total = 0
+        for pid in self.pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            match = re.search(r"VmRSS:\s+(\d+)", status)
+            total += int(match.group(1)) if match else 0
+        return total
+
+
+class TreeStats(ProcStats):
+    """A process and its children (PostgreSQL's postmaster and its backends). Children that
+    exit between two samples take their CPU time with them, so this is a lower bound."""
+
+    @property
+    def pids(self) -> list[int]:
+        if not self._pids:
+            return []
+        root = self._pids[0]
+        found = [root]
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == root:
+                found.append(int(entry.name))
+        return found
 
 
 class Stack:
@@ -84,11 +118,8 @@ class Stack:
         node_env: dict[str, str] | None = None,
         server_ref: str | None = None,
     ) -> None:
-        if nodes != 1:
-            raise SystemExit(
-                "--nodes N > 1 needs the multi-node pool (issue 5, `[pool] enabled`, "
-                "`chatserver pool up`), which is not in this tree yet"
-            )
+        self.pool_size = nodes
+        self.pool_secret = secrets.token_hex(16)
         self.target = target
         self.database_url = database_url
         self.fsync = fsync
@@ -116,6 +147,15 @@ class Stack:
         )
         return self.database_url
 
+    def postgres_stats(self) -> ProcStats | None:
+        if self.cluster is None:
+            return None
+        try:
+            pid = int((self.cluster.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return TreeStats(pid)
+
     def _env(self, **extra: str) -> dict[str, str]:
         assert self.database_url is not None
         return dict(
@@ -139,6 +179,16 @@ class Stack:
             self.nodes.append(node)
             return node
         port, ws_port = free_port(), free_port()
+        if self.pool_size > 1:
+            # A pool member (issue 5): nodes find each other through the shared store.
+            env = {
+                "CHATSERVER_NODE_NAME": f"lt-node{len(self.nodes) + 1}",
+                "CHATSERVER_POOL_ENABLED": "true",
+                "CHATSERVER_POOL_SECRET": self.pool_secret,
+                "CHATSERVER_POOL_MAX_ACTIVE": str(max(4, self.pool_size)),
+                "CHATSERVER_LISTEN_PEER": f"127.0.0.1:{free_port()}",
+                **env,
+            }
         node_env = self._env(
             CHATSERVER_LISTEN_TCP=f"127.0.0.1:{port}",
             CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{ws_port}",
@@ -162,9 +212,18 @@ class Stack:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise SystemExit("the node did not start")
+        # Keep reading its output so that the pipe never fills and blocks the node.
+        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
         node = Node("127.0.0.1", port, ws_port, proc, node_env)
         self.nodes.append(node)
         return node
+
+    def start_nodes(self, **env: str) -> list[Node]:
+        """One node, or ``nodes`` pool members (then give the peer links a moment to form)."""
+        started = [self.start_node(**env) for _ in range(self.pool_size if not self.target else 1)]
+        if len(started) > 1:
+            time.sleep(5)
+        return started
 
     def stop_node(self, node: Node) -> None:
         if node.proc is not None:
