@@ -134,9 +134,7 @@ class Node:
         if self.config.pool.enabled:
             from .pool.node import Pool, PoolError
 
-            self.state.pool = Pool(
-                self.config, self.service, self.state, self.addresses, host=self
-            )
+            self.state.pool = Pool(self.config, self.service, self.state, self.addresses, host=self)
             try:
                 self.state.pool.check()
             except PoolError as exc:
@@ -278,6 +276,8 @@ class Node:
         members = list(self.service.governance.members.get(user_id, ()))
         for member in members:
             member.disconnect(reason)
+        if self.state.pool is not None:
+            self.state.pool.publish_disconnect(user_id, reason)
         return len(members)
 
     def default_settings(self) -> dict[str, Any]:
@@ -290,13 +290,16 @@ class Node:
         out.update(self.settings.get(self.config.node.name, {}))
         return {key: out[key] for key in RUNTIME_SETTINGS}
 
-    async def settings_changed(self) -> None:
-        """Reload the run-time settings from the store and apply them to this node."""
+    async def settings_changed(self, *, publish: bool = True) -> None:
+        """Reload the run-time settings from the store and apply them to this node (and tell the
+        pool's other nodes to do the same, unless the change came from one of them)."""
         self.settings = await admin_store.load_settings(self.db)
         effective = self.effective_settings()
         chat = self.service.config.chat.model_copy(update=effective)
         self.service.config = self.service.config.model_copy(update={"chat": chat})
         self.service.hub.set_cache_size(effective["default_chat_history"])
+        if publish and self.state.pool is not None:
+            self.state.pool.publish_config()
 
     async def refresh_metrics(self) -> None:
         for refresh in self.metric_refreshers:

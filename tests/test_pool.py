@@ -743,3 +743,72 @@ async def test_pool_up_starts_postgresql_and_nodes_and_stops_on_ctrl_c() -> None
             proc.kill()
             await proc.wait()
         shutil.rmtree(data, ignore_errors=True)
+
+
+# -- caches and sessions on every node ------------------------------------------------------
+
+
+async def test_admin_changes_on_one_node_reach_every_node(pg_cluster: PostgresCluster) -> None:
+    """Message replace/remove, run-time settings and disconnects made through node 1's
+    management API take effect on node 2 (live events, join backchat, sessions)."""
+    import aiohttp
+
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice"], ["lobby"])
+    lobby = ids["lobby"]
+    async with running_pool(url, 2) as pool:
+        n1, n2 = pool.nodes
+        api = (await n1.wait_for(r"management API on (http://[\d.]+:\d+)/")).group(1)
+        poster = await login(n1, "admin")
+        alice = await login(n2, "alice")
+        bearer = {"Authorization": f"Bearer {poster.token}"}
+        async with aiohttp.ClientSession(headers=bearer) as http:
+
+            async def admin(method: str, path: str, body: Any = None) -> Any:
+                async with http.request(method, api + path, json=body) as response:
+                    assert response.status < 300, await response.text()
+                    return await response.json() if response.status != 204 else None
+
+            try:
+                await alice.call("join", room=lobby)
+                for text in ("one", "secret two", "three", "four"):
+                    await poster.call("post", room=lobby, text=text, cid=text)
+                await messages_until(alice, lobby, 4)
+                # Replace on node 1: node 2's subscriber is told, and its cache changes.
+                await admin(
+                    "POST",
+                    "/api/v1/messages/replace",
+                    {"room": lobby, "keywords": ["secret"], "text": "[redacted]"},
+                )
+                changed = await alice.next_event("message.changed", timeout=scaled(5))
+                assert (changed["seq"], changed["text"]) == (2, "[redacted]")
+                await admin(
+                    "POST", "/api/v1/messages/remove", {"room": lobby, "keywords": ["three"]}
+                )
+                removed = await alice.next_event("message.changed", timeout=scaled(5))
+                assert (removed["seq"], removed["state"]) == (3, "removed")
+                again = await login(n2, "alice")
+                backchat = (await again.call("join", room=lobby))["messages"]
+                assert [(m["seq"], m["text"]) for m in backchat] == [
+                    (1, "one"),
+                    (2, "[redacted]"),
+                    (4, "four"),
+                ]
+                # A run-time setting changed on node 1 is applied on node 2.
+                await admin("PATCH", "/api/v1/config", {"default_chat_history": 2})
+                async with asyncio.timeout(scaled(5)):
+                    while True:
+                        third = await login(n2, "alice")
+                        backchat = (await third.call("join", room=lobby))["messages"]
+                        await third.close()
+                        if len(backchat) == 2:
+                            break
+                        await asyncio.sleep(0.1)
+                # Disconnecting a user on node 1 closes their sessions on node 2.
+                await admin("DELETE", f"/api/v1/users/{ids['alice']}/sessions")
+                bye = await alice.next_event("bye", timeout=scaled(5))
+                assert bye["reason"] == "disconnected"
+                await again.close()
+            finally:
+                await poster.close()
+                await alice.close()

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..config import Config, parse_address
 from ..protocol.events import Outgoing
+from ..rooms.hub import MessageChange
 from ..store import messages as message_store
 from ..store.db import now_ms
 from ..store.messages import Message
@@ -47,7 +48,7 @@ from .registry import ACTIVE, DRAINING, STANDBY, NodeRow
 
 if TYPE_CHECKING:
     from ..rooms.service import ChatService
-    from ..server import NodeState
+    from ..server import Node, NodeState
 
 log = logging.getLogger("chatserver.pool")
 
@@ -188,7 +189,7 @@ class Pool:
         node: NodeState,
         client_addresses: dict[str, tuple[str, int]],
         *,
-        host: Any = None,
+        host: Node | None = None,
         on_drained: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
@@ -334,9 +335,8 @@ class Pool:
         writer._on_stored = stored
         service.governance.publish = self.publish
         # The node's hooks (chatserver.server.Node): message edits made here go to the peers.
-        listeners = getattr(self.host, "message_change_listeners", None)
-        if listeners is not None:
-            listeners.append(self.publish_message_changes)
+        if self.host is not None:
+            self.host.message_change_listeners.append(self.publish_message_changes)
 
     def refresh(self) -> None:
         """Read the registry now rather than at the next heartbeat."""
@@ -377,7 +377,7 @@ class Pool:
             self.publish({"t": "msg", "m": {**m.wire(), "kept": m.kept}})
 
     def publish_message_changes(
-        self, room_id: int, changes: Any, cleared_through: int | None
+        self, room_id: int, changes: list[MessageChange], cleared_through: int | None
     ) -> None:
         self.publish(
             {
@@ -537,23 +537,18 @@ class Pool:
         elif kind == "edit":
             self._apply_edit(event)
         elif kind == "config":
-            reload = getattr(self.host, "settings_changed", None)
-            if reload is not None:
-                await reload()
+            if self.host is not None:
+                await self.host.settings_changed(publish=False)
         elif kind == "nodes":
             self._refresh.set()
 
     def _apply_edit(self, event: dict[str, Any]) -> None:
         """Messages replaced or removed on another node: this node's cache and subscribers."""
-        from ..rooms import hub as hub_module
-
-        change_type = getattr(hub_module, "MessageChange", None)
-        apply = getattr(self.service.hub, "change_messages", None)
-        if change_type is None or apply is None:
-            return
-        changes = [change_type(int(s), str(st), str(t)) for s, st, t in event.get("changes", [])]
+        changes = [MessageChange(int(s), str(st), str(t)) for s, st, t in event.get("changes", [])]
         clear = event.get("clear")
-        apply(int(event["room"]), changes, int(clear) if clear is not None else None)
+        self.service.hub.change_messages(
+            int(event["room"]), changes, int(clear) if clear is not None else None
+        )
 
     # -- membership -------------------------------------------------------------------------
 
