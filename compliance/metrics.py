@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from chatserver.config import Config
-from chatserver.store.db import Database, now_ms
+from chatserver.store.db import Database, dialect_of, now_ms, sqlite_path
 from chatserver.store.schema import compliance_outbox
 
 from .schema import counts, cursors
@@ -60,7 +60,8 @@ class ComplianceMetrics(Collector):
             self.database_up = True
         except Exception as exc:
             self.database_up = False
-            log.warning("compliance metrics: cannot read the compliance database: %s", exc)
+            if self._config.compliance.enabled:
+                log.warning("compliance metrics: cannot read the compliance database: %s", exc)
 
     async def _refresh_outbox(self) -> None:
         async with self._content.read() as conn:
@@ -75,8 +76,12 @@ class ComplianceMetrics(Collector):
         self.lag_s = max(0.0, (now_ms() - row[1]) / 1000) if row[1] is not None else 0.0
 
     async def _refresh_compliance(self) -> None:
+        url = self._config.compliance.database_url
         if self._comp is None:
-            self._comp = Database(self._config.compliance.database_url, pool_size=1)
+            path = sqlite_path(url) if dialect_of(url) == "sqlite" else None
+            if path is not None and not path.exists():
+                raise FileNotFoundError(f"{path} does not exist (no writer has run yet)")
+            self._comp = Database(url, pool_size=1)
         async with self._comp.read() as conn:
             rows = list(await conn.execute(select(counts)))
             updated = (

@@ -307,10 +307,18 @@ async def test_compliance_off_writes_nothing(harness: Harness) -> None:
     await ann.call("history", room=room)
     await ann.call("leave", room=room)
     await ann.call("room.create", category=1, name="more")
+    stmt = select(compliance_outbox.c.kind).order_by(compliance_outbox.c.id)
     async with harness.service.db.read() as conn:
-        stmt = select(func.count()).select_from(compliance_outbox)
-        assert (await conn.execute(stmt)).scalar_one() == 0
+        assert list(await conn.execute(stmt)) == []
     assert harness.service.capture is None
+    # Switched on at run time (the management API's [compliance] enabled), then off again.
+    harness.service.set_capture(True)
+    await ann.call("post", room=room, text="y", cid="2")
+    await ann.call("room.update", room=room, description="d")
+    harness.service.set_capture(False)
+    await ann.call("post", room=room, text="z", cid="3")
+    async with harness.service.db.read() as conn:
+        assert [r.kind for r in await conn.execute(stmt)] == ["CHAT", "ROOM_UPDATE"]
 
 
 async def test_counts_equal_the_source_after_a_mixed_workload(

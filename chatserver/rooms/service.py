@@ -137,6 +137,16 @@ class ChatService:
     def start(self) -> None:
         self.writer.start()
 
+    def set_capture(self, enabled: bool) -> None:
+        """Switch compliance capture on or off from now on (``[compliance] enabled`` at run
+        time); subscriptions joined while it was off record no PART."""
+        self.capture = self.config.node.name if enabled else None
+        if self.capture is not None:
+            outbox.enable(self.db, self.capture)
+        else:
+            outbox.disable(self.db)
+        self.writer.capture = self.capture
+
     async def close(self) -> None:
         await self.writer.close()
         if self._part_tasks:

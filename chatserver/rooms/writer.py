@@ -37,7 +37,7 @@ class Writer:
     ) -> None:
         self._db = db
         # The node's name when compliance is on: each batch records its CHAT events too.
-        self._capture = capture
+        self.capture = capture
         self._on_stored = on_stored
         self._max_batch = max_batch
         self._max_pending = max_pending
@@ -92,9 +92,7 @@ class Writer:
     async def _commit(self, batch: list[tuple[NewPost, asyncio.Future[Stored]]]) -> None:
         started = time.perf_counter()
         try:
-            results = await store_batch(
-                self._db, [post for post, _ in batch], capture=self._capture
-            )
+            results = await store_batch(self._db, [post for post, _ in batch], capture=self.capture)
         except Exception as exc:
             log.error("storing a batch of %d posts failed: %s", len(batch), exc)
             self.failed_batches += 1
