@@ -422,6 +422,15 @@ class Blackhole:
 
 
 async def test_peer_link_cut_and_heal(pg_cluster: PostgresCluster) -> None:
+    await cut_and_heal(pg_cluster, rounds=3)
+
+
+@pytest.mark.slow
+async def test_peer_link_cut_long(pg_cluster: PostgresCluster) -> None:
+    await cut_and_heal(pg_cluster, rounds=40)
+
+
+async def cut_and_heal(pg_cluster: PostgresCluster, rounds: int) -> None:
     """node3's peer links pass a proxy (node1 and node2 dial node3, names sort that way)."""
     url = await new_database(pg_cluster)
     ids = await seed(url, ["alice", "carol"], ["lobby"])
@@ -451,7 +460,7 @@ async def test_peer_link_cut_and_heal(pg_cluster: PostgresCluster) -> None:
         # During the cut every message still arrives within the documented bound: one
         # catch-up interval (1 s here) after it is stored, plus the poll's own query.
         bound = 1.0 + 1.0
-        for k in range(3):
+        for k in range(rounds):
             started = time.monotonic()
             seq = (await alice.call("post", room=lobby, text=f"cut{k}", cid=f"cut{k}"))["seq"]
             got = await messages_until(carol, lobby, seq, timeout=10)
@@ -812,3 +821,37 @@ async def test_admin_changes_on_one_node_reach_every_node(pg_cluster: PostgresCl
             finally:
                 await poster.close()
                 await alice.close()
+
+
+@pytest.mark.slow
+async def test_a_fifth_node_is_standby_until_promoted(pg_cluster: PostgresCluster) -> None:
+    from .test_cli import chatserver
+
+    url = await new_database(pg_cluster)
+    await seed(url, ["alice"], [])
+    async with running_pool(url, 5) as pool:  # max_active = 4, the default
+        fifth = pool.nodes[4]
+        assert "joined as standby" in "".join(fifth.lines)
+        raw = await Client.connect_tcp(*fifth.tcp)
+        refused = await raw.request("hello", protocol=1)
+        assert refused["error"]["code"] == "unavailable"
+        assert len(refused["active"]) == 4
+        await raw.close()
+        env = pool.nodes[0].env
+        code, _out, err = await chatserver(
+            "pool", "activate", *[f"node{i}" for i in (1, 2, 3, 5)], env=env
+        )
+        assert code == 0, err
+        await fifth.wait_for(r"is now active", scaled(5))
+        await pool.nodes[3].wait_for(r"is now standby", scaled(5))
+        client = await login(fifth, "alice")
+        await client.close()
+        code, _out, err = await chatserver("pool", "swap", "node5", "node4", env=env)
+        assert code == 0, err
+        await pool.nodes[3].wait_for(r"is now active", scaled(5))
+        client = await login(pool.nodes[3], "alice")
+        await client.close()
+        code, _out, err = await chatserver(
+            "pool", "activate", *[f"node{i}" for i in range(1, 6)], env=env
+        )
+        assert code == 1 and "at most 4" in err
