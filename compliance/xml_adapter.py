@@ -141,7 +141,10 @@ class _Builder:
 
     def message(self, parent: ET.Element, tag: str, row: Any) -> None:
         payload = _payload(row)
-        content = payload.pop("text", "") if row.kind != "CHAT" else payload.get("text", "")
+        if row.kind == "REPLACE":
+            content = payload.get("new_text") or payload.get("text") or ""
+        else:
+            content = payload.get("text") or ""
         attrs = {
             "type": row.kind,
             "content": _text(content if isinstance(content, str) else json.dumps(content)),
@@ -149,9 +152,9 @@ class _Builder:
             "eventId": row.event_id,
             "node": _text(row.node),
         }
-        if row.kind == "CHAT":
-            attrs["roomSeq"] = str(payload.get("seq", 0))
-        elif payload:
+        if isinstance(payload.get("seq"), int):  # CHAT, REMOVE, REPLACE: the message's seq
+            attrs["roomSeq"] = str(payload["seq"])
+        if row.kind != "CHAT" and payload:
             attrs["details"] = _text(json.dumps(payload, separators=(",", ":"), sort_keys=True))
         element = ET.SubElement(parent, tag, attrs)
         self.sender(element, row, payload)

@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, select, update
 
 from chatserver.client import Client
 from chatserver.config import Config
+from chatserver.store import outbox
 from chatserver.store.db import Database
 from chatserver.store.schema import compliance_outbox, rooms
 from chatserver.testing import PostgresCluster
@@ -803,3 +804,44 @@ async def test_killing_the_writer_and_the_adapter_loses_and_duplicates_nothing(
     finally:
         await h.close()
         await stores.close()
+
+
+async def test_admin_message_changes_are_exported_with_the_original_text(
+    setup: tuple[Harness, Stores], tmp_path: Path
+) -> None:
+    """REPLACE / REMOVE / CLEAR as the management port records them (``outbox.record``)."""
+    h, stores = setup
+    room = await post_some(h, 2)
+    async with stores.content.write() as conn:
+        await outbox.record(
+            conn,
+            "test-node",
+            [
+                outbox.Event(
+                    "REPLACE",
+                    room,
+                    None,
+                    {"seq": 1, "original_text": "p0", "new_text": "[redacted]", "by": "root"},
+                ),
+                outbox.Event(
+                    "REMOVE",
+                    room,
+                    None,
+                    {"seq": 2, "original_text": "p1", "new_text": None, "by": "root"},
+                ),
+                outbox.Event(
+                    "CLEAR", room, None, {"until_ms": 1, "removed": 2, "through_seq": 2, "by": "x"}
+                ),
+            ],
+        )
+    await stores.drain()
+    result = await export(stores.config, stores.comp, stores.content)
+    (path,) = result.files
+    tree = parse_valid(path)
+    replace, remove = tree.xpath("//Messages/Message[@type='REPLACE' or @type='REMOVE']")
+    assert (replace.get("content"), replace.get("roomSeq")) == ("[redacted]", "1")
+    assert json.loads(replace.get("details"))["original_text"] == "p0"
+    assert (remove.get("content"), remove.get("roomSeq")) == ("", "2")
+    assert json.loads(remove.get("details"))["original_text"] == "p1"
+    (clear,) = tree.xpath("//Messages/Message[@type='CLEAR']")
+    assert json.loads(clear.get("details"))["through_seq"] == 2
