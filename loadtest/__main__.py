@@ -42,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=15_000, help="connections: how many")
     p.add_argument("--idle", type=float, default=10.0, help="connections: idle seconds")
     p.add_argument("--ping-interval", type=float, default=30.0, help="connections: keep-alive")
+    p.add_argument(
+        "--same-user", action="store_true", help="connections: all as one user (one session)"
+    )
     p.add_argument("--scales", default="10", help="reference: multiples of its rates")
     p.add_argument("--profile", action="store_true", help="py-spy the node in the main phase")
     p.add_argument("--target", help="HOST:PORT of a running node (do not start one)")

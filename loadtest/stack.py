@@ -158,14 +158,15 @@ class Stack:
 
     def _env(self, **extra: str) -> dict[str, str]:
         assert self.database_url is not None
-        return dict(
-            os.environ,
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
+        env.update(
             CHATSERVER_DATABASE_URL=self.database_url,
             CHATSERVER_ADMIN_PASSWORD=ADMIN_PASSWORD,
             CHATSERVER_LISTEN_MANAGEMENT="",
             CHATSERVER_LISTEN_PEER="",
-            **extra,
         )
+        env.update(extra)
+        return env
 
     # -- nodes --------------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["ingest", "fanout", "connections", "join", "reference"]
+SCENARIOS = ["ingest", "fanout", "connections", "join", "reference", "pool"]
+EXTRA = {"pool": ["--nodes", "2"]}
 
 needs_postgres = pytest.mark.skipif(
     not shutil.which("initdb") or not shutil.which("pg_ctl"),
@@ -164,6 +165,15 @@ def test_reference_smoke(results: dict[str, Any]) -> None:
     assert run["totals"]["acked"] > 0
     assert run["totals"]["delivered"] > 0
     assert run["totals"]["joins"] > 0
+
+
+@needs_postgres
+def test_pool_smoke(results: dict[str, Any]) -> None:
+    result = completed(results, "pool")
+    assert result["summary"]["nodes"] == 2
+    run = phase(result, r"^10x")
+    assert run["totals"]["acked"] > 0
+    assert run["totals"]["delivered"] > 0
 
 
 def test_idle_memory_smoke() -> None:
