@@ -291,10 +291,11 @@ async def test_rooms_crud_and_every_filter(api: Api) -> None:
     await api.call("POST", "/api/v1/rooms", {"name": "x", "privacy": "public"}, status=400)
     await api.call("GET", "/api/v1/rooms/999999", status=404)
 
-    # a long text in beta for content_exceeds_mb
+    # a long text in beta for content_exceeds_mb; in gamma, 1200 characters of 2 bytes each
     admin = await api.login("root")
     await post(admin, b["id"], "x" * 3000)
     await post(admin, a["id"], "short")
+    await post(admin, c["id"], "é" * 1200)
 
     async def ids(**params: Any) -> list[int]:
         text = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
@@ -317,9 +318,11 @@ async def test_rooms_crud_and_every_filter(api: Api) -> None:
     assert await ids(contains="first") == [a["id"]]  # the description, any case
     assert await ids(contains="ALPHA") == [a["id"]]  # the name
     assert await ids(contains="%_") == [d["id"]]  # LIKE wildcards are literal
-    assert await ids(content_exceeds_mb=0.002) == [b["id"]]  # > 2097 bytes
+    assert await ids(content_exceeds_mb=0.0025) == [b["id"]]  # > 2621 bytes
+    # > 2202 bytes: gamma's 1200 characters are 2400 bytes in UTF-8
+    assert await ids(content_exceeds_mb=0.0021) == [b["id"], c["id"]]
     assert await ids(content_exceeds_mb=0.01) == []
-    assert set(await ids(content_exceeds_mb=0)) == {a["id"], b["id"]}
+    assert set(await ids(content_exceeds_mb=0)) == {a["id"], b["id"], c["id"]}
     assert await ids(privacy="secret", type="normal") == []
     page = await api.call("GET", "/api/v1/rooms", params={"limit": "2"})
     assert len(page["rooms"]) == 2 and page["next"] == page["rooms"][1]["id"]
@@ -424,6 +427,15 @@ async def test_clear_room_up_to_a_date(api: Api) -> None:
     assert out == {"removed": 2, "through_seq": 4}
     assert await backchat(api, "alice", rid) == []
     await api.call("POST", f"/api/v1/rooms/{rid}/clear", {"until": "yesterday"}, status=400)
+    # a bare date means the whole day: today's messages are on or before today
+    today_room = (await api.room("today", privacy="open"))["id"]
+    await post(alice, today_room, "posted today")
+    today = dt.datetime.now(dt.UTC).date()
+    yesterday = (today - dt.timedelta(days=1)).isoformat()
+    out = await api.call("POST", f"/api/v1/rooms/{today_room}/clear", {"until": yesterday})
+    assert out["removed"] == 0
+    out = await api.call("POST", f"/api/v1/rooms/{today_room}/clear", {"until": today.isoformat()})
+    assert out == {"removed": 1, "through_seq": 1}
     await api.call("POST", "/api/v1/rooms/99999/clear", {"until": until}, status=404)
     # new posts continue after the cleared ones
     reply = await post(alice, rid, "five")
@@ -471,6 +483,20 @@ async def test_replace_and_remove_messages(api: Api) -> None:
     full = await api.call("POST", "/api/v1/messages/search", {"room": rid})
     ts = {m["seq"]: m["ts"] for m in full["messages"]}
     assert seqs(await search(since=ts[2], until=ts[4])) == [2, 3, 4]
+    today = dt.datetime.fromtimestamp(ts[1] / 1000, dt.UTC).date()
+    assert (
+        seqs(await search(since=today.isoformat(), until=today.isoformat()))
+        == [
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+        ]
+        or today != dt.datetime.fromtimestamp(ts[6] / 1000, dt.UTC).date()
+    )  # midnight passed
+    assert seqs(await search(until=(today - dt.timedelta(days=1)).isoformat())) == []
 
     # replace with the default text, by room + user + keyword
     out = await api.call(
@@ -538,6 +564,48 @@ async def test_replace_and_remove_messages(api: Api) -> None:
     await api.call("POST", "/api/v1/messages/remove", {"keywords": ["x"]}, status=400)
     await api.call("POST", "/api/v1/messages/replace", {"room": 99999}, status=404)
     await api.call("POST", "/api/v1/messages/remove", {"room": rid, "match": "some"}, status=400)
+
+
+# -- what the store cannot hold is refused, not a server error -------------------------------
+
+
+async def test_bad_input_is_refused_with_400(api: Api) -> None:
+    """Values PostgreSQL cannot store (NUL characters, over-long node names) and JSON of the
+    wrong type are refused as bad requests on both dialects, never a 500."""
+    bad: list[tuple[str, str, Any]] = [
+        ("POST", "/api/v1/users", {"name": "a\u0000b", "password": PASSWORD}),
+        ("POST", "/api/v1/groups", {"name": "g", "description": "nul\u0000"}),
+        ("POST", "/api/v1/rooms", {"name": "nul\u0000room"}),
+        ("POST", "/api/v1/categories", {"name": "\u0000"}),
+        ("POST", "/api/v1/addins", {"name": "a", "url": "https://x.y/\u0000"}),
+        ("POST", "/api/v1/messages/replace", {"room": 1, "text": "\u0000"}),
+        ("POST", "/api/v1/messages/search", {"keywords": ["\u0000"]}),
+        ("PATCH", "/api/v1/config/nodes/" + "n" * 129, {"max_file_size_kb": 5}),
+        ("POST", "/api/v1/rooms", {"name": "r", "category": "1"}),
+        ("POST", "/api/v1/rooms", {"name": "r", "category": True}),
+        ("POST", "/api/v1/rooms/1/clear", {"until": True}),
+        ("PATCH", "/api/v1/config", {"default_chat_history": "5"}),
+        ("POST", "/api/v1/messages/remove", {}),
+        ("POST", "/api/v1/messages/remove", {"room": None, "user": None}),
+    ]
+    for method, path, body in bad:
+        await api.call(method, path, body, status=400)
+    for params in ({"query": "\u0000"}, {"contains": "\u0000"}):
+        path = "/api/v1/users" if "query" in params else "/api/v1/rooms"
+        await api.call("GET", path, params=params, status=400)
+    # a lone surrogate is not text either
+    async with api.http.post(
+        "/api/v1/groups",
+        data=b'{"name": "\\ud800"}',
+        headers={"Authorization": f"Bearer {STATIC}", "Content-Type": "application/json"},
+    ) as response:
+        assert response.status == 400
+    # whole numbers written as 5.0 are integers (JSON Schema says so)
+    out = await api.call("PATCH", "/api/v1/config", {"default_chat_history": 5.0})
+    assert out["global"] == {"default_chat_history": 5}
+    out = await api.call("PATCH", "/api/v1/config/nodes/" + "n" * 128, {"max_file_size_kb": 5})
+    assert out["nodes"] == {"n" * 128: {"max_file_size_kb": 5}}
+    assert not [e for e in await api.audit() if e["action"] not in ("config.update",)]
 
 
 # -- add-ins, sessions, configuration, pool -------------------------------------------------
@@ -979,7 +1047,7 @@ async def test_authentication_and_authorization(api: Api) -> None:
         "GET", "/api/v1/users", token=None, headers={"Authorization": "Basic !!!"}, status=401
     )
     # the static token has no user to make a session for
-    await api.call("POST", "/api/v1/tokens", status=400)
+    await api.call("POST", "/api/v1/tokens", status=403)
     # the new token is a client-protocol session token too
     client = await api.h.connect()
     await client.resume(out["token"])

@@ -8,12 +8,23 @@ a client. Every mutating handler records an audit entry (who, what, when, before
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.config import JsonDict
 
-from ..protocol.errors import BAD_REQUEST, CONFLICT, NOT_FOUND, ChatError
+from ..protocol.errors import BAD_REQUEST, CONFLICT, FORBIDDEN, NOT_FOUND, ChatError
 from ..rooms import access
 from ..rooms.access import Actor
 from ..rooms.hub import MessageChange
@@ -43,8 +54,10 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-Name = Annotated[str, Field(min_length=1, max_length=256)]
-Description = Annotated[str, Field(max_length=256)]
+# Text that reaches the store: PostgreSQL cannot store NUL characters in text columns.
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
+Description = Annotated[str, Field(max_length=256, pattern=NO_NUL)]
 Id = Annotated[int, Field(ge=1, le=2**53)]
 
 
@@ -75,7 +88,7 @@ class UserBrief(BaseModel):
 class UserIn(_In):
     name: Name
     password: Annotated[str, Field(min_length=8, max_length=1024)]
-    display_name: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    display_name: Name | None = None
     is_admin: bool = False
 
 
@@ -84,7 +97,7 @@ class PolicyIn(_In):
 
 
 class UserQuery(_In):
-    query: Annotated[str, Field(max_length=256)] | None = None
+    query: Description | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
@@ -215,34 +228,61 @@ class RoomQuery(_In):
     )
     manager: PrincipalText | None = None
     addin: Id | None = None
-    contains: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
-        None, description="In the name or description, any case"
-    )
+    contains: Name | None = Field(None, description="In the name or description, any case")
     content_exceeds_mb: Annotated[float, Field(ge=0, le=1e9)] | None = None
     after: Annotated[int, Field(ge=0, le=2**53)] = 0
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
-def _when(value: int | str | None) -> int | None:
-    """Epoch milliseconds, or an ISO 8601 date/time (UTC when no offset), to epoch ms."""
+_DAY_MS = 86_400_000
+_BARE_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _when(value: int | str | None, *, end_of_day: bool = False) -> int | None:
+    """Epoch milliseconds, or an ISO 8601 date or date-time (UTC when no offset), to epoch ms.
+
+    A bare date is its first millisecond, or with ``end_of_day`` its last: "until 2026-11-28"
+    includes the messages posted on the 28th.
+    """
     if value is None or isinstance(value, int):
         return value
     try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
+        if _BARE_DATE.fullmatch(value):
+            day = dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.UTC)
+            start = int(day.timestamp() * 1000)
+            return start + _DAY_MS - 1 if end_of_day else start
+        parsed = _DATETIME.validate_python(value)
+    except (ValueError, ValidationError):
         raise ValueError(f"{value!r} is not an ISO 8601 date or date-time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return int(parsed.timestamp() * 1000)
 
 
-When = Annotated[int, Field(ge=0, le=2**53)] | Annotated[str, Field(min_length=4, max_length=64)]
+_DATETIME: TypeAdapter[dt.datetime] = TypeAdapter(dt.datetime)
+
+When = (
+    Annotated[int, Field(ge=0, le=2**53)]
+    | Annotated[
+        str,
+        Field(min_length=10, max_length=64),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "format": "date"},
+                    {"type": "string", "format": "date-time"},
+                ]
+            }
+        ),
+    ]
+)
 
 
 class ClearIn(_In):
     until: When = Field(
         description="Messages posted on or before this instant are removed: epoch ms, or an ISO"
-        " 8601 date or date-time (UTC unless an offset is given; a bare date means its start)"
+        " 8601 date or date-time (UTC unless an offset is given; a bare date means the whole"
+        " day: its messages are removed too)"
     )
 
     @field_validator("until")
@@ -262,9 +302,7 @@ class MessageFilterIn(_In):
     user: Id | None = None
     since: When | None = None
     until: When | None = None
-    keywords: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        default_factory=list, max_length=50
-    )
+    keywords: list[Name] = Field(default_factory=list, max_length=50)
     match: Literal["all", "any", "exact"] = "all"
     case_sensitive: bool = False
     limit: Annotated[int, Field(ge=1, le=10_000)] = 1000
@@ -280,22 +318,37 @@ class MessageFilterIn(_In):
             room_id=self.room,
             user_id=self.user,
             since_ms=_when(self.since),
-            until_ms=_when(self.until),
+            until_ms=_when(self.until, end_of_day=True),
             keywords=tuple(self.keywords),
             match=self.match,
             case_sensitive=self.case_sensitive,
         )
 
 
+# A change must select by room or user (or both); the document says so too.
+_ROOM_OR_USER: JsonDict = {
+    "anyOf": [
+        {"required": ["room"], "properties": {"room": {"type": "integer"}}},
+        {"required": ["user"], "properties": {"user": {"type": "integer"}}},
+    ]
+}
+
+
 class RemoveIn(MessageFilterIn):
-    pass
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ROOM_OR_USER)
+
+    @model_validator(mode="after")
+    def _room_or_user(self) -> Self:
+        if self.room is None and self.user is None:
+            raise ValueError("select messages by room or user (or both)")
+        return self
 
 
 DEFAULT_REPLACEMENT = "This message was replaced by the administrator."
 
 
-class ReplaceIn(MessageFilterIn):
-    text: Annotated[str, Field(min_length=1, max_length=8000)] = DEFAULT_REPLACEMENT
+class ReplaceIn(RemoveIn):
+    text: Annotated[str, Field(min_length=1, max_length=8000, pattern=NO_NUL)] = DEFAULT_REPLACEMENT
 
 
 class Sender(BaseModel):
@@ -328,7 +381,13 @@ class AddinOut(BaseModel):
     created: int
 
 
-Url = Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://[^\s/]+\S*$")]
+# An absolute http(s) URL with a host (a name, an IPv4 or a bracketed IPv6 address), an optional
+# port, then any printable ASCII: what a browser can open (IDN hosts in their xn-- form).
+URL_PATTERN = (
+    r"^https?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+    r"([/?#][!-~]*)?$"
+)
+Url = Annotated[str, Field(min_length=8, max_length=2048, pattern=URL_PATTERN)]
 
 
 class AddinIn(_In):
@@ -355,7 +414,7 @@ class SettingsPatch(_In):
     max_file_size_kb: Annotated[int, Field(ge=1, le=1_048_576)] | None = None
     participant_update_limit: Annotated[int, Field(ge=0, le=100_000)] | None = None
     room_management_url: (
-        Annotated[str, Field(max_length=2048, pattern=r"^(https?://\S+)?$")] | None
+        Annotated[str, Field(max_length=2048, pattern=r"^(https?://[!-~]+)?$")] | None
     ) = None
 
 
@@ -413,9 +472,9 @@ class AuditOut(BaseModel):
 
 
 class AuditQuery(_In):
-    action: Annotated[str, Field(max_length=64)] | None = None
-    actor: Annotated[str, Field(max_length=256)] | None = None
-    target: Annotated[str, Field(max_length=256)] | None = None
+    action: Annotated[str, Field(max_length=64, pattern=NO_NUL)] | None = None
+    actor: Description | None = None
+    target: Description | None = None
     since: Annotated[int, Field(ge=0, le=2**53)] | None = None
     before: Annotated[int, Field(ge=1, le=2**53)] | None = Field(
         None, description="Entries with a smaller id (the next page: the last id you got)"
@@ -969,7 +1028,7 @@ async def room_eligible(ctx: Ctx) -> Any:
 async def clear_room(ctx: Ctx) -> Any:
     rid = ctx.params["room_id"]
     await _room_out(ctx, rid)
-    until = _when(ctx.body.until)
+    until = _when(ctx.body.until, end_of_day=True)
     assert until is not None
     removed, through = await admin_store.clear_room(
         ctx.db, rid, until, compliance_node=ctx.node.compliance_node, actor=ctx.actor_label
@@ -1247,7 +1306,7 @@ async def list_audit(ctx: Ctx) -> Any:
 )
 async def create_token(ctx: Ctx) -> Any:
     if not ctx.actor.id:
-        raise ChatError(BAD_REQUEST, "the static token has no user to make a session for")
+        raise ChatError(FORBIDDEN, "the static token has no user to make a session for")
     token = await user_store.create_session(
         ctx.db, ctx.actor.id, ctx.node.config.chat.session_ttl_s
     )

@@ -86,6 +86,18 @@ def route(
     return register
 
 
+# -- path parameters ------------------------------------------------------------------------
+
+# ``…_id`` parameters are integers; the others are names (of a node: 1 to 128 characters, no "/").
+NAME_PARAM = re.compile(r"[^\x00/]{1,128}")
+
+
+def path_param_schema(name: str) -> dict[str, Any]:
+    if name.endswith("_id"):
+        return {"type": "integer", "minimum": 1, "maximum": 2**53}
+    return {"type": "string", "pattern": f"^{NAME_PARAM.pattern}$"}
+
+
 # -- OpenAPI --------------------------------------------------------------------------------
 
 REF = "#/components/schemas/{model}"
@@ -119,12 +131,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             "security": [{"bearer": []}, {"basic": []}],
         }
         params: list[dict[str, Any]] = [
-            {
-                "name": name,
-                "in": "path",
-                "required": True,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 2**53},
-            }
+            {"name": name, "in": "path", "required": True, "schema": path_param_schema(name)}
             for name in r.path_params
         ]
         if r.query is not None:

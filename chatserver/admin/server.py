@@ -43,7 +43,7 @@ from ..store import users as user_store
 from ..store.migrate import SchemaError, check_schema
 from ..store.users import User
 from . import api
-from .routes import ROUTES, Route, openapi_document
+from .routes import NAME_PARAM, ROUTES, Route, openapi_document
 
 if TYPE_CHECKING:
     from ..server import Node
@@ -165,8 +165,10 @@ class ManagementServer:
                     if not text.isdigit() or not 1 <= int(text) <= 2**53:
                         return _error(404, NOT_FOUND, f"no such {name[:-3]}: {text!r}")
                     params[name] = int(text)
-                else:
+                elif NAME_PARAM.fullmatch(text):
                     params[name] = text
+                else:
+                    return _error(400, BAD_REQUEST, f"{name}: 1 to 128 characters, no NUL or /")
             try:
                 query = None
                 if spec.query is not None:
@@ -179,12 +181,16 @@ class ManagementServer:
                 if spec.body is not None:
                     try:
                         raw = await request.read()
-                        data = json.loads(raw)
+                        # integral numbers as integers (JSON Schema: 5.0 is an integer); lone
+                        # surrogates ("\\ud800") decode but cannot be encoded, nor stored
+                        text = json.dumps(_integral(json.loads(raw)), ensure_ascii=False)
+                        text.encode()
                     except web.HTTPRequestEntityTooLarge:
                         return _error(413, TOO_LARGE, f"the body exceeds {MAX_BODY_BYTES} bytes")
-                    except (ValueError, UnicodeDecodeError):
-                        raise ChatError(BAD_REQUEST, "the body is not JSON") from None
-                    body = spec.body.model_validate(data)
+                    except (ValueError, UnicodeError, RecursionError):
+                        raise ChatError(BAD_REQUEST, "the body is not JSON in UTF-8") from None
+                    # strict: the JSON types the document names (no "5" or true for 5)
+                    body = spec.body.model_validate_json(text, strict=True)
                 ctx = api.Ctx(self.node, actor, label, params, body, query)
                 result = await spec.handler(ctx)
             except ValidationError as exc:
@@ -247,6 +253,17 @@ class ManagementServer:
             checks["store"] = f"unreachable: {type(exc).__name__}"
         ready = checks["accepting"] and checks["store"] == "ok"
         return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+
+
+def _integral(value: Any) -> Any:
+    """``value`` with every float that is a whole number made an int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    return value
 
 
 def _describe(error: ValidationError) -> str:

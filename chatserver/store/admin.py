@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import LargeBinary, cast, delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from . import outbox
@@ -417,6 +417,13 @@ class RoomQuery:
     content_exceeds_mb: float | None = None
 
 
+def _text_bytes(db: Database) -> Any:
+    """The size of a message's text in bytes (UTF-8), not characters."""
+    if db.dialect == "sqlite":
+        return func.length(cast(messages.c.text, LargeBinary))
+    return func.octet_length(messages.c.text)
+
+
 def _like(text: str) -> str:
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return "%" + escaped + "%"
@@ -458,7 +465,7 @@ async def query_rooms(db: Database, q: RoomQuery, *, after_id: int, limit: int) 
             rooms.c.id.in_(
                 select(messages.c.room_id)
                 .group_by(messages.c.room_id)
-                .having(func.sum(func.length(messages.c.text)) > threshold)
+                .having(func.sum(_text_bytes(db)) > threshold)
             )
         )
     async with db.read() as conn:
@@ -470,7 +477,7 @@ async def room_content_bytes(db: Database, room_ids: Sequence[int]) -> dict[int,
         return {}
     async with db.read() as conn:
         rows = await conn.execute(
-            select(messages.c.room_id, func.sum(func.length(messages.c.text)))
+            select(messages.c.room_id, func.sum(_text_bytes(db)))
             .where(messages.c.room_id.in_(list(room_ids)))
             .group_by(messages.c.room_id)
         )
