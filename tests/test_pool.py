@@ -433,8 +433,8 @@ async def test_peer_link_cut_long(pg_cluster: PostgresCluster) -> None:
 async def cut_and_heal(pg_cluster: PostgresCluster, rounds: int) -> None:
     """node3's peer links pass a proxy (node1 and node2 dial node3, names sort that way)."""
     url = await new_database(pg_cluster)
-    ids = await seed(url, ["alice", "carol"], ["lobby"])
-    lobby = ids["lobby"]
+    ids = await seed(url, ["alice", "carol"], ["lobby", "quiet"])
+    lobby, quiet = ids["lobby"], ids["quiet"]
     pool = LocalPool(url, env=FAST)
     peer3 = free_port()
     proxy = Blackhole(("127.0.0.1", peer3))
@@ -453,6 +453,8 @@ async def cut_and_heal(pg_cluster: PostgresCluster, rounds: int) -> None:
             await c.call("join", room=lobby)
         await alice.call("post", room=lobby, text="before", cid="before")
         assert (await messages_until(carol, lobby, 1))[0]["text"] == "before"
+        await carol.call("join", room=quiet)  # node3 now holds quiet's cache, idle after leave
+        await carol.call("leave", room=quiet)
 
         mark1, mark3 = len(n1.lines), len(n3.lines)
         proxy.cut = True
@@ -472,6 +474,12 @@ async def cut_and_heal(pg_cluster: PostgresCluster, rounds: int) -> None:
             assert [m["text"] for m in got][-1] == f"back{k}"
             assert time.monotonic() - started < scaled(bound)
             await messages_until(carol, lobby, seq)  # carol's own post, for the next round
+
+        # A room nobody on node3 follows: a join there answers with what was posted meanwhile.
+        await alice.call("post", room=quiet, text="hush", cid="hush")
+        await asyncio.sleep(bound)
+        joined = await carol.call("join", room=quiet)
+        assert [m["text"] for m in joined["messages"]] == ["hush"]
 
         proxy.heal()
         await n1.wait_for(r"peer link node3 up", scaled(15), start=mark1)

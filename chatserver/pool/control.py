@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..store.db import Database, now_ms
+from ..store.db import Database
 from . import registry
 from .registry import ACTIVE, DRAINING, STANDBY
 
@@ -36,9 +36,9 @@ def _announce(pool: Pool | None) -> None:
 
 async def list_nodes(db: Database, pool: Pool | None = None) -> dict[str, Any]:
     """Every registered node with its addresses, state and heartbeat age."""
-    now = now_ms()
+    rows, now = await registry.list_nodes_at(db)
     nodes = []
-    for row in await registry.list_nodes(db):
+    for row in rows:
         out = row.public(now)
         if pool is not None:
             out["this_node"] = row.name == pool.name

@@ -193,6 +193,10 @@ class LocalPostgres(PostgresCluster):
     """A PostgreSQL cluster for ``pool up``: temporary, or kept in ``root`` across runs."""
 
     def __init__(self, root: Path | None) -> None:
+        if not shutil.which("initdb"):  # Debian and Ubuntu keep them off PATH
+            found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+            if found:
+                os.environ["PATH"] = f"{found[-1].parent}{os.pathsep}{os.environ.get('PATH', '')}"
         super().__init__()
         self.keep = root is not None
         if root is not None:

@@ -409,6 +409,7 @@ class Pool:
         self.links_opened += 1
         log.info("pool: peer link %s up (%s)", name, link.address)
         # Events may have been missed while the link was down: re-read what caches hold.
+        self.service.hub.drop_idle()
         self._enqueue(name, [{"t": "categories"}])
 
     def link_closed(self, link: PeerLink) -> None:
@@ -568,10 +569,9 @@ class Pool:
     async def _beat(self) -> None:
         db = self.service.db
         dead_after_ms = int(self.settings.dead_after_s * 1000)
-        state, rows = await registry.heartbeat(
+        state, rows, now = await registry.heartbeat(
             db, self.name, self.addresses, state=self.state, started_ms=self.started_ms
         )
-        now = now_ms()
         stale = [r.name for r in rows if now - r.heartbeat_ms > dead_after_ms]
         if stale:
             gone = await registry.expire(db, dead_after_ms)
@@ -623,9 +623,10 @@ class Pool:
                 log.warning("pool: catch-up failed: %s", exc)
 
     async def catch_up(self) -> int:
-        """Deliver what the store has beyond the hub for rooms with local subscribers."""
+        """Deliver what the store has beyond the hub, for every room whose cache is loaded here
+        (rooms with subscribers, and the idle ones a join would be answered from)."""
         hub = self.service.hub
-        rooms = hub.subscribed_rooms()
+        rooms = hub.loaded_rooms()
         if not rooms:
             return 0
         stored = await registry.room_seqs(self.service.db, rooms)
@@ -647,8 +648,7 @@ class Pool:
 
     async def view(self) -> dict[str, Any]:
         """The pool's nodes as the management API shows them (``GET /api/v1/pool``)."""
-        now = now_ms()
-        rows = await registry.list_nodes(self.service.db)
+        rows, now = await registry.list_nodes_at(self.service.db)
         nodes = []
         for row in rows:
             out = row.public(now)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from ..store.db import Database, now_ms
+from ..store.db import Database
 from ..store.schema import pool_nodes
 
 ACTIVE = "active"
@@ -23,6 +23,14 @@ DRAINING = "draining"
 STATES = (ACTIVE, STANDBY, DRAINING)
 # Serializes the "how many are active?" decision of nodes joining at the same moment.
 _JOIN_LOCK = 80110001
+
+
+async def db_now(conn: Any) -> int:
+    """The database's clock in ms: heartbeats are compared on one clock, whatever the nodes'."""
+    result = await conn.execute(
+        text("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+    )
+    return int(result.scalar_one())
 
 
 @dataclass(frozen=True)
@@ -66,9 +74,15 @@ def _row(row: Any) -> NodeRow:
 
 
 async def list_nodes(db: Database) -> list[NodeRow]:
+    return (await list_nodes_at(db))[0]
+
+
+async def list_nodes_at(db: Database) -> tuple[list[NodeRow], int]:
+    """Every row, and the database's clock (to tell heartbeat ages)."""
     async with db.read() as conn:
+        now = await db_now(conn)
         result = await conn.execute(select(pool_nodes).order_by(pool_nodes.c.name))
-        return [_row(r) for r in result]
+        return [_row(r) for r in result], now
 
 
 class NameTaken(Exception):
@@ -85,9 +99,9 @@ async def join(
     dead_after_ms: int,
 ) -> str:
     """Register this node; returns its state (``standby`` when ``max_active`` are active)."""
-    now = now_ms()
     async with db.write() as conn:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _JOIN_LOCK})
+        now = await db_now(conn)
         rows = [_row(r) for r in await conn.execute(select(pool_nodes))]
         live = [r for r in rows if now - r.heartbeat_ms <= dead_after_ms]
         for r in live:
@@ -110,14 +124,14 @@ async def join(
 
 async def heartbeat(
     db: Database, name: str, addresses: dict[str, str], *, state: str, started_ms: int
-) -> tuple[str, list[NodeRow]]:
+) -> tuple[str, list[NodeRow], int]:
     """Refresh this node's row (re-creating it if another node expired it meanwhile).
 
-    Returns the state the registry holds for this node (the management API may have changed it)
-    and every row.
+    Returns the state the registry holds for this node (the management API may have changed it),
+    every row, and the database's clock.
     """
-    now = now_ms()
     async with db.write() as conn:
+        now = await db_now(conn)
         statement = (
             pg_insert(pool_nodes)
             .values(name=name, state=state, started_ms=started_ms, heartbeat_ms=now, **addresses)
@@ -129,13 +143,13 @@ async def heartbeat(
         )
         current = (await conn.execute(statement)).scalar_one()
         rows = [_row(r) for r in await conn.execute(select(pool_nodes).order_by(pool_nodes.c.name))]
-    return current, rows
+    return current, rows, now
 
 
 async def expire(db: Database, dead_after_ms: int) -> list[str]:
     """Delete the rows of nodes whose heartbeat is older than ``dead_after_ms``."""
-    cutoff = now_ms() - dead_after_ms
     async with db.write() as conn:
+        cutoff = await db_now(conn) - dead_after_ms
         result = await conn.execute(
             delete(pool_nodes)
             .where(pool_nodes.c.heartbeat_ms < cutoff)

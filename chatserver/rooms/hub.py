@@ -231,6 +231,17 @@ class Hub:
     def subscribed_rooms(self) -> list[int]:
         return [room_id for room_id, state in self._rooms.items() if state.subscriptions]
 
+    def loaded_rooms(self) -> list[int]:
+        """Every room whose cache is loaded (the pool's catch-up keeps them current)."""
+        return [room_id for room_id, state in self._rooms.items() if state.ready]
+
+    def drop_idle(self) -> None:
+        """Forget the caches of rooms nobody here follows; they reload from the store on use
+        (the pool calls this when a peer link comes back: edits may have been missed)."""
+        for room_id, state in list(self._rooms.items()):
+            if state.ready and not state.subscriptions:
+                del self._rooms[room_id]
+
     def set_cache_size(self, size: int) -> None:
         """Keep ``size`` recent messages per room from now on (the join backchat's length).
 
