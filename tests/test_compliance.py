@@ -845,3 +845,24 @@ async def test_admin_message_changes_are_exported_with_the_original_text(
     assert json.loads(remove.get("details"))["original_text"] == "p1"
     (clear,) = tree.xpath("//Messages/Message[@type='CLEAR']")
     assert json.loads(clear.get("details"))["through_seq"] == 2
+
+
+async def test_subscriptions_open_at_stop_are_parted(
+    db_url: str, comp_url: str, tmp_path: Path
+) -> None:
+    config = comp_config(db_url, comp_url, tmp_path)
+    node = await start_node(config)
+    h = Harness(node)
+    stores = Stores(config)
+    try:
+        await h.user("stayer")
+        room = await h.room()
+        client = await h.login("stayer")
+        await client.call("join", room=room)
+        await node.stop()  # the client is still connected
+        await stores.drain()
+        kinds = [(r.kind, r.room_id) for r in await stores.events() if r.kind in ("JOIN", "PART")]
+        assert kinds == [("JOIN", room), ("PART", room)]
+    finally:
+        await h.close()
+        await stores.close()

@@ -149,6 +149,15 @@ class ChatService:
 
     async def close(self) -> None:
         await self.writer.close()
+        if self._joined:
+            # The node is stopping and every subscription ends with it: record their PARTs now,
+            # while the store is open (connections close after this).
+            ended, self._joined = self._joined, {}
+            parts = [outbox.Event("PART", room, uid, {}) for (_, room), uid in ended.items()]
+            try:
+                await self._record(parts)
+            except Exception as exc:
+                log.error("recording %d compliance PARTs at stop failed: %s", len(parts), exc)
         if self._part_tasks:
             await asyncio.gather(*self._part_tasks, return_exceptions=True)
 
