@@ -1074,8 +1074,14 @@ async def test_readyz_fails_when_the_store_stops(tmp_path: Any) -> None:
     stopped = False
     try:
         await asyncio.to_thread(upgrade, cluster.url())
-        node = await start_node(node_config(cluster.url()))
+        node = await start_node(node_config(cluster.url(), management={"token": STATIC}))
+        h = Harness(node)
         try:
+            await h.user("root", admin=True)
+            room = await h.room()
+            client = await h.login("root")
+            await client.call("join", room=room)
+            await post(client, room, "stored")
             host, port = node.management.address  # type: ignore[union-attr,misc]
             async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
                 async with http.get("/readyz") as response:
@@ -1088,8 +1094,16 @@ async def test_readyz_fails_when_the_store_stops(tmp_path: Any) -> None:
                     assert body["ready"] is False and body["store"].startswith("unreachable")
                 async with http.get("/healthz") as response:
                     assert response.status == 200  # alive, just not ready
+                # a post now fails in its group commit: a store error, a post rejected
+                reply = await client.request("post", room=room, text="lost", cid="lost")
+                assert reply["error"]["code"] == "unavailable", reply
+                headers = {"Authorization": f"Bearer {STATIC}"}
+                async with http.get("/metrics", headers=headers) as response:
+                    text = await response.text()
+                assert 'chatserver_store_errors_total{operation="group_commit"} 1.0' in text
+                assert 'chatserver_posts_rejected_total{reason="unavailable"} 1.0' in text
         finally:
-            await asyncio.wait_for(node.stop(timeout=2), scaled(30))
+            await asyncio.wait_for(h.close(), scaled(30))
     finally:
         if not stopped:
             await asyncio.to_thread(cluster.stop)
