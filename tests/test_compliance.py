@@ -146,6 +146,16 @@ async def admin(h: Harness) -> tuple[Client, int]:
     return await h.login("root"), uid
 
 
+async def outbox_kinds(stores: Stores, user_id: int) -> list[str]:
+    stmt = (
+        select(compliance_outbox.c.kind)
+        .where(compliance_outbox.c.user_id == user_id)
+        .order_by(compliance_outbox.c.id)
+    )
+    async with stores.content.read() as conn:
+        return [r.kind for r in await conn.execute(stmt)]
+
+
 def payload(row: Any) -> dict[str, Any]:
     value: dict[str, Any] = json.loads(row.payload)
     return value
@@ -202,7 +212,10 @@ async def test_every_event_type_is_captured_with_its_fields(
     bob = await h.login("bob")
     joined = await bob.call("join", room=room)
     assert [m["seq"] for m in joined["messages"]] == [1, 2, 3]
+    # Reads are committed to the outbox before their reply is sent.
+    assert await outbox_kinds(stores, bob_id) == ["JOIN", "BACKCHAT"]
     await bob.call("history", room=room, before=3, limit=1)
+    assert await outbox_kinds(stores, bob_id) == ["JOIN", "BACKCHAT", "BACKCHAT"]
     await bob.call("post", room=room, text="from bob", cid="b1")
     await bob.call("leave", room=room)
     await bob.call("join", room=quiet["id"])
