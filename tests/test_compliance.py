@@ -79,11 +79,14 @@ def comp_env(config: Config) -> dict[str, str]:
     return env
 
 
-async def compliance_cmd(config: Config, *args: str, timeout: float = 60) -> tuple[int, str]:
+async def compliance_cmd(
+    config: Config, *args: str, timeout: float = 60, command: tuple[str, ...] = ("compliance",)
+) -> tuple[int, str]:
+    """``python -m compliance ARGS`` (= ``chatserver compliance ARGS``); its status and output."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "compliance",  # = chatserver compliance
+        *command,
         *args,
         env=comp_env(config),
         stdout=asyncio.subprocess.PIPE,
@@ -283,7 +286,7 @@ async def test_every_event_type_is_captured_with_its_fields(
     assert payload(by_kind["ROOM_UPDATE"][0]) == {"values": {"description": "the kept room"}}
     assert all(r.node == "test-node" for r in rows)
 
-    code, out = await compliance_cmd(stores.config, "verify")
+    code, out = await compliance_cmd(stores.config, "verify", command=("chatserver", "compliance"))
     assert code == 0, out
     assert "result: OK" in out
 
