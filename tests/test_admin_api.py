@@ -214,6 +214,12 @@ async def test_categories_and_eligible_principals(api: Api) -> None:
     assert got == cat
     assert cat["id"] in [c["id"] for c in await api.call("GET", "/api/v1/categories")]
     await api.call("POST", "/api/v1/categories", {"name": "Research"}, status=409)
+    # all or nothing: a category whose lists cannot be set is not created
+    await api.call(
+        "POST", "/api/v1/categories", {"name": "Half", "allowed": [group(9999)]}, status=404
+    )
+    assert "Half" not in [c["name"] for c in await api.call("GET", "/api/v1/categories")]
+    assert not await api.audit(action="category.create", target=f"category:{cat['id'] + 1}")
 
     # groups expanded (nested too), the denial wins over the group grant
     eligible = await api.call("GET", f"/api/v1/categories/{cat['id']}/eligible")
@@ -254,6 +260,17 @@ async def test_categories_and_eligible_principals(api: Api) -> None:
         {"add": {"member": [user(dave)]}},
         status=403,
     )
+    # all or nothing: a move whose role change is refused leaves the room as it was
+    plain = await api.room("plain", description="d")
+    await api.call(
+        "PATCH",
+        f"/api/v1/rooms/{plain['id']}",
+        {"category": cat["id"], "name": "renamed", "add": {"member": [user(dave)]}},
+        status=403,
+    )
+    assert await api.call("GET", f"/api/v1/rooms/{plain['id']}") == plain
+    assert not await api.audit(action="room.update", target=f"room:{plain['id']}")
+    await api.call("DELETE", f"/api/v1/rooms/{plain['id']}", status=204)
     # a category with rooms is not removed; an empty one is
     await api.call("DELETE", f"/api/v1/categories/{cat['id']}", status=409)
     await api.call("DELETE", f"/api/v1/rooms/{room['id']}", status=204)

@@ -8,6 +8,7 @@ a client. Every mutating handler records an audit entry (who, what, when, before
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
@@ -37,6 +38,8 @@ from .routes import route
 if TYPE_CHECKING:
     from ..server import Node
     from ..store.users import User
+
+log = logging.getLogger("chatserver.admin")
 
 # -- models ---------------------------------------------------------------------------------
 
@@ -764,7 +767,11 @@ async def create_category(ctx: Ctx) -> Any:
     )
     lists = _lists(CategoryLists(allowed=b.allowed, denied=b.denied, creators=b.creators))
     if lists:
-        created = await ctx.gov.update_category(ctx.actor, created["id"], {}, lists, {})
+        try:
+            created = await ctx.gov.update_category(ctx.actor, created["id"], {}, lists, {})
+        except ChatError:
+            await ctx.gov.delete_category(ctx.actor, created["id"])  # all or nothing
+            raise
     await ctx.audit("category.create", f"category:{created['id']}", None, created)
     return created
 
@@ -953,16 +960,42 @@ async def update_room(ctx: Ctx) -> Any:
         values["addin_id"] = b.addin
     if b.detach_addin:
         values["addin_id"] = None
-    if b.category is not None and b.category != before["category"]:
-        await ctx.gov.move_room(ctx.actor, rid, b.category)
-    if values:
-        await ctx.gov.update_room(ctx.actor, rid, values)
     add, remove = _lists(b.add), _lists(b.remove)
-    if add or remove:
-        await ctx.gov.change_roles(ctx.actor, rid, add, remove)
+    try:
+        if b.category is not None and b.category != before["category"]:
+            await ctx.gov.move_room(ctx.actor, rid, b.category)
+        if values:
+            await ctx.gov.update_room(ctx.actor, rid, values)
+        if add or remove:
+            await ctx.gov.change_roles(ctx.actor, rid, add, remove)
+    except ChatError:
+        await _restore_room(ctx, rid, before)  # all or nothing
+        raise
     after = await _room_out(ctx, rid)
     await ctx.audit("room.update", f"room:{rid}", before, after)
     return after
+
+
+async def _restore_room(ctx: Ctx, rid: int, before: dict[str, Any]) -> None:
+    """Undo the steps of a room update that failed part way; if the room cannot be put back
+    as it was, what did change is audited."""
+    try:
+        now = await _room_out(ctx, rid)
+        if now == before:
+            return
+        if now["category"] != before["category"]:
+            await ctx.gov.move_room(ctx.actor, rid, before["category"])
+        keys = ("name", "description", "privacy", "type", "invitations")
+        values = {key: before[key] for key in keys if now[key] != before[key]}
+        if now["addin"] != before["addin"]:
+            values["addin_id"] = before["addin"]
+        if values:
+            await ctx.gov.update_room(ctx.actor, rid, values)
+    except ChatError:
+        log.exception("room %d: undoing a failed update failed", rid)
+    after = await _room_out(ctx, rid)
+    if after != before:
+        await ctx.audit("room.update", f"room:{rid}", before, after)
 
 
 async def _set_disabled(ctx: Ctx, disabled: bool) -> Any:
