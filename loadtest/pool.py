@@ -87,6 +87,7 @@ class Workers:
         phase = Phase(name, cmd, time.monotonic())
         node = self.node_stats
         cpu0 = node.cpu_s() if node else 0.0
+        wait0 = node.runqueue_wait_s() if node else 0.0
         rss0 = node.rss_kib() if node else 0
         load0 = os.getloadavg()
         others = {"generator": self.generator_stats, "postgres": self.postgres_stats}
@@ -163,6 +164,9 @@ class Workers:
             phase.extra["node"] = {
                 "cpu_s": round(node.cpu_s() - cpu0, 3),
                 "cpu_pct": round(100 * (node.cpu_s() - cpu0) / max(elapsed, 1e-9), 1),
+                "runqueue_wait_pct": round(
+                    100 * (node.runqueue_wait_s() - wait0) / max(elapsed, 1e-9), 1
+                ),
                 "rss_kib_before": rss0,
                 "rss_kib_after": node.rss_kib(),
                 "series": cpu_series,

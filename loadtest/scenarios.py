@@ -36,9 +36,12 @@ def verdict(ok: bool) -> str:
 
 
 def cpu_split(phase: Phase) -> str:
-    node = phase.extra.get("node", {}).get("cpu_pct")
+    node = phase.extra.get("node", {})
     other = phase.extra.get("cpu_pct", {})
-    return f"{node} / {other.get('postgres')} / {other.get('generator')}"
+    return (
+        f"{node.get('cpu_pct')} / {other.get('postgres')} / {other.get('generator')}"
+        f" (node runnable but waiting for a CPU: {node.get('runqueue_wait_pct')}%)"
+    )
 
 
 def per_op_us(phase: Phase, counter: str) -> float | None:
@@ -295,13 +298,14 @@ async def ramp(
         t = phase.totals
         expected = t.get("expected", 0)
         delivered = t.get("delivered", 0)
-        p99 = phase.p99_so_far("delivery") or 0
+        # Kept up: the deliveries arrived within the step and its drain, the posters never hit
+        # their window, and nobody was told to resync. (No bound on the p99 here: at 10,000
+        # members the generator's own reading of 10,000 sockets takes most of a second.)
         kept_up = (
             expected > 0
             and delivered >= 0.95 * expected
             and t.get("skipped", 0) <= 0.01 * max(1, t.get("sent", 0))
             and not t.get("event_resync")
-            and p99 < 1000
         )
         phase.extra["kept_up"] = kept_up
         if kept_up:
@@ -394,6 +398,9 @@ async def run_fanout(args: Any, stack: Stack) -> dict[str, Any]:
                             "cpu_pct"
                         )
                         entry[f"{label}_cpu_us_per_delivery"] = per_op_us(best_phase, "delivered")
+                        entry[f"{label}_runqueue_wait_pct_at_top"] = best_phase.extra.get(
+                            "node", {}
+                        ).get("runqueue_wait_pct")
                     if label == "node":
                         half_posts = max(1.0, top / 2 / m)
                         paced = await workers.phase(

@@ -73,6 +73,18 @@ class ProcStats:
             total += (int(fields[11]) + int(fields[12])) / self.ticks
         return total
 
+    def runqueue_wait_s(self) -> float:
+        """Seconds the threads were runnable but waiting for a CPU (/proc/PID/task/*/schedstat):
+        how much a busy, shared machine held the process back."""
+        total = 0
+        for pid in self.pids:
+            try:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        return total / 1e9
+
     def rss_kib(self) -> int:
         total = 0
         for pid in self.pids:
