@@ -26,7 +26,7 @@ from chatserver.pool.protocol import Command, PeerProtocol, encode_frame, proof
 from chatserver.store import rooms as room_store
 from chatserver.store import users as user_store
 from chatserver.store.db import Database
-from chatserver.testing import PostgresCluster, free_port
+from chatserver.testing import PostgresCluster
 
 from .conftest import PASSWORD, scaled
 
@@ -377,7 +377,7 @@ async def test_sigstop_20_s_then_sigcont(pg_cluster: PostgresCluster) -> None:
 class Blackhole:
     """A TCP proxy that can stop passing bytes (a partition: nothing arrives, nothing closes)."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int] | None) -> None:
         self.target = target
         self.cut = False
         self.server: asyncio.Server | None = None
@@ -389,6 +389,8 @@ class Blackhole:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            if self.target is None:
+                raise OSError("no target yet")
             up_r, up_w = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
@@ -436,16 +438,16 @@ async def cut_and_heal(pg_cluster: PostgresCluster, rounds: int) -> None:
     ids = await seed(url, ["alice", "carol"], ["lobby", "quiet"])
     lobby, quiet = ids["lobby"], ids["quiet"]
     pool = LocalPool(url, env=FAST)
-    peer3 = free_port()
-    proxy = Blackhole(("127.0.0.1", peer3))
+    proxy = Blackhole(None)  # its target is known once node3 listens
     proxied = await proxy.start()
     clients: list[Client] = []
     try:
         n1, _n2 = await pool.start(2)
         n3 = await pool.add(
-            CHATSERVER_LISTEN_PEER=f"127.0.0.1:{peer3}",
+            CHATSERVER_LISTEN_PEER="127.0.0.1:0",
             CHATSERVER_POOL_ADVERTISE_PEER=f"127.0.0.1:{proxied}",
         )
+        proxy.target = n3.peer
         await wait_mesh(pool.nodes)
         alice, carol = await login(n1, "alice"), await login(n3, "carol")
         clients += [alice, carol]

@@ -12,13 +12,28 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..testing import PostgresCluster, free_port
+from ..testing import PostgresCluster
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports of 127.0.0.1 (the sockets are held until all are picked)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass
@@ -141,7 +156,9 @@ class LocalPool:
             ports = {"tcp": 5041, "websocket": 5080, "peer": 8011, "management": 8012}
         else:
             host = "127.0.0.1"
-            ports = {k: free_port() for k in ("tcp", "websocket", "peer", "management")}
+            ports = dict(
+                zip(("tcp", "websocket", "peer", "management"), free_ports(4), strict=True)
+            )
         base.update(
             CHATSERVER_NODE_NAME=f"node{index}",
             CHATSERVER_DATABASE_URL=self.database_url,
