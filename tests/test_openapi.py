@@ -9,10 +9,11 @@ synchronous and talk to it over HTTP.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,27 +59,32 @@ def management(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         text=True,
     )
     assert proc.stdout is not None
+    stdout = proc.stdout
     lines: list[str] = []
-    url = None
-    deadline = time.monotonic() + scaled(30)
-    try:
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                raise AssertionError("chatserver run exited:\n" + "".join(lines))
+    found: queue.Queue[str] = queue.Queue()
+
+    def drain() -> None:  # read everything, so the server never blocks on a full pipe
+        for line in stdout:
             lines.append(line)
             if match := re.search(r"management API on (http://[\d.]+:\d+)/", line):
-                url = match.group(1)
-        assert url is not None, "".join(lines)
+                found.put(match.group(1))
+        found.put("")
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        url = found.get(timeout=scaled(30))
+        assert url, "chatserver run exited:\n" + "".join(lines)
         yield url
     finally:
         proc.terminate()
         try:
-            out, _ = proc.communicate(timeout=scaled(30))
+            proc.wait(timeout=scaled(30))
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
-        lines.append(out)
+            proc.wait()
+        reader.join(timeout=10)
+        stdout.close()
     assert proc.returncode == 0, "".join(lines)
     text = "".join(lines)
     # the server checks each response against the document too; none may have failed
