@@ -27,7 +27,6 @@ from .protocol.errors import (
 from .protocol.events import Outgoing, error_reply, reply
 from .rooms.governance import Governance, parse_principals
 from .store import outbox
-from .store import outbox
 from .store import rooms as room_store
 from .store.messages import Stored
 from .store.principals import Principal
@@ -122,8 +121,6 @@ class Session:
             raise ChatError(BAD_REQUEST, "hello must come first")
         if self.user is None and not request.PUBLIC:
             raise ChatError(UNAUTHENTICATED, "authenticate first")
-        if self.user is not None:
-            outbox.ACTOR.set(self.user.id)  # compliance events name who made a change
         if self.user is not None:
             outbox.ACTOR.set(self.user.id)  # compliance events name who made a change
         handler = getattr(self, "op_" + request.OP.replace(".", "_"))
