@@ -38,16 +38,17 @@ def plot(result: dict[str, Any], path: Path, counter: str, latency: str) -> bool
         return False
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     offset = 0.0
-    for phase in result["phases"]:
+    for i, phase in enumerate(result["phases"]):
+        color = f"C{i % 10}"
         timeline = phase.get("timeline") or []
         if not timeline:
             continue
         xs = [offset + row["t"] for row in timeline]
-        top.plot(xs, [row.get(counter, 0) for row in timeline], marker=".", linewidth=1)
+        top.plot(xs, [row.get(counter, 0) for row in timeline], ".-", color=color, linewidth=1)
         lat = [(x, row.get(f"{latency}_p99_ms")) for x, row in zip(xs, timeline, strict=False)]
         lat = [(x, y) for x, y in lat if y is not None]
         if lat:
-            bottom.plot([x for x, _ in lat], [y for _, y in lat], marker=".", linewidth=1)
+            bottom.plot([x for x, _ in lat], [y for _, y in lat], ".-", color=color, linewidth=1)
         top.axvline(offset, color="grey", linewidth=0.5)
         top.text(offset, 0, " " + phase["name"], rotation=90, fontsize=7, va="bottom")
         offset += max(phase.get("duration_s", 0), (timeline[-1]["t"] + 1) if timeline else 0)
@@ -115,3 +116,20 @@ def write(result: dict[str, Any], out_dir: Path, counter: str, latency: str) -> 
     md = out_dir / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     return json_path
+
+
+def main() -> None:
+    """python -m loadtest.report RESULT.json ...: write the Markdown and the plot again."""
+    import sys
+
+    from .scenarios import SCENARIOS
+
+    for name in sys.argv[1:]:
+        path = Path(name)
+        result = json.loads(path.read_text())
+        _, counter, latency = SCENARIOS[result["scenario"]]
+        write(result, path.parent, counter, latency)
+
+
+if __name__ == "__main__":
+    main()
