@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import io
 import itertools
+import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -617,6 +620,15 @@ async def test_bad_input_is_refused_with_400(api: Api) -> None:
         headers={"Authorization": f"Bearer {STATIC}", "Content-Type": "application/json"},
     ) as response:
         assert response.status == 400
+    # a body above 1 MiB
+    big = json.dumps({"name": "g", "description": "x" * 1_100_000}).encode()
+    async with api.http.post(
+        "/api/v1/groups",
+        data=io.BytesIO(big),
+        headers={"Authorization": f"Bearer {STATIC}", "Content-Type": "application/json"},
+    ) as response:
+        assert response.status == 413
+        assert (await response.json())["error"]["code"] == "too_large"
     # whole numbers written as 5.0 are integers (JSON Schema says so)
     out = await api.call("PATCH", "/api/v1/config", {"default_chat_history": 5.0})
     assert out["global"] == {"default_chat_history": 5}
@@ -1056,6 +1068,20 @@ async def test_authentication_and_authorization(api: Api) -> None:
     await api.call("GET", "/api/v1/users", token=None, headers=basic("root", PASSWORD))
     await api.call("GET", "/api/v1/users", token=None, headers=basic("root", "wrong"), status=401)
     await api.call("GET", "/api/v1/users", token=None, headers=basic("nobody", "x"), status=401)
+
+    # an unknown name takes as long to refuse as a wrong password: timing tells no names
+    async def refusal_time(name: str) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            await api.call(
+                "GET", "/api/v1/users", token=None, headers=basic(name, "wrong"), status=401
+            )
+            times.append(time.perf_counter() - started)
+        return sorted(times)[1]
+
+    known, unknown = await refusal_time("root"), await refusal_time("nobody")
+    assert unknown > known / 3, (known, unknown)
     body = await api.call(
         "POST", "/api/v1/tokens", token=None, headers=basic("alice", PASSWORD), status=403
     )

@@ -158,7 +158,10 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "description": "OK",
                 "content": {"application/json": {"schema": _schema(r.response, components)}},
             }
-        for status, text in ERROR_STATUSES.items():
+        errors = dict(ERROR_STATUSES)
+        if r.body is not None:
+            errors["413"] = "The body is larger than 1 MiB"
+        for status, text in errors.items():
             responses[status] = {
                 "description": text,
                 "content": {"application/json": {"schema": error_schema}},

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..config import parse_address
-from ..passwords import verify_password
+from ..passwords import DUMMY_HASH, verify_password
 from ..protocol.errors import (
     BAD_REQUEST,
     CONFLICT,
@@ -140,7 +140,9 @@ class ManagementServer:
             except (binascii.Error, UnicodeDecodeError):
                 return _unauthorized("malformed Basic credentials")
             found = await user_store.credentials(db, name)
-            ok = found is not None and await asyncio.to_thread(verify_password, password, found[1])
+            # an unknown name costs a hash check too, so timing does not tell which names exist
+            stored_hash = found[1] if found is not None else DUMMY_HASH
+            ok = await asyncio.to_thread(verify_password, password, stored_hash)
             if not ok or found is None:
                 return _unauthorized("wrong user name or password")
             user = found[0]
