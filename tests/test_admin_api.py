@@ -579,6 +579,10 @@ async def test_replace_and_remove_messages(api: Api) -> None:
     assert [m["seq"] for m in await backchat(api, "alice", rid)] == [1, 2, 3, 5]
     assert seqs(await search(user=bob_id)) == [2]
     assert (await post(bob, rid, "after"))["seq"] == 7
+    # remove by room and date range: from message 5 on (6 is gone already, 7 is newer)
+    out = await api.call("POST", "/api/v1/messages/remove", {"room": rid, "since": ts[5]})
+    assert [m["seq"] for m in out["messages"]] == [5, 7]
+    assert [m["seq"] for m in await history(alice, rid)] == [1, 2, 3]
 
     # the selection must name a room or a user
     await api.call("POST", "/api/v1/messages/remove", {"keywords": ["x"]}, status=400)
@@ -698,6 +702,8 @@ async def test_sessions_and_disconnect(api: Api) -> None:
     out = await api.call("GET", "/api/v1/sessions")
     assert [s["user"]["name"] for s in out["sessions"]] == ["bob"]
     assert await api.call("DELETE", f"/api/v1/users/{alice_id}/sessions") == {"disconnected": 0}
+    again = await api.login("alice")  # disconnected, not locked out
+    await again.call("join", room=room["id"])
     await api.call("DELETE", "/api/v1/users/99999/sessions", status=404)
 
 
