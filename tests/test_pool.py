@@ -865,3 +865,43 @@ async def test_a_fifth_node_is_standby_until_promoted(pg_cluster: PostgresCluste
             "pool", "activate", *[f"node{i}" for i in range(1, 6)], env=env
         )
         assert code == 1 and "at most 4" in err
+
+
+# -- TLS on the peer port -------------------------------------------------------------------
+
+
+async def test_peer_links_over_tls(pg_cluster: PostgresCluster, tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice", "bob"], ["lobby"])
+    tls = {
+        "CHATSERVER_TLS_CERTIFICATE": str(tmp_path / "cert.pem"),
+        "CHATSERVER_TLS_KEY": str(tmp_path / "key.pem"),
+        "CHATSERVER_POOL_PEER_CA": str(tmp_path / "ca.pem"),
+    }
+    async with running_pool(url, 2, **tls) as pool:
+        n1, n2 = pool.nodes
+        # A plain-TCP peer gets no handshake at all.
+        got, closed = await handshake(n1.peer, [PeerProtocol("connector", "x", "").data_to_send()])
+        assert got == [] and closed
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        ca.configure_trust(context)
+        alice = await Client.connect_tcp(*n1.tcp, ssl=context)
+        bob = await Client.connect_tcp(*n2.tcp, ssl=context)
+        try:
+            await alice.login("alice", PASSWORD)
+            await bob.login("bob", PASSWORD)
+            await bob.call("join", room=ids["lobby"])
+            await alice.call("post", room=ids["lobby"], text="over tls", cid="t1")
+            assert (await messages_until(bob, ids["lobby"], 1))[0]["text"] == "over tls"
+        finally:
+            await alice.close()
+            await bob.close()

@@ -90,9 +90,9 @@ class NodeProcess:
                 await self._changed.wait()
 
     async def started(self, timeout: float = 30) -> None:
-        tcp = await self.wait_for(r"tcp clients on tcp://([\d.]+):(\d+)/", timeout)
+        tcp = await self.wait_for(r"tcp clients on tcps?://([\d.]+):(\d+)/", timeout)
         self.tcp = (tcp.group(1), int(tcp.group(2)))
-        ws = await self.wait_for(r"websocket clients on ws://([\d.]+):(\d+)/", timeout)
+        ws = await self.wait_for(r"websocket clients on wss?://([\d.]+):(\d+)/", timeout)
         self.websocket = (ws.group(1), int(ws.group(2)))
         peer = await self.wait_for(r"listening for peers on ([\d.]+):(\d+)", timeout)
         self.peer = (peer.group(1), int(peer.group(2)))
