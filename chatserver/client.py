@@ -348,6 +348,18 @@ class PoolClient:
             self._message({"ev": "message", **message})
         self.last_seq[room] = max(self.last_seq.get(room, 0), reply["last_seq"])
 
+    async def _rejoin_quietly(self, client: Client, room: int) -> None:
+        """Rejoin after a ``resync``; if the connection is lost meanwhile, failover rejoins."""
+        try:
+            await self._attempt_rejoin(client, room)
+        except (Closed, ConnectionError, OSError, RuntimeError):
+            pass
+
+    async def _attempt_rejoin(self, client: Client, room: int) -> None:
+        if client.closed.is_set():
+            raise Closed("connection closed")
+        await self._rejoin(client, room)
+
     async def _supervise(self) -> None:
         while not self._closing:
             client = self.client
@@ -389,7 +401,7 @@ class PoolClient:
         elif kind == "resync":
             room = event["room"]
             if room in self.rooms:
-                asyncio.get_running_loop().create_task(self._rejoin(client, room))
+                asyncio.get_running_loop().create_task(self._rejoin_quietly(client, room))
         elif kind == "room.removed":
             self.rooms.discard(event["room"])
             self.events.put_nowait(event)
