@@ -823,6 +823,13 @@ async def test_admin_changes_on_one_node_reach_every_node(pg_cluster: PostgresCl
                         if len(backchat) == 2:
                             break
                         await asyncio.sleep(0.1)
+                # node 2's metrics count what its peer sent it.
+                api2 = (await n2.wait_for(r"management API on (http://[\d.]+:\d+)/")).group(1)
+                async with http.get(api2 + "/metrics") as response:
+                    metrics = await response.text()
+                assert "chatserver_pool_links 1.0" in metrics
+                assert 'chatserver_pool_events_received_total{type="msg"} 4.0' in metrics
+                assert 'chatserver_pool_state{state="active"} 1.0' in metrics
                 # Disconnecting a user on node 1 closes their sessions on node 2.
                 await admin("DELETE", f"/api/v1/users/{ids['alice']}/sessions")
                 bye = await alice.next_event("bye", timeout=scaled(5))

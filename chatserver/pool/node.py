@@ -33,8 +33,10 @@ import signal
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..config import Config, parse_address
 from ..protocol.events import Outgoing
@@ -43,7 +45,7 @@ from ..store import messages as message_store
 from ..store.db import now_ms
 from ..store.messages import Message
 from . import registry
-from .protocol import CLOSED, EVENTS, PING, Command, PeerProtocol
+from .protocol import CLOSED, EVENT_TYPES, EVENTS, PING, Command, PeerProtocol
 from .registry import ACTIVE, DRAINING, STANDBY, NodeRow
 
 if TYPE_CHECKING:
@@ -218,6 +220,8 @@ class Pool:
         # Observations (metrics, tests, the management API).
         self.frames_sent = 0
         self.events_received = 0
+        self.events_by_type: dict[str, int] = dict.fromkeys(sorted(EVENT_TYPES), 0)
+        self.frames_received: dict[str, int] = {PING: 0, EVENTS: 0}
         self.caught_up = 0
         self.links_opened = 0
 
@@ -294,6 +298,7 @@ class Pool:
         except registry.NameTaken as exc:
             raise PoolError(str(exc)) from None
         self._hook_service()
+        self.node.metrics.registry.register(PoolCollector(self))
         await self._beat()
         self._tasks = [
             loop.create_task(self._heartbeats(), name="pool-heartbeat"),
@@ -449,11 +454,14 @@ class Pool:
     # -- receiving --------------------------------------------------------------------------
 
     def received(self, link: PeerLink, command: Command) -> None:
+        self.frames_received[command.name] = self.frames_received.get(command.name, 0) + 1
         if command.name == PING:
             return
         if command.name == EVENTS:
             events: list[dict[str, Any]] = command.fields["events"]
             self.events_received += len(events)
+            for event in events:
+                self.events_by_type[event["t"]] += 1
             assert link.peer is not None
             self._enqueue(link.peer, events)
 
@@ -669,3 +677,40 @@ class Pool:
             "events_received": self.events_received,
             "caught_up": self.caught_up,
         }
+
+
+class PoolCollector:
+    """Prometheus series of the pool, read at scrape time (bounded labels: event types, states)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self.pool
+        links = GaugeMetricFamily("chatserver_pool_links", "Open peer links")
+        links.add_metric([], len(pool.links))
+        yield links
+        state = GaugeMetricFamily("chatserver_pool_state", "This node's state", labels=["state"])
+        for name in (ACTIVE, STANDBY, DRAINING):
+            state.add_metric([name], 1.0 if pool.state == name else 0.0)
+        yield state
+        sent = CounterMetricFamily("chatserver_pool_frames_sent", "EVENTS frames sent to peers")
+        sent.add_metric([], pool.frames_sent)
+        yield sent
+        frames = CounterMetricFamily(
+            "chatserver_pool_frames_received", "Frames received from peers", labels=["command"]
+        )
+        for name, count in sorted(pool.frames_received.items()):
+            frames.add_metric([name], count)
+        yield frames
+        events = CounterMetricFamily(
+            "chatserver_pool_events_received", "Events received from peers", labels=["type"]
+        )
+        for name, count in pool.events_by_type.items():
+            events.add_metric([name], count)
+        yield events
+        caught = CounterMetricFamily(
+            "chatserver_pool_caught_up_messages", "Messages delivered from the store by catch-up"
+        )
+        caught.add_metric([], pool.caught_up)
+        yield caught
