@@ -360,7 +360,7 @@ async def test_sigstop_then_sigcont(pg_cluster: PostgresCluster) -> None:
     url = await new_database(pg_cluster)
     ids = await seed(url, ["writer"], ["lobby"])
     async with running_pool(url, 3) as pool:
-        await stop_and_continue(pool, ids["lobby"], stopped_s=5)  # > dead_after_s (3 s)
+        await stop_and_continue(pool, ids["lobby"], stopped_s=4)  # > dead_after_s (3 s)
 
 
 @pytest.mark.slow
@@ -424,7 +424,7 @@ class Blackhole:
 
 
 async def test_peer_link_cut_and_heal(pg_cluster: PostgresCluster) -> None:
-    await cut_and_heal(pg_cluster, rounds=3)
+    await cut_and_heal(pg_cluster, rounds=2)
 
 
 @pytest.mark.slow
