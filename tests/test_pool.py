@@ -298,6 +298,14 @@ async def test_kill_9_a_node_under_traffic(pg_cluster: PostgresCluster) -> None:
     ids = await seed(url, ["writer"], ["lobby"])
     async with running_pool(url, 3) as pool:
         times = await kill_under_traffic(pool, ids["lobby"], seconds=3)
+        # Restarted at once under its name (its old row is still fresh): it takes its place.
+        victim = pool.nodes[-1]
+        await victim.start()
+        await victim.started()
+        await wait_mesh(pool.nodes)
+        client = await login(victim, "writer")
+        assert (await client.call("join", room=ids["lobby"]))["last_seq"] > 0
+        await client.close()
     print(f"\nfailover times after kill -9 (s): {[round(t, 3) for t in times]}")
 
 

@@ -259,8 +259,28 @@ class Pool:
         context.check_hostname = False  # peers are known by their proof, not their host name
         return context
 
+    async def _previous_is_dead(self) -> bool:
+        """Is a registered process with this node's name gone (crashed, not yet expired)?
+
+        Asked before this node listens on its peer port: if the name's advertised peer port
+        refuses connections, nothing serves it any more.
+        """
+        rows = await registry.list_nodes(self.service.db)
+        old = next((r for r in rows if r.name == self.name), None)
+        if old is None or not old.peer:
+            return False
+        try:
+            host, port = parse_address(old.peer)
+            async with asyncio.timeout(1.0):
+                _reader, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError, ValueError):
+            return True
+        writer.close()
+        return False
+
     async def start(self) -> None:
         self.check()
+        takeover = await self._previous_is_dead()
         loop = asyncio.get_running_loop()
         host, port = parse_address(self.config.listen.peer)
         try:
@@ -294,6 +314,7 @@ class Pool:
                 started_ms=self.started_ms,
                 max_active=s.max_active,
                 dead_after_ms=int(s.dead_after_s * 1000),
+                takeover=takeover,
             )
         except registry.NameTaken as exc:
             raise PoolError(str(exc)) from None

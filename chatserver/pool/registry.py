@@ -97,15 +97,20 @@ async def join(
     started_ms: int,
     max_active: int,
     dead_after_ms: int,
+    takeover: bool = False,
 ) -> str:
-    """Register this node; returns its state (``standby`` when ``max_active`` are active)."""
+    """Register this node; returns its state (``standby`` when ``max_active`` are active).
+
+    A live row with this name belongs to another process, unless ``takeover`` (the caller found
+    that row's peer port dead: a restart after a crash) replaces it.
+    """
     async with db.write() as conn:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _JOIN_LOCK})
         now = await db_now(conn)
         rows = [_row(r) for r in await conn.execute(select(pool_nodes))]
         live = [r for r in rows if now - r.heartbeat_ms <= dead_after_ms]
         for r in live:
-            if r.name == name and r.started_ms != started_ms:
+            if r.name == name and r.started_ms != started_ms and not takeover:
                 raise NameTaken(
                     f"node name {name!r} is in use by a live node (heartbeat"
                     f" {(now - r.heartbeat_ms) / 1000:.1f} s ago); give this node another"
