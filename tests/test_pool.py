@@ -142,6 +142,10 @@ async def test_three_nodes_chat_history_and_acl(pg_cluster: PostgresCluster) -> 
             members = [{"kind": "user", "id": ids[n]} for n in ("alice", "bob")]
             await admin.call("room.members", room=lobby, add={"members": members})
             await admin.call("room.update", room=lobby, privacy="closed")  # members only
+            # New members are invited live, on node 2 (bob) and node 1 (alice) alike.
+            for member in (alice, bob):
+                invited = await member.next_event("invited", timeout=scaled(5))
+                assert invited["room"]["id"] == lobby and invited["by"]["name"] == "admin"
             removed = await carol.next_event("room.removed", timeout=scaled(5))
             assert removed["room"] == lobby
             with pytest.raises(RequestFailed) as failed:

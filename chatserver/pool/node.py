@@ -564,6 +564,8 @@ class Pool:
         elif kind == "disconnect":
             for member in list(gov.members.get(int(event["user"]), ())):
                 member.disconnect(str(event.get("reason", "disabled")))
+        elif kind == "invited":
+            await self._apply_invited(event)
         elif kind == "edit":
             self._apply_edit(event)
         elif kind == "config":
@@ -571,6 +573,22 @@ class Pool:
                 await self.host.settings_changed(publish=False)
         elif kind == "nodes":
             self._refresh.set()
+
+    async def _apply_invited(self, event: dict[str, Any]) -> None:
+        """Tell the invitees' sessions on this node, as the inviting node told its own."""
+        gov = self.service.governance
+        room_id = int(event["room"])
+        room = await gov.room(room_id)
+        category = await gov.category(room.category_id) if room else None
+        if room is None or category is None:
+            return
+        for uid in event.get("users", []):
+            for member in list(gov.members.get(int(uid), ())):
+                if member.user is None:
+                    continue
+                member.invited_rooms.add(room_id)
+                view = await gov.room_view(member.user, room, category)
+                member.send(Outgoing({"ev": "invited", "room": view, "by": event.get("by")}))
 
     def _apply_edit(self, event: dict[str, Any]) -> None:
         """Messages replaced or removed on another node: this node's cache and subscribers."""

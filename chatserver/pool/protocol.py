@@ -36,6 +36,7 @@ Events in an ``EVENTS`` batch are maps with a type ``t``:
 ``edit``           messages were replaced or removed, or a room cleared (``room``, ``seqs`` or
                    ``clear``) — for the recent-message caches
 ``disconnect``     a user's live sessions must end (``user``, ``reason``)
+``invited``        users were invited to a room (``room``, ``users``, ``by``)
 ``config``         run-time configuration changed (``key``, optional ``node``)
 ``nodes``          the pool's registry changed (a node was activated, moved to standby, drained)
 =================  ========================================================================
@@ -67,7 +68,18 @@ EVENTS = "EVENTS"
 ERROR = "ERROR"
 
 EVENT_TYPES = frozenset(
-    {"msg", "room", "categories", "membership", "policy", "edit", "disconnect", "config", "nodes"}
+    {
+        "msg",
+        "room",
+        "categories",
+        "membership",
+        "policy",
+        "edit",
+        "disconnect",
+        "invited",
+        "config",
+        "nodes",
+    }
 )
 
 # States of one side of a link.

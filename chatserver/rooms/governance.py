@@ -492,6 +492,10 @@ class Governance:
                 if access.can_read(actor, fresh, category):
                     entitled.add(uid)
             invited = await room_store.add_invitations(self.db, room_id, entitled, user.id)
+            if invited:  # the invitees' sessions on the pool's other nodes
+                self.publish(
+                    {"t": "invited", "room": room_id, "users": sorted(invited), "by": user.public()}
+                )
             for uid in invited:
                 for member in list(self.members.get(uid, ())):
                     assert member.user is not None
