@@ -351,14 +351,7 @@ class Pool:
 
     def _hook_service(self) -> None:
         service = self.service
-        writer = service.writer
-        local = writer._on_stored
-
-        def stored(messages: list[Message]) -> None:
-            local(messages)
-            self.publish_messages(messages)
-
-        writer._on_stored = stored
+        service.writer.add_listener(self.publish_messages)
         service.governance.publish = self.publish
         # The node's hooks (chatserver.server.Node): message edits made here go to the peers.
         if self.host is not None:

@@ -38,7 +38,9 @@ class Writer:
         self._db = db
         # The node's name when compliance is on: each batch records its CHAT events too.
         self.capture = capture
-        self._on_stored = on_stored
+        # Called with each committed batch's new messages, in (room, seq) order: the hub first,
+        # then anything added with :meth:`add_listener` (the pool, which tells the peers).
+        self._listeners: list[Callable[[list[Message]], None]] = [on_stored]
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._queue: deque[tuple[NewPost, asyncio.Future[Stored]]] = deque()
@@ -53,6 +55,9 @@ class Writer:
         self.failed_batches = 0
         # Called with (posts, seconds) after each committed batch (the node's metrics).
         self.on_batch: Callable[[int, float], None] | None = None
+
+    def add_listener(self, listener: Callable[[list[Message]], None]) -> None:
+        self._listeners.append(listener)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="writer")
@@ -112,10 +117,11 @@ class Writer:
         self.stored += len(new)
         if new:
             new.sort(key=lambda m: (m.room, m.seq))
-            try:
-                self._on_stored(new)
-            except Exception:
-                log.exception("delivering stored messages failed")
+            for listener in self._listeners:
+                try:
+                    listener(new)
+                except Exception:
+                    log.exception("delivering stored messages failed")
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
