@@ -3,10 +3,10 @@
     .venv/bin/python -m loadtest.memory_sites [--connections 3000] [--transport tcp|websocket]
 
 Starts a node (``chatserver run``, throwaway PostgreSQL) inside a wrapper that runs tracemalloc
-and writes a snapshot on SIGUSR1; opens N idle authenticated connections (one user each) and
-prints the allocation sites that grew, per connection. tracemalloc counts Python allocations only
-(not the kernel's socket buffers or the allocator's slack), so the total is below the RSS growth
-that the ``connections`` scenario reports; the sites show what to shrink.
+and writes a snapshot when asked (a trigger file); opens N idle authenticated connections (one
+user each) and prints the allocation sites that grew, per connection. tracemalloc counts Python
+allocations only (not the kernel's socket buffers or the allocator's slack), so the total is
+below the RSS growth that the ``connections`` scenario reports; the sites show what to shrink.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,18 @@ import time
 from pathlib import Path
 
 WRAPPER = """
-import signal, sys, tracemalloc
+import os, sys, threading, time, tracemalloc
 tracemalloc.start(1)
-count = [0]
-def dump(*_):
-    count[0] += 1
-    tracemalloc.take_snapshot().dump(sys.argv[1] + f".{count[0]}")
-signal.signal(signal.SIGUSR1, dump)
+base = sys.argv[1]
+def watch():  # a file, not a signal: uvloop does not run Python signal handlers while idle
+    n = 1
+    while True:
+        if os.path.exists(f"{base}.go{n}"):
+            tracemalloc.take_snapshot().dump(f"{base}.{n}.tmp")
+            os.rename(f"{base}.{n}.tmp", f"{base}.{n}")
+            n += 1
+        time.sleep(0.2)
+threading.Thread(target=watch, daemon=True).start()
 from chatserver.cli import main
 sys.argv = ["chatserver", "run", "--log-level", "warning"]
 main()
@@ -68,17 +72,17 @@ async def run(args: argparse.Namespace) -> None:
         target = ws_port if ws else port
         first = await connect("127.0.0.1", target, websocket=ws, token=prov["users"][0][2])
         await asyncio.sleep(1)
-        proc.send_signal(signal.SIGUSR1)
-        await asyncio.sleep(2)
+        (out / "snap.go1").touch()
+        while not (out / "snap.1").exists():  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
         conns = [first]
         for _, _, token in prov["users"][1:]:
             conns.append(await connect("127.0.0.1", target, websocket=ws, token=token))
         await asyncio.sleep(1)
-        proc.send_signal(signal.SIGUSR1)
+        (out / "snap.go2").touch()
         deadline = time.monotonic() + 60
         while not (out / "snap.2").exists() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.5)
-        await asyncio.sleep(2)
         n = len(conns) - 1
         before = tracemalloc.Snapshot.load(str(out / "snap.1"))
         after = tracemalloc.Snapshot.load(str(out / "snap.2"))

@@ -342,7 +342,7 @@ async def run_fanout(args: Any, stack: Stack) -> dict[str, Any]:
     )
     summary: dict[str, Any] = {}
     runs: dict[str, Any] = {}
-    profile = None
+    profiles: dict[str, Any] = {}
     try:
         for transport in transports:
             ws = transport == "websocket"
@@ -375,7 +375,7 @@ async def run_fanout(args: Any, stack: Stack) -> dict[str, Any]:
                         latency="login",
                     )
                     prof = None
-                    if label == "node" and args.profile and m == 1000 and not ws:
+                    if label == "node" and args.profile:
                         prof = Profiler(
                             node.pid, step_s * steps, Path(tempfile.mkdtemp()) / "fanout.raw"
                         )
@@ -391,7 +391,7 @@ async def run_fanout(args: Any, stack: Stack) -> dict[str, Any]:
                         drain=drain,
                     )
                     if prof:
-                        profile = prof.top()
+                        profiles[key] = prof.top()
                     entry[f"{label}_deliveries_per_s"] = round(top, 1)
                     if best_phase is not None:
                         entry[f"{label}_cpu_pct_at_top"] = best_phase.extra.get("node", {}).get(
@@ -462,10 +462,12 @@ async def run_fanout(args: Any, stack: Stack) -> dict[str, Any]:
         r = ws1k["node_deliveries_per_s"] / tcp1k["node_deliveries_per_s"]
         summary["WebSocket / TCP at 1,000"] = round(r, 3)
         summary["target WebSocket >= 0.8 of TCP"] = verdict(r >= 0.8)
+    first = next(iter(profiles.values()), None)
     return {
         "phases": [p.result() for p in workers.phases],
         "runs": runs,
-        "profile": profile,
+        "profile": first,
+        "profiles": profiles,
         "summary": summary,
     }
 
