@@ -350,6 +350,8 @@ async def test_rooms_crud_and_every_filter(api: Api) -> None:
     assert [r["id"] for r in page["rooms"]] + rest == everything
     await api.call("GET", "/api/v1/rooms", params={"member": "alice"}, status=400)
     await api.call("GET", "/api/v1/rooms", params={"bogus": "1"}, status=400)
+    await api.call("GET", "/api/v1/rooms", params={"disabled": "yes"}, status=400)
+    await api.call("GET", "/api/v1/rooms?privacy=open&privacy=secret", status=400)
 
     # disable / enable, and the disabled filter
     watcher = await api.login("alice")

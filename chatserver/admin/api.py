@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -116,9 +117,20 @@ class GroupIn(_In):
     description: Description = ""
 
 
+class Member(BaseModel):
+    """A group member: a user or a group (a group cannot hold "everyone")."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["user", "group"]
+    id: Id
+
+    def store(self) -> StorePrincipal:
+        return StorePrincipal(self.kind, self.id)
+
+
 class MembersIn(_In):
-    add: list[Principal] = Field(default_factory=list, max_length=1000)
-    remove: list[Principal] = Field(default_factory=list, max_length=1000)
+    add: list[Member] = Field(default_factory=list, max_length=1000)
+    remove: list[Member] = Field(default_factory=list, max_length=1000)
 
 
 class CategoryOut(BaseModel):
@@ -221,11 +233,23 @@ class RoomPatch(_In):
 PrincipalText = Annotated[str, Field(pattern=r"^(user|group):[1-9][0-9]{0,15}$")]
 
 
+def _query_bool(value: Any) -> Any:
+    """A boolean query parameter is ``true`` or ``false`` (not yes, on, 1, …)."""
+    if isinstance(value, str):
+        if value not in ("true", "false"):
+            raise ValueError("give true or false")
+        return value == "true"
+    return value
+
+
+QueryBool = Annotated[bool, BeforeValidator(_query_bool)]
+
+
 class RoomQuery(_In):
     category: Id | None = None
     privacy: Privacy | None = None
     type: RoomType | None = None
-    disabled: bool | None = None
+    disabled: QueryBool | None = None
     member: PrincipalText | None = Field(
         None, description="`user:ID` or `group:ID`, a direct grant"
     )

@@ -117,6 +117,18 @@ def _schema(tp: Any, components: dict[str, Any], mode: str = "serialization") ->
     return schema
 
 
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is given or left out, never null: ``anyOf: [X, null]`` becomes X."""
+    options = schema.get("anyOf")
+    if not options:
+        return schema
+    kept = [option for option in options if option.get("type") != "null"]
+    rest = {key: value for key, value in schema.items() if key not in ("anyOf", "default")}
+    if len(kept) == 1:
+        return {**kept[0], **rest}
+    return {**rest, "anyOf": kept}
+
+
 def openapi_document(version: str) -> dict[str, Any]:
     from .api import ErrorBody
 
@@ -139,7 +151,12 @@ def openapi_document(version: str) -> dict[str, Any]:
             required = set(query_schema.get("required", ()))
             for name, prop in query_schema["properties"].items():
                 params.append(
-                    {"name": name, "in": "query", "required": name in required, "schema": prop}
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": name in required,
+                        "schema": _not_null(prop),
+                    }
                 )
         if params:
             op["parameters"] = params

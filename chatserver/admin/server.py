@@ -173,6 +173,13 @@ class ManagementServer:
                     return _error(400, BAD_REQUEST, f"{name}: 1 to 128 characters, no NUL or /")
             try:
                 query = None
+                repeated = sorted(
+                    {key for key in request.query if len(request.query.getall(key)) > 1}
+                )
+                if repeated:
+                    raise ChatError(
+                        BAD_REQUEST, f"query parameters given more than once: {repeated}"
+                    )
                 if spec.query is not None:
                     query = spec.query.model_validate(dict(request.query))
                 elif request.query:
