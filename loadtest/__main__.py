@@ -54,6 +54,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--server-ref", help="run the node from this git commit (default: the working tree)"
     )
+    p.add_argument(
+        "--node-gc-threshold", type=int, default=0, help="experiment: the node's gc threshold 0"
+    )
+    p.add_argument("--no-ceiling", action="store_true", help="fanout: skip the raw ceiling")
     p.add_argument("--no-fsync", action="store_true", help="PostgreSQL fsync off (not durable)")
     return p
 
@@ -70,6 +74,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         fsync=not args.no_fsync,
         node_env=env if args.target else None,
         server_ref=args.server_ref,
+        node_gc_threshold=args.node_gc_threshold,
     )
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     machine = report.machine()
@@ -87,6 +92,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "fsync": not args.no_fsync,
         "server_commit": stack.server_commit,
         "server_source": args.server_ref or "working tree",
+        "node_gc_threshold": args.node_gc_threshold or None,
         **result,
     }
     path = report.write(result, args.out, counter, latency)

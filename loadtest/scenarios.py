@@ -336,7 +336,7 @@ async def run_fanout(args: Any, stack: Stack) -> dict[str, Any]:
     # Users are dealt to the workers round robin: poster j lands on worker j.
     posters, members_list = users[max(sizes) :], users[: max(sizes)]
     node = stack.start_node(**FAST_NODE)
-    ceiling = Broadcaster() if not stack.target else None
+    ceiling = Broadcaster() if not stack.target and not args.no_ceiling else None
     workers = Workers(
         posters + members_list, workers=n_posters, sources=args.sources, text_bytes=args.text_bytes
     )

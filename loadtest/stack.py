@@ -129,6 +129,7 @@ class Stack:
         fsync: bool = True,
         node_env: dict[str, str] | None = None,
         server_ref: str | None = None,
+        node_gc_threshold: int = 0,
     ) -> None:
         self.pool_size = nodes
         self.pool_secret = secrets.token_hex(16)
@@ -138,6 +139,7 @@ class Stack:
         self.node_env = node_env or {}
         self.cluster: PostgresCluster | None = None
         self.nodes: list[Node] = []
+        self.node_gc_threshold = node_gc_threshold
         self.server_dir: str | None = None  # None: the working tree
         self.server_commit = git_commit("HEAD")
         if server_ref:
@@ -209,8 +211,19 @@ class Stack:
             **env,
         )
         # Started once per measurement; blocking on its first lines is fine here.
+        command = [sys.executable, "-m", "chatserver", "run", "--log-level", "warning"]
+        if self.node_gc_threshold:
+            # An experiment, not a server change: the same node with the collector's first
+            # threshold raised (how much of the fan-out cost is garbage collection?).
+            command = [
+                sys.executable,
+                "-c",
+                f"import gc, sys; gc.set_threshold({int(self.node_gc_threshold)}, 10, 10); "
+                "sys.argv = ['chatserver', 'run', '--log-level', 'warning']; "
+                "from chatserver.cli import main; main()",
+            ]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chatserver", "run", "--log-level", "warning"],
+            command,
             env=node_env,
             stdout=subprocess.PIPE,
             text=True,
