@@ -643,6 +643,29 @@ async def test_bad_input_is_refused_with_400(api: Api) -> None:
     assert not [e for e in await api.audit() if e["action"] not in ("config.update",)]
 
 
+async def test_backchat_stays_full_after_removing_cached_messages(api: Api) -> None:
+    """Removing messages the node holds in its recent-message cache must not shorten the
+    backchat of later joins: it is as long as one read from the store."""
+    await api.user("alice")
+    rid = (await api.room("lobby", privacy="open"))["id"]
+    alice = await api.login("alice")
+    await alice.call("join", room=rid)  # the room stays cached while alice is joined
+    for i in range(10):
+        await post(alice, rid, f"m{i}")
+    await api.call("PATCH", "/api/v1/config", {"default_chat_history": 5})
+    assert [m["text"] for m in await backchat(api, "alice", rid)] == [f"m{i}" for i in range(5, 10)]
+    await api.call(
+        "POST", "/api/v1/messages/remove", {"room": rid, "keywords": ["m9", "m7"], "match": "any"}
+    )
+    expected = ["m3", "m4", "m5", "m6", "m8"]
+    assert [m["text"] for m in await backchat(api, "alice", rid)] == expected
+    # live delivery goes on after the cache was reloaded
+    await post(alice, rid, "m10")
+    seqs = [(await alice.next_event("message", timeout=scaled(5)))["seq"] for _ in range(11)]
+    assert seqs == list(range(1, 12))
+    assert [m["text"] for m in await backchat(api, "alice", rid)] == [*expected[1:], "m10"]
+
+
 # -- add-ins, sessions, configuration, pool -------------------------------------------------
 
 

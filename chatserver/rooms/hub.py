@@ -304,6 +304,23 @@ class Hub:
             if sub.buffer is None:
                 for item in events:
                     sub.subscriber.send(item)
+        if len(state.recent) < self.cache_size and any(c.state == "removed" for c in changes):
+            # Removed messages left the cache short: reload it, so the backchat of a join here
+            # is as long as one served from the store (joins wait for it, deliveries queue).
+            state.ready = False
+            state.task = asyncio.get_running_loop().create_task(self._reload_recent(state))
+
+    async def _reload_recent(self, state: RoomState) -> None:
+        try:
+            _last, recent = await self._load_recent(state.id, self.cache_size)
+        except Exception:
+            log.exception("room %d: reloading the recent-message cache failed", state.id)
+        else:
+            # What was delivered meanwhile waits in ``pending`` and is appended by _finish.
+            state.recent = deque(
+                (m.wire() for m in recent if m.seq <= state.last_seq), maxlen=self.cache_size
+            )
+        self._finish(state)
 
     def _edit_cache(
         self, state: RoomState, changes: Sequence[MessageChange], cleared_through: int | None
