@@ -155,7 +155,10 @@ class Session:
                 "max_message_chars": config.chat.max_message_chars,
                 "default_chat_history": config.chat.default_chat_history,
                 "history_page_max": config.chat.history_page_max,
+                "max_file_size_kb": config.chat.max_file_size_kb,
+                "participant_update_limit": config.chat.participant_update_limit,
             },
+            room_management_url=config.chat.room_management_url,
         )
 
     async def op_auth(self, request: cmd.Auth) -> dict[str, Any]:
