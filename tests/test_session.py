@@ -35,7 +35,10 @@ async def test_hello_must_come_first(harness: Harness) -> None:
         "max_message_chars": 8000,
         "default_chat_history": 30,
         "history_page_max": 500,
+        "max_file_size_kb": 20480,
+        "participant_update_limit": 75,
     }
+    assert hello["room_management_url"] == ""
 
 
 @pytest.mark.parametrize(
