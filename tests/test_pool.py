@@ -447,7 +447,7 @@ async def test_peer_link_cut_long(pg_cluster: PostgresCluster) -> None:
 async def cut_and_heal(pg_cluster: PostgresCluster, rounds: int) -> None:
     """node3's peer links pass a proxy (node1 and node2 dial node3, names sort that way)."""
     url = await new_database(pg_cluster)
-    ids = await seed(url, ["alice", "carol"], ["lobby", "quiet"])
+    ids = await seed(url, ["alice", "carol", "dave"], ["lobby", "quiet"])
     lobby, quiet = ids["lobby"], ids["quiet"]
     pool = LocalPool(url, env=FAST)
     proxy = Blackhole(None)  # its target is known once node3 listens
@@ -489,6 +489,13 @@ async def cut_and_heal(pg_cluster: PostgresCluster, rounds: int) -> None:
             assert time.monotonic() - started < scaled(bound)
             await messages_until(carol, lobby, seq)  # carol's own post, for the next round
 
+        # A policy turned off on node1 during the cut: node3 never hears the disconnect, and
+        # re-checks its users' policies when the link comes back.
+        dave = await login(n3, "dave")
+        admin = await login(n1, "admin")
+        clients += [dave, admin]
+        await admin.call("user.policy", user=ids["dave"], persistent_chat_enabled=False)
+
         # A room nobody on node3 follows: a join there answers with what was posted meanwhile.
         await alice.call("post", room=quiet, text="hush", cid="hush")
         await asyncio.sleep(bound)
@@ -501,6 +508,7 @@ async def cut_and_heal(pg_cluster: PostgresCluster, rounds: int) -> None:
         await n3.wait_for(r"peer link node2 up", scaled(15), start=mark3)
         seq = (await alice.call("post", room=lobby, text="healed", cid="healed"))["seq"]
         assert (await messages_until(carol, lobby, seq))[-1]["text"] == "healed"
+        assert (await dave.next_event("bye", timeout=scaled(10)))["reason"] == "disabled"
     finally:
         for c in clients:
             await c.close()

@@ -42,6 +42,7 @@ from ..config import Config, parse_address
 from ..protocol.events import Outgoing
 from ..rooms.hub import MessageChange
 from ..store import messages as message_store
+from ..store import users as user_store
 from ..store.db import now_ms
 from ..store.messages import Message
 from . import registry
@@ -427,9 +428,10 @@ class Pool:
         self._backoff.pop(name, None)
         self.links_opened += 1
         log.info("pool: peer link %s up (%s)", name, link.address)
-        # Events may have been missed while the link was down: re-read what caches hold.
+        # Events may have been missed while the link was down: re-read what caches hold (rights,
+        # run-time settings) and re-check the policy of every user connected here.
         self.service.hub.drop_idle()
-        self._enqueue(name, [{"t": "categories"}])
+        self._enqueue(name, [{"t": "categories"}, {"t": "config"}, {"t": "recheck"}])
 
     def link_closed(self, link: PeerLink) -> None:
         name = link.peer
@@ -566,6 +568,18 @@ class Pool:
                 await self.host.settings_changed(publish=False)
         elif kind == "nodes":
             self._refresh.set()
+        elif kind == "recheck":
+            await self._recheck_policies()
+
+    async def _recheck_policies(self) -> None:
+        """Disconnect the users connected here whose persistent-chat policy was turned off
+        while a link was down (the peer's ``disconnect`` event was lost)."""
+        gov = self.service.governance
+        for user_id, members in list(gov.members.items()):
+            user = await user_store.get_user(self.service.db, user_id)
+            if user is None or not gov.policy_enabled(user):
+                for member in list(members):
+                    member.disconnect("disabled")
 
     async def _apply_invited(self, event: dict[str, Any]) -> None:
         """Tell the invitees' sessions on this node, as the inviting node told its own."""
