@@ -36,7 +36,8 @@ def plot(result: dict[str, Any], path: Path, counter: str, latency: str) -> bool
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover
         return False
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    many = len(result["phases"]) > 12  # then no phase labels: see the Markdown table
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(14 if many else 10, 6), sharex=True)
     offset = 0.0
     for i, phase in enumerate(result["phases"]):
         color = f"C{i % 10}"
@@ -49,8 +50,9 @@ def plot(result: dict[str, Any], path: Path, counter: str, latency: str) -> bool
         lat = [(x, y) for x, y in lat if y is not None]
         if lat:
             bottom.plot([x for x, _ in lat], [y for _, y in lat], ".-", color=color, linewidth=1)
-        top.axvline(offset, color="grey", linewidth=0.5)
-        top.text(offset, 0, " " + phase["name"], rotation=90, fontsize=7, va="bottom")
+        if not many:
+            top.axvline(offset, color="grey", linewidth=0.5)
+            top.text(offset, 0, " " + phase["name"], rotation=90, fontsize=7, va="bottom")
         offset += max(phase.get("duration_s", 0), (timeline[-1]["t"] + 1) if timeline else 0)
     top.set_ylabel(f"{counter} / s")
     bottom.set_ylabel(f"p99 {latency} (ms)")

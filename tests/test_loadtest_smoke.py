@@ -45,6 +45,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 "1",
                 "--out",
                 str(out),
+                *EXTRA.get(name, []),
             ],
             cwd=ROOT,
             env=env,
