@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--node-gc-threshold", type=int, default=0, help="experiment: the node's gc threshold 0"
     )
+    p.add_argument(
+        "--connect-only", action="store_true", help="pool: connections only, no room traffic"
+    )
     p.add_argument("--no-ceiling", action="store_true", help="fanout: skip the raw ceiling")
     p.add_argument("--no-fsync", action="store_true", help="PostgreSQL fsync off (not durable)")
     return p

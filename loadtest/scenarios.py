@@ -777,9 +777,78 @@ async def run_pool(args: Any, stack: Stack) -> dict[str, Any]:
         raise SystemExit("pool: give --nodes N (N >= 2), e.g. --nodes 6")
     if not args.users and not args.smoke:
         args.users = 80_000
+    if args.connect_only:
+        return await pool_connections(args, stack)
     result = await run_reference(args, stack)
     result["summary"].pop("pending", None)
     return result
+
+
+async def pool_connections(args: Any, stack: Stack) -> dict[str, Any]:
+    """``pool --connect-only``: the users connected and authenticated across the pool, idle and
+    then pinging once per ``--ping-interval``; memory and CPU of every node. No rooms: on two
+    cores the generator cannot also receive the reference model's traffic for 80,000 users."""
+    url = stack.start_store()
+    n = 40 if args.smoke else args.users
+    prov = await provision(url, users=n, rooms=0)
+    users = users_of(prov)
+    nodes = stack.start_nodes()
+    workers = Workers(
+        users,
+        workers=max(args.workers, len(nodes), math.ceil(n / 15_000)),
+        sources=args.sources,
+    )
+    stats = [ProcStats(node.pid) for node in nodes]
+    workers.node_stats = ProcStats([node.pid for node in nodes])
+    workers.postgres_stats = stack.postgres_stats()
+    before = [s.rss_kib() for s in stats]
+    interval = 1.0 if args.smoke else args.ping_interval
+    try:
+        await workers.phase(
+            f"connect {n} users to {len(nodes)} nodes",
+            {"op": "connect", "subscribe": False, "concurrency": 100},
+            per_worker=[
+                {"host": nodes[i % len(nodes)].host, "port": nodes[i % len(nodes)].tcp_port}
+                for i in range(workers.count)
+            ],
+            main_counter="connected",
+            latency="login",
+        )
+        connected = workers.connected
+        await asyncio.sleep(0.2 if args.smoke else 3.0)
+        after = [s.rss_kib() for s in stats]
+        idle = await workers.phase(
+            "idle",
+            {"op": "run", "duration": 1.0 if args.smoke else args.idle},
+            main_counter="pongs",
+        )
+        keep = await workers.phase(
+            f"keep-alive (ping every {interval:g}s)",
+            {"op": "run", "duration": interval, "ping_interval": interval, "drain": 0},
+            main_counter="pongs",
+            latency="ping",
+        )
+        await workers.phase("disconnect", {"op": "disconnect"}, main_counter="disconnected")
+    finally:
+        await workers.stop()
+    grown = sum(after) - sum(before)
+    ping = keep.result()["latency"].get("ping", {})
+    return {
+        "phases": [p.result() for p in workers.phases],
+        "summary": {
+            "nodes": len(nodes),
+            "users connected": connected,
+            "node RSS MiB before": [round(k / 1024, 1) for k in before],
+            "node RSS MiB after": [round(k / 1024, 1) for k in after],
+            "all nodes RSS MiB after": round(sum(after) / 1024, 1),
+            "KiB per connection": round(grown / max(1, connected), 2),
+            "nodes CPU % idle (sum)": idle.extra.get("node", {}).get("cpu_pct"),
+            "nodes CPU % keep-alive (sum)": keep.extra.get("node", {}).get("cpu_pct"),
+            "pings/s": round(connected / interval, 1),
+            "ping p99 ms": ping.get("p99_ms"),
+            "target 80,000 connected users": verdict(connected >= 80_000),
+        },
+    }
 
 
 SCENARIOS = {
