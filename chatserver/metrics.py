@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .server import NodeState
 
 # No ``*_created`` series: scrapers do not need them and they double the output.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # The reasons a post can be refused; anything else is counted as "other".
 REJECT_REASONS = frozenset(
