@@ -882,3 +882,51 @@ async def test_subscriptions_open_at_stop_are_parted(
     finally:
         await h.close()
         await stores.close()
+
+
+async def test_management_api_changes_are_captured_in_the_same_store_with_their_actor(
+    setup: tuple[Harness, Stores],
+) -> None:
+    """Through the real management port: a governance change names the administrator who made
+    it; replacing a message records its original text; clearing a room records the clear."""
+    import base64
+
+    import aiohttp
+
+    h, stores = setup
+    room = await post_some(h, 2)
+    _client, root_id = await admin(h)
+    assert h.node.management is not None and h.node.management.address is not None
+    host, port = h.node.management.address
+    base = f"http://{host}:{port}"
+    async with aiohttp.ClientSession() as http:
+        basic = "Basic " + base64.b64encode(f"root:{PASSWORD}".encode()).decode()
+        async with http.post(base + "/api/v1/tokens", headers={"Authorization": basic}) as r:
+            assert r.status == 201
+            headers = {"Authorization": "Bearer " + (await r.json())["token"]}
+
+        async def call(method: str, path: str, body: Any) -> Any:
+            async with http.request(method, base + path, json=body, headers=headers) as r:
+                assert r.status in (200, 201), await r.text()
+                return await r.json()
+
+        await call("POST", "/api/v1/categories", {"name": "Audited"})
+        await call("POST", "/api/v1/messages/replace", {"room": room, "keywords": ["p0"]})
+        await call("POST", f"/api/v1/rooms/{room}/clear", {"until": "2999-01-01"})
+
+    async with stores.content.read() as conn:
+        rows = list(
+            await conn.execute(
+                select(compliance_outbox).where(
+                    compliance_outbox.c.kind.in_(["CATEGORY_CREATE", "REPLACE", "CLEAR"])
+                )
+            )
+        )
+    by_kind = {row.kind: row for row in rows}
+    assert set(by_kind) == {"CATEGORY_CREATE", "REPLACE", "CLEAR"}
+    assert by_kind["CATEGORY_CREATE"].user_id == root_id
+    replaced = payload(by_kind["REPLACE"])
+    assert replaced["original_text"] == "p0" and replaced["by"] == "root"
+    assert replaced["new_text"] == "This message was replaced by the administrator."
+    cleared = payload(by_kind["CLEAR"])
+    assert (cleared["removed"], cleared["through_seq"], cleared["by"]) == (2, 2, "root")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -721,6 +722,86 @@ async def test_standby_swap_and_drain(pg_cluster: PostgresCluster) -> None:
             await c.close()
         for c2 in (staying, on3):
             await c2.close()
+
+
+async def test_pool_control_through_the_management_api(pg_cluster: PostgresCluster) -> None:
+    """Set the active list, swap and drain through node1's management API; each change is
+    audited with the pool before and after."""
+    import base64
+
+    import aiohttp
+
+    url = await new_database(pg_cluster)
+    async with running_pool(url, 2, CHATSERVER_POOL_MAX_ACTIVE="1") as pool:
+        n1, n2 = pool.nodes
+        base = "http://" + n1.env["CHATSERVER_LISTEN_MANAGEMENT"]
+        auth = "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+
+        def states(view: dict[str, Any]) -> dict[str, str]:
+            return {n["name"]: n["state"] for n in view["nodes"]}
+
+        async with aiohttp.ClientSession(headers={"Authorization": auth}) as http:
+
+            async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+                async with http.request(method, base + path, json=body) as response:
+                    return response.status, await response.json()
+
+            status, view = await call("GET", "/api/v1/pool")
+            assert status == 200 and view["pooled"] is True
+            assert states(view) == {"node1": "active", "node2": "standby"}
+            status, body = await call("PUT", "/api/v1/pool/active", {"nodes": ["node1", "node2"]})
+            assert status == 400 and "max_active" in body["error"]["message"]
+            status, body = await call("PUT", "/api/v1/pool/active", {"nodes": ["node9"]})
+            assert status == 404
+
+            status, view = await call("PUT", "/api/v1/pool/active", {"nodes": ["node2"]})
+            assert status == 200 and states(view) == {"node1": "standby", "node2": "active"}
+            await n2.wait_for(r"is now active", scaled(5))
+            status, view = await call(
+                "POST", "/api/v1/pool/swap", {"active": "node2", "standby": "node1"}
+            )
+            assert status == 200 and states(view) == {"node1": "active", "node2": "standby"}
+            status, body = await call(
+                "POST", "/api/v1/pool/swap", {"active": "node2", "standby": "node1"}
+            )
+            assert status == 409
+            await n1.wait_for(r"is now active", scaled(5))
+
+            status, view = await call("POST", "/api/v1/pool/nodes/node2/drain")
+            assert status == 200 and states(view)["node2"] == "draining"
+            assert n2.proc is not None
+            await asyncio.wait_for(n2.proc.wait(), scaled(15))
+            status, body = await call("POST", "/api/v1/pool/nodes/node1/drain")
+            assert status == 409 and "last active" in body["error"]["message"]
+
+            status, audit = await call("GET", "/api/v1/audit?limit=10")
+            assert status == 200
+            entries = [e for e in reversed(audit) if e["action"].startswith("pool.")]
+            assert [(e["action"], e["target"], e["actor"]) for e in entries] == [
+                ("pool.active", "pool", "admin"),
+                ("pool.swap", "node:node2", "admin"),
+                ("pool.drain", "node:node2", "admin"),
+            ]
+            assert states(entries[0]["before"]) == {"node1": "active", "node2": "standby"}
+            assert states(entries[0]["after"]) == {"node1": "standby", "node2": "active"}
+            assert states(entries[1]["after"]) == {"node1": "active", "node2": "standby"}
+            assert states(entries[2]["after"])["node2"] == "draining"
+
+            # The same through the command line.
+            from .test_cli import chatserver
+
+            status, token = await call("POST", "/api/v1/tokens")
+            assert status == 201
+            env = {
+                **n1.env,
+                "CHATSERVER_ADMIN_URL": base,
+                "CHATSERVER_ADMIN_TOKEN": token["token"],
+            }
+            code, out, err = await chatserver("admin", "pool", "activate", "node9", env=env)
+            assert code == 1 and "404" in err
+            code, out, err = await chatserver("admin", "pool", "show", "--json", env=env)
+            assert code == 0, err
+            assert {n["name"]: n["state"] for n in json.loads(out)}["node1"] == "active"
 
 
 # -- chatserver pool up ---------------------------------------------------------------------

@@ -480,6 +480,7 @@ class PoolNode(BaseModel):
     state: str
     heartbeat_age_s: float | None
     this_node: bool
+    linked: bool | None = Field(None, description="A peer link to it is up (pooled nodes only)")
 
 
 class PoolOut(BaseModel):
@@ -1329,6 +1330,93 @@ async def get_compliance(ctx: Ctx) -> Any:
 )
 async def get_pool(ctx: Ctx) -> Any:
     return await ctx.node.pool_view()
+
+
+class ActiveIn(_In):
+    nodes: list[Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00]+$")]] = Field(
+        min_length=1,
+        max_length=64,
+        description="Exactly these nodes are active; other active nodes become standby",
+    )
+
+
+class SwapIn(_In):
+    active: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00]+$")]
+    standby: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00]+$")]
+
+
+async def _pool_change(ctx: Ctx, action: str, target: str, change: Any) -> Any:
+    from ..pool.control import PoolControlError
+
+    pool = ctx.node.state.pool
+    if pool is None:
+        raise ChatError(CONFLICT, "this node is not in a pool ([pool] enabled is false)")
+    before = await ctx.node.pool_view()
+    try:
+        await change(pool)
+    except PoolControlError as exc:
+        code = {404: NOT_FOUND, 409: CONFLICT}.get(exc.status, BAD_REQUEST)
+        raise ChatError(code, str(exc)) from None
+    after = await ctx.node.pool_view()
+    await ctx.audit(action, target, before, after)
+    return after
+
+
+@route(
+    "PUT",
+    "/api/v1/pool/active",
+    tag="pool",
+    summary="Set the active nodes (at most pool.max_active); the other active nodes become standby",
+    body=ActiveIn,
+    response=PoolOut,
+)
+async def set_active_nodes(ctx: Ctx) -> Any:
+    from ..pool import control
+
+    names: list[str] = ctx.body.nodes
+    max_active = ctx.node.config.pool.max_active
+    return await _pool_change(
+        ctx,
+        "pool.active",
+        "pool",
+        lambda pool: control.set_active(ctx.db, names, max_active=max_active, pool=pool),
+    )
+
+
+@route(
+    "POST",
+    "/api/v1/pool/swap",
+    tag="pool",
+    summary="Move an active node to standby and a standby node to active, at once",
+    body=SwapIn,
+    response=PoolOut,
+)
+async def swap_nodes(ctx: Ctx) -> Any:
+    from ..pool import control
+
+    b: SwapIn = ctx.body
+    return await _pool_change(
+        ctx,
+        "pool.swap",
+        f"node:{b.active}",
+        lambda pool: control.swap(ctx.db, b.active, b.standby, pool=pool),
+    )
+
+
+@route(
+    "POST",
+    "/api/v1/pool/nodes/{node_name}/drain",
+    tag="pool",
+    summary="Drain a node: its clients are told to move to the active nodes, then it stops",
+    response=PoolOut,
+)
+async def drain_node(ctx: Ctx) -> Any:
+    from ..pool import control
+
+    name = str(ctx.params["node_name"])
+    return await _pool_change(
+        ctx, "pool.drain", f"node:{name}", lambda pool: control.drain(ctx.db, name, pool=pool)
+    )
 
 
 @route(

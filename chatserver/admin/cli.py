@@ -706,6 +706,32 @@ def register(
         lambda a, api: api.call("GET", "/api/v1/pool")["nodes"],
         "list the nodes and their state",
     )
+    p = command(
+        pool,
+        "activate",
+        lambda a, api: api.call("PUT", "/api/v1/pool/active", {"nodes": a.nodes})["nodes"],
+        "make exactly these nodes active (the other active nodes become standby)",
+    )
+    p.add_argument("nodes", nargs="+", metavar="NODE")
+    p = command(
+        pool,
+        "swap",
+        lambda a, api: api.call(
+            "POST", "/api/v1/pool/swap", {"active": a.active, "standby": a.standby}
+        )["nodes"],
+        "move an active node to standby and a standby node to active",
+    )
+    p.add_argument("active")
+    p.add_argument("standby")
+    p = command(
+        pool,
+        "drain",
+        lambda a, api: api.call(
+            "POST", f"/api/v1/pool/nodes/{urllib.parse.quote(a.node, safe='')}/drain"
+        )["nodes"],
+        "tell a node's clients to move to the active nodes, then stop it",
+    )
+    p.add_argument("node")
     audit = resource("audit", "the audit log of administrators' changes")
     p = command(
         audit,

@@ -39,6 +39,7 @@ from ..protocol.errors import (
     UNAVAILABLE,
     ChatError,
 )
+from ..store import outbox
 from ..store import users as user_store
 from ..store.migrate import SchemaError, check_schema
 from ..store.users import User
@@ -201,7 +202,9 @@ class ManagementServer:
                     # strict: the JSON types the document names (no "5" or true for 5)
                     body = spec.body.model_validate_json(text, strict=True)
                 ctx = api.Ctx(self.node, actor, label, params, body, query)
-                result = await spec.handler(ctx)
+                # Compliance events of governance changes name the administrator.
+                with outbox.acting_as(actor.id or None):
+                    result = await spec.handler(ctx)
             except ValidationError as exc:
                 return _error(400, BAD_REQUEST, _describe(exc))
             except ChatError as exc:
