@@ -116,10 +116,19 @@ class Client:
 
     async def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send one request and return its reply, successful or not."""
+        if self.closed.is_set():
+            raise Closed("connection closed")
         rid = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future
-        await self.send_raw({"op": op, "id": rid, **fields})
+        try:
+            await self.send_raw({"op": op, "id": rid, **fields})
+        except (ConnectionError, OSError) as exc:
+            self._waiting.pop(rid, None)
+            raise Closed(f"connection closed: {exc}") from None
+        if self.closed.is_set() and not future.done():  # closed while sending
+            self._waiting.pop(rid, None)
+            raise Closed("connection closed")
         return await future
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:

@@ -335,3 +335,14 @@ async def test_bad_certificate_stops_start_up(db_url: str, tmp_path) -> None:  #
     with pytest.raises(StartupError, match=r"tls\.certificate"):
         await node.start()
     await node.stop()
+
+
+async def test_client_request_after_the_connection_closed_raises(harness: Harness) -> None:
+    from chatserver.client import Closed
+
+    await harness.user("zed")
+    client = await harness.login("zed")
+    await harness.node.stop()
+    await asyncio.wait_for(client.closed.wait(), scaled(10))
+    with pytest.raises(Closed):
+        await asyncio.wait_for(client.request("ping"), scaled(5))
