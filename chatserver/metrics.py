@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
@@ -48,20 +47,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.posts_received = Counter(
-            "chatserver_posts_received", "Posts received from clients", registry=r
-        )
-        self.posts_rejected = Counter(
-            "chatserver_posts_rejected",
-            "Posts refused, by reason (the error code)",
-            ["reason"],
-            registry=r,
-        )
-        self.rate_limited = Counter(
-            "chatserver_rate_limited_requests",
-            "Requests refused by the per-user rate limit",
-            registry=r,
-        )
+        # Per-post counts are plain integers (the node is one thread; prometheus_client's
+        # counters take a lock on every increment), read by the collector at scrape time.
+        self.posts_received = 0
+        self.posts_rejected: dict[str, int] = dict.fromkeys(sorted(REJECT_REASONS | {"other"}), 0)
+        self.rate_limited = 0
         self.batch_size = Histogram(
             "chatserver_group_commit_batch_size",
             "Posts stored per group-commit transaction",
@@ -82,7 +72,7 @@ class Metrics:
         self._lag_task: asyncio.Task[None] | None = None
 
     def attach(self, state: NodeState) -> None:
-        self.registry.register(_NodeCollector(state))
+        self.registry.register(_NodeCollector(state, self))
 
     def register(self, collector: Collector) -> None:
         self.registry.register(collector)
@@ -92,9 +82,9 @@ class Metrics:
         self.batch_seconds.observe(seconds)
 
     def post_rejected(self, code: str) -> None:
-        self.posts_rejected.labels(code if code in REJECT_REASONS else "other").inc()
+        self.posts_rejected[code if code in REJECT_REASONS else "other"] += 1
         if code == "rate_limited":
-            self.rate_limited.inc()
+            self.rate_limited += 1
 
     # -- event-loop lag ---------------------------------------------------------------------
 
@@ -119,11 +109,29 @@ class Metrics:
 class _NodeCollector(Collector):
     """Reads, at scrape time, the counts the node keeps anyway."""
 
-    def __init__(self, state: NodeState) -> None:
+    def __init__(self, state: NodeState, metrics: Metrics) -> None:
         self.state = state
+        self.metrics = metrics
 
     def collect(self) -> Iterator[Any]:
         state = self.state
+        m = self.metrics
+        yield CounterMetricFamily(
+            "chatserver_posts_received", "Posts received from clients", value=m.posts_received
+        )
+        rejected = CounterMetricFamily(
+            "chatserver_posts_rejected",
+            "Posts refused, by reason (the error code)",
+            labels=["reason"],
+        )
+        for reason, count in m.posts_rejected.items():
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield CounterMetricFamily(
+            "chatserver_rate_limited_requests",
+            "Requests refused by the per-user rate limit",
+            value=m.rate_limited,
+        )
         connections = GaugeMetricFamily(
             "chatserver_connections", "Open client connections by transport", labels=["transport"]
         )

@@ -380,7 +380,7 @@ class Session:
     async def op_post(self, request: cmd.Post) -> None:
         assert self.user is not None
         metrics = self.conn.node.metrics
-        metrics.posts_received.inc()
+        metrics.posts_received += 1
         try:
             future = await self.service.post(self.user, request.room, request.text, request.cid)
         except ChatError as exc:

@@ -200,6 +200,9 @@ class ChatService:
 
     async def readable_room(self, user: User, room_id: int) -> Room:
         """The room if ``user`` may read it; ``not_found`` if they may not even find it."""
+        room = self.governance.check_cached(user, room_id, "read")
+        if room is not None:
+            return room
         room, _category, _actor = await self.governance.check(user, room_id, "read")
         return room
 
@@ -383,7 +386,9 @@ class ChatService:
         limit = self.config.chat.max_message_chars
         if len(text) > limit:
             raise ChatError(TOO_LARGE, f"message exceeds max_message_chars={limit}")
-        room = await self.writable_room(user, room_id)
+        room = self.governance.check_cached(user, room_id, "post") or await self.writable_room(
+            user, room_id
+        )
         if not self.rate_limiter.allow(user.id):
             raise ChatError(RATE_LIMITED, "too many posts; slow down")
         return self.writer.submit(NewPost(room.id, user.id, user.name, cid, text))
