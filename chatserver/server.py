@@ -54,6 +54,21 @@ class NodeState:
     accepting: bool = True
     pool: Pool | None = None  # this node's pool membership, when [pool] enabled
     metrics: Metrics = field(default_factory=Metrics)
+    _dirty: list[Connection] = field(default_factory=list)
+    _flush_scheduled: bool = False
+
+    def schedule_flush(self, conn: Connection) -> None:
+        """Flush ``conn`` at the end of this loop turn, with every other connection written to."""
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn._flush()
 
     def connection_opened(self, conn: Connection) -> None:
         if not self.accepting:

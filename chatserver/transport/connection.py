@@ -1,7 +1,9 @@
 """The part every client transport shares: output batching, backpressure, timers, closing.
 
 Output: everything queued for a connection during one event-loop turn goes out in one
-``transport.write`` of the joined frames, scheduled with ``call_soon``. Fan-out hands every
+``transport.write`` of the joined frames. The node flushes every connection written to in a turn
+from one ``call_soon`` callback (``NodeState.schedule_flush``), so a message fanned out to 1,000
+subscribers schedules one callback, not 1,000. Fan-out hands every
 subscriber the same pre-encoded bytes, so a delivery costs an append here and one system call
 per turn.
 
@@ -43,6 +45,7 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self._out: list[bytes] = []
         self._out_size = 0
+        self._max_turn_bytes = 4 * node.config.limits.output_buffer_bytes
         self._flush_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
@@ -121,8 +124,8 @@ class Connection(asyncio.Protocol):
         self._out_size += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        elif self._out_size > 4 * self.node.config.limits.output_buffer_bytes:
+            self.node.schedule_flush(self)
+        elif self._out_size > self._max_turn_bytes:
             # One loop turn queued more than a slow client may ever hold: protect the node.
             log.info("%s %s: closing, output limit exceeded", self.transport_name, self.peer)
             self.abort()

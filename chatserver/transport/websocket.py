@@ -110,7 +110,7 @@ class WebSocketConnection(Connection):
 
     def send(self, item: Outgoing) -> None:
         if self._ws.state is State.OPEN:
-            super().send(item)
+            self.write(item.encoded(self.fmt))
 
     def _end_stream(self, reason: str) -> None:
         if self._ws.state is State.OPEN:
