@@ -801,6 +801,7 @@ async def test_pool_view_and_compliance(api: Api) -> None:
             "state": "active",
             "heartbeat_age_s": None,
             "this_node": True,
+            "linked": None,
         }
     ]
     out = await api.call("GET", "/api/v1/compliance")

@@ -562,3 +562,24 @@ def test_outgoing_large_event_uses_extended_length() -> None:
     data = Outgoing(obj).encoded(WS_BINARY)
     assert data[1] == 127
     assert msgpack.unpackb(parse_ws(data).data, raw=False) == obj
+
+
+@given(
+    items=st.lists(
+        st.fixed_dictionaries(
+            {"seq": st.integers(0, 2**40), "text": st.text(max_size=50), "ok": st.booleans()}
+        ),
+        max_size=5,
+    ),
+    other=st.dictionaries(st.sampled_from(["re", "room", "gap"]), st.integers(), max_size=3),
+)
+def test_a_packed_value_encodes_like_the_plain_list(
+    items: list[dict[str, Any]], other: dict[str, Any]
+) -> None:
+    from chatserver.protocol.codec import Packed, encode_json, encode_msgpack
+
+    plain = {**other, "messages": items}
+    packed_obj = {**other, "messages": Packed(items)}
+    assert encode_msgpack(packed_obj) == encode_msgpack(plain)
+    assert json.loads(encode_json(packed_obj)) == plain
+    assert msgpack.unpackb(encode_msgpack(packed_obj)) == plain

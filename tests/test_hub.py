@@ -130,3 +130,23 @@ async def test_idle_rooms_are_evicted_beyond_the_bound() -> None:
         await hub.room(room)
     rooms: Any = hub._rooms
     assert 1 in rooms and len(rooms) <= 3
+
+
+async def test_the_backchat_is_encoded_once_until_the_cache_changes() -> None:
+    from chatserver.rooms.hub import MessageChange
+
+    store = Store()
+    store.add(1, 2, 3, 4)
+    hub = make_hub(store)
+    state = await hub.room(1)
+    first = hub.backchat(state, 3)
+    assert [m["seq"] for m in first.items] == [2, 3, 4]
+    assert hub.backchat(state, 3) is first  # shared by every join until the cache changes
+    assert [m["seq"] for m in hub.backchat(state, 2).items] == [3, 4]  # shorter: not shared
+    hub.deliver(store.add(5))  # a full cache: same length, new last message
+    after_post = hub.backchat(state, 3)
+    assert after_post is not first and [m["seq"] for m in after_post.items] == [3, 4, 5]
+    hub.change_messages(1, [MessageChange(4, "replaced", "[redacted]")])
+    edited = hub.backchat(state, 3)
+    assert edited is not after_post
+    assert [m["text"] for m in edited.items] == ["text 3", "[redacted]", "text 5"]

@@ -85,12 +85,54 @@ def _as_map(obj: Any, max_depth: int, *, check_text: bool = False) -> dict[str, 
     return obj
 
 
+class Packed:
+    """A list whose encodings are kept: a value of a reply or event map that is spliced in,
+    not encoded again (the join backchat, shared by every join of a room until it changes).
+
+    Only a top-level value of the map may be ``Packed``.
+    """
+
+    __slots__ = ("_json", "_msgpack", "items")
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self._msgpack: bytes | None = None
+        self._json: bytes | None = None
+
+    def msgpack(self) -> bytes:
+        if self._msgpack is None:
+            self._msgpack = msgpack.packb(self.items, use_bin_type=True)
+        return self._msgpack
+
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = _dumps(self.items)
+        return self._json
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def encode_msgpack(obj: dict[str, Any]) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    if not any(type(value) is Packed for value in obj.values()):
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(len(obj))]
+    for key, value in obj.items():
+        parts.append(packer.pack(key))
+        parts.append(value.msgpack() if type(value) is Packed else packer.pack(value))
+    return b"".join(parts)
 
 
 def encode_json(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    if not any(type(value) is Packed for value in obj.values()):
+        return _dumps(obj)
+    parts = [
+        _dumps(key) + b":" + (value.json() if type(value) is Packed else _dumps(value))
+        for key, value in obj.items()
+    ]
+    return b"{" + b",".join(parts) + b"}"
 
 
 def tcp_frame(body: bytes) -> bytes:

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..protocol.codec import Packed
 from ..protocol.events import Outgoing
 from ..store.messages import Message
 
@@ -85,6 +86,7 @@ class RoomState:
         "changes",
         "id",
         "last_seq",
+        "packed",
         "pending",
         "ready",
         "recent",
@@ -97,6 +99,9 @@ class RoomState:
         self.subscriptions: dict[Subscriber, Subscription] = {}
         self.last_seq = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=cache_size)
+        # ``recent`` as a Packed list, and what it was made from (the deque, its length, its
+        # last item): valid while those are unchanged.
+        self.packed: tuple[Any, int, Any, Packed] | None = None
         # Not ready while loading or repairing a gap; deliveries wait in ``pending`` meanwhile.
         self.ready = False
         self.pending: list[Message] = []
@@ -224,6 +229,21 @@ class Hub:
     def subscribers(self, room_id: int) -> list[Any]:
         state = self._rooms.get(room_id)
         return [] if state is None else list(state.subscriptions)
+
+    def backchat(self, state: RoomState, count: int) -> Packed:
+        """The newest ``count`` cached messages, encoded once and shared until the cache
+        changes (every join of a busy room would otherwise encode the same 30 messages)."""
+        recent = state.recent
+        if count < len(recent):
+            return Packed(list(recent)[-count:])
+        last = recent[-1] if recent else None
+        packed = state.packed
+        if packed is not None and packed[0] is recent and packed[1] == len(recent):
+            if packed[2] is last:
+                return packed[3]
+        value = Packed(list(recent))
+        state.packed = (recent, len(recent), last, value)
+        return value
 
     def subscription_count(self) -> int:
         return sum(len(state.subscriptions) for state in self._rooms.values())

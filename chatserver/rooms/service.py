@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import Config
 from ..passwords import DUMMY_HASH, hash_password, verify_password
+from ..protocol.codec import Packed
 from ..protocol.errors import (
     BAD_REQUEST,
     CONFLICT,
@@ -275,19 +276,21 @@ class ChatService:
             if generation == self.governance.generation:
                 break
         page_max = self.config.chat.history_page_max
-        cached = list(state.recent)
-        first_cached = cached[0]["seq"] if cached else state.last_seq + 1
+        recent = state.recent
+        first_cached = recent[0]["seq"] if recent else state.last_seq + 1
         if since is None or since >= first_cached - 1:
             # Served from the cache, and subscribed in the same step: no await in between.
+            messages: list[dict[str, Any]] | Packed
             if since is None:
-                messages = cached[-self.config.chat.default_chat_history :]
+                messages = self.hub.backchat(state, self.config.chat.default_chat_history)
+                page = messages.items
             else:
-                messages = [m for m in cached if m["seq"] > since][-page_max:]
-            gap = bool(since is not None and messages and messages[0]["seq"] > since + 1)
+                messages = page = [m for m in recent if m["seq"] > since][-page_max:]
+            gap = bool(since is not None and page and page[0]["seq"] > since + 1)
             self.hub.subscribe(state, subscriber)
             last_seq = state.last_seq
             if self.capture is not None:
-                await self._record_join(user, subscriber, room.id, since, last_seq, messages)
+                await self._record_join(user, subscriber, room.id, since, last_seq, page)
             return (
                 {"room": room.id, "last_seq": last_seq, "messages": messages, "gap": gap},
                 None,
