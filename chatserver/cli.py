@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import signal
@@ -65,6 +66,12 @@ async def _serve(config: Config) -> None:
     except (OSError, SQLAlchemyError) as exc:
         await node.stop()
         _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
+    # The objects made at start-up live as long as the process: take them out of the cyclic
+    # collector's sight, and collect less often. A node holds many long-lived objects (a
+    # connection and its session each keep dozens); with the default thresholds a busy node
+    # spent about a quarter of its fan-out time walking them (loadtest/RESULTS.md, P4b).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     await stop.wait()
     print("chatserver: shutting down", flush=True)
     await node.stop()
