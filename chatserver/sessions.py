@@ -40,17 +40,36 @@ log = logging.getLogger(__name__)
 
 
 class Session:
+    __slots__ = (
+        "__weakref__",
+        "_ending",
+        "_joining",
+        "_posts_drained",
+        "_posts_in_flight",
+        "_queue",
+        "closed",
+        "conn",
+        "invited_rooms",
+        "rooms",
+        "said_hello",
+        "service",
+        "user",
+        "worker",
+    )
+
     def __init__(self, service: ChatService, conn: Connection) -> None:
         self.service = service
         self.conn = conn
         self.said_hello = False
         self.user: User | None = None
         self.rooms: set[int] = set()
-        self._queue: deque[dict[str, Any]] = deque()
+        # Requests waiting for the worker; made when one arrives and dropped when served (an
+        # empty deque is ~600 bytes on each of thousands of idle connections).
+        self._queue: deque[dict[str, Any]] | None = None
         self.worker: asyncio.Task[None] | None = None
         self._posts_in_flight = 0
-        self._posts_drained = asyncio.Event()
-        self._posts_drained.set()
+        # Made only when ``end()`` must wait for acknowledgements in flight.
+        self._posts_drained: asyncio.Event | None = None
         self.invited_rooms: set[int] = set()
         # Rooms whose join is being served -> the event that stopped them meanwhile, if any.
         self._joining: dict[int, Outgoing | None] = {}
@@ -62,6 +81,8 @@ class Session:
     def receive(self, obj: dict[str, Any]) -> None:
         if self.closed or self._ending is not None:
             return
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(obj)
         limits = self.service.config.limits
         if len(self._queue) + self._posts_in_flight >= limits.max_requests_in_flight:
@@ -91,17 +112,22 @@ class Session:
                 self._maybe_resume_reading()
             if self._ending is not None and not self.closed:
                 error, reason = self._ending
-                await self._posts_drained.wait()  # their acknowledgements come first
+                if self._posts_in_flight:  # their acknowledgements come first
+                    self._posts_drained = asyncio.Event()
+                    await self._posts_drained.wait()
                 self.reject(error)
                 self.conn.close(reason)
         finally:
             self.worker = None
+            if not self._queue:
+                self._queue = None
 
     def _maybe_resume_reading(self) -> None:
         if self._ending is not None:
             return
         limits = self.service.config.limits
-        if len(self._queue) + self._posts_in_flight < limits.max_requests_in_flight // 2 + 1:
+        queued = len(self._queue) if self._queue is not None else 0
+        if queued + self._posts_in_flight < limits.max_requests_in_flight // 2 + 1:
             self.conn.resume_reading()
 
     async def _serve(self, obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -387,12 +413,11 @@ class Session:
             metrics.post_rejected(exc.code)
             raise
         self._posts_in_flight += 1
-        self._posts_drained.clear()
         rid = request.id
 
         def done(f: asyncio.Future[Stored]) -> None:
             self._posts_in_flight -= 1
-            if not self._posts_in_flight:
+            if not self._posts_in_flight and self._posts_drained is not None:
                 self._posts_drained.set()
             self._maybe_resume_reading()
             if f.cancelled():
@@ -468,7 +493,7 @@ class Session:
         for room in self.rooms:
             self.service.leave(self, room)
         self.rooms.clear()
-        self._queue.clear()
+        self._queue = None
 
 
 _ROOM_ROLES = {"members": "member", "managers": "manager", "presenters": "presenter"}
