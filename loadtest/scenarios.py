@@ -817,11 +817,12 @@ async def pool_connections(args: Any, stack: Stack) -> dict[str, Any]:
         connected = workers.connected
         await asyncio.sleep(0.2 if args.smoke else 3.0)
         after = [s.rss_kib() for s in stats]
-        idle = await workers.phase(
-            "idle",
-            {"op": "run", "duration": 1.0 if args.smoke else args.idle},
-            main_counter="pongs",
-        )
+        idle_s = 1.0 if args.smoke else args.idle
+        prof = None
+        if args.profile:
+            prof = Profiler(nodes[0].pid, idle_s, Path(tempfile.mkdtemp()) / "pool-idle.raw")
+        idle = await workers.phase("idle", {"op": "run", "duration": idle_s}, main_counter="pongs")
+        profile = prof.top() if prof else None
         keep = await workers.phase(
             f"keep-alive (ping every {interval:g}s)",
             {"op": "run", "duration": interval, "ping_interval": interval, "drain": 0},
@@ -835,6 +836,7 @@ async def pool_connections(args: Any, stack: Stack) -> dict[str, Any]:
     ping = keep.result()["latency"].get("ping", {})
     return {
         "phases": [p.result() for p in workers.phases],
+        "profile": profile,
         "summary": {
             "nodes": len(nodes),
             "users connected": connected,
