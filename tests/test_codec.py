@@ -571,7 +571,9 @@ def test_outgoing_large_event_uses_extended_length() -> None:
         ),
         max_size=5,
     ),
-    other=st.dictionaries(st.sampled_from(["re", "room", "gap"]), st.integers(), max_size=3),
+    other=st.dictionaries(
+        st.sampled_from(["re", "room", "gap"]), st.integers(-(2**63), 2**63 - 1), max_size=3
+    ),
 )
 def test_a_packed_value_encodes_like_the_plain_list(
     items: list[dict[str, Any]], other: dict[str, Any]
