@@ -81,6 +81,15 @@ class Session:
     def receive(self, obj: dict[str, Any]) -> None:
         if self.closed or self._ending is not None:
             return
+        if obj.get("op") == "ping" and self.worker is None and not self._posts_in_flight:
+            # Keep-alives are answered at once when nothing is waiting before them (no task).
+            try:
+                request = cmd.parse_request(obj)
+            except ChatError:
+                pass  # the worker answers with the error, in order
+            else:
+                self.conn.send(Outgoing(reply(request.id)))
+                return
         if self._queue is None:
             self._queue = deque()
         self._queue.append(obj)
