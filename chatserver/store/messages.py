@@ -235,22 +235,21 @@ async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | Non
             )
         plan = _plan(posts, last_seqs, keeps, existing, now_ms())
         new = plan.kept_rows
-        if new:
+        if plan.last_seqs:
+            # The rows and the rooms' new last_seq in one statement (one round trip): a
+            # data-modifying WITH runs exactly once whether or not the outer query reads it.
             await conn.execute(
-                "INSERT INTO messages (room_id, seq, sender_id, cid, text, ts)"
+                "WITH inserted AS (INSERT INTO messages (room_id, seq, sender_id, cid, text, ts)"
                 " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
-                " $5::text[], $6::bigint[])",
+                " $5::text[], $6::bigint[]))"
+                " UPDATE rooms SET last_seq = v.seq FROM unnest($7::bigint[], $8::bigint[])"
+                " AS v(id, seq) WHERE rooms.id = v.id",
                 [m.room for m in new],
                 [m.seq for m in new],
                 [m.sender_id for m in new],
                 [m.cid for m in new],
                 [m.text for m in new],
                 [m.ts for m in new],
-            )
-        if plan.last_seqs:
-            await conn.execute(
-                "UPDATE rooms SET last_seq = v.seq FROM unnest($1::bigint[], $2::bigint[])"
-                " AS v(id, seq) WHERE rooms.id = v.id",
                 list(plan.last_seqs),
                 list(plan.last_seqs.values()),
             )
