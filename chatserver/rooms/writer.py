@@ -1,4 +1,5 @@
-"""Group commit: posts that arrive while a transaction runs are stored together in the next one.
+"""Group commit: posts that arrive while a transaction runs are stored together in the next one
+(on PostgreSQL, that next one is already sent while the previous one commits).
 
 ::
 
@@ -84,14 +85,31 @@ class Writer:
             await self._task
 
     async def _run(self) -> None:
+        # On PostgreSQL the next batch is prepared and sent while the previous one commits (two
+        # transactions in flight). They lock their rooms in id order, so a room shared by both
+        # is stored by the first before the second reads its last_seq: seq order stays commit
+        # order, and the hub puts any early delivery of another room's batch in order. SQLite
+        # takes one writer at a time.
+        limit = 2 if self._db.is_postgres else 1
+        in_flight: set[asyncio.Task[None]] = set()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                if len(in_flight) >= limit:
+                    done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    in_flight -= done
+                    continue
                 take = min(len(self._queue), self._max_batch)
                 batch = [self._queue.popleft() for _ in range(take)]
-                await self._commit(batch)
+                task = asyncio.get_running_loop().create_task(self._commit(batch))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                if limit == 1:
+                    await task
             if self._closing:
+                if in_flight:
+                    await asyncio.wait(in_flight)
                 return
 
     async def _commit(self, batch: list[tuple[NewPost, asyncio.Future[Stored]]]) -> None:
