@@ -152,3 +152,15 @@ async def test_sessions_expire(db: Database) -> None:
         await conn.execute(text("UPDATE sessions SET expires_ms = 0"))
     assert await user_store.user_for_token(db, token) is None
     assert await user_store.user_for_token(db, "unknown") is None
+
+
+async def test_the_asyncpg_pool_is_made_once_for_concurrent_callers(db_url: str) -> None:
+    """The writer keeps two batches in flight: both may ask for the pool before it exists."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the asyncpg pool is PostgreSQL's fast path")
+    db = Database(db_url)
+    try:
+        pools = await asyncio.gather(*(db.pg_pool() for _ in range(5)))
+        assert all(pool is pools[0] for pool in pools)
+    finally:
+        await db.close()

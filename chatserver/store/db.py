@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,6 +52,7 @@ class Database:
         self.url = url
         self.dialect = dialect_of(url)
         self._pg_pool: Any = None
+        self._pg_pool_made: asyncio.Task[None] | None = None
         if self.dialect == "sqlite":
             path = sqlite_path(url)
             if path is not None:
@@ -83,15 +85,29 @@ class Database:
         """An asyncpg pool on the same database, for the PostgreSQL fast paths."""
         assert self.is_postgres
         if self._pg_pool is None:
-            import asyncpg
-
-            dsn = make_url(self.url.replace("postgres://", "postgresql://", 1))
-            self._pg_pool = await asyncpg.create_pool(
-                dsn.render_as_string(hide_password=False), min_size=1, max_size=4
-            )
+            # Made once even when several callers ask at the same time (the writer keeps two
+            # batches in flight): the second would otherwise make a second pool and leak it.
+            if self._pg_pool_made is None:
+                self._pg_pool_made = asyncio.get_running_loop().create_task(self._make_pg_pool())
+            try:
+                await asyncio.shield(self._pg_pool_made)
+            except Exception:
+                self._pg_pool_made = None
+                raise
         return self._pg_pool
 
+    async def _make_pg_pool(self) -> None:
+        import asyncpg
+
+        dsn = make_url(self.url.replace("postgres://", "postgresql://", 1))
+        self._pg_pool = await asyncpg.create_pool(
+            dsn.render_as_string(hide_password=False), min_size=1, max_size=4
+        )
+
     async def close(self) -> None:
+        if self._pg_pool_made is not None and not self._pg_pool_made.done():
+            await asyncio.wait([self._pg_pool_made])
+        self._pg_pool_made = None
         if self._pg_pool is not None:
             await self._pg_pool.close()
             self._pg_pool = None
