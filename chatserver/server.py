@@ -326,8 +326,8 @@ class Node:
     async def pool_view(self) -> dict[str, Any]:
         """The pool's nodes as the management API shows them."""
         pool = self.state.pool
-        if pool is not None and hasattr(pool, "view"):
-            return await pool.view()  # type: ignore[no-any-return]
+        if pool is not None:
+            return await pool.view()
         tcp = self.addresses.get("tcp")
         websocket = self.addresses.get("websocket")
         management = self.management.address if self.management else None
