@@ -271,8 +271,9 @@ def _setting(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
-def _room_call(method: str, suffix: str) -> Command:
-    return lambda a, api: api.call(method, f"/api/v1/rooms/{a.id}{suffix}")
+def _by_id(method: str, resource: str, suffix: str = "") -> Command:
+    """One request to ``/api/v1/RESOURCE/ID[SUFFIX]`` with the command's ``id`` argument."""
+    return lambda a, api: api.call(method, f"/api/v1/{resource}/{a.id}{suffix}")
 
 
 def register(
@@ -296,6 +297,13 @@ def register(
         p.set_defaults(func=_run, call=action, columns=columns)
         return p
 
+    def by_id(group: Any, resource: str, commands: list[tuple[str, str, str, str]]) -> None:
+        """Subcommands that take only an id: (verb, HTTP method, path suffix, help)."""
+        for verb, method, suffix, text in commands:
+            command(group, verb, _by_id(method, resource, suffix), text).add_argument(
+                "id", type=int
+            )
+
     def resource(name: str, help: str) -> Any:
         return admin.add_parser(name, help=help).add_subparsers(
             dest="verb", required=True, metavar="ACTION"
@@ -318,10 +326,7 @@ def register(
     )
     p.add_argument("--query", help="name contains")
     p.add_argument("--limit", type=int, default=100)
-    p = command(
-        users, "show", lambda a, api: api.call("GET", f"/api/v1/users/{a.id}"), "show a user"
-    )
-    p.add_argument("id", type=int)
+    by_id(users, "users", [("show", "GET", "", "show a user")])
 
     def add_user(a: argparse.Namespace, api: Api) -> Any:
         if a.password_stdin:
@@ -346,13 +351,18 @@ def register(
     p = command(users, "policy", policy, "set persistent_chat_enabled: on, off or default")
     p.add_argument("id", type=int)
     p.add_argument("value", choices=["on", "off", "default"])
-    p = command(
+    by_id(
         users,
-        "disconnect",
-        lambda a, api: api.call("DELETE", f"/api/v1/users/{a.id}/sessions"),
-        "close a user's connections to the node behind --url",
+        "users",
+        [
+            (
+                "disconnect",
+                "DELETE",
+                "/sessions",
+                "close a user's connections to the node behind --url",
+            )
+        ],
     )
-    p.add_argument("id", type=int)
 
     # sessions
     sessions = resource("sessions", "connected users")
@@ -382,20 +392,14 @@ def register(
     )
     p.add_argument("name")
     p.add_argument("--description", default="")
-    p = command(
+    by_id(
         groups,
-        "show",
-        lambda a, api: api.call("GET", f"/api/v1/groups/{a.id}"),
-        "show a group and its members",
+        "groups",
+        [
+            ("show", "GET", "", "show a group and its members"),
+            ("delete", "DELETE", "", "remove a group"),
+        ],
     )
-    p.add_argument("id", type=int)
-    p = command(
-        groups,
-        "delete",
-        lambda a, api: api.call("DELETE", f"/api/v1/groups/{a.id}"),
-        "remove a group",
-    )
-    p.add_argument("id", type=int)
     p = command(
         groups,
         "members",
@@ -468,27 +472,15 @@ def register(
     for option in CATEGORY_LISTS:
         p.add_argument(f"--{option}", nargs="+", metavar="PRINCIPAL")
         p.add_argument(f"--un{option}", nargs="+", metavar="PRINCIPAL")
-    p = command(
+    by_id(
         categories,
-        "show",
-        lambda a, api: api.call("GET", f"/api/v1/categories/{a.id}"),
-        "show a category",
+        "categories",
+        [
+            ("show", "GET", "", "show a category"),
+            ("delete", "DELETE", "", "remove an empty category"),
+            ("eligible", "GET", "/eligible", "users the category allows"),
+        ],
     )
-    p.add_argument("id", type=int)
-    p = command(
-        categories,
-        "delete",
-        lambda a, api: api.call("DELETE", f"/api/v1/categories/{a.id}"),
-        "remove an empty category",
-    )
-    p.add_argument("id", type=int)
-    p = command(
-        categories,
-        "eligible",
-        lambda a, api: api.call("GET", f"/api/v1/categories/{a.id}/eligible"),
-        "users the category allows",
-    )
-    p.add_argument("id", type=int)
 
     # rooms
     rooms = resource("rooms", "rooms, their roles, and clearing their history")
@@ -583,20 +575,17 @@ def register(
     for option in ROOM_LISTS:
         p.add_argument(f"--{option}", nargs="+", metavar="PRINCIPAL")
         p.add_argument(f"--un{option}", nargs="+", metavar="PRINCIPAL")
-    for verb, method, suffix, text in (
-        ("show", "GET", "", "show a room"),
-        ("disable", "POST", "/disable", "disable a room"),
-        ("enable", "POST", "/enable", "enable a room"),
-        ("delete", "DELETE", "", "delete a room and its history"),
-        ("eligible", "GET", "/eligible", "users who may read the room"),
-    ):
-        p = command(
-            rooms,
-            verb,
-            _room_call(method, suffix),
-            text,
-        )
-        p.add_argument("id", type=int)
+    by_id(
+        rooms,
+        "rooms",
+        [
+            ("show", "GET", "", "show a room"),
+            ("disable", "POST", "/disable", "disable a room"),
+            ("enable", "POST", "/enable", "enable a room"),
+            ("delete", "DELETE", "", "delete a room and its history"),
+            ("eligible", "GET", "/eligible", "users who may read the room"),
+        ],
+    )
     p = command(
         rooms,
         "clear",
@@ -665,13 +654,7 @@ def register(
     p.add_argument("id", type=int)
     p.add_argument("--name")
     p.add_argument("--new-url", help="the add-in's new address")
-    p = command(
-        addins,
-        "delete",
-        lambda a, api: api.call("DELETE", f"/api/v1/addins/{a.id}"),
-        "remove an add-in no room uses",
-    )
-    p.add_argument("id", type=int)
+    by_id(addins, "addins", [("delete", "DELETE", "", "remove an add-in no room uses")])
 
     # config
     config = resource("config", "run-time settings (global, or per node)")
