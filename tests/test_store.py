@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from chatserver.protocol.errors import ChatError
 from chatserver.rooms.writer import Writer
+from chatserver.store import categories as category_store
 from chatserver.store import messages as message_store
 from chatserver.store import rooms as room_store
 from chatserver.store import users as user_store
@@ -34,7 +35,7 @@ async def test_schema_check_accepts_head_and_refuses_others(db: Database) -> Non
         await conn.execute(text("DELETE FROM alembic_version"))
     with pytest.raises(SchemaError, match="chatserver migrate"):
         await check_schema(db)
-    assert head_revision() == "0005"
+    assert head_revision() == "0006"
 
 
 async def test_batch_assigns_gap_free_seqs_per_room_and_dedups(db: Database) -> None:
@@ -73,6 +74,80 @@ async def test_batch_assigns_gap_free_seqs_per_room_and_dedups(db: Database) -> 
         (2, "bob", "second in one"),
         (3, "bob", "third"),
     ]
+
+
+async def test_batch_in_a_category_without_history_numbers_but_keeps_nothing(db: Database) -> None:
+    user = await user_store.create_user(db, "u", "x")
+    live_only = await category_store.create_category(db, "live", chat_history=False)
+    room = (await room_store.create_room(db, "live-room", category_id=live_only)).id
+    kept = (await room_store.create_room(db, "kept-room")).id
+    results = await message_store.store_batch(
+        db,
+        [
+            NewPost(room, user.id, "u", "1", "gone"),
+            NewPost(kept, user.id, "u", "1", "here"),
+            NewPost(room, user.id, "u", "2", "gone too"),
+        ],
+    )
+    assert [(r.message.seq, r.message.kept, r.duplicate) for r in results] == [  # type: ignore[union-attr]
+        (1, False, False),
+        (1, True, False),
+        (2, False, False),
+    ]
+    assert await message_store.last_seq(db, room) == 2  # live delivery still has its order
+    assert await message_store.after(db, room, 0, 10) == []
+    assert [m.text for m in await message_store.after(db, kept, 0, 10)] == ["here"]
+
+
+async def test_a_stored_post_repeated_within_a_later_batch_is_one_duplicate(db: Database) -> None:
+    user = await user_store.create_user(db, "u", "x")
+    room = (await room_store.create_room(db, "r")).id
+    first = await message_store.store_batch(db, [NewPost(room, user.id, "u", "k", "original")])
+    assert first[0].message is not None and first[0].message.seq == 1
+    again = await message_store.store_batch(
+        db,
+        [
+            NewPost(room, user.id, "u", "k", "retry one"),
+            NewPost(room, user.id, "u", "n", "new"),
+            NewPost(room, user.id, "u", "k", "retry two"),
+        ],
+    )
+    assert [(r.message.seq, r.message.text, r.duplicate) for r in again] == [  # type: ignore[union-attr]
+        (1, "original", True),
+        (2, "new", False),
+        (1, "original", True),
+    ]
+    assert again[0].message.ts == first[0].message.ts  # type: ignore[union-attr]
+    assert await message_store.last_seq(db, room) == 2
+
+
+async def test_concurrent_retries_of_the_same_posts_store_each_once(db_url: str) -> None:
+    """Two nodes storing the same (room, sender, cid) keys at once: one stores, one finds."""
+    dbs = [Database(db_url), Database(db_url)]
+    try:
+        user = await user_store.create_user(dbs[0], "u", "x")
+        room = (await room_store.create_room(dbs[0], "r")).id
+        batches = [
+            [NewPost(room, user.id, "u", f"{k}-{j}", f"t{k}-{j}") for j in range(10)]
+            for k in range(15)
+        ]
+
+        async def writer(w: int) -> list[message_store.Stored]:
+            out: list[message_store.Stored] = []
+            for batch in batches:
+                out += await message_store.store_batch(dbs[w], batch)
+            return out
+
+        a, b = await asyncio.gather(writer(0), writer(1))
+        for x, y in zip(a, b, strict=True):
+            assert x.message is not None and y.message is not None
+            assert x.message.seq == y.message.seq
+            assert x.duplicate != y.duplicate  # exactly one of the two stored it
+        seqs = [m.seq for m in await message_store.after(dbs[0], room, 0, 1000)]
+        assert seqs == list(range(1, 151))
+    finally:
+        for database in dbs:
+            await database.close()
 
 
 async def test_concurrent_batches_keep_one_order(db_url: str) -> None:

@@ -206,56 +206,78 @@ async def _store_batch_generic(
     return plan.results
 
 
+# The whole batch in one round trip, commit included (migration 0006 defines the function).
+_STORE_BATCH_PG = (
+    "SELECT * FROM chat_store_batch($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5)"
+)
+
+
 async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | None) -> list[Stored]:
+    # The function sees each (room, sender, cid) once; a repeat later in the batch gets the
+    # first one's message, as a duplicate.
+    first: dict[tuple[int, int, str], int] = {}
+    unique: list[NewPost] = []
+    for post in posts:
+        key = (post.room, post.sender_id, post.cid)
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(post)
+    args = (
+        [p.room for p in unique],
+        [p.sender_id for p in unique],
+        [p.cid for p in unique],
+        [p.text for p in unique],
+        now_ms(),
+    )
     pool = await db.pg_pool()
-    room_ids = sorted({p.room for p in posts})
-    keys = list({(p.room, p.sender_id, p.cid) for p in posts})
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            "SELECT r.id, r.last_seq, c.chat_history FROM rooms r"
-            " JOIN categories c ON c.id = r.category_id"
-            " WHERE r.id = ANY($1::bigint[]) ORDER BY r.id FOR UPDATE OF r",
-            room_ids,
+    async with pool.acquire() as conn:
+        if capture is None:
+            # Outside an explicit transaction the statement is its own: one round trip.
+            rows = await conn.fetch(_STORE_BATCH_PG, *args)
+            return _results(posts, first, unique, rows)[0]
+        async with conn.transaction():
+            rows = await conn.fetch(_STORE_BATCH_PG, *args)
+            results, new_rows = _results(posts, first, unique, rows)
+            await record_pg(conn, capture, _chat_events(new_rows))
+        return results
+
+
+def _results(
+    posts: list[NewPost], first: dict[tuple[int, int, str], int], unique: list[NewPost], rows: Any
+) -> tuple[list[Stored], list[Message]]:
+    """The batch's results in the order of ``posts``, and its new messages (kept or not)."""
+    stored: list[Stored | None] = [None] * len(unique)
+    new_rows: list[Message] = []
+    for row in rows:
+        i = row["out_i"] - 1
+        post = unique[i]
+        is_new = row["out_new"]
+        message = Message(
+            post.room,
+            row["out_seq"],
+            row["out_ts"],
+            post.sender_id,
+            post.sender_name,
+            row["out_text"],
+            post.cid,
+            row["out_kept"] if is_new else True,
         )
-        last_seqs = {row["id"]: row["last_seq"] for row in rows}
-        keeps = {row["id"]: row["chat_history"] for row in rows}
-        existing = {}
-        for row in await conn.fetch(
-            "SELECT m.room_id, m.sender_id, m.cid, m.seq, m.ts, m.text FROM messages m"
-            " JOIN unnest($1::bigint[], $2::bigint[], $3::text[]) AS k(r, s, c)"
-            " ON m.room_id = k.r AND m.sender_id = k.s AND m.cid = k.c",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [k[2] for k in keys],
-        ):
-            existing[(row["room_id"], row["sender_id"], row["cid"])] = (
-                row["seq"],
-                row["ts"],
-                row["text"],
-            )
-        plan = _plan(posts, last_seqs, keeps, existing, now_ms())
-        new = plan.kept_rows
-        if plan.last_seqs:
-            # The rows and the rooms' new last_seq in one statement (one round trip): a
-            # data-modifying WITH runs exactly once whether or not the outer query reads it.
-            await conn.execute(
-                "WITH inserted AS (INSERT INTO messages (room_id, seq, sender_id, cid, text, ts)"
-                " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
-                " $5::text[], $6::bigint[]))"
-                " UPDATE rooms SET last_seq = v.seq FROM unnest($7::bigint[], $8::bigint[])"
-                " AS v(id, seq) WHERE rooms.id = v.id",
-                [m.room for m in new],
-                [m.seq for m in new],
-                [m.sender_id for m in new],
-                [m.cid for m in new],
-                [m.text for m in new],
-                [m.ts for m in new],
-                list(plan.last_seqs),
-                list(plan.last_seqs.values()),
-            )
-        if capture is not None and plan.new_rows:
-            await record_pg(conn, capture, _chat_events(plan.new_rows))
-    return plan.results
+        stored[i] = Stored(message, not is_new)
+        if is_new:
+            new_rows.append(message)
+    results: list[Stored] = []
+    answered: set[int] = set()
+    for post in posts:
+        i = first[(post.room, post.sender_id, post.cid)]
+        outcome = stored[i]
+        if outcome is None:  # the room does not exist
+            results.append(Stored(None, False))
+        elif i in answered:  # a repeat within the batch
+            results.append(Stored(outcome.message, True))
+        else:
+            answered.add(i)
+            results.append(outcome)
+    return results, new_rows
 
 
 def _select_messages() -> Any:
