@@ -20,6 +20,9 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
+# The duplicate lookup is a LATERAL probe per post so that it is always an index lookup on
+# uq_messages_room_sender_cid: a cached plan made while the table looked small could otherwise
+# hash-join a sequential scan of every message (measured: 27 ms per batch at 150,000 messages).
 # Each statement of a VOLATILE PL/pgSQL function takes a new snapshot (READ COMMITTED), so the
 # duplicate lookup and last_seq read below see everything a batch that held these rooms' locks
 # before us committed.
@@ -44,8 +47,11 @@ BEGIN
         FROM post
         JOIN rooms r ON r.id = post.room
         JOIN categories c ON c.id = r.category_id
-        LEFT JOIN messages m
-            ON m.room_id = post.room AND m.sender_id = post.sender AND m.cid = post.cid
+        LEFT JOIN LATERAL (
+            SELECT m.seq, m.ts, m.text FROM messages m
+            WHERE m.room_id = post.room AND m.sender_id = post.sender AND m.cid = post.cid
+            LIMIT 1
+        ) AS m ON true
     ), fresh AS (
         SELECT known.i, known.room, known.sender, known.cid, known.text, known.chat_history,
                known.last_seq + row_number() OVER (PARTITION BY known.room ORDER BY known.i)
