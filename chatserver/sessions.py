@@ -81,15 +81,21 @@ class Session:
     def receive(self, obj: dict[str, Any]) -> None:
         if self.closed or self._ending is not None:
             return
-        if obj.get("op") == "ping" and self.worker is None and not self._posts_in_flight:
-            # Keep-alives are answered at once when nothing is waiting before them (no task).
-            try:
-                request = cmd.parse_request(obj)
-            except ChatError:
-                pass  # the worker answers with the error, in order
-            else:
-                self.conn.send(Outgoing(reply(request.id)))
-                return
+        if self.worker is None:
+            # Nothing is waiting before this request: the common ones need no task.
+            op = obj.get("op")
+            if op == "post" and self.user is not None:
+                if self._post_inline(obj):
+                    return
+            elif op == "ping" and not self._posts_in_flight:
+                # Keep-alives are answered at once.
+                try:
+                    request = cmd.parse_request(obj)
+                except ChatError:
+                    pass  # the worker answers with the error, in order
+                else:
+                    self.conn.send(Outgoing(reply(request.id)))
+                    return
         if self._queue is None:
             self._queue = deque()
         self._queue.append(obj)
@@ -412,6 +418,26 @@ class Session:
         )
         return reply(request.id, messages=messages, more=more)
 
+    def _post_inline(self, obj: dict[str, Any]) -> bool:
+        """Queue a post for the group commit without a worker task, when the right to post is
+        cached; ``False`` leaves the request to the worker (which also answers any error)."""
+        assert self.user is not None
+        try:
+            request = cmd.parse_request(obj)
+            if not isinstance(request, cmd.Post):
+                return False
+            future = self.service.post_cached(self.user, request.room, request.text, request.cid)
+        except ChatError:
+            return False
+        if future is None:
+            return False
+        self.conn.node.metrics.posts_received += 1
+        self._await_post(request, future)
+        limits = self.service.config.limits
+        if self._posts_in_flight >= limits.max_requests_in_flight:
+            self.conn.pause_reading()
+        return True
+
     async def op_post(self, request: cmd.Post) -> None:
         assert self.user is not None
         metrics = self.conn.node.metrics
@@ -421,6 +447,11 @@ class Session:
         except ChatError as exc:
             metrics.post_rejected(exc.code)
             raise
+        self._await_post(request, future)
+
+    def _await_post(self, request: cmd.Post, future: asyncio.Future[Stored]) -> None:
+        """Acknowledge the post (or say why it failed) when its batch has committed."""
+        metrics = self.conn.node.metrics
         self._posts_in_flight += 1
         rid = request.id
 
@@ -455,7 +486,6 @@ class Session:
                 self.conn.send(Outgoing(response))
 
         future.add_done_callback(done)
-        return None
 
     # -- subscriber interface (called by the hub) -------------------------------------------
 

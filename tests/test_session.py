@@ -346,3 +346,50 @@ async def test_client_request_after_the_connection_closed_raises(harness: Harnes
     await asyncio.wait_for(client.closed.wait(), scaled(10))
     with pytest.raises(Closed):
         await asyncio.wait_for(client.request("ping"), scaled(5))
+
+
+async def test_posts_beyond_the_in_flight_limit_pause_reading_and_all_land(db_url: str) -> None:
+    """While the store holds the group commit, the node stops reading a client that pipelines
+    posts past ``max_requests_in_flight``; when the store lets go, every post is acknowledged,
+    in order, and reading resumes."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("holds a room's row lock from a second PostgreSQL session")
+    import asyncpg
+
+    node = await start_node(node_config(db_url, limits={"max_requests_in_flight": 4}))
+    h = Harness(node)
+    try:
+        await h.user("alice")
+        room = await h.room()
+        alice = await h.login("alice")
+        await alice.call("join", room=room)
+        await alice.call("post", room=room, text="warm", cid="warm")  # rights now cached
+        [server_side] = [c for c in node.state.connections if c.session.user is not None]
+        locker = await asyncpg.connect(db_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room)
+            pending = [
+                asyncio.ensure_future(alice.request("post", room=room, text=str(i), cid=str(i)))
+                for i in range(40)
+            ]
+            for _ in range(200):
+                if not server_side.transport.is_reading():
+                    break
+                await asyncio.sleep(0.01)
+            assert not server_side.transport.is_reading(), "the node kept reading"
+            # The frames of the read that crossed the limit are still served (a read is
+            # bounded); after it, nothing more is read.
+            in_flight = server_side.session._posts_in_flight
+            assert 4 <= in_flight <= 40
+            await asyncio.sleep(0.2)
+            assert server_side.session._posts_in_flight == in_flight
+            await lock.rollback()
+        finally:
+            await locker.close()
+        replies = await asyncio.wait_for(asyncio.gather(*pending), scaled(30))
+        assert [r["seq"] for r in replies] == list(range(2, 42))
+        assert server_side.transport.is_reading()
+    finally:
+        await h.close()

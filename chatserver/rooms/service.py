@@ -386,12 +386,29 @@ class ChatService:
 
     async def post(self, user: User, room_id: int, text: str, cid: str) -> asyncio.Future[Stored]:
         """Queue a post for the next group commit; the future resolves after commit."""
-        limit = self.config.chat.max_message_chars
-        if len(text) > limit:
-            raise ChatError(TOO_LARGE, f"message exceeds max_message_chars={limit}")
+        self._check_length(text)
         room = self.governance.check_cached(user, room_id, "post") or await self.writable_room(
             user, room_id
         )
+        return self._submit(user, room, text, cid)
+
+    def post_cached(
+        self, user: User, room_id: int, text: str, cid: str
+    ) -> asyncio.Future[Stored] | None:
+        """:meth:`post` without awaiting, when the right to post is cached; otherwise ``None``
+        (call :meth:`post`)."""
+        room = self.governance.check_cached(user, room_id, "post")
+        if room is None:
+            return None
+        self._check_length(text)
+        return self._submit(user, room, text, cid)
+
+    def _check_length(self, text: str) -> None:
+        limit = self.config.chat.max_message_chars
+        if len(text) > limit:
+            raise ChatError(TOO_LARGE, f"message exceeds max_message_chars={limit}")
+
+    def _submit(self, user: User, room: Room, text: str, cid: str) -> asyncio.Future[Stored]:
         if not self.rate_limiter.allow(user.id):
             raise ChatError(RATE_LIMITED, "too many posts; slow down")
         return self.writer.submit(NewPost(room.id, user.id, user.name, cid, text))
