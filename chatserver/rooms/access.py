@@ -22,10 +22,10 @@ lists) and asks. The rules (docs/governance.md explains them to administrators):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..store.categories import Category
-from ..store.principals import Principal
+from ..store.principals import EVERYONE, Principal
 from ..store.rooms import Room
 
 
@@ -34,17 +34,19 @@ class Actor:
     id: int
     is_admin: bool
     groups: frozenset[int]  # every group the user is in, directly or through other groups
+    # Every principal that names this user: the user, each of its groups, and everyone.
+    principals: frozenset[Principal] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        named = {EVERYONE, Principal("user", self.id)}
+        named.update(Principal("group", g) for g in self.groups)
+        object.__setattr__(self, "principals", frozenset(named))
 
 
 def matches(principals: frozenset[Principal], actor: Actor) -> bool:
-    for p in principals:
-        if p.kind == "everyone":
-            return True
-        if p.kind == "user" and p.id == actor.id:
-            return True
-        if p.kind == "group" and p.id in actor.groups:
-            return True
-    return False
+    # A set intersection walks the smaller side: a room with 16,000 members costs no more to
+    # check than a room with one (a user is in few groups).
+    return not principals.isdisjoint(actor.principals)
 
 
 def in_category(actor: Actor, category: Category) -> bool:
