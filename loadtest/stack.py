@@ -47,9 +47,15 @@ class Node:
         return self.proc.pid if self.proc else None
 
 
-def _drain(stream: Any) -> None:
-    for _ in stream:
-        pass
+def _drain(stream: Any, keep: str | None = None) -> None:
+    if keep is None:
+        for _ in stream:
+            pass
+        return
+    with open(keep, "a") as out:
+        for line in stream:
+            out.write(line)
+            out.flush()
 
 
 class ProcStats:
@@ -211,7 +217,10 @@ class Stack:
             **env,
         )
         # Started once per measurement; blocking on its first lines is fine here.
-        command = [sys.executable, "-m", "chatserver", "run", "--log-level", "warning"]
+        # LOADTEST_NODE_LOG=FILE keeps the nodes' output (at info level) for a post-mortem.
+        node_log = os.environ.get("LOADTEST_NODE_LOG")
+        level = "info" if node_log else "warning"
+        command = [sys.executable, "-m", "chatserver", "run", "--log-level", level]
         if self.node_gc_threshold:
             # An experiment, not a server change: the same node with the collector's first
             # threshold raised (how much of the fan-out cost is garbage collection?).
@@ -239,7 +248,7 @@ class Stack:
                 proc.kill()
                 raise SystemExit("the node did not start")
         # Keep reading its output so that the pipe never fills and blocks the node.
-        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
+        threading.Thread(target=_drain, args=(proc.stdout, node_log), daemon=True).start()
         node = Node("127.0.0.1", port, ws_port, proc, node_env)
         self.nodes.append(node)
         return node

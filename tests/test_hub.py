@@ -132,6 +132,25 @@ async def test_idle_rooms_are_evicted_beyond_the_bound() -> None:
     assert 1 in rooms and len(rooms) <= 3
 
 
+async def test_eviction_steps_over_rooms_in_use_without_scanning_them_all() -> None:
+    """Many followed rooms and many idle ones: followed rooms are never dropped, and idle ones
+    are, the oldest first, while a load looks at a bounded number of rooms."""
+    store = Store()
+    hub = Hub(cache_size=3, load_recent=store.recent, load_after=store.after, max_idle_rooms=10)
+    followed = list(range(1, 101))
+    for room in followed:
+        hub.subscribe(await hub.room(room), Recorder())
+    for room in range(1000, 1200):
+        await hub.room(room)
+    rooms: Any = hub._rooms
+    assert all(room in rooms for room in followed)
+    # Each load steps over at most 16 followed rooms, so a few of the newest idle rooms wait
+    # for the next loads to reach them: about one per 16 followed rooms, never more.
+    idle = [room for room in rooms if room >= 1000]
+    assert len(idle) <= len(followed) // 16 + 1
+    assert idle == list(range(1200 - len(idle), 1200))
+
+
 async def test_the_backchat_is_encoded_once_until_the_cache_changes() -> None:
     from chatserver.rooms.hub import MessageChange
 

@@ -239,3 +239,29 @@ async def test_the_asyncpg_pool_is_made_once_for_concurrent_callers(db_url: str)
         assert all(pool is pools[0] for pool in pools)
     finally:
         await db.close()
+
+
+async def test_window_is_last_seq_and_the_newest_messages_without_removed_ones(
+    db: Database,
+) -> None:
+    """What a node loads for a room on its first join there (one statement on PostgreSQL)."""
+    user = await user_store.create_user(db, "u", "x")
+    room = (await room_store.create_room(db, "r")).id
+    empty = (await room_store.create_room(db, "empty")).id
+    await message_store.store_batch(
+        db, [NewPost(room, user.id, "u", str(i), f"m{i}") for i in range(1, 8)]
+    )
+    async with db.write() as conn:
+        await conn.execute(
+            text("UPDATE messages SET state = 'removed', text = '' WHERE room_id = :r AND seq = 6"),
+            {"r": room},
+        )
+    last, recent = await message_store.window(db, room, 3)  # type: ignore[misc]
+    assert last == 7
+    assert [(m.seq, m.text, m.sender_name) for m in recent] == [
+        (4, "m4", "u"),
+        (5, "m5", "u"),
+        (7, "m7", "u"),
+    ]
+    assert await message_store.window(db, empty, 3) == (0, [])
+    assert await message_store.window(db, 10_000, 3) is None

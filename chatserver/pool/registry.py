@@ -195,6 +195,14 @@ async def room_seqs(db: Database, room_ids: list[int]) -> dict[int, int]:
 
     if not room_ids:
         return {}
+    if db.is_postgres:
+        # Every loaded room, every catch-up interval: one array parameter, not one bound
+        # parameter per room rendered into the statement.
+        pool = await db.pg_pool()
+        rows = await pool.fetch(
+            "SELECT id, last_seq FROM rooms WHERE id = ANY($1::bigint[])", room_ids
+        )
+        return {r["id"]: r["last_seq"] for r in rows}
     async with db.read() as conn:
         result = await conn.execute(
             select(rooms.c.id, rooms.c.last_seq).where(rooms.c.id.in_(room_ids))

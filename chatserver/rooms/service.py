@@ -254,10 +254,7 @@ class ChatService:
     # -- reading ----------------------------------------------------------------------------
 
     async def _load_recent(self, room_id: int, limit: int) -> tuple[int, list[Message]]:
-        last = await message_store.last_seq(self.db, room_id)
-        recent = await message_store.latest(self.db, room_id, limit)
-        top = recent[-1].seq if recent else 0
-        return max(last or 0, top), recent
+        return await message_store.window(self.db, room_id, limit) or (0, [])
 
     async def join(
         self, user: User, subscriber: Subscriber, room_id: int, since: int | None

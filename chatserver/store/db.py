@@ -82,7 +82,9 @@ class Database:
                 yield conn
 
     async def pg_pool(self) -> Any:
-        """An asyncpg pool on the same database, for the PostgreSQL fast paths."""
+        """An asyncpg pool on the same database, for the PostgreSQL fast paths: the group
+        commit (two batches in flight) and the reads every node makes per room (the room and its
+        roles, its newest messages, the pool's catch-up of last_seq)."""
         assert self.is_postgres
         if self._pg_pool is None:
             # Made once even when several callers ask at the same time (the writer keeps two
@@ -101,7 +103,7 @@ class Database:
 
         dsn = make_url(self.url.replace("postgres://", "postgresql://", 1))
         self._pg_pool = await asyncpg.create_pool(
-            dsn.render_as_string(hide_password=False), min_size=1, max_size=4
+            dsn.render_as_string(hide_password=False), min_size=1, max_size=6
         )
 
     async def close(self) -> None:

@@ -346,6 +346,48 @@ async def after(
         return [_message(row) for row in await conn.execute(stmt)]
 
 
+async def window(db: Database, room: int, limit: int) -> tuple[int, list[Message]] | None:
+    """The room's ``last_seq`` and its newest ``limit`` messages (oldest first, removed ones
+    left out), or ``None`` if there is no such room: what a node caches for a room."""
+    if not db.is_postgres:
+        last = await last_seq(db, room)
+        if last is None:
+            return None
+        recent = await latest(db, room, limit)
+        return max(last, recent[-1].seq if recent else 0), recent
+    # One statement on the asyncpg pool: every node reads this for every room on its first join
+    # there. The LEFT JOIN keeps the room's row when it has no messages.
+    pool = await db.pg_pool()
+    rows = await pool.fetch(
+        "SELECT r.last_seq, m.seq, m.ts, m.sender_id, m.sender_name, m.text, m.cid, m.state"
+        " FROM rooms r LEFT JOIN LATERAL ("
+        "   SELECT m.seq, m.ts, m.sender_id, u.name AS sender_name, m.text, m.cid, m.state"
+        "   FROM messages m JOIN users u ON u.id = m.sender_id"
+        "   WHERE m.room_id = r.id AND m.state <> 'removed' ORDER BY m.seq DESC LIMIT $2"
+        " ) m ON true WHERE r.id = $1 ORDER BY m.seq DESC",
+        room,
+        limit,
+    )
+    if not rows:
+        return None
+    recent = [
+        Message(
+            room,
+            r["seq"],
+            r["ts"],
+            r["sender_id"],
+            r["sender_name"],
+            r["text"],
+            r["cid"],
+            state=r["state"],
+        )
+        for r in reversed(rows)
+        if r["seq"] is not None
+    ]
+    last = rows[0]["last_seq"]
+    return max(last, recent[-1].seq if recent else 0), recent
+
+
 async def last_seq(db: Database, room: int) -> int | None:
     async with db.read() as conn:
         result = await conn.execute(select(rooms.c.last_seq).where(rooms.c.id == room))
