@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -931,6 +932,13 @@ async def test_admin_changes_on_one_node_reach_every_node(pg_cluster: PostgresCl
                 assert "chatserver_pool_links 1.0" in metrics
                 assert 'chatserver_pool_events_received_total{type="msg"} 4.0' in metrics
                 assert 'chatserver_pool_state{state="active"} 1.0' in metrics
+                # With every peer linked the catch-up does not poll the store every interval.
+                polls = re.compile(r"^chatserver_pool_catch_up_polls_total (\S+)$", re.M)
+                before = float(polls.search(metrics).group(1))  # type: ignore[union-attr]
+                await asyncio.sleep(3.5 * float(FAST["CHATSERVER_POOL_CATCHUP_INTERVAL_S"]))
+                async with http.get(api2 + "/metrics") as response:
+                    later = float(polls.search(await response.text()).group(1))  # type: ignore[union-attr]
+                assert later - before <= 1  # at most the every-15-intervals safety poll
                 # Disconnecting a user on node 1 closes their sessions on node 2.
                 await admin("DELETE", f"/api/v1/users/{ids['alice']}/sessions")
                 bye = await alice.next_event("bye", timeout=scaled(5))

@@ -13,9 +13,10 @@
 
     heartbeat task: upsert own row, read the registry, expire stale rows, dial missing links,
                     ping links, close silent ones, follow state changes (standby, draining)
-    catch-up task:  every catchup_interval_s, for each room with local subscribers, compare the
+    catch-up task:  every catchup_interval_s while a peer link is down or after one was lost
+                    (else every SAFETY_POLL_ROUNDS intervals), for each loaded room compare the
                     hub's last_seq with the store's and deliver what is missing (the bound on
-                    delivery delay when a peer link is down or an event was lost)
+                    delivery delay when a peer link is down)
 
 A peer's word is never a store write: received messages only reach the hub, which delivers
 them in ``seq`` order and fills any gap from the store; received changes only drop caches, which
@@ -56,6 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatserver.pool")
 
 HANDSHAKE_TIMEOUT_S = 5.0
+# With every peer linked, the catch-up still polls the store every this many intervals (a safety
+# net for an event lost some way nobody noticed).
+SAFETY_POLL_ROUNDS = 15
+
 # A link whose peer has not drained this much output is dropped (the peer catches up from the
 # store instead of this node holding an unbounded backlog).
 MAX_LINK_BACKLOG = 64 * 1024 * 1024
@@ -224,7 +229,11 @@ class Pool:
         self.events_by_type: dict[str, int] = dict.fromkeys(sorted(EVENT_TYPES), 0)
         self.frames_received: dict[str, int] = {PING: 0, EVENTS: 0}
         self.caught_up = 0
+        self.catch_up_polls = 0
         self.links_opened = 0
+        # Set when a peer link is lost (and at start): the next catch-up interval polls the
+        # store even if every link is up again by then.
+        self._link_lost = True
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -437,6 +446,7 @@ class Pool:
         name = link.peer
         if name is not None and self.links.get(name) is link:
             del self.links[name]
+            self._link_lost = True
             log.info("pool: peer link %s down", name)
             if not self._stopping:
                 self._refresh.set()
@@ -668,18 +678,32 @@ class Pool:
 
     # -- catch-up ---------------------------------------------------------------------------
 
+    def _all_linked(self) -> bool:
+        return all(row.name in self.links for row in self.nodes if row.name != self.name)
+
     async def _catch_up_loop(self) -> None:
+        # While every peer is linked (and none was lost since the last poll), messages arrive
+        # over the links and the store is polled only every SAFETY_POLL_ROUNDS intervals: a node
+        # follows tens of thousands of rooms, and each poll reads all their last_seqs.
+        quiet = 0
         while True:
             await asyncio.sleep(self.settings.catchup_interval_s)
+            if not self._link_lost and self._all_linked() and quiet < SAFETY_POLL_ROUNDS:
+                quiet += 1
+                continue
+            quiet = 0
+            self._link_lost = False
             try:
                 await self.catch_up()
             except Exception as exc:
+                self._link_lost = True  # try again next interval
                 log.warning("pool: catch-up failed: %s", exc)
 
     async def catch_up(self) -> int:
         """Deliver what the store has beyond the hub, for every room whose cache is loaded here
         (rooms with subscribers, and the idle ones a join would be answered from)."""
         hub = self.service.hub
+        self.catch_up_polls += 1
         rooms = hub.loaded_rooms()
         if not rooms:
             return 0
@@ -760,3 +784,10 @@ class PoolCollector:
         )
         caught.add_metric([], pool.caught_up)
         yield caught
+        polls = CounterMetricFamily(
+            "chatserver_pool_catch_up_polls",
+            "Catch-up polls of the store (while a peer link is down, after one was lost, and"
+            " every few intervals otherwise)",
+        )
+        polls.add_metric([], pool.catch_up_polls)
+        yield polls
