@@ -241,6 +241,22 @@ async def test_the_asyncpg_pool_is_made_once_for_concurrent_callers(db_url: str)
         await db.close()
 
 
+async def test_closing_does_not_wait_forever_for_a_connection_never_released(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the asyncpg pool is PostgreSQL's fast path")
+    from chatserver.store import db as db_module
+
+    monkeypatch.setattr(db_module, "PG_POOL_CLOSE_TIMEOUT_S", 0.5)
+    db = Database(db_url)
+    pool = await db.pg_pool()
+    held = await pool.acquire()  # as if its holder were cancelled before releasing it
+    raw = held._con  # the connection behind the pool's proxy
+    await asyncio.wait_for(db.close(), 5)  # without the bound, close() waits for it forever
+    assert raw.is_closed()
+
+
 async def test_window_is_last_seq_and_the_newest_messages_without_removed_ones(
     db: Database,
 ) -> None:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,11 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+# How long closing the asyncpg pool may wait for its connections before it drops them.
+PG_POOL_CLOSE_TIMEOUT_S = 10.0
 
 
 def now_ms() -> int:
@@ -111,8 +117,15 @@ class Database:
             await asyncio.wait([self._pg_pool_made])
         self._pg_pool_made = None
         if self._pg_pool is not None:
-            await self._pg_pool.close()
-            self._pg_pool = None
+            pool, self._pg_pool = self._pg_pool, None
+            try:
+                # close() waits for every connection to come back; one held by a task that
+                # was cancelled mid-release never does (seen when a node was stopped in a
+                # join storm), so the wait is bounded.
+                await asyncio.wait_for(pool.close(), PG_POOL_CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("closing the asyncpg pool timed out; terminating its connections")
+                pool.terminate()
         await self.engine.dispose()
 
 
