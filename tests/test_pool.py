@@ -324,6 +324,44 @@ async def test_kill_9_a_node_under_traffic_long(pg_cluster: PostgresCluster) -> 
     print(f"\nfailover times after kill -9 (s): {[round(t, 3) for t in times]}")
 
 
+# -- a stalled store ------------------------------------------------------------------------
+
+
+def cluster_processes(cluster: PostgresCluster) -> list[int]:
+    """The postmaster and its children (backends and background workers)."""
+    master = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    pids = [master]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == master:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+async def test_a_stalled_store_does_not_close_peer_links(pg_cluster: PostgresCluster) -> None:
+    """Nodes whose store stops answering are slow, not dead: they keep pinging each other (the
+    keep-alive does not wait for the store), so no link closes and nothing is re-read."""
+    url = await new_database(pg_cluster)
+    timeout = float(FAST["CHATSERVER_POOL_LINK_TIMEOUT_S"])
+    async with running_pool(url, 2, CHATSERVER_POOL_DEAD_AFTER_S="60") as pool:
+        marks = [len(node.lines) for node in pool.nodes]
+        stopped = cluster_processes(pg_cluster)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(3 * timeout)
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        await asyncio.sleep(timeout)
+        for node, mark in zip(pool.nodes, marks, strict=True):
+            later = node.lines[mark:]
+            assert not [line for line in later if "silent" in line or "link" in line], later
+
+
 # -- SIGSTOP --------------------------------------------------------------------------------
 
 

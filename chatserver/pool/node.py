@@ -12,7 +12,9 @@
                                   Pool._apply ◄─────┘  hub.deliver / cache drop + enforce
 
     heartbeat task: upsert own row, read the registry, expire stale rows, dial missing links,
-                    ping links, close silent ones, follow state changes (standby, draining)
+                    follow state changes (standby, draining)
+    keep-alive task: ping links, close silent ones (no store access: a busy store must not
+                    make a node look dead to its peers)
     catch-up task:  every catchup_interval_s while a peer link is down or after one was lost
                     (else every SAFETY_POLL_ROUNDS intervals), for each loaded room compare the
                     hub's last_seq with the store's and deliver what is missing (the bound on
@@ -333,6 +335,7 @@ class Pool:
         await self._beat()
         self._tasks = [
             loop.create_task(self._heartbeats(), name="pool-heartbeat"),
+            loop.create_task(self._keepalive(), name="pool-keepalive"),
             loop.create_task(self._catch_up_loop(), name="pool-catch-up"),
         ]
         log.info("pool: node %s joined as %s, peer port %s", self.name, self.state, bound[1])
@@ -585,10 +588,13 @@ class Pool:
         """Disconnect the users connected here whose persistent-chat policy was turned off
         while a link was down (the peer's ``disconnect`` event was lost)."""
         gov = self.service.governance
-        for user_id, members in list(gov.members.items()):
-            user = await user_store.get_user(self.service.db, user_id)
+        connected = list(gov.members)
+        # One query for every user connected here (a node holds thousands), not one each.
+        users = await user_store.get_users(self.service.db, connected)
+        for user_id in connected:
+            user = users.get(user_id)
             if user is None or not gov.policy_enabled(user):
-                for member in list(members):
+                for member in list(gov.members.get(user_id, ())):
                     member.disconnect("disabled")
 
     async def _apply_invited(self, event: dict[str, Any]) -> None:
@@ -630,6 +636,30 @@ class Pool:
             except Exception as exc:
                 log.warning("pool: heartbeat failed: %s", exc)
 
+    async def _keepalive(self) -> None:
+        """Ping every link and close the silent ones, every ``heartbeat_s``.
+
+        Apart from the registry heartbeat on purpose: that one waits for a store connection,
+        and a node whose store connections are all busy (a join storm) is slow, not silent. Tied
+        together, such a node stopped pinging, its peers closed their links, and the caches every
+        link-up re-reads made the storm worse.
+        """
+        interval = self.settings.heartbeat_s
+        timeout = self.settings.link_timeout_s
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for link in list(self.links.values()):
+                if now - link.last_heard > timeout:
+                    log.warning(
+                        "pool: peer %s silent for %.1f s; closing the link", link.peer, timeout
+                    )
+                    link.close()
+                    if link.transport is not None:
+                        link.transport.abort()
+                else:
+                    link.ping()
+
     async def _beat(self) -> None:
         db = self.service.db
         dead_after_ms = int(self.settings.dead_after_s * 1000)
@@ -647,15 +677,6 @@ class Pool:
         for name, link in list(self.links.items()):
             if name not in live:
                 link.close()
-        timeout = self.settings.link_timeout_s
-        for link in list(self.links.values()):
-            if time.monotonic() - link.last_heard > timeout:
-                log.warning("pool: peer %s silent for %.1f s; closing the link", link.peer, timeout)
-                link.close()
-                if link.transport is not None:
-                    link.transport.abort()
-            else:
-                link.ping()
         for name, row in live.items():
             if name > self.name and name not in self.links and name not in self._dialing:
                 self._dialing[name] = asyncio.get_running_loop().create_task(self._dial(row))

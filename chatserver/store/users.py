@@ -69,6 +69,17 @@ async def get_user(db: Database, user_id: int) -> User | None:
     return _user(row) if row else None
 
 
+async def get_users(db: Database, user_ids: list[int]) -> dict[int, User]:
+    """The users among ``user_ids`` that exist, by id (in chunks: a node may ask for 20,000)."""
+    found: dict[int, User] = {}
+    async with db.read() as conn:
+        for start in range(0, len(user_ids), 1000):
+            chunk = user_ids[start : start + 1000]
+            for row in await conn.execute(select(users).where(users.c.id.in_(chunk))):
+                found[row.id] = _user(row)
+    return found
+
+
 async def credentials(db: Database, name: str) -> tuple[User, str] | None:
     """The user called ``name`` and their password hash."""
     async with db.read() as conn:
