@@ -10,6 +10,8 @@ Every label has a small fixed set of values.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,11 @@ if TYPE_CHECKING:
 
 # No ``*_created`` series: scrapers do not need them and they double the output.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+log = logging.getLogger("chatserver.metrics")
+
+# A collection at least this long is logged: peers close a link silent for link_timeout_s.
+GC_PAUSE_WARNING_S = 1.0
 
 # The reasons a post can be refused; anything else is counted as "other".
 REJECT_REASONS = frozenset(
@@ -70,6 +77,14 @@ class Metrics:
             registry=r,
         )
         self._lag_task: asyncio.Task[None] | None = None
+        self.gc_pause = Histogram(
+            "chatserver_gc_pause_seconds",
+            "Duration of each cyclic garbage collection (the event loop stands still meanwhile)",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self._gc_started = 0.0
 
     def attach(self, state: NodeState) -> None:
         self.registry.register(_NodeCollector(state, self))
@@ -90,8 +105,27 @@ class Metrics:
 
     def start(self) -> None:
         self._lag_task = asyncio.get_running_loop().create_task(self._sample_lag())
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_started
+        generation = info.get("generation", 2)
+        self.gc_pause.labels(str(generation)).observe(pause)
+        if pause >= GC_PAUSE_WARNING_S:
+            log.warning(
+                "garbage collection of generation %d stopped the node for %.1f s (%d objects"
+                " collected)",
+                generation,
+                pause,
+                info.get("collected", 0),
+            )
 
     async def stop(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         if self._lag_task is not None:
             self._lag_task.cancel()
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,14 @@ async def test_metrics_move_with_traffic(rate_limited: tuple[Harness, Scraper]) 
     assert m.types["chatserver_posts_received"] == "counter"
     assert m.types["chatserver_connections"] == "gauge"
     assert m("chatserver_event_loop_lag_seconds") >= 0
+    # A collection in the node's process is observed (the test runs in that process).
+    before = sum(v for (n, _), v in m.samples.items() if n == "chatserver_gc_pause_seconds_count")
+    gc.collect()
+    await m.scrape()
+    assert m.types["chatserver_gc_pause_seconds"] == "histogram"
+    assert m("chatserver_gc_pause_seconds_count", generation="2") >= 1
+    after = sum(v for (n, _), v in m.samples.items() if n == "chatserver_gc_pause_seconds_count")
+    assert after > before
     assert m("chatserver_connections", transport="tcp") == 0
     assert m("chatserver_connections", transport="websocket") == 0
     assert m("chatserver_authenticated_users") == 0

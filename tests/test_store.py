@@ -281,3 +281,23 @@ async def test_window_is_last_seq_and_the_newest_messages_without_removed_ones(
     ]
     assert await message_store.window(db, empty, 3) == (0, [])
     assert await message_store.window(db, 10_000, 3) is None
+
+
+async def test_rooms_loaded_on_a_node_share_their_principal_objects(db: Database) -> None:
+    """Every node loads the role lists of every room its users join: one object per principal,
+    not one per (room, principal)."""
+    user = await user_store.create_user(db, "u", "x")
+    rooms = [(await room_store.create_room(db, f"r{i}")).id for i in range(3)]
+    async with db.write() as conn:
+        for room in rooms:
+            await conn.execute(
+                text(
+                    "INSERT INTO room_principals (room_id, role, principal_kind, principal_id)"
+                    " VALUES (:r, 'member', 'user', :u)"
+                ),
+                {"r": room, "u": user.id},
+            )
+    loaded = [await room_store.get_room(db, room) for room in rooms]
+    members = [next(iter(room.members)) for room in loaded if room is not None]
+    assert len(members) == 3 and members[0].id == user.id
+    assert members[0] is members[1] is members[2]

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import outbox
 from .db import Database, now_ms
-from .principals import Principal, change_grants
+from .principals import Principal, change_grants, principal
 from .schema import categories, category_principals, rooms
 
 ROLES = ("allowed", "denied", "creator")
@@ -143,7 +143,7 @@ async def load_categories(db: Database) -> dict[int, Category]:
     async with db.read() as conn:
         for row in await conn.execute(select(category_principals)):
             lists.setdefault((row.category_id, row.role), set()).add(
-                Principal(row.principal_kind, row.principal_id)
+                principal(row.principal_kind, row.principal_id)
             )
         out = {}
         for row in await conn.execute(select(categories)):

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import outbox
 from .db import Database, now_ms
-from .principals import Principal, change_grants
+from .principals import Principal, change_grants, principal
 from .schema import invitations, room_principals, rooms
 
 ROLES = ("member", "manager", "presenter")
@@ -174,7 +174,7 @@ async def get_room(db: Database, room_id: int) -> Room | None:
         for r in await conn.execute(
             select(room_principals).where(room_principals.c.room_id == room_id)
         ):
-            roles.setdefault(r.role, set()).add(Principal(r.principal_kind, r.principal_id))
+            roles.setdefault(r.role, set()).add(principal(r.principal_kind, r.principal_id))
     return _room(row).with_roles(roles)
 
 
@@ -198,7 +198,7 @@ async def _get_room_pg(db: Database, room_id: int) -> Room | None:
         )
     roles: dict[str, set[Principal]] = {}
     for r in rows:
-        roles.setdefault(r["role"], set()).add(Principal(r["principal_kind"], r["principal_id"]))
+        roles.setdefault(r["role"], set()).add(principal(r["principal_kind"], r["principal_id"]))
     return _room_of(row).with_roles(roles)
 
 
