@@ -16,6 +16,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Config, ConfigError, load_config
 
+# The cyclic collector's thresholds in `chatserver run` (see _serve).
+GC_THRESHOLD = (50_000, 2, 20)
+
 
 def _fail(message: str, code: int = 2) -> None:
     print(f"chatserver: {message}", file=sys.stderr)
@@ -70,8 +73,12 @@ async def _serve(config: Config) -> None:
     # collector's sight, and collect less often. A node holds many long-lived objects (a
     # connection and its session each keep dozens); with the default thresholds a busy node
     # spent about a quarter of its fan-out time walking them (loadtest/RESULTS.md, P4b).
+    # Generation 1 is collected after every GC_THRESHOLD[1] young collections, so it holds at
+    # most that many times GC_THRESHOLD[0] objects: with 20, a node in an 80,000-user join
+    # storm (where almost everything it makes lives on) stopped for 2-3 s per collection of
+    # generation 1, and its peers closed their links.
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(*GC_THRESHOLD)
     await stop.wait()
     print("chatserver: shutting down", flush=True)
     await node.stop()
