@@ -420,18 +420,27 @@ class Session:
 
     def _post_inline(self, obj: dict[str, Any]) -> bool:
         """Queue a post for the group commit without a worker task, when the right to post is
-        cached; ``False`` leaves the request to the worker (which also answers any error)."""
+        cached; ``False`` leaves the request to the worker (which also answers a malformed one)."""
         assert self.user is not None
         try:
             request = cmd.parse_request(obj)
-            if not isinstance(request, cmd.Post):
-                return False
-            future = self.service.post_cached(self.user, request.room, request.text, request.cid)
         except ChatError:
             return False
+        if not isinstance(request, cmd.Post):
+            return False
+        metrics = self.conn.node.metrics
+        try:
+            future = self.service.post_cached(self.user, request.room, request.text, request.cid)
+        except ChatError as exc:
+            # Answered here (nothing of this connection is waiting before it): handing it to the
+            # worker would run the checks, and take a rate-limit token, a second time.
+            metrics.posts_received += 1
+            metrics.post_rejected(exc.code)
+            self.conn.send(Outgoing(error_reply(request.id, exc.code, exc.message)))
+            return True
         if future is None:
             return False
-        self.conn.node.metrics.posts_received += 1
+        metrics.posts_received += 1
         self._await_post(request, future)
         limits = self.service.config.limits
         if self._posts_in_flight >= limits.max_requests_in_flight:
