@@ -125,8 +125,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     print(f"chatserver: schema is at revision {head_revision()}")
 
 
-def _with_service(args: argparse.Namespace, body: Callable[[Any], Awaitable[None]]) -> None:
-    from .rooms.service import ChatService
+def _with_store(args: argparse.Namespace, body: Callable[[Any, Any], Awaitable[None]]) -> None:
+    """Run ``body(config, db)`` against the configured store (its schema checked first)."""
     from .store.db import Database
     from .store.migrate import SchemaError, check_schema, upgrade
 
@@ -138,7 +138,7 @@ def _with_service(args: argparse.Namespace, body: Callable[[Any], Awaitable[None
         db = Database(config.database.url)
         try:
             await check_schema(db)
-            await body(ChatService(config, db))
+            await body(config, db)
         except SchemaError as exc:
             _fail(str(exc))
         except (OSError, SQLAlchemyError) as exc:
@@ -169,9 +169,14 @@ def cmd_user_add(args: argparse.Namespace) -> None:
     _config(args)  # a bad configuration is reported before the password is asked for
     password = _read_password(args)
 
-    async def body(service: Any) -> None:
+    async def body(config: Any, db: Any) -> None:
+        from .accounts import Accounts
+        from .rooms.authorization import Authorization
+        from .rooms.facts import Facts
+
+        accounts = Accounts(config, db, Authorization(config, Facts(db)))
         try:
-            user = await service.add_user(
+            user = await accounts.add_user(
                 args.name, password, is_admin=args.admin, display_name=args.display_name
             )
         except ChatError as exc:
@@ -179,7 +184,7 @@ def cmd_user_add(args: argparse.Namespace) -> None:
         role = "administrator" if user.is_admin else "user"
         print(f"chatserver: added {role} {user.name!r} (id {user.id})")
 
-    _with_service(args, body)
+    _with_store(args, body)
 
 
 def cmd_room_add(args: argparse.Namespace) -> None:
@@ -190,12 +195,14 @@ def cmd_room_add(args: argparse.Namespace) -> None:
     if len(args.description) > 256:
         _fail("a room description has at most 256 characters")
 
-    async def body(service: Any) -> None:
-        if await service.governance.category(args.category) is None:
+    async def body(config: Any, db: Any) -> None:
+        from .store import categories as category_store
+
+        if args.category not in await category_store.load_categories(db):
             _fail(f"no category {args.category}", 1)
         try:
             room = await room_store.create_room(
-                service.db,
+                db,
                 args.name,
                 args.description,
                 category_id=args.category,
@@ -206,7 +213,7 @@ def cmd_room_add(args: argparse.Namespace) -> None:
             _fail(f"a room named {args.name!r} exists", 1)
         print(f"chatserver: added room {room.name!r} (id {room.id})")
 
-    _with_service(args, body)
+    _with_store(args, body)
 
 
 # -- parser --------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .server import NodeState
+    from .rooms.hub import Hub
+    from .rooms.writer import Writer
+    from .transport.connections import Connections
 
 # No ``*_created`` series: scrapers do not need them and they double the output.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -59,6 +61,8 @@ class Metrics:
         self.posts_received = 0
         self.posts_rejected: dict[str, int] = dict.fromkeys(sorted(REJECT_REASONS | {"other"}), 0)
         self.rate_limited = 0
+        self.resyncs = 0  # resync events sent to clients
+        self.request_errors = 0  # requests that failed with an unexpected exception
         self.batch_size = Histogram(
             "chatserver_group_commit_batch_size",
             "Posts stored per group-commit transaction",
@@ -86,8 +90,9 @@ class Metrics:
         )
         self._gc_started = 0.0
 
-    def attach(self, state: NodeState) -> None:
-        self.registry.register(_NodeCollector(state, self))
+    def attach(self, connections: Connections, hub: Hub, writer: Writer) -> None:
+        """Read these at scrape time (the counts they keep anyway)."""
+        self.registry.register(_NodeCollector(self, connections, hub, writer))
 
     def register(self, collector: Collector) -> None:
         self.registry.register(collector)
@@ -143,12 +148,16 @@ class Metrics:
 class _NodeCollector(Collector):
     """Reads, at scrape time, the counts the node keeps anyway."""
 
-    def __init__(self, state: NodeState, metrics: Metrics) -> None:
-        self.state = state
+    def __init__(
+        self, metrics: Metrics, connections: Connections, hub: Hub, writer: Writer
+    ) -> None:
         self.metrics = metrics
+        self.connections = connections
+        self.hub = hub
+        self.writer = writer
 
     def collect(self) -> Iterator[Any]:
-        state = self.state
+        state = self.connections
         m = self.metrics
         yield CounterMetricFamily(
             "chatserver_posts_received", "Posts received from clients", value=m.posts_received
@@ -177,7 +186,7 @@ class _NodeCollector(Collector):
             "Connections that completed authentication",
             value=state.authenticated_users,
         )
-        hub = state.service.hub
+        hub = self.hub
         yield GaugeMetricFamily(
             "chatserver_joined_rooms",
             "Live room subscriptions (a connection joined to a room)",
@@ -187,9 +196,9 @@ class _NodeCollector(Collector):
             "chatserver_deliveries", "Messages written to subscribers", value=hub.delivered
         )
         yield CounterMetricFamily(
-            "chatserver_resyncs", "resync events sent to clients", value=state.resyncs
+            "chatserver_resyncs", "resync events sent to clients", value=m.resyncs
         )
-        writer = state.service.writer
+        writer = self.writer
         errors = CounterMetricFamily(
             "chatserver_store_errors",
             "Store operations that failed: group-commit transactions, and requests that failed"
@@ -197,7 +206,7 @@ class _NodeCollector(Collector):
             labels=["operation"],
         )
         errors.add_metric(["group_commit"], writer.failed_batches)
-        errors.add_metric(["request"], state.request_errors)
+        errors.add_metric(["request"], m.request_errors)
         yield errors
         yield CounterMetricFamily(
             "chatserver_posts_stored", "Posts stored (new messages committed)", value=writer.stored

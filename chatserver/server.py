@@ -1,4 +1,13 @@
-"""One chat node: its listeners, its shared state, start-up and graceful shutdown.
+"""One chat node: the composition root that builds its parts, and its start-up and shutdown.
+
+Every collaborator is made here, once, and passed to the parts that use it (nothing below this
+module imports it)::
+
+    Connections (transport) ─► Session ─► Services: accounts, directory, reading, posting,
+                                                    governance, presence, metrics, admission
+    Governance ─► Facts, Authorization, Enforcement, Hub, Publisher
+    Writer ─► Hub.deliver, Publisher, Capture, Metrics.observe_batch
+    Pool (when pooled) ─► PeerPublisher, Hub, Governance, Enforcement, RuntimeSettings
 
 ``Node.start()`` opens the store, checks (or, on SQLite, applies) the schema, creates the first
 administrator if there is none, and opens the TCP and WebSocket listeners. ``Node.stop()`` is
@@ -9,83 +18,48 @@ every connection ``bye``, wait for the requests being served, close the store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
 import secrets
 import ssl
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .accounts import Accounts
 from .admin.server import ManagementServer
 from .config import Config, parse_address
 from .metrics import Metrics
 from .protocol.errors import ChatError
-from .rooms.hub import MessageChange
-from .rooms.service import ChatService
-from .store import admin as admin_store
+from .rooms.authorization import Authorization
+from .rooms.capture import Capture
+from .rooms.changes import LocalOnly, MessageChange, MessagesChanged, Publisher
+from .rooms.directory import Directory
+from .rooms.enforcement import Enforcement
+from .rooms.facts import Facts
+from .rooms.governance import Governance
+from .rooms.hub import Hub
+from .rooms.posting import Posting
+from .rooms.presence import Presence
+from .rooms.ratelimit import RateLimiter
+from .rooms.reading import Reading, load_recent
+from .rooms.settings import RuntimeSettings
+from .rooms.writer import Writer
+from .sessions import Services
+from .store import messages as message_store
 from .store import users as user_store
 from .store.db import Database
 from .store.migrate import check_schema, upgrade
+from .transport.connections import Connections
 from .transport.tcp import TcpConnection
 from .transport.websocket import WebSocketConnection
 
 if TYPE_CHECKING:
     from .pool.node import Pool
-    from .store.users import User
     from .transport.connection import Connection
 
 log = logging.getLogger("chatserver")
-
-
-@dataclass
-class NodeState:
-    """What every connection of a node shares."""
-
-    config: Config
-    service: ChatService
-    connections: set[Connection] = field(default_factory=set)
-    by_transport: Counter[str] = field(default_factory=Counter)
-    authenticated_users: int = 0
-    resyncs: int = 0
-    request_errors: int = 0  # requests that failed with an unexpected exception
-    accepting: bool = True
-    pool: Pool | None = None  # this node's pool membership, when [pool] enabled
-    metrics: Metrics = field(default_factory=Metrics)
-    _dirty: list[Connection] = field(default_factory=list)
-    _flush_scheduled: bool = False
-
-    def schedule_flush(self, conn: Connection) -> None:
-        """Flush ``conn`` at the end of this loop turn, with every other connection written to."""
-        self._dirty.append(conn)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_dirty)
-
-    def _flush_dirty(self) -> None:
-        self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            conn._flush()
-
-    def connection_opened(self, conn: Connection) -> None:
-        if not self.accepting:
-            conn.close("shutting_down")
-            return
-        self.connections.add(conn)
-        self.by_transport[conn.transport_name] += 1
-
-    def connection_closed(self, conn: Connection) -> None:
-        if conn in self.connections:
-            self.connections.discard(conn)
-            self.by_transport[conn.transport_name] -= 1
-            if conn.session.user is not None:
-                self.authenticated_users -= 1
-
-    def user_authenticated(self, conn: Connection, user: User) -> None:
-        self.authenticated_users += 1
 
 
 class StartupError(Exception):
@@ -105,13 +79,13 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def ensure_admin(service: ChatService, announce: Callable[[str], None]) -> None:
+async def ensure_admin(db: Database, accounts: Accounts, announce: Callable[[str], None]) -> None:
     """Create the user ``admin`` when the store has no administrator, and say its password once."""
-    if await user_store.count_admins(service.db):
+    if await user_store.count_admins(db):
         return
     password = os.environ.get("CHATSERVER_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
     try:
-        await service.add_user("admin", password, is_admin=True, display_name="Administrator")
+        await accounts.add_user("admin", password, is_admin=True, display_name="Administrator")
     except ChatError:
         raise StartupError(
             "the store has no administrator and the name 'admin' belongs to an ordinary user;"
@@ -127,40 +101,95 @@ class Node:
     def __init__(self, config: Config, *, announce: Callable[[str], None] = print) -> None:
         self.config = config
         self.announce = announce
-        self.db = Database(config.database.url)
-        self.service = ChatService(config, self.db)
-        self.state = NodeState(config, self.service)
-        self._servers: list[asyncio.Server] = []
+        db = self.db = Database(config.database.url)
+        self.metrics = Metrics()
+        self.presence = Presence()
+        self.connections = Connections(config.limits)
+        # Who hears about what this node committed: nobody on one node; the peers in a pool.
+        peers = None
+        if config.pool.enabled:
+            from .pool.link import PeerPublisher
+
+            peers = PeerPublisher()
+        publisher: Publisher = peers if peers is not None else LocalOnly()
+        self.hub = hub = Hub(
+            cache_size=config.chat.default_chat_history,
+            load_recent=functools.partial(load_recent, db),
+            load_after=lambda room, seq, limit: message_store.after(
+                db, room, seq, limit, include_removed=True
+            ),
+        )
+        self.settings = RuntimeSettings(config, db, hub, publisher)
+        facts = self.facts = Facts(db)
+        auth = self.auth = Authorization(config, facts)
+        enforcement = self.enforcement = Enforcement(db, facts, auth, hub, self.presence)
+        self.governance = Governance(db, facts, auth, enforcement, hub, publisher)
+        self.capture = Capture(db, config.node.name, enabled=config.compliance.enabled)
+        self.writer = Writer(
+            db,
+            hub.deliver,
+            publisher,
+            self.capture,
+            on_batch=self.metrics.observe_batch,
+            max_pending=config.limits.max_pending_posts,
+        )
+        self.accounts = Accounts(config, db, auth)
+        self.reading = Reading(db, self.settings, facts, auth, hub, self.capture)
         self.addresses: dict[str, tuple[str, int]] = {}
+        self.pool: Pool | None = None
+        if peers is not None:
+            from .pool.node import Pool
+
+            self.pool = Pool(
+                config,
+                db,
+                publisher=peers,
+                hub=hub,
+                governance=self.governance,
+                enforcement=enforcement,
+                settings=self.settings,
+                connections=self.connections,
+                metrics=self.metrics,
+                client_addresses=self.addresses,
+            )
+        self.services = Services(
+            node_name=config.node.name,
+            limits=config.limits,
+            settings=self.settings,
+            accounts=self.accounts,
+            directory=Directory(db, facts),
+            reading=self.reading,
+            posting=Posting(
+                self.settings, auth, self.writer, RateLimiter(config.limits.posts_per_user_per_s)
+            ),
+            governance=self.governance,
+            presence=self.presence,
+            metrics=self.metrics,
+            admission=self.pool,
+        )
+        self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
         self.listening = False
         self.management: ManagementServer | None = None
-        # Run-time settings from the store (management API): deployment-wide, then this node.
-        self.settings: dict[str, dict[str, Any]] = {}
-        # Called after an administrator changed messages here (the pool forwards them).
-        self.message_change_listeners: list[
-            Callable[[int, list[MessageChange], int | None], None]
-        ] = []
         self.metric_refreshers: list[Callable[[], Awaitable[None]]] = []
         self.closers: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         context = _ssl_context(self.config)
-        if self.config.pool.enabled:
-            from .pool.node import Pool, PoolError
+        if self.pool is not None:
+            from .pool.node import PoolError
 
-            self.state.pool = Pool(self.config, self.service, self.state, self.addresses, host=self)
             try:
-                self.state.pool.check()
+                self.pool.check()
             except PoolError as exc:
                 raise StartupError(str(exc)) from None
         if self.db.dialect == "sqlite":
             await asyncio.to_thread(upgrade, self.config.database.url)
         await check_schema(self.db)
-        await ensure_admin(self.service, self.announce)
-        await self.settings_changed()
-        metrics = self.state.metrics
-        metrics.attach(self.state)
+        await ensure_admin(self.db, self.accounts, self.announce)
+        await self.settings.reload()
+        metrics = self.metrics
+        metrics.attach(self.connections, self.hub, self.writer)
         metrics.start()
         if self.config.compliance.enabled:
             from compliance.metrics import ComplianceMetrics
@@ -169,8 +198,7 @@ class Node:
             metrics.register(compliance_metrics)
             self.metric_refreshers.append(compliance_metrics.refresh)
             self.closers.append(compliance_metrics.close)
-        self.service.writer.on_batch = metrics.observe_batch
-        self.service.start()
+        self.writer.start()
         loop = asyncio.get_running_loop()
         listeners: list[tuple[str, str, type[Connection]]] = [
             ("tcp", self.config.listen.tcp, TcpConnection),
@@ -182,7 +210,7 @@ class Node:
             host, port = parse_address(address)
 
             def protocol_factory(factory: type[Connection] = factory) -> Connection:
-                return factory(self.state)
+                return factory(self.connections, self.services)
 
             try:
                 server = await loop.create_server(
@@ -198,14 +226,14 @@ class Node:
         self.listening = True
         if self.config.listen.management:
             await self._start_management(context)
-        if self.state.pool is not None:
+        if self.pool is not None:
             from .pool.node import PoolError
 
             try:
-                await self.state.pool.start()
+                await self.pool.start()
             except PoolError as exc:
                 raise StartupError(str(exc)) from None
-            pool = self.state.pool
+            pool = self.pool
             assert pool.peer_address is not None
             host, port = pool.peer_address
             self.announce(f"pool: listening for peers on {host}:{port}, joined as {pool.state}")
@@ -217,21 +245,24 @@ class Node:
         await asyncio.shield(self._stopping)
 
     async def _stop(self, timeout: float) -> None:
-        self.state.accepting = False
+        self.connections.accepting = False
         self.listening = False
         if self.management is not None:
             await self.management.stop()
-        await self.state.metrics.stop()
+        await self.metrics.stop()
         for server in self._servers:
             server.close()
         # Finish the commits in flight first, so their acknowledgements go out before ``bye``.
         try:
-            await asyncio.wait_for(self.service.close(), timeout)
+            await asyncio.wait_for(self.writer.close(), timeout)
         except TimeoutError:
             log.error("in-flight posts did not finish within %.0f s", timeout)
         await asyncio.sleep(0)  # let the acknowledgement callbacks run
+        # Every subscription ends with the node: record their compliance PARTs while the store
+        # is open (connections close after this).
+        await self.capture.close()
         workers = []
-        for conn in list(self.state.connections):
+        for conn in self.connections:
             if conn.session.worker is not None:
                 workers.append(conn.session.worker)
             conn.close("shutting_down")
@@ -247,8 +278,8 @@ class Node:
                 await asyncio.wait_for(server.wait_closed(), 2)
             except TimeoutError:
                 pass
-        if self.state.pool is not None:
-            await self.state.pool.stop()
+        if self.pool is not None:
+            await self.pool.stop()
         for close in self.closers:
             await close()
         await self.db.close()
@@ -280,41 +311,22 @@ class Node:
     def messages_changed(
         self, room_id: int, changes: list[MessageChange], cleared_through: int | None
     ) -> None:
-        """An administrator replaced or removed messages (committed): update caches, tell
-        subscribers here, and let the pool tell the other nodes."""
-        self.service.hub.change_messages(room_id, changes, cleared_through)
-        for listener in self.message_change_listeners:
-            listener(room_id, changes, cleared_through)
+        """An administrator replaced or removed messages (committed)."""
+        self.governance.messages_changed(MessagesChanged(room_id, tuple(changes), cleared_through))
 
     def disconnect_user(self, user_id: int, reason: str) -> int:
-        """Close every connection of the user on this node; returns how many."""
-        members = list(self.service.governance.members.get(user_id, ()))
-        for member in members:
-            member.disconnect(reason)
-        if self.state.pool is not None:
-            self.state.pool.publish_disconnect(user_id, reason)
-        return len(members)
+        """Close every connection of the user (here and on the pool's other nodes); returns how
+        many were closed here."""
+        return self.governance.disconnect_user(user_id, reason)
 
     def default_settings(self) -> dict[str, Any]:
-        chat = self.config.chat
-        return {key: getattr(chat, key) for key in RUNTIME_SETTINGS}
+        return self.settings.defaults()
 
     def effective_settings(self) -> dict[str, Any]:
-        out = self.default_settings()
-        out.update(self.settings.get("", {}))
-        out.update(self.settings.get(self.config.node.name, {}))
-        return {key: out[key] for key in RUNTIME_SETTINGS}
+        return self.settings.effective()
 
-    async def settings_changed(self, *, publish: bool = True) -> None:
-        """Reload the run-time settings from the store and apply them to this node (and tell the
-        pool's other nodes to do the same, unless the change came from one of them)."""
-        self.settings = await admin_store.load_settings(self.db)
-        effective = self.effective_settings()
-        chat = self.service.config.chat.model_copy(update=effective)
-        self.service.config = self.service.config.model_copy(update={"chat": chat})
-        self.service.hub.set_cache_size(effective["default_chat_history"])
-        if publish and self.state.pool is not None:
-            self.state.pool.publish_config()
+    async def settings_changed(self) -> None:
+        await self.settings.reload()
 
     async def refresh_metrics(self) -> None:
         for refresh in self.metric_refreshers:
@@ -325,7 +337,7 @@ class Node:
 
     async def pool_view(self) -> dict[str, Any]:
         """The pool's nodes as the management API shows them."""
-        pool = self.state.pool
+        pool = self.pool
         if pool is not None:
             return await pool.view()
         tcp = self.addresses.get("tcp")
@@ -340,18 +352,9 @@ class Node:
                     "websocket": f"{websocket[0]}:{websocket[1]}" if websocket else "",
                     "peer": "",
                     "management": f"{management[0]}:{management[1]}" if management else "",
-                    "state": "active" if self.state.accepting else "stopping",
+                    "state": "active" if self.connections.accepting else "stopping",
                     "heartbeat_age_s": None,
                     "this_node": True,
                 }
             ],
         }
-
-
-# The settings an administrator can change at run time (global or per node).
-RUNTIME_SETTINGS = (
-    "default_chat_history",
-    "max_file_size_kb",
-    "participant_update_limit",
-    "room_management_url",
-)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import PROTOCOL_VERSION, __version__
 from .protocol import commands as cmd
@@ -24,19 +25,64 @@ from .protocol.errors import (
     UNAVAILABLE,
     ChatError,
 )
-from .protocol.events import Outgoing, error_reply, reply
-from .rooms.governance import Governance, parse_principals
+from .protocol.events import Outgoing, Resync, RoomRemoved, error_reply, reply
+from .rooms.governance import Governance, parse_lists, parse_principals, parse_roles
 from .store import outbox
-from .store import rooms as room_store
 from .store.messages import Stored
-from .store.principals import Principal
 from .store.users import User
 
 if TYPE_CHECKING:
-    from .rooms.service import ChatService
-    from .transport.connection import Connection
+    from .accounts import Accounts
+    from .config import LimitsConfig
+    from .metrics import Metrics
+    from .rooms.directory import Directory
+    from .rooms.posting import Posting
+    from .rooms.presence import Presence
+    from .rooms.reading import Reading
+    from .rooms.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
+
+
+class Link(Protocol):
+    """What a session needs of its connection (``transport/connection.py``)."""
+
+    def send(self, item: Outgoing) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def authenticated(self, user: User) -> None: ...
+
+
+class Admission(Protocol):
+    """Whether this node takes clients now, and where the others are (the pool, when pooled)."""
+
+    def refusal(self) -> str | None: ...
+
+    def active_nodes(self) -> list[dict[str, str]]: ...
+
+    def hello_info(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What every session of a node works with; built once by the node (``server.py``)."""
+
+    node_name: str
+    limits: LimitsConfig
+    settings: RuntimeSettings
+    accounts: Accounts
+    directory: Directory
+    reading: Reading
+    posting: Posting
+    governance: Governance
+    presence: Presence
+    metrics: Metrics
+    admission: Admission | None = None  # the pool's, when pooled
 
 
 class Session:
@@ -52,13 +98,13 @@ class Session:
         "invited_rooms",
         "rooms",
         "said_hello",
-        "service",
+        "services",
         "user",
         "worker",
     )
 
-    def __init__(self, service: ChatService, conn: Connection) -> None:
-        self.service = service
+    def __init__(self, services: Services, conn: Link) -> None:
+        self.services = services
         self.conn = conn
         self.said_hello = False
         self.user: User | None = None
@@ -99,7 +145,7 @@ class Session:
         if self._queue is None:
             self._queue = deque()
         self._queue.append(obj)
-        limits = self.service.config.limits
+        limits = self.services.limits
         if len(self._queue) + self._posts_in_flight >= limits.max_requests_in_flight:
             self.conn.pause_reading()
         if self.worker is None:
@@ -140,7 +186,7 @@ class Session:
     def _maybe_resume_reading(self) -> None:
         if self._ending is not None:
             return
-        limits = self.service.config.limits
+        limits = self.services.limits
         queued = len(self._queue) if self._queue is not None else 0
         if queued + self._posts_in_flight < limits.max_requests_in_flight // 2 + 1:
             self.conn.resume_reading()
@@ -154,7 +200,7 @@ class Session:
             return error_reply(rid, exc.code, exc.message)
         except Exception:
             log.exception("op %r failed", obj.get("op"))
-            self.conn.node.request_errors += 1
+            self.services.metrics.request_errors += 1
             return error_reply(rid, INTERNAL, "internal error")
 
     async def _dispatch(self, request: cmd.Request) -> dict[str, Any] | None:
@@ -172,7 +218,7 @@ class Session:
     async def op_hello(self, request: cmd.Hello) -> dict[str, Any] | None:
         if request.protocol != PROTOCOL_VERSION:
             raise ChatError(BAD_REQUEST, f"this server speaks protocol {PROTOCOL_VERSION}")
-        pool = self.conn.node.pool
+        pool = self.services.admission
         extra: dict[str, Any] = {}
         if pool is not None:
             refused = pool.refusal()
@@ -184,39 +230,39 @@ class Session:
                 return None
             extra["pool"] = pool.hello_info()
         self.said_hello = True
-        config = self.service.config
+        chat = self.services.settings.chat
         return reply(
             request.id,
             **extra,
             server=f"chatserver/{__version__}",
             protocol=PROTOCOL_VERSION,
-            node=config.node.name,
+            node=self.services.node_name,
             limits={
-                "max_frame_bytes": config.limits.max_frame_bytes,
-                "max_message_chars": config.chat.max_message_chars,
-                "default_chat_history": config.chat.default_chat_history,
-                "history_page_max": config.chat.history_page_max,
-                "max_file_size_kb": config.chat.max_file_size_kb,
-                "participant_update_limit": config.chat.participant_update_limit,
+                "max_frame_bytes": self.services.limits.max_frame_bytes,
+                "max_message_chars": chat.max_message_chars,
+                "default_chat_history": chat.default_chat_history,
+                "history_page_max": chat.history_page_max,
+                "max_file_size_kb": chat.max_file_size_kb,
+                "participant_update_limit": chat.participant_update_limit,
             },
-            room_management_url=config.chat.room_management_url,
+            room_management_url=chat.room_management_url,
         )
 
     async def op_auth(self, request: cmd.Auth) -> dict[str, Any]:
         if self.user is not None:
             raise ChatError(BAD_REQUEST, "already authenticated")
         if request.token is not None:
-            user = await self.service.resume(request.token)
+            user = await self.services.accounts.resume(request.token)
             token = request.token
         else:
             assert request.user is not None and request.password is not None
-            user, token = await self.service.login(request.user, request.password)
+            user, token = await self.services.accounts.login(request.user, request.password)
         if self.closed:
             return None  # type: ignore[return-value]
         self.user = user
-        self.service.governance.members.setdefault(user.id, set()).add(self)
+        self.services.presence.add(user.id, self)
         self.conn.authenticated(user)
-        invitations = await self.service.governance.invitations(user)
+        invitations = await self._gov.invitations(user)
         self.invited_rooms = {i["room"]["id"] for i in invitations}
         return reply(request.id, user=user.public(), token=token, invitations=invitations)
 
@@ -225,7 +271,7 @@ class Session:
 
     async def op_rooms(self, request: cmd.Rooms) -> dict[str, Any]:
         assert self.user is not None
-        rooms, cursor = await self.service.list_rooms(
+        rooms, cursor = await self.services.directory.list_rooms(
             self.user, request.query, request.limit, request.cursor, request.category
         )
         return reply(request.id, rooms=rooms, cursor=cursor)
@@ -234,12 +280,11 @@ class Session:
 
     @property
     def _gov(self) -> Governance:
-        return self.service.governance
+        return self.services.governance
 
     async def _room_reply(self, rid: int, room_id: int) -> dict[str, Any]:
         assert self.user is not None
-        room, category, _actor = await self._gov.check(self.user, room_id, "find")
-        return reply(rid, room=await self._gov.room_view(self.user, room, category))
+        return reply(rid, room=await self._gov.view(self.user, room_id))
 
     async def _changed_room_reply(self, rid: int, room_id: int) -> dict[str, Any]:
         """The room after a change the caller made; ``room: null`` when the change took away the
@@ -281,8 +326,8 @@ class Session:
 
     async def op_room_members(self, request: cmd.RoomMembers) -> dict[str, Any]:
         assert self.user is not None
-        add = _roles(request.add, "add")
-        remove = _roles(request.remove, "remove")
+        add = parse_roles(request.add, "add")
+        remove = parse_roles(request.remove, "remove")
         invited = await self._gov.change_roles(self.user, request.room, add, remove)
         response = await self._changed_room_reply(request.id, request.room)
         return {**response, "invited": sorted(invited)}
@@ -343,8 +388,8 @@ class Session:
             self.user,
             request.category,
             values,
-            _lists(request.add, "add"),
-            _lists(request.remove, "remove"),
+            parse_lists(request.add, "add"),
+            parse_lists(request.remove, "remove"),
         )
         return reply(request.id, category=category)
 
@@ -387,11 +432,11 @@ class Session:
         room = request.room
         self._joining[room] = None
         try:
-            fields, release = await self.service.join(self.user, self, room, request.since)
+            fields, release = await self.services.reading.join(self.user, self, room, request.since)
         finally:
             interrupted = self._joining.pop(room, None)
         if self.closed:
-            self.service.leave(self, room)
+            self.services.reading.leave(self, room)
             return None
         self.conn.send(Outgoing(reply(request.id, **fields)))
         if interrupted is not None:
@@ -402,18 +447,18 @@ class Session:
             if release is not None:
                 release()
         if room in self.invited_rooms:
-            self.invited_rooms.discard(request.room)
-            await room_store.remove_invitation(self.service.db, self.user.id, request.room)
+            self.invited_rooms.discard(room)
+            await self._gov.invitation_used(self.user, room)
         return None
 
     async def op_leave(self, request: cmd.Leave) -> dict[str, Any]:
         self.rooms.discard(request.room)
-        self.service.leave(self, request.room)
+        self.services.reading.leave(self, request.room)
         return reply(request.id)
 
     async def op_history(self, request: cmd.History) -> dict[str, Any]:
         assert self.user is not None
-        messages, more = await self.service.history(
+        messages, more = await self.services.reading.history(
             self.user, request.room, request.before, request.after, request.limit
         )
         return reply(request.id, messages=messages, more=more)
@@ -428,9 +473,11 @@ class Session:
             return False
         if not isinstance(request, cmd.Post):
             return False
-        metrics = self.conn.node.metrics
+        metrics = self.services.metrics
         try:
-            future = self.service.post_cached(self.user, request.room, request.text, request.cid)
+            future = self.services.posting.post_now(
+                self.user, request.room, request.text, request.cid
+            )
         except ChatError as exc:
             # Answered here (nothing of this connection is waiting before it): handing it to the
             # worker would run the checks, and take a rate-limit token, a second time.
@@ -442,17 +489,19 @@ class Session:
             return False
         metrics.posts_received += 1
         self._await_post(request, future)
-        limits = self.service.config.limits
+        limits = self.services.limits
         if self._posts_in_flight >= limits.max_requests_in_flight:
             self.conn.pause_reading()
         return True
 
     async def op_post(self, request: cmd.Post) -> None:
         assert self.user is not None
-        metrics = self.conn.node.metrics
+        metrics = self.services.metrics
         metrics.posts_received += 1
         try:
-            future = await self.service.post(self.user, request.room, request.text, request.cid)
+            future = await self.services.posting.post(
+                self.user, request.room, request.text, request.cid
+            )
         except ChatError as exc:
             metrics.post_rejected(exc.code)
             raise
@@ -460,7 +509,7 @@ class Session:
 
     def _await_post(self, request: cmd.Post, future: asyncio.Future[Stored]) -> None:
         """Acknowledge the post (or say why it failed) when its batch has committed."""
-        metrics = self.conn.node.metrics
+        metrics = self.services.metrics
         self._posts_in_flight += 1
         rid = request.id
 
@@ -503,16 +552,16 @@ class Session:
 
     def resync(self, room: int, reason: str) -> None:
         """Live delivery of ``room`` stopped for this connection; the client rejoins with since."""
-        self.conn.node.resyncs += 1
-        self._stop(room, Outgoing({"ev": "resync", "room": room, "reason": reason}))
+        self.services.metrics.resyncs += 1
+        self._stop(room, Outgoing.event(Resync(room, reason)))
 
     def removed(self, room: int, reason: str) -> None:
         """The user lost the right to read ``room`` (or it was disabled or deleted)."""
-        self._stop(room, Outgoing({"ev": "room.removed", "room": room, "reason": reason}))
+        self._stop(room, Outgoing.event(RoomRemoved(room, reason)))
 
     def _stop(self, room: int, event: Outgoing) -> None:
         self.rooms.discard(room)
-        self.service.leave(self, room)
+        self.services.reading.leave(self, room)
         if room in self._joining:
             self._joining[room] = event  # sent by op_join after its reply
         else:
@@ -533,37 +582,8 @@ class Session:
             return
         self.closed = True
         if self.user is not None:
-            mine = self.service.governance.members.get(self.user.id)
-            if mine is not None:
-                mine.discard(self)
-                if not mine:
-                    del self.service.governance.members[self.user.id]
+            self.services.presence.remove(self.user.id, self)
         for room in self.rooms:
-            self.service.leave(self, room)
+            self.services.reading.leave(self, room)
         self.rooms.clear()
         self._queue = None
-
-
-_ROOM_ROLES = {"members": "member", "managers": "manager", "presenters": "presenter"}
-_CATEGORY_LISTS = {"allowed": "allowed", "denied": "denied", "creators": "creator"}
-
-
-def _by_key(
-    value: dict[str, Any] | None, field: str, keys: dict[str, str]
-) -> dict[str, list[Principal]]:
-    if value is None:
-        return {}
-    unknown = set(value) - set(keys)
-    if unknown:
-        raise ChatError(
-            BAD_REQUEST, f"field {field!r} takes {', '.join(keys)}; not {sorted(unknown)[0]!r}"
-        )
-    return {keys[k]: parse_principals(v, f"{field}.{k}") for k, v in value.items()}
-
-
-def _roles(value: dict[str, Any] | None, field: str) -> dict[str, list[Principal]]:
-    return _by_key(value, field, _ROOM_ROLES)
-
-
-def _lists(value: dict[str, Any] | None, field: str) -> dict[str, list[Principal]]:
-    return _by_key(value, field, _CATEGORY_LISTS)

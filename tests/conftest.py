@@ -97,10 +97,6 @@ class Harness:
         self.node = node
         self.clients: list[Client] = []
 
-    @property
-    def service(self):  # type: ignore[no-untyped-def]
-        return self.node.service
-
     async def connect(self, transport: str = "tcp") -> Client:
         if transport == "tcp":
             host, port = self.node.addresses["tcp"]
@@ -114,7 +110,7 @@ class Harness:
         return client
 
     async def user(self, name: str, *, admin: bool = False) -> None:
-        await self.service.add_user(name, PASSWORD, is_admin=admin)
+        await self.node.accounts.add_user(name, PASSWORD, is_admin=admin)
 
     async def login(self, name: str, transport: str = "tcp") -> Client:
         client = await self.connect(transport)
@@ -124,7 +120,7 @@ class Harness:
     async def room(self, name: str = "lobby") -> int:
         from chatserver.store.rooms import create_room
 
-        return (await create_room(self.service.db, name)).id
+        return (await create_room(self.node.db, name)).id
 
     async def close(self) -> None:
         for client in self.clients:

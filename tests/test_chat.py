@@ -270,25 +270,23 @@ async def test_slow_reader_gets_resync_while_fast_reader_keeps_pace(db_url: str)
 
         text = "x" * 8000
         posted = 0
-        while node.state.resyncs == 0 and posted < 6000:  # at most 48 MB
+        while node.metrics.resyncs == 0 and posted < 6000:  # at most 48 MB
             await asyncio.gather(
                 *(poster.call("post", room=room, text=text, cid=f"{posted + j}") for j in range(20))
             )
             posted += 20
-        assert node.state.resyncs == 1, "the slow reader never fell behind"
+        assert node.metrics.resyncs == 1, "the slow reader never fell behind"
         slow_session = next(
-            c.session
-            for c in node.state.connections
-            if c.session.user and c.session.user.name == "slow"
+            c.session for c in node.connections if c.session.user and c.session.user.name == "slow"
         )
-        assert not node.service.hub.is_subscribed(room, slow_session)
+        assert not node.hub.is_subscribed(room, slow_session)
         assert slow_session.rooms == set()
         received = [
             (await fast.next_event("message", timeout=scaled(10)))["seq"] for _ in range(posted)
         ]
         assert received == list(range(1, posted + 1))
-        assert node.service.hub.is_subscribed(
-            room, next(c.session for c in node.state.connections if c.session.user.name == "fast")
+        assert node.hub.is_subscribed(
+            room, next(c.session for c in node.connections if c.session.user.name == "fast")
         )
     finally:
         await h.close()

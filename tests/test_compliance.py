@@ -145,7 +145,7 @@ async def setup(
 
 
 async def admin(h: Harness) -> tuple[Client, int]:
-    uid = (await h.service.add_user("root", PASSWORD, is_admin=True)).id
+    uid = (await h.node.accounts.add_user("root", PASSWORD, is_admin=True)).id
     return await h.login("root"), uid
 
 
@@ -194,7 +194,7 @@ async def test_every_event_type_is_captured_with_its_fields(
 ) -> None:
     h, stores = setup
     root, root_id = await admin(h)
-    bob_id = (await h.service.add_user("bob", PASSWORD)).id
+    bob_id = (await h.node.accounts.add_user("bob", PASSWORD)).id
     # Governance: a category (history off), its ACL, a room, its roles, a group, the policy.
     cat = (await root.call("category.create", name="quiet", chat_history=False))["category"]["id"]
     await root.call("category.update", category=cat, add={"allowed": [EVERYONE]})
@@ -325,16 +325,16 @@ async def test_compliance_off_writes_nothing(harness: Harness) -> None:
     await ann.call("leave", room=room)
     await ann.call("room.create", category=1, name="more")
     stmt = select(compliance_outbox.c.kind).order_by(compliance_outbox.c.id)
-    async with harness.service.db.read() as conn:
+    async with harness.node.db.read() as conn:
         assert list(await conn.execute(stmt)) == []
-    assert harness.service.capture is None
+    assert not harness.node.capture.on
     # Switched on at run time (the management API's [compliance] enabled), then off again.
-    harness.service.set_capture(True)
+    harness.node.capture.enable(True)
     await ann.call("post", room=room, text="y", cid="2")
     await ann.call("room.update", room=room, description="d")
-    harness.service.set_capture(False)
+    harness.node.capture.enable(False)
     await ann.call("post", room=room, text="z", cid="3")
-    async with harness.service.db.read() as conn:
+    async with harness.node.db.read() as conn:
         assert [r.kind for r in await conn.execute(stmt)] == ["CHAT", "ROOM_UPDATE"]
 
 

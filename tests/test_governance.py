@@ -27,6 +27,7 @@ from hypothesis.stateful import (
 )
 
 from chatserver.client import Client
+from chatserver.rooms.changes import RoomChanged
 
 from .conftest import PASSWORD, Harness, scaled
 
@@ -43,7 +44,7 @@ def group(gid: int) -> dict[str, Any]:
 
 
 async def make_user(h: Harness, name: str, *, admin: bool = False) -> int:
-    return (await h.service.add_user(name, PASSWORD, is_admin=admin)).id
+    return (await h.node.accounts.add_user(name, PASSWORD, is_admin=admin)).id
 
 
 async def admin_client(h: Harness) -> Client:
@@ -607,7 +608,7 @@ async def test_join_racing_a_revocation_does_not_stay_subscribed(
     cat = await new_category(admin, "race")
     room = await new_room(admin, cat, "contested", "open")
     carol = await harness.login("carol")
-    hub = harness.service.hub
+    hub = harness.node.hub
     real_load = hub._load_recent
     loading, go_on = asyncio.Event(), asyncio.Event()
 
@@ -640,7 +641,7 @@ async def test_a_slow_read_does_not_cache_rights_older_than_a_revocation(
     cat = await new_category(admin, "cache")
     room = await new_room(admin, cat, "members only", "closed", members=[user(carol_id)])
     carol = await harness.login("carol")
-    harness.service.governance.forget_room(room)
+    harness.node.facts.forget(RoomChanged(room))
     real_get = room_store.get_room
     reading, go_on = asyncio.Event(), asyncio.Event()
 
@@ -1292,7 +1293,7 @@ async def test_nobody_reads_a_room_they_may_not_read(harness: Harness) -> None:
         harness,
         ids,
         tokens,
-        harness.service.config.chat.default_chat_history,
+        harness.node.settings.chat.default_chat_history,
     )
     machine = type("Machine", (GovernanceMachine,), {"world": world})
     config = settings(

@@ -166,7 +166,7 @@ def may_manage(s: State, r: RoomFacts) -> bool:
 def may_list(s: State, r: RoomFacts) -> bool:
     """The `rooms` search lists what the user may find, except that a disabled room is listed to
     administrators only: its managers find it with room.get alone. access.py's docstring does not
-    say so; docs/governance.md (sections 6 "Disabled" and 7) and ChatService.list_rooms do."""
+    say so; docs/governance.md (sections 6 "Disabled" and 7) and Directory.list_rooms do."""
     return may_find(s, r) and (s.admin or not r.disabled)
 
 

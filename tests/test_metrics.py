@@ -95,7 +95,7 @@ async def test_metrics_move_with_traffic(rate_limited: tuple[Harness, Scraper]) 
     from chatserver.store.rooms import create_room
 
     room = await h.room("lobby")  # open
-    secret = (await create_room(h.service.db, "secret", privacy="secret")).id
+    secret = (await create_room(h.node.db, "secret", privacy="secret")).id
     for name in ("ann", "bob", "cat"):
         await h.user(name)
 

@@ -364,7 +364,7 @@ async def test_posts_beyond_the_in_flight_limit_pause_reading_and_all_land(db_ur
         alice = await h.login("alice")
         await alice.call("join", room=room)
         await alice.call("post", room=room, text="warm", cid="warm")  # rights now cached
-        [server_side] = [c for c in node.state.connections if c.session.user is not None]
+        [server_side] = [c for c in node.connections if c.session.user is not None]
         locker = await asyncpg.connect(db_url.replace("postgresql+asyncpg", "postgresql"))
         try:
             lock = locker.transaction()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from chatserver.protocol.errors import ChatError
+from chatserver.rooms.capture import Capture
+from chatserver.rooms.changes import LocalOnly
 from chatserver.rooms.writer import Writer
 from chatserver.store import categories as category_store
 from chatserver.store import messages as message_store
@@ -16,6 +19,11 @@ from chatserver.store import users as user_store
 from chatserver.store.db import Database
 from chatserver.store.messages import NewPost
 from chatserver.store.migrate import SchemaError, check_schema, head_revision
+
+
+def _writer(db: Database, deliver: Any, **options: Any) -> Writer:
+    """A writer on its own: no pool to tell, no compliance capture."""
+    return Writer(db, deliver, LocalOnly(), Capture(db, "test", enabled=False), **options)
 
 
 @pytest.fixture
@@ -177,11 +185,11 @@ async def test_concurrent_batches_keep_one_order(db_url: str) -> None:
             await database.close()
 
 
-async def test_failed_transaction_fails_every_post_and_stores_none(db: Database) -> None:
+async def test_an_unusable_store_fails_every_post_and_stores_none(db: Database) -> None:
     user = await user_store.create_user(db, "u", "x")
     room = (await room_store.create_room(db, "r")).id
     delivered: list[object] = []
-    writer = Writer(db, delivered.extend)
+    writer = _writer(db, delivered.extend)
     writer.start()
     try:
         async with db.write() as conn:
@@ -205,7 +213,7 @@ async def test_failed_transaction_fails_every_post_and_stores_none(db: Database)
 async def test_writer_refuses_when_full_and_after_close(db: Database) -> None:
     user = await user_store.create_user(db, "u", "x")
     room = (await room_store.create_room(db, "r")).id
-    writer = Writer(db, lambda _m: None, max_pending=100)
+    writer = _writer(db, lambda _m: None, max_pending=100)
     # Not started: nothing drains the queue.
     futures = [writer.submit(NewPost(room, user.id, "u", str(i), "t")) for i in range(100)]
     with pytest.raises(ChatError) as info:

@@ -29,9 +29,10 @@ from pydantic.config import JsonDict
 from ..protocol.errors import BAD_REQUEST, CONFLICT, FORBIDDEN, NOT_FOUND, ChatError
 from ..rooms import access
 from ..rooms.access import Actor
-from ..rooms.hub import MessageChange
+from ..rooms.changes import MessageChange
 from ..store import admin as admin_store
 from ..store import principals as principal_store
+from ..store import rooms as room_store
 from ..store import users as user_store
 from ..store.principals import Principal as StorePrincipal
 from .routes import route
@@ -542,7 +543,7 @@ class Ctx:
 
     @property
     def gov(self) -> Any:
-        return self.node.service.governance
+        return self.node.governance
 
     @property
     def db(self) -> Any:
@@ -572,7 +573,7 @@ def _user_view(ctx: Ctx, user: User) -> dict[str, Any]:
     return {
         **user.public(),
         "is_admin": user.is_admin,
-        "persistent_chat_enabled": ctx.gov.policy_enabled(user),
+        "persistent_chat_enabled": ctx.node.auth.policy_enabled(user),
         "policy": user.persistent_chat_enabled,
     }
 
@@ -601,7 +602,7 @@ async def list_users(ctx: Ctx) -> Any:
 )
 async def create_user(ctx: Ctx) -> Any:
     body: UserIn = ctx.body
-    user = await ctx.node.service.add_user(
+    user = await ctx.node.accounts.add_user(
         body.name, body.password, is_admin=body.is_admin, display_name=body.display_name
     )
     out = _user_view(ctx, user)
@@ -640,7 +641,7 @@ async def set_policy(ctx: Ctx) -> Any:
 )
 async def list_sessions(ctx: Ctx) -> Any:
     out: list[dict[str, Any]] = []
-    for conn in list(ctx.node.state.connections):
+    for conn in list(ctx.node.connections):
         user = conn.session.user
         if user is None:
             continue
@@ -745,7 +746,7 @@ async def delete_group(ctx: Ctx) -> Any:
 
 
 async def _category_out(ctx: Ctx, category_id: int) -> dict[str, Any]:
-    category = await ctx.gov.category(category_id)
+    category = await ctx.node.facts.category(category_id)
     if category is None:
         raise _not_found("category", category_id)
     return category.public(with_principals=True)  # type: ignore[no-any-return]
@@ -846,7 +847,7 @@ async def delete_category(ctx: Ctx) -> Any:
 async def _eligible_users(ctx: Ctx, allowed: Any) -> list[dict[str, Any]]:
     out = []
     for user in await user_store.list_users(ctx.db, None, limit=100_000):
-        groups = await ctx.gov._groups_of("user", user.id)
+        groups = await ctx.node.facts.groups_of("user", user.id)
         if allowed(Actor(user.id, False, groups), StorePrincipal("user", user.id), groups):
             out.append(user.public())
     return out
@@ -861,7 +862,7 @@ async def _eligible_users(ctx: Ctx, allowed: Any) -> list[dict[str, Any]]:
 )
 async def category_eligible(ctx: Ctx) -> Any:
     cid = ctx.params["category_id"]
-    category = await ctx.gov.category(cid)
+    category = await ctx.node.facts.category(cid)
     if category is None:
         raise _not_found("category", cid)
     return await _eligible_users(
@@ -873,12 +874,12 @@ async def category_eligible(ctx: Ctx) -> Any:
 
 
 async def _room_out(ctx: Ctx, room_id: int) -> dict[str, Any]:
-    ctx.gov.forget_room(room_id)  # read the store, not a cache another node may have changed
-    room = await ctx.gov.room(room_id)
+    # Read the store, not a cache another node may have changed; a read changes nothing.
+    room = await room_store.get_room(ctx.db, room_id)
     if room is None:
         raise _not_found("room", room_id)
     out = room.public(with_roles=True)
-    out["last_seq"] = await ctx.gov.last_seq(room_id)
+    out["last_seq"] = await ctx.node.enforcement.last_seq(room_id)
     return out  # type: ignore[no-any-return]
 
 
@@ -1068,8 +1069,10 @@ async def delete_room(ctx: Ctx) -> Any:
 async def room_eligible(ctx: Ctx) -> Any:
     rid = ctx.params["room_id"]
     await _room_out(ctx, rid)
-    room = await ctx.gov.room(rid)
-    category = await ctx.gov.category(room.category_id)
+    room = await room_store.get_room(ctx.db, rid)
+    category = await ctx.node.facts.category(room.category_id) if room else None
+    if room is None or category is None:
+        raise _not_found("room", rid)
     return await _eligible_users(
         ctx, lambda actor, _p, _groups: access.can_read(actor, room, category)
     )
@@ -1348,7 +1351,7 @@ class SwapIn(_In):
 async def _pool_change(ctx: Ctx, action: str, target: str, change: Any) -> Any:
     from ..pool.control import PoolControlError
 
-    pool = ctx.node.state.pool
+    pool = ctx.node.pool
     if pool is None:
         raise ChatError(CONFLICT, "this node is not in a pool ([pool] enabled is false)")
     before = await ctx.node.pool_view()

@@ -26,8 +26,10 @@ USERS = ("selftest-1", "selftest-2")
 
 async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str, int]]:
     """Tokens for the two users and the room id, straight from the store."""
+    from ..accounts import Accounts
     from ..cli import _config
-    from ..rooms.service import ChatService
+    from ..rooms.authorization import Authorization
+    from ..rooms.facts import Facts
     from ..store import rooms as room_store
     from ..store import users as user_store
     from ..store.db import Database
@@ -39,12 +41,12 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
     db = Database(config.database.url)
     try:
         await check_schema(db)
-        service = ChatService(config, db)
+        accounts = Accounts(config, db, Authorization(config, Facts(db)))
         tokens = []
         for name in USERS:
             found = await user_store.credentials(db, name)
             if found is None:
-                user = await service.add_user(
+                user = await accounts.add_user(
                     name, secrets.token_urlsafe(24), display_name=f"Self-test {name[-1]}"
                 )
             else:

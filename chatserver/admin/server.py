@@ -211,7 +211,7 @@ class ManagementServer:
                 return _error(STATUS.get(exc.code, 500), exc.code, exc.message)
             except Exception:
                 log.exception("%s %s failed", spec.method, spec.path)
-                self.node.state.request_errors += 1
+                self.node.metrics.request_errors += 1
                 return _error(500, "internal", "internal error")
             if spec.mutating and not ctx.audited:
                 log.error("%s %s changed state without an audit entry", spec.method, spec.path)
@@ -244,18 +244,20 @@ class ManagementServer:
         if isinstance(auth, web.Response):
             return auth
         await self.node.refresh_metrics()
-        body = generate_latest(self.node.state.metrics.registry)
+        body = generate_latest(self.node.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
-        lag = self.node.state.metrics.loop_lag._value.get()
+        lag = self.node.metrics.loop_lag._value.get()
         ok = lag < MAX_LOOP_LAG_S
         return web.json_response(
             {"alive": ok, "event_loop_lag_s": round(lag, 4)}, status=200 if ok else 503
         )
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        checks: dict[str, Any] = {"accepting": self.node.state.accepting and self.node.listening}
+        checks: dict[str, Any] = {
+            "accepting": self.node.connections.accepting and self.node.listening
+        }
         try:
             await asyncio.wait_for(check_schema(self.node.db), 5)
             checks["store"] = "ok"

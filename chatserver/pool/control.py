@@ -30,8 +30,7 @@ class PoolControlError(Exception):
 
 def _announce(pool: Pool | None) -> None:
     if pool is not None:
-        pool.publish({"t": "nodes"})
-        pool.refresh()
+        pool.announce_nodes()
 
 
 async def list_nodes(db: Database, pool: Pool | None = None) -> dict[str, Any]:

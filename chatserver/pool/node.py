@@ -1,28 +1,26 @@
-"""A node's side of the pool: membership, peer links, event fan-out and catch-up.
+"""A node's side of the pool: membership, peer links and what arrives over them.
 
 ::
 
-     writer commit ──► hub.deliver (local)          governance change ──► publish
+     writer commit ──► hub.deliver (local)       governance change ──► Governance._changed
             │                                                │
-            └──────────────► Pool.publish ◄──────────────────┘
+            └────────────► PeerPublisher (link.py) ◄─────────┘
                                   │  one EVENTS frame per peer per loop turn
                                   ▼
                       PeerLink ─── TCP 8011 ─── PeerLink (other node)
                                                     │
-                                  Pool._apply ◄─────┘  hub.deliver / cache drop + enforce
+                     Pool.received ─► Inbox (inbox.py) ─► hub.deliver / handler table
 
     heartbeat task: upsert own row, read the registry, expire stale rows, dial missing links,
                     follow state changes (standby, draining)
     keep-alive task: ping links, close silent ones (no store access: a busy store must not
                     make a node look dead to its peers)
-    catch-up task:  every catchup_interval_s while a peer link is down or after one was lost
-                    (else every SAFETY_POLL_ROUNDS intervals), for each loaded room compare the
-                    hub's last_seq with the store's and deliver what is missing (the bound on
-                    delivery delay when a peer link is down)
+    catch-up task:  CatchUp (catchup.py), every catchup_interval_s while a peer link is down or
+                    after one was lost, else every SAFETY_POLL_ROUNDS intervals
 
-A peer's word is never a store write: received messages only reach the hub, which delivers
-them in ``seq`` order and fills any gap from the store; received changes only drop caches, which
-are then re-read from the store.
+The events and their encoding are in :mod:`chatserver.pool.events`; what each type does on
+arrival is :meth:`Pool._handlers` (most go to
+:meth:`~chatserver.rooms.governance.Governance.apply_remote`).
 """
 
 from __future__ import annotations
@@ -35,37 +33,39 @@ import random
 import signal
 import ssl
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..config import Config, parse_address
-from ..protocol.events import Outgoing
-from ..rooms.hub import MessageChange
-from ..store import messages as message_store
-from ..store import users as user_store
-from ..store.db import now_ms
-from ..store.messages import Message
+from ..metrics import Metrics
+from ..protocol.events import Moved, Outgoing
+from ..rooms.changes import (
+    CategoriesChanged,
+    MembershipChanged,
+    MessagesChanged,
+    RoomChanged,
+    SettingsChanged,
+    UserDisconnected,
+    UsersInvited,
+)
+from ..rooms.enforcement import Enforcement
+from ..rooms.governance import Governance
+from ..rooms.hub import Hub
+from ..rooms.settings import RuntimeSettings
+from ..store.db import Database, now_ms
+from ..transport.connections import Connections
 from . import registry
-from .protocol import CLOSED, EVENT_TYPES, EVENTS, PING, Command, PeerProtocol
+from .catchup import SAFETY_POLL_ROUNDS, CatchUp
+from .events import EVENT_TYPES, NodesChanged, PeerEvent, Recheck, decode
+from .inbox import Handler, Inbox
+from .link import HANDSHAKE_TIMEOUT_S, PeerLink, PeerPublisher
+from .protocol import EVENTS, PING, Command
 from .registry import ACTIVE, DRAINING, STANDBY, NodeRow
-
-if TYPE_CHECKING:
-    from ..rooms.service import ChatService
-    from ..server import Node, NodeState
 
 log = logging.getLogger("chatserver.pool")
 
-HANDSHAKE_TIMEOUT_S = 5.0
-# With every peer linked, the catch-up still polls the store every this many intervals (a safety
-# net for an event lost some way nobody noticed).
-SAFETY_POLL_ROUNDS = 15
-
-# A link whose peer has not drained this much output is dropped (the peer catches up from the
-# store instead of this node holding an unbounded backlog).
-MAX_LINK_BACKLOG = 64 * 1024 * 1024
 MAX_BACKOFF_S = 2.0
 
 
@@ -98,115 +98,31 @@ def _advertised(address: str, bound: tuple[str, int] | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class PeerLink(asyncio.Protocol):
-    """One authenticated (or authenticating) TCP link to another node."""
-
-    def __init__(self, pool: Pool, role: str, expect: str | None = None) -> None:
-        self.pool = pool
-        self.proto = PeerProtocol(role, pool.name, pool.secret, expect=expect)
-        self.transport: asyncio.Transport | None = None
-        self.pending: list[dict[str, Any]] = []
-        self._flush_scheduled = False
-        self.last_heard = time.monotonic()
-        self.opened = False
-        self.closed = asyncio.get_running_loop().create_future()
-        self._timer: asyncio.TimerHandle | None = None
-        self.address = "?"
-
-    @property
-    def peer(self) -> str | None:
-        return self.proto.peer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._too_slow)
-        self._write()
-
-    def _too_slow(self) -> None:
-        if not self.proto.is_open and self.transport is not None:
-            log.warning("peer %s: no handshake within %.0f s", self.address, HANDSHAKE_TIMEOUT_S)
-            self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        self.last_heard = time.monotonic()
-        commands = self.proto.receive_data(data)
-        if self.proto.is_open and not self.opened:
-            self.opened = True
-            if self._timer is not None:
-                self._timer.cancel()
-            self.pool.link_opened(self)
-        self._write()
-        for command in commands:
-            self.pool.received(self, command)
-        if self.proto.state == CLOSED and self.transport is not None:
-            if not self.opened or self.proto.close_reason:
-                log.warning("peer %s: %s", self.peer or self.address, self.proto.close_reason)
-            self.transport.close()
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.pool.link_closed(self)
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def _write(self) -> None:
-        data = self.proto.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-            if self.transport.get_write_buffer_size() > MAX_LINK_BACKLOG:
-                log.warning("peer %s: not keeping up; dropping the link", self.peer)
-                self.transport.abort()
-
-    def queue(self, event: dict[str, Any]) -> None:
-        self.pending.append(event)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if not self.pending or not self.proto.is_open:
-            self.pending.clear()
-            return
-        events, self.pending = self.pending, []
-        self.proto.send_events(events)
-        self.pool.frames_sent += 1
-        self._write()
-
-    def ping(self) -> None:
-        if self.proto.is_open:
-            self.proto.send_ping(now_ms())
-            self._write()
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-
 class Pool:
     """This node's membership in a pool; see the module docstring."""
 
     def __init__(
         self,
         config: Config,
-        service: ChatService,
-        node: NodeState,
-        client_addresses: dict[str, tuple[str, int]],
+        db: Database,
         *,
-        host: Node | None = None,
+        publisher: PeerPublisher,
+        hub: Hub,
+        governance: Governance,
+        enforcement: Enforcement,
+        settings: RuntimeSettings,
+        connections: Connections,
+        metrics: Metrics,
+        client_addresses: dict[str, tuple[str, int]],
         on_drained: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
-        self.host = host  # the Node, for its hooks (settings reload, message edits)
         self.settings = config.pool
-        self.service = service
-        self.node = node
+        self.db = db
+        self.publisher = publisher
+        self.hub = hub
+        self._connections = connections
+        self._metrics = metrics
         self.name = config.node.name
         self.secret = config.pool.secret
         self._client_addresses = client_addresses
@@ -214,34 +130,56 @@ class Pool:
         self.started_ms = now_ms()
         self.state = ACTIVE
         self.nodes: list[NodeRow] = []
-        self.links: dict[str, PeerLink] = {}
+        self.links: dict[str, PeerLink] = publisher.links
         self._dialing: dict[str, asyncio.Task[None]] = {}
         self._backoff: dict[str, float] = {}
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._inbox: deque[tuple[str, list[dict[str, Any]]]] = deque()
-        self._worker: asyncio.Task[None] | None = None
         self._refresh = asyncio.Event()
         self._stopping = False
         self.addresses: dict[str, str] = {}
         self.peer_address: tuple[str, int] | None = None
+        self.catch_up = CatchUp(db, hub)
+        self.inbox = Inbox(hub.deliver, self._handlers(governance, enforcement, settings))
         # Observations (metrics, tests, the management API).
-        self.frames_sent = 0
         self.events_received = 0
         self.events_by_type: dict[str, int] = dict.fromkeys(sorted(EVENT_TYPES), 0)
         self.frames_received: dict[str, int] = {PING: 0, EVENTS: 0}
-        self.caught_up = 0
-        self.catch_up_polls = 0
-        self.links_opened = 0
         # Set when a peer link is lost (and at start): the next catch-up interval polls the
         # store even if every link is up again by then.
         self._link_lost = True
+
+    def _handlers(
+        self, governance: Governance, enforcement: Enforcement, settings: RuntimeSettings
+    ) -> Mapping[type, Handler]:
+        """What each kind of event from a peer does here."""
+
+        async def reload_settings(_event: SettingsChanged) -> None:
+            await settings.reload(publish=False)
+
+        async def nodes_changed(_event: NodesChanged) -> None:
+            self._refresh.set()
+
+        async def recheck(_event: Recheck) -> None:
+            await enforcement.recheck_policies()
+
+        return {
+            RoomChanged: governance.apply_remote,
+            CategoriesChanged: governance.apply_remote,
+            MembershipChanged: governance.apply_remote,
+            UserDisconnected: governance.apply_remote,
+            UsersInvited: governance.apply_remote,
+            MessagesChanged: governance.apply_remote,
+            SettingsChanged: reload_settings,
+            NodesChanged: nodes_changed,
+            Recheck: recheck,
+        }
 
     # -- start and stop ---------------------------------------------------------------------
 
     def check(self) -> None:
         """Refuse configurations that cannot work, before anything starts."""
-        if not self.service.db.is_postgres:
+        if not self.db.is_postgres:
             raise PoolError(
                 "pool.enabled needs a PostgreSQL store shared by every node: database.url is"
                 " SQLite, which one node owns alone; set database.url to postgresql://…"
@@ -277,7 +215,7 @@ class Pool:
         Asked before this node listens on its peer port: if the name's advertised peer port
         refuses connections, nothing serves it any more.
         """
-        rows = await registry.list_nodes(self.service.db)
+        rows = await registry.list_nodes(self.db)
         old = next((r for r in rows if r.name == self.name), None)
         if old is None or not old.peer:
             return False
@@ -320,7 +258,7 @@ class Pool:
         }
         try:
             self.state = await registry.join(
-                self.service.db,
+                self.db,
                 self.name,
                 self.addresses,
                 started_ms=self.started_ms,
@@ -330,8 +268,7 @@ class Pool:
             )
         except registry.NameTaken as exc:
             raise PoolError(str(exc)) from None
-        self._hook_service()
-        self.node.metrics.registry.register(PoolCollector(self))
+        self._metrics.register(PoolCollector(self))
         await self._beat()
         self._tasks = [
             loop.create_task(self._heartbeats(), name="pool-heartbeat"),
@@ -346,8 +283,7 @@ class Pool:
         self._stopping = True
         for task in [*self._tasks, *self._dialing.values()]:
             task.cancel()
-        if self._worker is not None:
-            self._worker.cancel()
+        self.inbox.stop()
         if self._server is not None:
             self._server.close()
         links = list(self.links.values())
@@ -356,19 +292,9 @@ class Pool:
         if links:
             await asyncio.wait([link.closed for link in links], timeout=2)
         try:
-            await registry.leave(self.service.db, self.name, self.started_ms)
+            await registry.leave(self.db, self.name, self.started_ms)
         except Exception as exc:  # the store may be gone; the row expires by itself
             log.warning("pool: could not leave the registry: %s", exc)
-
-    # -- hooks into this node ---------------------------------------------------------------
-
-    def _hook_service(self) -> None:
-        service = self.service
-        service.writer.add_listener(self.publish_messages)
-        service.governance.publish = self.publish
-        # The node's hooks (chatserver.server.Node): message edits made here go to the peers.
-        if self.host is not None:
-            self.host.message_change_listeners.append(self.publish_message_changes)
 
     def refresh(self) -> None:
         """Read the registry now rather than at the next heartbeat."""
@@ -394,39 +320,10 @@ class Pool:
             return f"node {self.name} is draining; connect to an active node"
         return None
 
-    # -- sending ----------------------------------------------------------------------------
-
-    def publish(self, event: dict[str, Any]) -> None:
-        """Send a committed event to every peer (in the frame of this loop turn)."""
-        for link in self.links.values():
-            if link.proto.is_open:
-                link.queue(event)
-
-    def publish_messages(self, messages: list[Message]) -> None:
-        if not self.links:
-            return
-        for m in messages:
-            self.publish({"t": "msg", "m": {**m.wire(), "kept": m.kept}})
-
-    def publish_message_changes(
-        self, room_id: int, changes: list[MessageChange], cleared_through: int | None
-    ) -> None:
-        self.publish(
-            {
-                "t": "edit",
-                "room": room_id,
-                "changes": [[c.seq, c.state, c.text] for c in changes],
-                "clear": cleared_through,
-            }
-        )
-
-    def publish_config(self, key: str = "", node: str | None = None) -> None:
-        """Tell the peers run-time settings changed in the store; each reloads them."""
-        self.publish({"t": "config", "key": key, "node": node})
-
-    def publish_disconnect(self, user_id: int, reason: str) -> None:
-        """Tell the peers to close every connection of ``user_id``."""
-        self.publish({"t": "disconnect", "user": user_id, "reason": reason})
+    def announce_nodes(self) -> None:
+        """The registry changed (pool control): tell the peers and read it now."""
+        self.publisher.send(NodesChanged())
+        self.refresh()
 
     # -- links ------------------------------------------------------------------------------
 
@@ -438,17 +335,17 @@ class Pool:
             old.close()
         self.links[name] = link
         self._backoff.pop(name, None)
-        self.links_opened += 1
         log.info("pool: peer link %s up (%s)", name, link.address)
         # Events may have been missed while the link was down: re-read what caches hold (rights,
         # run-time settings) and re-check the policy of every user connected here.
-        self.service.hub.drop_idle()
-        self._enqueue(name, [{"t": "categories"}, {"t": "config"}, {"t": "recheck"}])
+        self.hub.drop_idle()
+        self.inbox.put(name, [CategoriesChanged(), SettingsChanged(), Recheck()])
 
     def link_closed(self, link: PeerLink) -> None:
         name = link.peer
         if name is not None and self.links.get(name) is link:
             del self.links[name]
+            self.publisher.frames_sent_closed += link.frames_sent
             self._link_lost = True
             log.info("pool: peer link %s down", name)
             if not self._stopping:
@@ -484,142 +381,20 @@ class Pool:
 
     def received(self, link: PeerLink, command: Command) -> None:
         self.frames_received[command.name] = self.frames_received.get(command.name, 0) + 1
-        if command.name == PING:
+        if command.name != EVENTS:
             return
-        if command.name == EVENTS:
-            events: list[dict[str, Any]] = command.fields["events"]
-            self.events_received += len(events)
-            for event in events:
-                self.events_by_type[event["t"]] += 1
-            assert link.peer is not None
-            self._enqueue(link.peer, events)
-
-    def _enqueue(self, peer: str, events: list[dict[str, Any]]) -> None:
-        if not self._inbox and self._worker is None and all(e["t"] == "msg" for e in events):
-            self._deliver(events)  # the common case: no await, no task
-            return
-        self._inbox.append((peer, events))
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work())
-
-    def _deliver(self, events: list[dict[str, Any]]) -> None:
-        messages = []
-        for event in events:
-            m = event.get("m")
+        raw: list[dict[str, Any]] = command.fields["events"]
+        self.events_received += len(raw)
+        events: list[PeerEvent] = []
+        for wire in raw:
+            self.events_by_type[wire["t"]] += 1
             try:
-                assert isinstance(m, dict)
-                messages.append(
-                    Message(
-                        room=int(m["room"]),
-                        seq=int(m["seq"]),
-                        ts=int(m["ts"]),
-                        sender_id=int(m["sender"]["id"]),
-                        sender_name=str(m["sender"]["name"]),
-                        text=str(m["text"]),
-                        cid=str(m["cid"]),
-                        kept=bool(m.get("kept", True)),
-                        state=str(m.get("state", "")),
-                    )
-                )
-            except (AssertionError, KeyError, TypeError, ValueError):
-                log.warning("pool: ignoring a malformed message event")
-        if messages:
-            self.service.hub.deliver(messages)
-
-    async def _work(self) -> None:
-        """Apply received events in arrival order; changes are enforced before later messages."""
-        try:
-            while self._inbox:
-                peer, events = self._inbox.popleft()
-                batch: list[dict[str, Any]] = []
-                for event in events:
-                    if event["t"] == "msg":
-                        batch.append(event)
-                        continue
-                    if batch:
-                        self._deliver(batch)
-                        batch = []
-                    try:
-                        await self._apply(event)
-                    except Exception:
-                        log.exception("pool: applying %s from %s failed", event.get("t"), peer)
-                if batch:
-                    self._deliver(batch)
-        finally:
-            self._worker = None
-            if self._inbox:
-                self._worker = asyncio.get_running_loop().create_task(self._work())
-
-    async def _apply(self, event: dict[str, Any]) -> None:
-        gov = self.service.governance
-        kind = event["t"]
-        if kind == "room":
-            room_id = int(event["room"])
-            gov.forget_room(room_id, publish=False)
-            room = await gov.room(room_id)
-            if room is None:
-                await gov.enforce([room_id], reason="deleted")
-                self.service.hub.forget(room_id)
-            else:
-                await gov.enforce([room_id])
-                await gov.announce_room(room_id)
-        elif kind == "categories":
-            gov.forget_all(publish=False)
-            await gov.enforce()
-        elif kind == "membership":
-            gov.forget_membership(publish=False)
-            await gov.enforce()
-        elif kind == "disconnect":
-            for member in list(gov.members.get(int(event["user"]), ())):
-                member.disconnect(str(event.get("reason", "disabled")))
-        elif kind == "invited":
-            await self._apply_invited(event)
-        elif kind == "edit":
-            self._apply_edit(event)
-        elif kind == "config":
-            if self.host is not None:
-                await self.host.settings_changed(publish=False)
-        elif kind == "nodes":
-            self._refresh.set()
-        elif kind == "recheck":
-            await self._recheck_policies()
-
-    async def _recheck_policies(self) -> None:
-        """Disconnect the users connected here whose persistent-chat policy was turned off
-        while a link was down (the peer's ``disconnect`` event was lost)."""
-        gov = self.service.governance
-        connected = list(gov.members)
-        # One query for every user connected here (a node holds thousands), not one each.
-        users = await user_store.get_users(self.service.db, connected)
-        for user_id in connected:
-            user = users.get(user_id)
-            if user is None or not gov.policy_enabled(user):
-                for member in list(gov.members.get(user_id, ())):
-                    member.disconnect("disabled")
-
-    async def _apply_invited(self, event: dict[str, Any]) -> None:
-        """Tell the invitees' sessions on this node, as the inviting node told its own."""
-        gov = self.service.governance
-        room_id = int(event["room"])
-        room = await gov.room(room_id)
-        category = await gov.category(room.category_id) if room else None
-        if room is None or category is None:
-            return
-        for uid in event.get("users", []):
-            for member in list(gov.members.get(int(uid), ())):
-                if member.user is None:
-                    continue
-                member.invited_rooms.add(room_id)
-                view = await gov.room_view(member.user, room, category)
-                member.send(Outgoing({"ev": "invited", "room": view, "by": event.get("by")}))
-
-    def _apply_edit(self, event: dict[str, Any]) -> None:
-        """Messages replaced or removed on another node: this node's cache and subscribers."""
-        changes = [MessageChange(int(s), str(st), str(t)) for s, st, t in event.get("changes", [])]
-        clear = event.get("clear")
-        self.service.hub.change_messages(
-            int(event["room"]), changes, int(clear) if clear is not None else None
-        )
+                events.append(decode(wire))
+            except ValueError as exc:
+                log.warning("pool: ignoring an event from %s: %s", link.peer, exc)
+        assert link.peer is not None
+        if events:
+            self.inbox.put(link.peer, events)
 
     # -- membership -------------------------------------------------------------------------
 
@@ -661,7 +436,7 @@ class Pool:
                     link.ping()
 
     async def _beat(self) -> None:
-        db = self.service.db
+        db = self.db
         dead_after_ms = int(self.settings.dead_after_s * 1000)
         state, rows, now = await registry.heartbeat(
             db, self.name, self.addresses, state=self.state, started_ms=self.started_ms
@@ -691,8 +466,8 @@ class Pool:
 
     async def _drain(self) -> None:
         """Tell every client to move to an active node, then stop this node."""
-        for conn in list(self.node.connections):
-            conn.send(Outgoing({"ev": "moved", "active": self.active_nodes()}))
+        for conn in self._connections:
+            conn.send(Outgoing.event(Moved(self.active_nodes())))
             conn.close("moved")
         await asyncio.sleep(0.1)
         self.on_drained()
@@ -715,39 +490,14 @@ class Pool:
             quiet = 0
             self._link_lost = False
             try:
-                await self.catch_up()
+                await self.catch_up.run()
             except Exception as exc:
                 self._link_lost = True  # try again next interval
                 log.warning("pool: catch-up failed: %s", exc)
 
-    async def catch_up(self) -> int:
-        """Deliver what the store has beyond the hub, for every room whose cache is loaded here
-        (rooms with subscribers, and the idle ones a join would be answered from)."""
-        hub = self.service.hub
-        self.catch_up_polls += 1
-        rooms = hub.loaded_rooms()
-        if not rooms:
-            return 0
-        stored = await registry.room_seqs(self.service.db, rooms)
-        found = 0
-        for room_id, last in stored.items():
-            known = hub.known_last_seq(room_id)
-            if known is None or last <= known:
-                continue
-            missing = await message_store.after(
-                self.service.db, room_id, known, 1000, include_removed=True
-            )
-            if missing:
-                found += len(missing)
-                hub.deliver(missing)
-        if found:
-            self.caught_up += found
-            log.info("pool: caught up %d messages from the store", found)
-        return found
-
     async def view(self) -> dict[str, Any]:
         """The pool's nodes as the management API shows them (``GET /api/v1/pool``)."""
-        rows, now = await registry.list_nodes_at(self.service.db)
+        rows, now = await registry.list_nodes_at(self.db)
         nodes = []
         for row in rows:
             out = row.public(now)
@@ -756,18 +506,6 @@ class Pool:
             out["linked"] = row.name in self.links
             nodes.append(out)
         return {"pooled": True, "nodes": nodes}
-
-    # -- status -----------------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "node": self.name,
-            "state": self.state,
-            "links": sorted(self.links),
-            "frames_sent": self.frames_sent,
-            "events_received": self.events_received,
-            "caught_up": self.caught_up,
-        }
 
 
 class PoolCollector:
@@ -786,7 +524,7 @@ class PoolCollector:
             state.add_metric([name], 1.0 if pool.state == name else 0.0)
         yield state
         sent = CounterMetricFamily("chatserver_pool_frames_sent", "EVENTS frames sent to peers")
-        sent.add_metric([], pool.frames_sent)
+        sent.add_metric([], pool.publisher.frames_sent)
         yield sent
         frames = CounterMetricFamily(
             "chatserver_pool_frames_received", "Frames received from peers", labels=["command"]
@@ -803,12 +541,12 @@ class PoolCollector:
         caught = CounterMetricFamily(
             "chatserver_pool_caught_up_messages", "Messages delivered from the store by catch-up"
         )
-        caught.add_metric([], pool.caught_up)
+        caught.add_metric([], pool.catch_up.caught_up)
         yield caught
         polls = CounterMetricFamily(
             "chatserver_pool_catch_up_polls",
             "Catch-up polls of the store (while a peer link is down, after one was lost, and"
             " every few intervals otherwise)",
         )
-        polls.add_metric([], pool.catch_up_polls)
+        polls.add_metric([], pool.catch_up.polls)
         yield polls

@@ -25,21 +25,8 @@ Until ``READY`` neither side accepts anything but the next handshake command, so
 unauthenticated peer can neither read nor announce anything. After it, either side may send
 ``PING`` (heartbeat), ``EVENTS`` (a batch of committed events) and ``ERROR``.
 
-Events in an ``EVENTS`` batch are maps with a type ``t``:
-
-=================  ========================================================================
-``msg``            a committed message: ``m`` = the message as clients see it, plus ``kept``
-``room``           a room's settings or roles changed (``room``: id); ``gone``: it was deleted
-``categories``     categories (and so possibly every room's rights) changed
-``membership``     group membership changed
-``policy``         a user's policy changed (``user``: id); ``disconnect`` when they lost access
-``edit``           messages were replaced or removed, or a room cleared (``room``, ``seqs`` or
-                   ``clear``) — for the recent-message caches
-``disconnect``     a user's live sessions must end (``user``, ``reason``)
-``invited``        users were invited to a room (``room``, ``users``, ``by``)
-``config``         run-time configuration changed (``key``, optional ``node``)
-``nodes``          the pool's registry changed (a node was activated, moved to standby, drained)
-=================  ========================================================================
+Events in an ``EVENTS`` batch are maps with a type ``t``; :mod:`chatserver.pool.events` defines
+them, their encoding and the types a peer may send (:data:`~chatserver.pool.events.EVENT_TYPES`).
 """
 
 from __future__ import annotations
@@ -52,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+
+from .events import EVENT_TYPES
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -66,21 +55,6 @@ READY = "READY"
 PING = "PING"
 EVENTS = "EVENTS"
 ERROR = "ERROR"
-
-EVENT_TYPES = frozenset(
-    {
-        "msg",
-        "room",
-        "categories",
-        "membership",
-        "policy",
-        "edit",
-        "disconnect",
-        "invited",
-        "config",
-        "nodes",
-    }
-)
 
 # States of one side of a link.
 START = "start"  # connector: HELLO to send; acceptor: waiting for HELLO

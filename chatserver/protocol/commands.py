@@ -1,9 +1,9 @@
 """Client requests: one frozen dataclass per op, validated when parsed.
 
 ``parse_request(map)`` looks up the op, checks every declared field's presence and type (ints are
-not bools, strings have bounded length) and returns the request object, or raises
-:class:`ChatError` ``bad_request`` naming the field. Unknown keys are ignored, so clients may send
-extra fields to newer servers.
+not bools, strings have bounded length and are text the store can hold: :mod:`.text`) and
+returns the request object, or raises :class:`ChatError` ``bad_request`` naming the field.
+Unknown keys are ignored, so clients may send extra fields to newer servers.
 
 Limits that depend on configuration (message length, page size) are checked by the session layer.
 """
@@ -16,6 +16,7 @@ import typing
 from typing import Any, ClassVar
 
 from .errors import BAD_REQUEST, ChatError
+from .text import text_problem
 
 # Upper bound on any string field not otherwise limited; the frame size bounds the rest.
 MAX_STRING = 1_000_000
@@ -348,6 +349,9 @@ def _check(spec: _FieldSpec, value: Any) -> Any:
             raise _bad(
                 f"field {spec.name!r} must be {spec.min_len} to {spec.max_len} characters long"
             )
+        problem = text_problem(value)
+        if problem is not None:
+            raise _bad(f"field {spec.name!r} {problem}")
     elif spec.kind is bool:
         if not isinstance(value, bool):
             raise _bad(f"field {spec.name!r} must be true or false")

@@ -1,4 +1,9 @@
-"""Outgoing replies and events, encoded at most once per wire format.
+"""Replies and events of the client protocol: one small class per event, encoded in one place,
+at most once per wire format.
+
+Every event the server sends (docs/protocol.md, section "Events") is a slotted dataclass below
+with an ``EV`` name and a :meth:`~Event.wire` method that builds its map; nothing else in the
+code writes ``{"ev": …}`` by hand. Replies are built by :func:`reply` and :func:`error_reply`.
 
 Fan-out sends the same event to many connections; :class:`Outgoing` encodes it lazily, once for
 each format in use (a TCP frame, a WebSocket binary frame, a WebSocket text frame), and every
@@ -9,7 +14,8 @@ masked, so the frame bytes are identical for every WebSocket subscriber.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from .codec import encode_json, encode_msgpack, tcp_frame
 
@@ -31,6 +37,163 @@ def ws_frame(opcode: int, payload: bytes) -> bytes:
     return header + payload
 
 
+# -- events ---------------------------------------------------------------------------------
+#
+# The field order of each ``wire()`` map is the documented one (it fixes the encoded bytes).
+
+
+class Event:
+    """A server-to-client event."""
+
+    __slots__ = ()
+    EV: ClassVar[str]
+
+    def wire(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class MessagePosted(Event):
+    """``message``: a stored message (its wire form, ``Message.wire()``) delivered live."""
+
+    EV: ClassVar[str] = "message"
+    message: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": "message", **self.message}
+
+
+@dataclass(slots=True)
+class MessageChanged(Event):
+    """``message.changed``: a stored message was replaced or removed."""
+
+    EV: ClassVar[str] = "message.changed"
+    room: int
+    seq: int
+    state: str  # "replaced" | "removed"
+    text: str = ""  # the new text; not sent when removed
+
+    def wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ev": self.EV, "room": self.room, "seq": self.seq}
+        out["state"] = self.state
+        if self.state != "removed":
+            out["text"] = self.text
+        return out
+
+
+@dataclass(slots=True)
+class RoomCleared(Event):
+    """``room.cleared``: every message up to ``through_seq`` was removed."""
+
+    EV: ClassVar[str] = "room.cleared"
+    room: int
+    through_seq: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "room": self.room, "through_seq": self.through_seq}
+
+
+@dataclass(slots=True)
+class Resync(Event):
+    """``resync``: live delivery of ``room`` stopped; rejoin with ``since``."""
+
+    EV: ClassVar[str] = "resync"
+    room: int
+    reason: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "room": self.room, "reason": self.reason}
+
+
+@dataclass(slots=True)
+class RoomRemoved(Event):
+    """``room.removed``: the user may no longer read ``room`` (or it is disabled or deleted)."""
+
+    EV: ClassVar[str] = "room.removed"
+    room: int
+    reason: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "room": self.room, "reason": self.reason}
+
+
+@dataclass(slots=True)
+class RoomUpdated(Event):
+    """``room.updated``: a joined room's settings or roles changed (``room`` as the user sees
+    it)."""
+
+    EV: ClassVar[str] = "room.updated"
+    room: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "room": self.room}
+
+
+@dataclass(slots=True)
+class Invited(Event):
+    """``invited``: the user was invited to ``room`` by ``by`` (a user, or None)."""
+
+    EV: ClassVar[str] = "invited"
+    room: dict[str, Any]
+    by: dict[str, Any] | None
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "room": self.room, "by": self.by}
+
+
+@dataclass(slots=True)
+class Moved(Event):
+    """``moved``: this node is draining; connect to one of ``active``."""
+
+    EV: ClassVar[str] = "moved"
+    active: list[dict[str, str]]
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "active": self.active}
+
+
+@dataclass(slots=True)
+class Bye(Event):
+    """``bye``: the last thing the server sends before it closes the connection."""
+
+    EV: ClassVar[str] = "bye"
+    reason: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "reason": self.reason}
+
+
+# Every event class by its name (docs and tests check the documented list against it).
+EVENTS: dict[str, type[Event]] = {
+    cls.EV: cls
+    for cls in (
+        MessagePosted,
+        MessageChanged,
+        RoomCleared,
+        Resync,
+        RoomRemoved,
+        RoomUpdated,
+        Invited,
+        Moved,
+        Bye,
+    )
+}
+
+
+# -- replies --------------------------------------------------------------------------------
+
+
+def reply(request_id: int | None, **fields: Any) -> dict[str, Any]:
+    return {"re": request_id, "ok": True, **fields}
+
+
+def error_reply(request_id: int | None, code: str, message: str) -> dict[str, Any]:
+    return {"re": request_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+# -- encoding -------------------------------------------------------------------------------
+
+
 class Outgoing:
     """One reply or event and its encodings."""
 
@@ -39,6 +202,10 @@ class Outgoing:
     def __init__(self, obj: dict[str, Any]) -> None:
         self.obj = obj
         self._encoded: list[bytes | None] = [None, None, None]
+
+    @classmethod
+    def event(cls, event: Event) -> Outgoing:
+        return cls(event.wire())
 
     def encoded(self, fmt: int) -> bytes:
         data = self._encoded[fmt]
@@ -51,11 +218,3 @@ class Outgoing:
                 data = ws_frame(0x1, encode_json(self.obj))
             self._encoded[fmt] = data
         return data
-
-
-def reply(request_id: int | None, **fields: Any) -> dict[str, Any]:
-    return {"re": request_id, "ok": True, **fields}
-
-
-def error_reply(request_id: int | None, code: str, message: str) -> dict[str, Any]:
-    return {"re": request_id, "ok": False, "error": {"code": code, "message": message}}

@@ -24,33 +24,17 @@ import asyncio
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..protocol.codec import Packed
-from ..protocol.events import Outgoing
+from ..protocol.events import MessageChanged, MessagePosted, Outgoing, RoomCleared
 from ..store.messages import Message
+from .changes import MessageChange
 
 log = logging.getLogger(__name__)
 
 # A subscription that waits for its snapshot buffers at most this many events, then resyncs.
 MAX_BUFFERED_EVENTS = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class MessageChange:
-    """An administrator's change to a stored message (see ``messages.state``)."""
-
-    seq: int
-    state: str  # "replaced" | "removed"
-    text: str = ""  # the substituted text; "" when removed
-
-    def event(self, room_id: int) -> dict[str, Any]:
-        event: dict[str, Any] = {"ev": "message.changed", "room": room_id, "seq": self.seq}
-        event["state"] = self.state
-        if self.state != "removed":
-            event["text"] = self.text
-        return event
 
 
 class Subscriber(Protocol):
@@ -321,11 +305,9 @@ class Hub:
             state.changes.extend(changes)
             return
         self._edit_cache(state, changes, cleared_through)
-        events = [Outgoing(change.event(room_id)) for change in changes]
+        events = [Outgoing.event(MessageChanged(room_id, c.seq, c.state, c.text)) for c in changes]
         if cleared_through is not None:
-            events.append(
-                Outgoing({"ev": "room.cleared", "room": room_id, "through_seq": cleared_through})
-            )
+            events.append(Outgoing.event(RoomCleared(room_id, cleared_through)))
         for sub in list(state.subscriptions.values()):
             if sub.buffer is None:
                 for item in events:
@@ -396,7 +378,7 @@ class Hub:
             if message.kept:  # a category without chat history keeps nothing for later readers
                 state.recent.append(wire)
             if state.subscriptions:
-                item = Outgoing({"ev": "message", **wire})
+                item = Outgoing.event(MessagePosted(wire))
                 seq = message.seq
                 for sub in list(state.subscriptions.values()):
                     if sub.buffer is None:

@@ -7,8 +7,10 @@
                                                                                    │
             futures resolved (acks sent) ◄── hub.deliver(new messages) ◄───────────┘
 
-Nothing is acknowledged before its transaction commits (ARCHITECTURE invariant 1); a failed
-transaction fails every post in it with ``unavailable`` and stores none of them.
+Nothing is acknowledged before its transaction commits (ARCHITECTURE invariant 1). A batch that
+fails for one bad row is stored again in halves, down to the post that fails alone, which gets
+``unavailable``; every other post of the batch is stored. A batch that fails because the store is
+unreachable fails all its posts with ``unavailable`` (the client retries with the same cid).
 """
 
 from __future__ import annotations
@@ -22,26 +24,36 @@ from collections.abc import Callable
 from ..protocol.errors import UNAVAILABLE, ChatError
 from ..store.db import Database
 from ..store.messages import Message, NewPost, Stored, store_batch
+from .capture import Capture
+from .changes import Publisher
 
 log = logging.getLogger(__name__)
 
 
 class Writer:
+    """Stores submitted posts in group commits; see the module docstring.
+
+    ``deliver`` (the hub) and then ``publisher`` (the pool's other nodes) get each committed
+    batch's new messages; ``on_batch`` gets (posts, seconds) of each committed transaction (the
+    node's metrics); ``capture`` says whether each batch records compliance ``CHAT`` events.
+    """
+
     def __init__(
         self,
         db: Database,
-        on_stored: Callable[[list[Message]], None],
+        deliver: Callable[[list[Message]], None],
+        publisher: Publisher,
+        capture: Capture,
         *,
+        on_batch: Callable[[int, float], None] | None = None,
         max_batch: int = 1000,
         max_pending: int = 100_000,
-        capture: str | None = None,
     ) -> None:
         self._db = db
-        # The node's name when compliance is on: each batch records its CHAT events too.
-        self.capture = capture
-        # Called with each committed batch's new messages, in seq order per room: the hub first,
-        # then anything added with :meth:`add_listener` (the pool, which tells the peers).
-        self._listeners: list[Callable[[list[Message]], None]] = [on_stored]
+        self._capture = capture
+        self._deliver = deliver
+        self._publisher = publisher
+        self._on_batch = on_batch
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._queue: deque[tuple[NewPost, asyncio.Future[Stored]]] = deque()
@@ -49,16 +61,10 @@ class Writer:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         # Observations for metrics and benchmarks.
-        self.batches = 0
         self.stored = 0
         self.last_batch_size = 0
         self.last_batch_seconds = 0.0
         self.failed_batches = 0
-        # Called with (posts, seconds) after each committed batch (the node's metrics).
-        self.on_batch: Callable[[int, float], None] | None = None
-
-    def add_listener(self, listener: Callable[[list[Message]], None]) -> None:
-        self._listeners.append(listener)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="writer")
@@ -115,10 +121,23 @@ class Writer:
     async def _commit(self, batch: list[tuple[NewPost, asyncio.Future[Stored]]]) -> None:
         started = time.perf_counter()
         try:
-            results = await store_batch(self._db, [post for post, _ in batch], capture=self.capture)
+            results = await store_batch(
+                self._db, [post for post, _ in batch], capture=self._capture.node
+            )
         except Exception as exc:
-            log.error("storing a batch of %d posts failed: %s", len(batch), exc)
             self.failed_batches += 1
+            if len(batch) > 1 and not _store_unreachable(exc):
+                # One bad row must not fail everyone's posts: store the halves apart, down to
+                # the row that fails alone (seq order within a room is kept: the first half's
+                # posts were submitted first).
+                log.warning(
+                    "a batch of %d posts failed (%s); storing it in halves", len(batch), exc
+                )
+                half = len(batch) // 2
+                await self._commit(batch[:half])
+                await self._commit(batch[half:])
+                return
+            log.error("storing a batch of %d posts failed: %s", len(batch), exc)
             error = ChatError(
                 UNAVAILABLE, "the message could not be stored; retry with the same cid"
             )
@@ -126,21 +145,31 @@ class Writer:
                 if not future.done():
                     future.set_exception(error)
             return
-        self.batches += 1
         self.last_batch_size = len(batch)
         self.last_batch_seconds = time.perf_counter() - started
-        if self.on_batch is not None:
-            self.on_batch(len(batch), self.last_batch_seconds)
+        if self._on_batch is not None:
+            self._on_batch(len(batch), self.last_batch_seconds)
         new = [r.message for r in results if r.message is not None and not r.duplicate]
         self.stored += len(new)
         if new:
             # Already in seq order within each room: a batch numbers a room's posts in the order
-            # they were submitted (what the listeners need; they group by room themselves).
-            for listener in self._listeners:
-                try:
-                    listener(new)
-                except Exception:
-                    log.exception("delivering stored messages failed")
+            # they were submitted (what the hub and the peers need; they group by room).
+            try:
+                self._deliver(new)
+            except Exception:
+                log.exception("delivering stored messages failed")
+            try:
+                self._publisher.publish_messages(new)
+            except Exception:
+                log.exception("publishing stored messages to the pool failed")
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+def _store_unreachable(exc: Exception) -> bool:
+    """The store itself failed (not one row): retrying row by row would only fail slower."""
+    return (
+        isinstance(exc, OSError | TimeoutError | ConnectionError)
+        or "connection" in str(exc).lower()
+    )

@@ -10,7 +10,6 @@ recorded in the compliance outbox, with the original text, in the same transacti
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -470,15 +469,3 @@ async def query_rooms(db: Database, q: RoomQuery, *, after_id: int, limit: int) 
         )
     async with db.read() as conn:
         return [r.id for r in await conn.execute(stmt)]
-
-
-async def room_content_bytes(db: Database, room_ids: Sequence[int]) -> dict[int, int]:
-    if not room_ids:
-        return {}
-    async with db.read() as conn:
-        rows = await conn.execute(
-            select(messages.c.room_id, func.sum(_text_bytes(db)))
-            .where(messages.c.room_id.in_(list(room_ids)))
-            .group_by(messages.c.room_id)
-        )
-        return {r[0]: int(r[1] or 0) for r in rows}

@@ -2,8 +2,8 @@
 
 Output: everything queued for a connection during one event-loop turn goes out in one
 ``transport.write`` of the joined frames. The node flushes every connection written to in a turn
-from one ``call_soon`` callback (``NodeState.schedule_flush``), so a message fanned out to 1,000
-subscribers schedules one callback, not 1,000. Fan-out hands every
+from one ``call_soon`` callback (:meth:`Connections.schedule_flush`), so a message fanned out to
+1,000 subscribers schedules one callback, not 1,000. Fan-out hands every
 subscriber the same pre-encoded bytes, so a delivery costs an append here and one system call
 per turn.
 
@@ -21,11 +21,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
-from ..protocol.events import Outgoing
-from ..sessions import Session
+from ..protocol.events import Bye, Outgoing
+from ..sessions import Services, Session
+from .connections import Connections
 
 if TYPE_CHECKING:
-    from ..server import NodeState
     from ..store.users import User
 
 log = logging.getLogger("chatserver.connection")
@@ -38,14 +38,15 @@ class Connection(asyncio.Protocol):
     transport_name = "?"
     fmt = 0
 
-    def __init__(self, node: NodeState) -> None:
-        self.node = node
-        self.session = Session(node.service, self)
+    def __init__(self, connections: Connections, services: Services) -> None:
+        self.connections = connections
+        self.limits = connections.limits
+        self.session = Session(services, self)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self._out: list[bytes] = []
         self._out_size = 0
-        self._max_turn_bytes = 4 * node.config.limits.output_buffer_bytes
+        self._max_turn_bytes = 4 * self.limits.output_buffer_bytes
         self._flush_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
@@ -63,13 +64,11 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        limit = self.node.config.limits.output_buffer_bytes
+        limit = self.limits.output_buffer_bytes
         transport.set_write_buffer_limits(high=limit // 4, low=limit // 16)
         loop = asyncio.get_running_loop()
-        self._auth_timer = loop.call_later(
-            self.node.config.limits.auth_timeout_s, self._auth_expired
-        )
-        self.node.connection_opened(self)
+        self._auth_timer = loop.call_later(self.limits.auth_timeout_s, self._auth_expired)
+        self.connections.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -78,7 +77,7 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
         self._out.clear()
         self.session.close()
-        self.node.connection_closed(self)
+        self.connections.closed(self)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -124,13 +123,13 @@ class Connection(asyncio.Protocol):
         self._out_size += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.node.schedule_flush(self)
+            self.connections.schedule_flush(self)
         elif self._out_size > self._max_turn_bytes:
             # One loop turn queued more than a slow client may ever hold: protect the node.
             log.info("%s %s: closing, output limit exceeded", self.transport_name, self.peer)
             self.abort()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         self._flush_scheduled = False
         if self._closing or self.transport is None or not self._out:
             return
@@ -143,7 +142,7 @@ class Connection(asyncio.Protocol):
         """What the socket did not take stays in the transport; bound it."""
         assert self.transport is not None
         backlog = self.transport.get_write_buffer_size()
-        limit = self.node.config.limits.output_buffer_bytes
+        limit = self.limits.output_buffer_bytes
         if not self._behind:
             if backlog > limit:
                 self._behind = True
@@ -175,7 +174,7 @@ class Connection(asyncio.Protocol):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
-        self.node.user_authenticated(self, user)
+        self.connections.authenticated(self)
 
     def _auth_expired(self) -> None:
         self._auth_timer = None
@@ -188,9 +187,9 @@ class Connection(asyncio.Protocol):
         """Say ``bye`` with ``reason``, flush, and close."""
         if self._closing or self.transport is None:
             return
-        self.send(Outgoing({"ev": "bye", "reason": reason}))
+        self.send(Outgoing.event(Bye(reason)))
         self._end_stream(reason)
-        self._flush()
+        self.flush()
         self._close_transport()
 
     def _end_stream(self, reason: str) -> None:

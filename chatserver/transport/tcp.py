@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from ..protocol.codec import FrameDecoder, decode_msgpack
 from ..protocol.errors import FrameTooLarge, ProtocolError
 from ..protocol.events import TCP
+from ..sessions import Services
 from .connection import Connection
-
-if TYPE_CHECKING:
-    from ..server import NodeState
+from .connections import Connections
 
 log = logging.getLogger("chatserver.connection")
 
@@ -20,9 +18,9 @@ class TcpConnection(Connection):
     transport_name = "tcp"
     fmt = TCP
 
-    def __init__(self, node: NodeState) -> None:
-        super().__init__(node)
-        limits = node.config.limits
+    def __init__(self, connections: Connections, services: Services) -> None:
+        super().__init__(connections, services)
+        limits = connections.limits
         self._decoder: FrameDecoder | None = FrameDecoder(limits.max_frame_bytes)
         self._max_depth = limits.max_nesting_depth
 

@@ -10,7 +10,6 @@ of the last message the client sent (binary until the client sends text).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -20,10 +19,9 @@ from websockets.server import ServerProtocol
 from ..protocol.codec import decode_json, decode_msgpack
 from ..protocol.errors import ProtocolError
 from ..protocol.events import WS_BINARY, WS_TEXT, Outgoing
+from ..sessions import Services
 from .connection import Connection
-
-if TYPE_CHECKING:
-    from ..server import NodeState
+from .connections import Connections
 
 log = logging.getLogger("chatserver.connection")
 
@@ -34,9 +32,9 @@ class WebSocketConnection(Connection):
     transport_name = "websocket"
     fmt = WS_BINARY
 
-    def __init__(self, node: NodeState) -> None:
-        super().__init__(node)
-        limits = node.config.limits
+    def __init__(self, connections: Connections, services: Services) -> None:
+        super().__init__(connections, services)
+        limits = connections.limits
         self._ws = ServerProtocol(max_size=limits.max_frame_bytes)
         self._max_depth = limits.max_nesting_depth
         self._fragments: list[bytes] = []
@@ -99,12 +97,12 @@ class WebSocketConnection(Connection):
             if data:
                 self.write(data)
             else:  # the library asks for the TCP connection to end
-                self._flush()
+                self.flush()
                 if not self._closing and self.transport is not None:
                     self._close_transport()
                 return
         if self._ws.close_expected() and self._ws.state is State.CLOSED:
-            self._flush()
+            self.flush()
             if not self._closing and self.transport is not None:
                 self._close_transport()
 

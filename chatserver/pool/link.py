@@ -1,0 +1,167 @@
+"""A TCP link to another node of the pool, and the publisher that sends events over every link.
+
+:class:`PeerLink` runs the sans-I/O :class:`~chatserver.pool.protocol.PeerProtocol` over one
+connection: it feeds it bytes, writes what it returns, and hands the commands of an open link to
+its owner (the :class:`~chatserver.pool.node.Pool`). Events queued in one loop turn go out in one
+``EVENTS`` frame.
+
+:class:`PeerPublisher` is the rooms layer's :class:`~chatserver.rooms.changes.Publisher` in a
+pool: it encodes each committed change (:func:`chatserver.pool.events.encode`) and queues it on
+every open link. The node makes it before anything that publishes; the pool registers its links
+in it as they open and close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol, cast
+
+from ..rooms.changes import Change
+from ..store.db import now_ms
+from ..store.messages import Message
+from .events import MessageStored, PeerEvent, encode
+from .protocol import CLOSED, Command, PeerProtocol
+
+log = logging.getLogger("chatserver.pool")
+
+HANDSHAKE_TIMEOUT_S = 5.0
+
+# A link whose peer has not drained this much output is dropped (the peer catches up from the
+# store instead of this node holding an unbounded backlog).
+MAX_LINK_BACKLOG = 64 * 1024 * 1024
+
+
+class LinkOwner(Protocol):
+    """What a link needs of the pool it belongs to."""
+
+    name: str
+    secret: str
+
+    def link_opened(self, link: PeerLink) -> None: ...
+
+    def link_closed(self, link: PeerLink) -> None: ...
+
+    def received(self, link: PeerLink, command: Command) -> None: ...
+
+
+class PeerLink(asyncio.Protocol):
+    """One authenticated (or authenticating) TCP link to another node."""
+
+    def __init__(self, owner: LinkOwner, role: str, expect: str | None = None) -> None:
+        self.pool = owner
+        self.proto = PeerProtocol(role, owner.name, owner.secret, expect=expect)
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[dict[str, Any]] = []
+        self._flush_scheduled = False
+        self.last_heard = time.monotonic()
+        self.opened = False
+        self.closed = asyncio.get_running_loop().create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self.address = "?"
+        self.frames_sent = 0  # EVENTS frames sent on this link
+
+    @property
+    def peer(self) -> str | None:
+        return self.proto.peer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._too_slow)
+        self._write()
+
+    def _too_slow(self) -> None:
+        if not self.proto.is_open and self.transport is not None:
+            log.warning("peer %s: no handshake within %.0f s", self.address, HANDSHAKE_TIMEOUT_S)
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        commands = self.proto.receive_data(data)
+        if self.proto.is_open and not self.opened:
+            self.opened = True
+            if self._timer is not None:
+                self._timer.cancel()
+            self.pool.link_opened(self)
+        self._write()
+        for command in commands:
+            self.pool.received(self, command)
+        if self.proto.state == CLOSED and self.transport is not None:
+            if not self.opened or self.proto.close_reason:
+                log.warning("peer %s: %s", self.peer or self.address, self.proto.close_reason)
+            self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.pool.link_closed(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _write(self) -> None:
+        data = self.proto.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            if self.transport.get_write_buffer_size() > MAX_LINK_BACKLOG:
+                log.warning("peer %s: not keeping up; dropping the link", self.peer)
+                self.transport.abort()
+
+    def queue(self, event: dict[str, Any]) -> None:
+        self.pending.append(event)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self.pending or not self.proto.is_open:
+            self.pending.clear()
+            return
+        events, self.pending = self.pending, []
+        self.proto.send_events(events)
+        self.frames_sent += 1
+        self._write()
+
+    def ping(self) -> None:
+        if self.proto.is_open:
+            self.proto.send_ping(now_ms())
+            self._write()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class PeerPublisher:
+    """Sends what this node committed to every open peer link (in the frame of this loop turn)."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, PeerLink] = {}
+        self.frames_sent_closed = 0  # EVENTS frames sent on links since closed
+
+    def publish(self, change: Change) -> None:
+        self.send(change)
+
+    def publish_messages(self, messages: list[Message]) -> None:
+        if not self.links:
+            return
+        for m in messages:
+            self.send(MessageStored(m))
+
+    def send(self, event: PeerEvent) -> None:
+        if not self.links:
+            return
+        wire = encode(event)
+        for link in self.links.values():
+            if link.proto.is_open:
+                link.queue(wire)
+
+    @property
+    def frames_sent(self) -> int:
+        return self.frames_sent_closed + sum(link.frames_sent for link in self.links.values())

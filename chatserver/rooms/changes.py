@@ -1,0 +1,108 @@
+"""Committed changes that other nodes of a pool must hear about, and who tells them.
+
+The rooms layer makes these changes and says so through a :class:`Publisher` passed in by the
+node; it never imports the pool. On a single node the publisher is :class:`LocalOnly` (it tells
+nobody); in a pool it is the pool's, which encodes each change as a peer event
+(``chatserver.pool.events``) and sends it over every open link. A node that receives one hands it
+back to :meth:`chatserver.rooms.governance.Governance.apply_remote`, which drops the caches the
+change touched and enforces it on this node's live sessions, exactly as for a local change.
+
+A change is published after it committed, never before; it carries ids, not data: receivers
+re-read what changed from the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..store.messages import Message
+
+
+@dataclass(frozen=True, slots=True)
+class MessageChange:
+    """An administrator's (or, later, a user's) change to one stored message."""
+
+    seq: int
+    state: str  # "replaced" | "removed"
+    text: str = ""  # the substituted text; "" when removed
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChanged:
+    """A room's settings or roles changed, or it was deleted (receivers re-read it)."""
+
+    room: int
+
+
+@dataclass(frozen=True, slots=True)
+class CategoriesChanged:
+    """Categories changed (and so, possibly, every room's rights)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChanged:
+    """Group membership changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserDisconnected:
+    """Every live session of ``user`` must end (a policy switched off, an administrator's act)."""
+
+    user: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsersInvited:
+    """``users`` were invited to ``room`` by ``by`` (a user's public form, or None)."""
+
+    room: int
+    users: tuple[int, ...]
+    by: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesChanged:
+    """Stored messages were replaced or removed, or a room cleared through ``cleared_through``."""
+
+    room: int
+    changes: tuple[MessageChange, ...]
+    cleared_through: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChanged:
+    """Run-time settings changed in the store (``node``: only that node's overrides)."""
+
+    key: str = ""
+    node: str | None = None
+
+
+Change = (
+    RoomChanged
+    | CategoriesChanged
+    | MembershipChanged
+    | UserDisconnected
+    | UsersInvited
+    | MessagesChanged
+    | SettingsChanged
+)
+
+
+class Publisher(Protocol):
+    """Tells the other nodes of a pool what this node committed."""
+
+    def publish(self, change: Change) -> None: ...
+
+    def publish_messages(self, messages: list[Message]) -> None: ...
+
+
+class LocalOnly:
+    """The publisher of a node without a pool: there is nobody to tell."""
+
+    def publish(self, change: Change) -> None:
+        pass
+
+    def publish_messages(self, messages: list[Message]) -> None:
+        pass

@@ -1,0 +1,136 @@
+"""Reading a room: joining it (history on join, then live delivery), leaving it, paging history.
+
+Every read asks :class:`~chatserver.rooms.authorization.Authorization` first (ARCHITECTURE
+invariant 6); with compliance on, what was read is recorded before it is sent
+(:class:`~chatserver.rooms.capture.Capture`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol.codec import Packed
+from ..protocol.errors import TOO_LARGE, ChatError
+from ..store import messages as message_store
+from ..store.db import Database
+from ..store.messages import Message
+from ..store.users import User
+from .authorization import Authorization
+from .capture import Capture
+from .facts import Facts
+from .hub import Hub, Subscriber
+from .settings import RuntimeSettings
+
+
+async def load_recent(db: Database, room_id: int, limit: int) -> tuple[int, list[Message]]:
+    """The hub's loader: a room's last_seq and newest ``limit`` messages."""
+    return await message_store.window(db, room_id, limit) or (0, [])
+
+
+class Reading:
+    def __init__(
+        self,
+        db: Database,
+        settings: RuntimeSettings,
+        facts: Facts,
+        auth: Authorization,
+        hub: Hub,
+        capture: Capture,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._facts = facts
+        self._auth = auth
+        self._hub = hub
+        self._capture = capture
+
+    async def join(
+        self, user: User, subscriber: Subscriber, room_id: int, since: int | None
+    ) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        """Subscribe and return the join reply's fields and a release callback.
+
+        The caller queues the reply, then calls the callback, which starts live delivery
+        exactly after the reply's ``last_seq``. The subscription is made in the same step as a
+        check that no right changed since the authorization check, so a change that takes the
+        right away either is seen by the check or sees the subscription when it enforces.
+        """
+        hub, chat = self._hub, self._settings.chat
+        while True:
+            generation = self._facts.generation
+            room = await self._auth.readable_room(user, room_id)
+            state = await hub.room(room.id)
+            if generation == self._facts.generation:
+                break
+        page_max = chat.history_page_max
+        recent = state.recent
+        first_cached = recent[0]["seq"] if recent else state.last_seq + 1
+        if since is None or since >= first_cached - 1:
+            # Served from the cache, and subscribed in the same step: no await in between.
+            messages: list[dict[str, Any]] | Packed
+            if since is None:
+                messages = hub.backchat(state, chat.default_chat_history)
+                page = messages.items
+            else:
+                messages = page = [m for m in recent if m["seq"] > since][-page_max:]
+            gap = bool(since is not None and page and page[0]["seq"] > since + 1)
+            hub.subscribe(state, subscriber)
+            last_seq = state.last_seq
+            if self._capture.on:
+                await self._record_join(user, subscriber, room.id, since, last_seq, page)
+            return (
+                {"room": room.id, "last_seq": last_seq, "messages": messages, "gap": gap},
+                None,
+            )
+        sub = hub.subscribe_buffered(state, subscriber)
+        try:
+            last = await message_store.last_seq(self._db, room.id) or 0
+            newest = await message_store.latest(self._db, room.id, page_max, after=since)
+        except BaseException:
+            hub.unsubscribe(room.id, subscriber)
+            raise
+        snapshot = max(last, newest[-1].seq if newest else 0)
+        gap = bool(newest and newest[0].seq > since + 1)
+        wires = [m.wire() for m in newest]
+        if self._capture.on:
+            await self._record_join(user, subscriber, room.id, since, snapshot, wires)
+        reply = {"room": room.id, "last_seq": snapshot, "messages": wires, "gap": gap}
+        return reply, lambda: hub.release(sub, snapshot)
+
+    async def _record_join(
+        self,
+        user: User,
+        subscriber: Subscriber,
+        room_id: int,
+        since: int | None,
+        last_seq: int,
+        page: list[dict[str, Any]],
+    ) -> None:
+        try:
+            await self._capture.joined(user, subscriber, room_id, since, last_seq, page)
+        except ChatError:
+            self._hub.unsubscribe(room_id, subscriber)
+            raise
+
+    def leave(self, subscriber: Subscriber, room_id: int) -> bool:
+        left = self._hub.unsubscribe(room_id, subscriber)
+        self._capture.left(subscriber, room_id)
+        return left
+
+    async def history(
+        self, user: User, room_id: int, before: int | None, after: int | None, limit: int | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        room = await self._auth.readable_room(user, room_id)
+        page_max = self._settings.chat.history_page_max
+        if limit is not None and limit > page_max:
+            raise ChatError(TOO_LARGE, f"limit exceeds history_page_max={page_max}")
+        limit = limit or min(page_max, 50)
+        if after is not None:
+            found = await message_store.after(self._db, room.id, after, limit + 1)
+            page, more = [m.wire() for m in found[:limit]], len(found) > limit
+        else:
+            found = await message_store.latest(self._db, room.id, limit + 1, before=before)
+            page, more = [m.wire() for m in found[-limit:]], len(found) > limit
+        if self._capture.on:
+            await self._capture.read(user, room.id, page, before, after, limit)
+        return page, more
