@@ -1,10 +1,12 @@
 """python -m loadtest SCENARIO [options]: the load generator and benchmarks (issue 7).
 
-Scenarios: ingest, fanout, connections, join, reference (and pool, pending the multi-node pool).
+Scenarios: ingest, fanout, connections, join, reference and pool (``--nodes N`` pool members).
 By default the tool starts what it measures: a throwaway PostgreSQL cluster and one node
 (``python -m chatserver run``); ``--target HOST:PORT --database-url URL`` measures a running node
-instead. Results go to ``--out`` (default ``loadtest/results/``): ``SCENARIO.json``, ``SCENARIO.md``
-and ``SCENARIO.png``. See loadtest/README.md.
+instead. Results go to ``--out`` (default ``loadtest/out/``, ignored by git, so a run leaves the
+tree clean): ``SCENARIO.json``, ``SCENARIO.md`` and ``SCENARIO.png``. The runs behind the published
+numbers are kept in dated folders under ``loadtest/results/`` (see loadtest/RESULTS.md). See
+loadtest/README.md.
 """
 
 from __future__ import annotations
@@ -21,12 +23,17 @@ from . import report
 from .scenarios import SCENARIOS
 from .stack import Stack
 
+# Where a run writes when --out is not given: ignored by git (.gitignore), never loadtest/results/.
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.splitlines()[0])
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="result folder (default: loadtest/out/)"
+    )
     p.add_argument("--workers", type=int, default=2, help="load generator processes")
     p.add_argument("--sources", type=int, default=4, help="127.0.0.x source addresses")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured phase")

@@ -9,7 +9,8 @@ in a subprocess, and measures this process's CPU time (``time.process_time``) fo
 - received ``message`` events on ``receivers`` connections: ``Client`` (decode every event,
   queue it, a consumer task takes it) vs ``Lean`` in count mode (one decode per read).
 
-The ratio is why the load generator uses its own lean protocol (loadtest/RESULTS.md).
+The ratio is why the load generator uses its own lean protocol (loadtest/README.md). Its output
+is not kept in loadtest/results/: run it to see the ratio on the machine at hand.
 """
 
 from __future__ import annotations
