@@ -38,7 +38,7 @@ async def test_a_nul_character_is_refused_alone(harness: Harness, transport: str
     assert replies[1]["error"]["code"] == "bad_request"
     assert "text" in replies[1]["error"]["message"]
     stored = await message_store.latest(harness.node.db, room, 10)
-    assert sorted(m.text for m in stored) == ["first", "third"]
+    assert [m.text for m in stored] == ["first", "third"]
 
 
 async def test_a_bad_row_does_not_fail_its_batch(harness: Harness) -> None:
@@ -165,3 +165,75 @@ async def test_a_raw_nul_over_tcp_is_refused(harness: Harness) -> None:
         assert answers[3]["error"]["code"] == "bad_request"
     finally:
         writer.close()
+
+
+async def test_one_senders_pipelined_posts_are_stored_in_order(harness: Harness) -> None:
+    """Posts one connection pipelines into a room get seqs in the order sent, even when the
+    writer has two batches in flight (PostgreSQL) and others post and read meanwhile (which made
+    a later batch take the room's lock first)."""
+    await harness.user("ann")
+    await harness.user("bob")
+    room = await harness.room()
+    ann = await harness.login("ann")
+    bob = await harness.login("bob")
+    readers = [await harness.login("bob") for _ in range(3)]
+
+    async def read_a_lot(client: Client) -> None:
+        for _ in range(20):
+            await client.call("history", room=room)
+
+    async def ann_posts() -> list[dict[str, Any]]:
+        replies = []
+        for burst in range(15):
+            replies += await asyncio.gather(
+                *(
+                    ann.request("post", room=room, text=f"{burst}:{i}", cid=f"a{burst}-{i}")
+                    for i in range(20)
+                )
+            )
+            await asyncio.sleep(0.002)  # the next burst arrives while the last one commits
+        return replies
+
+    async def bob_posts() -> None:
+        for i in range(150):
+            await bob.request("post", room=room, text=f"bob {i}", cid=f"b{i}")
+
+    replies, *_ = await asyncio.gather(ann_posts(), bob_posts(), *(read_a_lot(c) for c in readers))
+    assert all(r["ok"] for r in replies)
+    seqs = [r["seq"] for r in replies]
+    assert seqs == sorted(seqs), "ann's posts were stored out of the order she sent them"
+
+
+async def test_a_later_batch_that_locks_first_does_not_reorder_a_sender(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two batches in flight, the second may reach the room's lock first (its store
+    connection was ready sooner). Made to happen here by holding the first batch back: a
+    sender's later post must still get the later seq; another sender's may go ahead."""
+    if not harness.node.db.is_postgres:
+        pytest.skip("SQLite stores one batch at a time")
+    from chatserver.rooms import writer as writer_module
+
+    ann_id = (await harness.node.accounts.add_user("ann", "correct horse battery")).id
+    bob_id = (await harness.node.accounts.add_user("bob", "correct horse battery")).id
+    room = await harness.room()
+    real = writer_module.store_batch
+    calls = 0
+
+    async def first_one_slow(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.3)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "store_batch", first_one_slow)
+    writer = harness.node.writer
+    first = writer.submit(NewPost(room, ann_id, "ann", "1", "first"))
+    await asyncio.sleep(0.05)  # the first batch is in flight
+    second = writer.submit(NewPost(room, ann_id, "ann", "2", "second"))
+    other = writer.submit(NewPost(room, bob_id, "bob", "3", "bob's"))
+    stored = await asyncio.gather(first, second, other)
+    seqs = [s.message.seq for s in stored if s.message is not None]
+    assert seqs[0] < seqs[1], f"ann's second post got seq {seqs[1]} before her first ({seqs[0]})"
+    assert seqs[2] < seqs[0], "another sender's post should not have waited"

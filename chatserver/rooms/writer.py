@@ -96,27 +96,51 @@ class Writer:
         # is stored by the first before the second reads its last_seq: seq order stays commit
         # order, and the hub puts any early delivery of another room's batch in order. SQLite
         # takes one writer at a time.
+        # A sender's posts to a room are stored in the order submitted: while a batch is in
+        # flight, the next one leaves out every (room, sender) pair it holds (they wait for the
+        # batch after), since which of two in-flight transactions locks a room first is not
+        # known. Other senders' posts to the same rooms go ahead.
         limit = 2 if self._db.is_postgres else 1
-        in_flight: set[asyncio.Task[None]] = set()
+        in_flight: dict[asyncio.Task[None], set[tuple[int, int]]] = {}
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                if len(in_flight) >= limit:
-                    done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                    in_flight -= done
+                batch: list[tuple[NewPost, asyncio.Future[Stored]]] = []
+                if len(in_flight) < limit:
+                    batch = self._take(set().union(*in_flight.values()))
+                if not batch:  # at the limit, or everything queued waits for a batch in flight
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                take = min(len(self._queue), self._max_batch)
-                batch = [self._queue.popleft() for _ in range(take)]
                 task = asyncio.get_running_loop().create_task(self._commit(batch))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+                in_flight[task] = {(post.room, post.sender_id) for post, _ in batch}
+                task.add_done_callback(in_flight.pop)
                 if limit == 1:
                     await task
             if self._closing:
                 if in_flight:
                     await asyncio.wait(in_flight)
                 return
+
+    def _take(self, held: set[tuple[int, int]]) -> list[tuple[NewPost, asyncio.Future[Stored]]]:
+        """The next batch: up to ``max_batch`` queued posts, in order, leaving the (room,
+        sender) pairs of ``held`` (and looking at most 4 times ``max_batch`` posts deep)."""
+        queue = self._queue
+        if not held:
+            return [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+        taken: list[tuple[NewPost, asyncio.Future[Stored]]] = []
+        waiting: deque[tuple[NewPost, asyncio.Future[Stored]]] = deque()
+        budget = 4 * self._max_batch
+        while queue and len(taken) < self._max_batch and budget:
+            item = queue.popleft()
+            budget -= 1
+            if (item[0].room, item[0].sender_id) in held:
+                waiting.append(item)
+            else:
+                taken.append(item)
+        waiting.extend(queue)
+        self._queue = waiting
+        return taken
 
     async def _commit(self, batch: list[tuple[NewPost, asyncio.Future[Stored]]]) -> None:
         started = time.perf_counter()
