@@ -8,10 +8,14 @@ migrated template). ``CHATSERVER_TEST_DIALECTS=sqlite`` limits a local run to on
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
+import logging
 import os
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -28,6 +32,8 @@ DIALECTS = [
 # Scale every timeout in the tests on a slow machine: CHATSERVER_TEST_TIMEOUT_SCALE=3.
 TIMEOUT_SCALE = float(os.environ.get("CHATSERVER_TEST_TIMEOUT_SCALE", "1"))
 PASSWORD = "correct horse battery"
+
+pytest_plugins = ["pytester"]  # tests/test_loop_errors.py runs a test that must fail
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,6 +52,73 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
     """Tests run on uvloop, the loop the server runs on in production."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+class LoopErrors(logging.Handler):
+    """What the event loop reported to its exception handler during one test.
+
+    A task that dies with an exception nobody retrieves, a callback that raises, a transport
+    with a fatal error: asyncio hands each to ``loop.call_exception_handler`` and, by default,
+    only logs it, so the test that caused it passes. ``contexts`` holds each context the test's
+    loop reported; as a logging handler on the ``asyncio`` logger this also catches what loops
+    other than the test's (``asyncio.run`` in a thread, say) log through their default handler.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.contexts: list[dict[str, Any]] = []
+
+    def handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.contexts.append(context)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        context: dict[str, Any] = {"message": record.getMessage()}
+        if record.exc_info and record.exc_info[1] is not None:
+            context["exception"] = record.exc_info[1]
+        self.contexts.append(context)
+
+    def describe(self) -> str:
+        lines = [f"the event loop reported {len(self.contexts)} error(s) nobody handled:"]
+        for context in self.contexts:
+            lines.append(f"- {context.get('message') or 'unhandled exception in event loop'}")
+            exc = context.get("exception")
+            if exc is not None:
+                trace = "".join(traceback.format_exception(exc)).rstrip()
+                lines.extend("  " + line for line in trace.splitlines())
+            for key in ("task", "future", "handle", "transport", "protocol"):
+                if key in context:
+                    lines.append(f"  {key}: {context[key]!r}"[:300])
+        return "\n".join(lines)
+
+
+@pytest.fixture(autouse=True)
+async def loop_errors() -> AsyncIterator[LoopErrors]:
+    """Fail the test if its event loop saw an error nobody handled (after asyncpg's test base).
+
+    Teardown runs after every other fixture's (autouse fixtures are set up first), so a node
+    stopped by ``harness`` is covered; ``gc.collect()`` there makes a dead task whose exception
+    was never retrieved report it now (from its finalizer), not in some later test. Then
+    ``gc.freeze()``: the price is that a cycle still alive at a test's end and dropped later is
+    never collected (nor reported), which the suite's memory can afford.
+    """
+    loop = asyncio.get_running_loop()
+    recorder = LoopErrors()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(recorder.handler)
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(recorder)
+    try:
+        yield recorder
+        gc.collect()
+        await asyncio.sleep(0)  # anything the finalizers scheduled
+        # What is still alive now is kept out of later collections: each test's collection then
+        # scans only what was made since (a full one here takes ~0.1 s, hundreds of times).
+        gc.freeze()
+    finally:
+        asyncio_log.removeHandler(recorder)
+        loop.set_exception_handler(previous)
+    if recorder.contexts:
+        pytest.fail(recorder.describe(), pytrace=False)
 
 
 @pytest.fixture(scope="session")
