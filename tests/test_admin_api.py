@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from chatserver.admin.api import DEFAULT_REPLACEMENT
+from chatserver.admin.models import DEFAULT_REPLACEMENT
 from chatserver.admin.routes import ROUTES
 from chatserver.client import Client
 from chatserver.testing import PostgresCluster
