@@ -14,23 +14,11 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import Config, ConfigError, load_config
+from .cli_common import config_of, fail
+from .config import Config
 
 # The cyclic collector's thresholds in `chatserver run` (see _serve).
 GC_THRESHOLD = (50_000, 2, 20)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    print(f"chatserver: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def _config(args: argparse.Namespace) -> Config:
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        _fail(str(exc))
-        raise  # unreachable
 
 
 def _run_loop(main: Awaitable[Any]) -> Any:
@@ -65,10 +53,10 @@ async def _serve(config: Config) -> None:
         await node.start()
     except (SchemaError, StartupError) as exc:
         await node.stop()
-        _fail(str(exc))
+        fail(str(exc))
     except (OSError, SQLAlchemyError) as exc:
         await node.stop()
-        _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
+        fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
     # The objects made at start-up live as long as the process: take them out of the cyclic
     # collector's sight, and collect less often. A node holds many long-lived objects (a
     # connection and its session each keep dozens); with the default thresholds a busy node
@@ -85,7 +73,7 @@ async def _serve(config: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    config = _config(args)
+    config = config_of(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -117,11 +105,11 @@ def _redact(url: str) -> str:
 def cmd_migrate(args: argparse.Namespace) -> None:
     from .store.migrate import head_revision, upgrade
 
-    config = _config(args)
+    config = config_of(args)
     try:
         upgrade(config.database.url)
     except (OSError, SQLAlchemyError) as exc:
-        _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
+        fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
     print(f"chatserver: schema is at revision {head_revision()}")
 
 
@@ -130,7 +118,7 @@ def _with_store(args: argparse.Namespace, body: Callable[[Any, Any], Awaitable[N
     from .store.db import Database
     from .store.migrate import SchemaError, check_schema, upgrade
 
-    config = _config(args)
+    config = config_of(args)
     if config.database.url.startswith("sqlite"):
         upgrade(config.database.url)
 
@@ -140,9 +128,9 @@ def _with_store(args: argparse.Namespace, body: Callable[[Any, Any], Awaitable[N
             await check_schema(db)
             await body(config, db)
         except SchemaError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except (OSError, SQLAlchemyError) as exc:
-            _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
+            fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
         finally:
             await db.close()
 
@@ -154,19 +142,19 @@ def _read_password(args: argparse.Namespace) -> str:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         if not sys.stdin.isatty():
-            _fail("no terminal to ask for a password; use --password-stdin")
+            fail("no terminal to ask for a password; use --password-stdin")
         password = getpass.getpass("password: ")
         if getpass.getpass("again: ") != password:
-            _fail("the passwords differ")
+            fail("the passwords differ")
     if len(password) < 8:
-        _fail("the password must have at least 8 characters")
+        fail("the password must have at least 8 characters")
     return password
 
 
 def cmd_user_add(args: argparse.Namespace) -> None:
     from .protocol.errors import ChatError
 
-    _config(args)  # a bad configuration is reported before the password is asked for
+    config_of(args)  # a bad configuration is reported before the password is asked for
     password = _read_password(args)
 
     async def body(config: Any, db: Any) -> None:
@@ -180,7 +168,7 @@ def cmd_user_add(args: argparse.Namespace) -> None:
                 args.name, password, is_admin=args.admin, display_name=args.display_name
             )
         except ChatError as exc:
-            _fail(exc.message, 1)
+            fail(exc.message, 1)
         role = "administrator" if user.is_admin else "user"
         print(f"chatserver: added {role} {user.name!r} (id {user.id})")
 
@@ -191,15 +179,15 @@ def cmd_room_add(args: argparse.Namespace) -> None:
     from .store import rooms as room_store
 
     if not 1 <= len(args.name) <= 256:
-        _fail("a room name has 1 to 256 characters")
+        fail("a room name has 1 to 256 characters")
     if len(args.description) > 256:
-        _fail("a room description has at most 256 characters")
+        fail("a room description has at most 256 characters")
 
     async def body(config: Any, db: Any) -> None:
         from .store import categories as category_store
 
         if args.category not in await category_store.load_categories(db):
-            _fail(f"no category {args.category}", 1)
+            fail(f"no category {args.category}", 1)
         try:
             room = await room_store.create_room(
                 db,
@@ -210,7 +198,7 @@ def cmd_room_add(args: argparse.Namespace) -> None:
                 type=args.type,
             )
         except room_store.RoomExists:
-            _fail(f"a room named {args.name!r} exists", 1)
+            fail(f"a room named {args.name!r} exists", 1)
         print(f"chatserver: added room {room.name!r} (id {room.id})")
 
     _with_store(args, body)
