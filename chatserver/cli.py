@@ -14,7 +14,9 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .cli_common import config_of, fail
+# The helpers the subcommands share live in cli_common, which they import instead of this module.
+from .cli_common import config_of as _config
+from .cli_common import fail as _fail
 from .config import Config
 
 # The cyclic collector's thresholds in `chatserver run` (see _serve).
@@ -53,10 +55,10 @@ async def _serve(config: Config) -> None:
         await node.start()
     except (SchemaError, StartupError) as exc:
         await node.stop()
-        fail(str(exc))
+        _fail(str(exc))
     except (OSError, SQLAlchemyError) as exc:
         await node.stop()
-        fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
+        _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
     # The objects made at start-up live as long as the process: take them out of the cyclic
     # collector's sight, and collect less often. A node holds many long-lived objects (a
     # connection and its session each keep dozens); with the default thresholds a busy node
@@ -73,7 +75,7 @@ async def _serve(config: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    config = config_of(args)
+    config = _config(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -105,11 +107,11 @@ def _redact(url: str) -> str:
 def cmd_migrate(args: argparse.Namespace) -> None:
     from .store.migrate import head_revision, upgrade
 
-    config = config_of(args)
+    config = _config(args)
     try:
         upgrade(config.database.url)
     except (OSError, SQLAlchemyError) as exc:
-        fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
+        _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
     print(f"chatserver: schema is at revision {head_revision()}")
 
 
@@ -118,7 +120,7 @@ def _with_store(args: argparse.Namespace, body: Callable[[Any, Any], Awaitable[N
     from .store.db import Database
     from .store.migrate import SchemaError, check_schema, upgrade
 
-    config = config_of(args)
+    config = _config(args)
     if config.database.url.startswith("sqlite"):
         upgrade(config.database.url)
 
@@ -128,9 +130,9 @@ def _with_store(args: argparse.Namespace, body: Callable[[Any, Any], Awaitable[N
             await check_schema(db)
             await body(config, db)
         except SchemaError as exc:
-            fail(str(exc))
+            _fail(str(exc))
         except (OSError, SQLAlchemyError) as exc:
-            fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
+            _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
         finally:
             await db.close()
 
@@ -142,19 +144,19 @@ def _read_password(args: argparse.Namespace) -> str:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         if not sys.stdin.isatty():
-            fail("no terminal to ask for a password; use --password-stdin")
+            _fail("no terminal to ask for a password; use --password-stdin")
         password = getpass.getpass("password: ")
         if getpass.getpass("again: ") != password:
-            fail("the passwords differ")
+            _fail("the passwords differ")
     if len(password) < 8:
-        fail("the password must have at least 8 characters")
+        _fail("the password must have at least 8 characters")
     return password
 
 
 def cmd_user_add(args: argparse.Namespace) -> None:
     from .protocol.errors import ChatError
 
-    config_of(args)  # a bad configuration is reported before the password is asked for
+    _config(args)  # a bad configuration is reported before the password is asked for
     password = _read_password(args)
 
     async def body(config: Any, db: Any) -> None:
@@ -168,7 +170,7 @@ def cmd_user_add(args: argparse.Namespace) -> None:
                 args.name, password, is_admin=args.admin, display_name=args.display_name
             )
         except ChatError as exc:
-            fail(exc.message, 1)
+            _fail(exc.message, 1)
         role = "administrator" if user.is_admin else "user"
         print(f"chatserver: added {role} {user.name!r} (id {user.id})")
 
@@ -179,15 +181,15 @@ def cmd_room_add(args: argparse.Namespace) -> None:
     from .store import rooms as room_store
 
     if not 1 <= len(args.name) <= 256:
-        fail("a room name has 1 to 256 characters")
+        _fail("a room name has 1 to 256 characters")
     if len(args.description) > 256:
-        fail("a room description has at most 256 characters")
+        _fail("a room description has at most 256 characters")
 
     async def body(config: Any, db: Any) -> None:
         from .store import categories as category_store
 
         if args.category not in await category_store.load_categories(db):
-            fail(f"no category {args.category}", 1)
+            _fail(f"no category {args.category}", 1)
         try:
             room = await room_store.create_room(
                 db,
@@ -198,7 +200,7 @@ def cmd_room_add(args: argparse.Namespace) -> None:
                 type=args.type,
             )
         except room_store.RoomExists:
-            fail(f"a room named {args.name!r} exists", 1)
+            _fail(f"a room named {args.name!r} exists", 1)
         print(f"chatserver: added room {room.name!r} (id {room.id})")
 
     _with_store(args, body)
