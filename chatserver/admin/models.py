@@ -48,7 +48,7 @@ class UserBrief(BaseModel):
 
 class UserIn(In):
     name: Name
-    password: Annotated[str, Field(min_length=8, max_length=1024)]
+    password: Annotated[str, Field(min_length=8, max_length=1024, pattern=NO_NUL)]
     display_name: Name | None = None
     is_admin: bool = False
 
