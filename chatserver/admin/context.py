@@ -33,8 +33,8 @@ def not_found(what: str, ident: int) -> ChatError:
 
 
 async def _refusing(step: Callable[[], Awaitable[T]], refusals: Refusals | None) -> T:
-    if not refusals:
-        return await step()
+    """``step()``, an exception ``refusals`` names answered as it says."""
+    refusals = refusals or {}
     try:
         return await step()
     except tuple(refusals) as exc:
