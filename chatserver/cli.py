@@ -14,23 +14,13 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import Config, ConfigError, load_config
+# The helpers the subcommands share live in cli_common, which they import instead of this module.
+from .cli_common import config_of as _config
+from .cli_common import fail as _fail
+from .config import Config
 
 # The cyclic collector's thresholds in `chatserver run` (see _serve).
 GC_THRESHOLD = (50_000, 2, 20)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    print(f"chatserver: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def _config(args: argparse.Namespace) -> Config:
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        _fail(str(exc))
-        raise  # unreachable
 
 
 def _run_loop(main: Awaitable[Any]) -> Any:

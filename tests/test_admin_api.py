@@ -15,9 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from chatserver.admin.api import DEFAULT_REPLACEMENT
+from chatserver.admin.models import DEFAULT_REPLACEMENT
 from chatserver.admin.routes import ROUTES
 from chatserver.client import Client
+from chatserver.store import admin as admin_store
 from chatserver.testing import PostgresCluster
 
 from .conftest import PASSWORD, Harness, node_config, scaled, start_node
@@ -643,6 +644,54 @@ async def test_bad_input_is_refused_with_400(api: Api) -> None:
     assert not [e for e in await api.audit() if e["action"] not in ("config.update",)]
 
 
+async def test_text_the_store_cannot_hold_is_refused_naming_the_field(api: Api) -> None:
+    """Every string of every request model goes through protocol.text: a NUL character
+    anywhere (a field, a list item, a nested model, a query parameter) is a 400 that names the
+    field, and nothing is changed."""
+    await api.user("alice")
+    room = await api.room("lobby", privacy="open")
+    rid = room["id"]
+    client = await api.login("alice")
+    await post(client, rid, "hello")
+    cases: list[tuple[str, str, Any, str]] = [
+        ("PATCH", f"/api/v1/rooms/{rid}", {"description": "a\u0000b"}, "description"),
+        (
+            "POST",
+            "/api/v1/messages/replace",
+            {"room": rid, "text": "new\u0000text"},
+            "text",
+        ),
+        ("POST", "/api/v1/messages/remove", {"room": rid, "keywords": ["\u0000"]}, "keywords"),
+        ("POST", "/api/v1/users", {"name": "bob", "password": "pass\u0000word"}, "password"),
+        ("POST", "/api/v1/groups", {"name": "g", "description": "\u0000"}, "description"),
+        (
+            "POST",
+            "/api/v1/rooms",
+            {"name": "r", "members": [{"kind": "user\u0000", "id": 1}]},
+            "members.0.kind",
+        ),
+        ("POST", "/api/v1/messages/search", {"since": "2026-01-01\u0000"}, "since"),
+        ("PUT", "/api/v1/pool/active", {"nodes": ["n\u0000"]}, "nodes"),
+    ]
+    newest = (await api.audit(limit="1"))[0]["id"]
+    for method, path, body, field in cases:
+        out = await api.call(method, path, body, status=400)
+        assert out["error"]["code"] == "bad_request", (path, out)
+        message = out["error"]["message"]
+        assert message.startswith(f"{field}: ") and "NUL" in message, (path, message)
+    for path, params, field in (
+        ("/api/v1/users", {"query": "a\u0000"}, "query"),
+        ("/api/v1/rooms", {"contains": "\u0000"}, "contains"),
+        ("/api/v1/audit", {"actor": "\u0000"}, "actor"),
+    ):
+        out = await api.call("GET", path, params=params, status=400)
+        assert out["error"]["message"].startswith(f"{field}: "), out
+        assert "NUL" in out["error"]["message"], out
+    assert (await api.call("GET", f"/api/v1/rooms/{rid}")) == room | {"last_seq": 1}
+    assert [m["text"] for m in await history(client, rid)] == ["hello"]
+    assert (await api.audit(limit="1"))[0]["id"] == newest
+
+
 async def test_backchat_stays_full_after_removing_cached_messages(api: Api) -> None:
     """Removing messages the node holds in its recent-message cache must not shorten the
     backchat of later joins: it is as long as one read from the store."""
@@ -806,6 +855,66 @@ async def test_pool_view_and_compliance(api: Api) -> None:
     ]
     out = await api.call("GET", "/api/v1/compliance")
     assert out["enabled"] is False
+
+
+# -- reads change nothing -------------------------------------------------------------------
+
+
+async def test_every_read_changes_nothing(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every route that does not change state (each GET, and the message search), called with
+    the ids of a small world: the governance facts keep their generation, the audit log gets
+    no entry, nothing is published to the pool, the hub keeps its cached rooms, and a member
+    subscribed to a room hears nothing."""
+    node = api.h.node
+    alice = await api.user("alice")
+    gid = (await api.call("POST", "/api/v1/groups", {"name": "legal"}))["id"]
+    await api.call("PATCH", f"/api/v1/groups/{gid}/members", {"add": [user(alice)]})
+    cid = (
+        await api.call("POST", "/api/v1/categories", {"name": "Deals", "allowed": [group(gid)]})
+    )["id"]
+    aid = (await api.call("POST", "/api/v1/addins", {"name": "board", "url": "https://x.y/"}))["id"]
+    rid = (await api.room("merger", category=cid, members=[group(gid)], addin=aid))["id"]
+    client = await api.login("alice")
+    await client.call("join", room=rid)
+    await post(client, rid, "hello")
+    await client.next_event("message")  # its own post, live
+    ids = {"user_id": alice, "group_id": gid, "category_id": cid, "room_id": rid, "addin_id": aid}
+
+    published: list[Any] = []
+    for publisher in {
+        id(p): p for p in (node.governance._publisher, node.settings._publisher)
+    }.values():
+        monkeypatch.setattr(publisher, "publish", published.append)
+        monkeypatch.setattr(publisher, "publish_messages", published.append)
+    assert client.events.empty()
+    generation = node.facts.generation
+    entries = len(await admin_store.audit_entries(node.db, limit=1000))
+    loaded = {room: node.hub._rooms[room] for room in node.hub.loaded_rooms()}
+    assert rid in loaded
+
+    reads = [r for r in ROUTES if not r.mutating]
+    assert {r.method for r in reads} == {"GET", "POST"}  # POST: the message search
+    for r in reads:
+        missing = set(r.path_params) - set(ids)
+        assert not missing, f"{r.method} {r.path}: give the read test an id for {missing}"
+        path = r.path.format(**ids)
+        body = {"room": rid} if r.method == "POST" else None
+        await api.call(r.method, path, body)
+    for params in (
+        {"category": str(cid), "member": f"group:{gid}", "addin": str(aid)},
+        {"contains": "merg", "content_exceeds_mb": "0", "disabled": "false"},
+    ):
+        assert (await api.call("GET", "/api/v1/rooms", params=params))["rooms"]
+    await api.call("GET", "/api/v1/users", params={"query": "ali"})
+    await api.call("GET", "/api/v1/audit", params={"target": f"room:{rid}"})
+
+    assert node.facts.generation == generation
+    assert len(await admin_store.audit_entries(node.db, limit=1000)) == entries
+    assert published == []
+    for room, state in loaded.items():
+        assert node.hub._rooms.get(room) is state, f"room {room} dropped from the hub"
+    await history(client, rid)  # a round trip: any event sent before it has arrived
+    assert client.events.empty(), client.events.get_nowait()
 
 
 # -- the audit log: every mutating route ----------------------------------------------------

@@ -5,98 +5,34 @@ declarations validate every request, check every response before it leaves (a ha
 returns something the document does not promise is a server error, not a silent drift), and
 produce ``/openapi.json`` — so the document matches the implementation by construction, and the
 tests check it independently with schemathesis.
+
+:data:`ROUTES` joins the routers of the handler modules listed in :data:`HANDLER_MODULES`, in
+that order (the order of the document); a handler module missing from the list fails
+``tests/test_admin_routes.py``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+from .handlers import (
+    addins,
+    audit,
+    categories,
+    config,
+    groups,
+    messages,
+    pool,
+    rooms,
+    tokens,
+    users,
+)
+from .routing import Route, path_param_schema, type_adapter
+from .types import ErrorBody
 
-if TYPE_CHECKING:
-    from .api import Ctx
+HANDLER_MODULES = (users, groups, categories, rooms, messages, addins, config, pool, audit, tokens)
 
-Handler = Callable[["Ctx"], Awaitable[Any]]
-
-
-@dataclass
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    tag: str
-    summary: str
-    body: type[BaseModel] | None
-    query: type[BaseModel] | None
-    response: Any  # a type for TypeAdapter, or None for "204 No Content"
-    status: int
-    mutating: bool
-
-    @property
-    def path_params(self) -> list[str]:
-        return re.findall(r"{(\w+)}", self.path)
-
-    def adapter(self) -> TypeAdapter[Any] | None:
-        return None if self.response is None else _adapter(self.response)
-
-
-_adapters: dict[Any, TypeAdapter[Any]] = {}
-
-
-def _adapter(tp: Any) -> TypeAdapter[Any]:
-    if tp not in _adapters:
-        _adapters[tp] = TypeAdapter(tp)
-    return _adapters[tp]
-
-
-ROUTES: list[Route] = []
-
-
-def route(
-    method: str,
-    path: str,
-    *,
-    tag: str,
-    summary: str,
-    body: type[BaseModel] | None = None,
-    query: type[BaseModel] | None = None,
-    response: Any = None,
-    status: int = 200,
-) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        ROUTES.append(
-            Route(
-                method,
-                path,
-                handler,
-                tag,
-                summary,
-                body,
-                query,
-                response,
-                204 if response is None else status,
-                mutating=method != "GET" and not path.endswith("/search"),
-            )
-        )
-        return handler
-
-    return register
-
-
-# -- path parameters ------------------------------------------------------------------------
-
-# ``…_id`` parameters are integers; the others are names (of a node: 1 to 128 characters, no "/").
-NAME_PARAM = re.compile(r"[^\x00/]{1,128}")
-
-
-def path_param_schema(name: str) -> dict[str, Any]:
-    if name.endswith("_id"):
-        return {"type": "integer", "minimum": 1, "maximum": 2**53}
-    return {"type": "string", "pattern": f"^{NAME_PARAM.pattern}$"}
-
+ROUTES: list[Route] = [route for module in HANDLER_MODULES for route in module.router.routes]
 
 # -- OpenAPI --------------------------------------------------------------------------------
 
@@ -112,7 +48,7 @@ ERROR_STATUSES = {
 
 
 def _schema(tp: Any, components: dict[str, Any], mode: str = "serialization") -> dict[str, Any]:
-    schema = _adapter(tp).json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
+    schema = type_adapter(tp).json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
     components.update(schema.pop("$defs", {}))
     return schema
 
@@ -130,8 +66,6 @@ def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def openapi_document(version: str) -> dict[str, Any]:
-    from .api import ErrorBody
-
     components: dict[str, Any] = {}
     error_schema = _schema(ErrorBody, components)
     paths: dict[str, Any] = {}

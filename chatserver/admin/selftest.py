@@ -27,7 +27,7 @@ USERS = ("selftest-1", "selftest-2")
 async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str, int]]:
     """Tokens for the two users and the room id, straight from the store."""
     from ..accounts import Accounts
-    from ..cli import _config
+    from ..cli_common import config_of
     from ..rooms.authorization import Authorization
     from ..rooms.facts import Facts
     from ..store import rooms as room_store
@@ -36,7 +36,7 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
     from ..store.migrate import check_schema
     from ..store.schema import rooms
 
-    config = _config(args)
+    config = config_of(args)
     target = parse_address(args.tcp or config.listen.tcp)
     db = Database(config.database.url)
     try:

@@ -43,11 +43,12 @@ from ..store import outbox
 from ..store import users as user_store
 from ..store.migrate import SchemaError, check_schema
 from ..store.users import User
-from . import api
-from .routes import NAME_PARAM, ROUTES, Route, openapi_document
+from .context import Ctx
+from .routes import ROUTES, openapi_document
+from .routing import NAME_PARAM, Route
 
 if TYPE_CHECKING:
-    from ..server import Node
+    from .node import NodeControl
 
 log = logging.getLogger("chatserver.admin")
 
@@ -81,7 +82,7 @@ def _unauthorized(message: str) -> web.Response:
 
 
 class ManagementServer:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeControl) -> None:
         self.node = node
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
         self._runner: web.AppRunner | None = None
@@ -201,7 +202,7 @@ class ManagementServer:
                         raise ChatError(BAD_REQUEST, "the body is not JSON in UTF-8") from None
                     # strict: the JSON types the document names (no "5" or true for 5)
                     body = spec.body.model_validate_json(text, strict=True)
-                ctx = api.Ctx(self.node, actor, label, params, body, query)
+                ctx = Ctx(self.node, actor, label, params, body, query)
                 # Compliance events of governance changes name the administrator.
                 with outbox.acting_as(actor.id or None):
                     result = await spec.handler(ctx)

@@ -1,0 +1,22 @@
+"""The management API's handlers, one module per resource.
+
+Each module declares its routes with its own :class:`~chatserver.admin.routing.Router`;
+:mod:`chatserver.admin.routes` lists every module, in this order::
+
+    users       users, their policy, and connected sessions
+    groups      groups and their members
+    categories  categories, their principal lists, who they allow
+    rooms       rooms, their roles, disabling, who may read them
+    messages    clearing a room, finding, removing and replacing messages
+    addins      add-ins
+    config      run-time settings, and the compliance settings (read-only)
+    pool        the pool's nodes: active list, swap, drain
+    audit       the audit log
+    tokens      session tokens for administrators
+
+``views`` reads a resource as the API shows it (shared by the modules above). Handlers call the
+same domain functions the client protocol uses (:mod:`chatserver.rooms.governance`), as an
+administrator, so a change made here is enforced on live connections exactly like one made by a
+client; every change goes through :meth:`~chatserver.admin.context.Ctx.change` (or ``create``),
+which records the audit entry. A read changes nothing.
+"""

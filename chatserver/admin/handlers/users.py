@@ -1,0 +1,111 @@
+"""Users, their ``persistent_chat_enabled`` policy, and their connections to this node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...store import users as user_store
+from ..context import Ctx
+from ..models import DisconnectOut, PolicyIn, SessionsOut, UserIn, UserOut, UserQuery
+from ..routing import Router
+from .views import user_out, user_view
+
+router = Router()
+
+
+@router.route(
+    "GET",
+    "/api/v1/users",
+    tag="users",
+    summary="List users",
+    query=UserQuery,
+    response=list[UserOut],
+)
+async def list_users(ctx: Ctx) -> Any:
+    q: UserQuery = ctx.query
+    return [user_view(ctx, u) for u in await user_store.list_users(ctx.db, q.query, q.limit)]
+
+
+@router.route(
+    "POST",
+    "/api/v1/users",
+    tag="users",
+    summary="Add a user",
+    body=UserIn,
+    response=UserOut,
+    status=201,
+)
+async def create_user(ctx: Ctx) -> Any:
+    body: UserIn = ctx.body
+
+    async def create() -> int:
+        user = await ctx.node.accounts.add_user(
+            body.name, body.password, is_admin=body.is_admin, display_name=body.display_name
+        )
+        return user.id
+
+    return await ctx.create("user.create", create=create, load=lambda uid: user_out(ctx, uid))
+
+
+@router.route("GET", "/api/v1/users/{user_id}", tag="users", summary="Get a user", response=UserOut)
+async def get_user(ctx: Ctx) -> Any:
+    return await user_out(ctx, ctx.params["user_id"])
+
+
+@router.route(
+    "PUT",
+    "/api/v1/users/{user_id}/policy",
+    tag="users",
+    summary="Set a user's persistent_chat_enabled policy (null: the global default)",
+    body=PolicyIn,
+    response=UserOut,
+)
+async def set_policy(ctx: Ctx) -> Any:
+    uid = ctx.params["user_id"]
+    return await ctx.change(
+        "user.policy",
+        f"user:{uid}",
+        load=lambda: user_out(ctx, uid),
+        change=lambda _: ctx.gov.set_policy(ctx.actor, uid, ctx.body.persistent_chat_enabled),
+    )
+
+
+@router.route(
+    "GET",
+    "/api/v1/sessions",
+    tag="sessions",
+    summary="Users connected to this node",
+    response=SessionsOut,
+)
+async def list_sessions(ctx: Ctx) -> Any:
+    out: list[dict[str, Any]] = []
+    for conn in list(ctx.node.connections):
+        user = conn.session.user
+        if user is None:
+            continue
+        out.append(
+            {
+                "user": user.public(),
+                "transport": conn.transport_name,
+                "peer": conn.peer,
+                "rooms": len(conn.session.rooms),
+            }
+        )
+    out.sort(key=lambda s: (s["user"]["name"], s["peer"]))
+    return {"node": ctx.node.config.node.name, "sessions": out}
+
+
+@router.route(
+    "DELETE",
+    "/api/v1/users/{user_id}/sessions",
+    tag="sessions",
+    summary="Disconnect a user's connections",
+    response=DisconnectOut,
+)
+async def disconnect_user(ctx: Ctx) -> Any:
+    uid = ctx.params["user_id"]
+    await user_out(ctx, uid)
+    # Connections have no state to show before and after: the entry records how many closed.
+    count = ctx.gov.disconnect_user(uid, "disconnected")
+    await ctx.audit("user.disconnect", f"user:{uid}", None, {"disconnected": count})
+    return {"disconnected": count}

@@ -1,0 +1,99 @@
+"""How a handler declares its route: method, path, body, query and response types.
+
+Each handler module has a :class:`Router` and decorates its handlers with ``@router.route(…)``;
+:mod:`chatserver.admin.routes` joins the routers of every handler module into the route table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, TypeAdapter
+
+if TYPE_CHECKING:
+    from .context import Ctx
+
+Handler = Callable[["Ctx"], Awaitable[Any]]
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    tag: str
+    summary: str
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    response: Any  # a type for TypeAdapter, or None for "204 No Content"
+    status: int
+    mutating: bool
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"{(\w+)}", self.path)
+
+    def adapter(self) -> TypeAdapter[Any] | None:
+        return None if self.response is None else type_adapter(self.response)
+
+
+_adapters: dict[Any, TypeAdapter[Any]] = {}
+
+
+def type_adapter(tp: Any) -> TypeAdapter[Any]:
+    if tp not in _adapters:
+        _adapters[tp] = TypeAdapter(tp)
+    return _adapters[tp]
+
+
+@dataclass
+class Router:
+    """The routes of one handler module, in the order they are declared."""
+
+    routes: list[Route] = field(default_factory=list)
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        tag: str,
+        summary: str,
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        response: Any = None,
+        status: int = 200,
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.routes.append(
+                Route(
+                    method,
+                    path,
+                    handler,
+                    tag,
+                    summary,
+                    body,
+                    query,
+                    response,
+                    204 if response is None else status,
+                    mutating=method != "GET" and not path.endswith("/search"),
+                )
+            )
+            return handler
+
+        return register
+
+
+# -- path parameters ------------------------------------------------------------------------
+
+# ``…_id`` parameters are integers; the others are names (of a node: 1 to 128 characters, no "/").
+NAME_PARAM = re.compile(r"[^\x00/]{1,128}")
+
+
+def path_param_schema(name: str) -> dict[str, Any]:
+    if name.endswith("_id"):
+        return {"type": "integer", "minimum": 1, "maximum": 2**53}
+    return {"type": "string", "pattern": f"^{NAME_PARAM.pattern}$"}
