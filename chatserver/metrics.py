@@ -14,7 +14,7 @@ import gc
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,9 +26,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from collections import Counter
+
     from .rooms.hub import Hub
     from .rooms.writer import Writer
-    from .transport.connections import Connections
+
+
+class ConnectionCounts(Protocol):
+    """What the collector reads of the node's connections (``transport.Connections``)."""
+
+    by_transport: Counter[str]
+    authenticated_users: int
+
 
 # No ``*_created`` series: scrapers do not need them and they double the output.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -90,7 +99,7 @@ class Metrics:
         )
         self._gc_started = 0.0
 
-    def attach(self, connections: Connections, hub: Hub, writer: Writer) -> None:
+    def attach(self, connections: ConnectionCounts, hub: Hub, writer: Writer) -> None:
         """Read these at scrape time (the counts they keep anyway)."""
         self.registry.register(_NodeCollector(self, connections, hub, writer))
 
@@ -149,7 +158,7 @@ class _NodeCollector(Collector):
     """Reads, at scrape time, the counts the node keeps anyway."""
 
     def __init__(
-        self, metrics: Metrics, connections: Connections, hub: Hub, writer: Writer
+        self, metrics: Metrics, connections: ConnectionCounts, hub: Hub, writer: Writer
     ) -> None:
         self.metrics = metrics
         self.connections = connections

@@ -51,7 +51,7 @@ from .store import messages as message_store
 from .store import users as user_store
 from .store.db import Database
 from .store.migrate import check_schema, upgrade
-from .transport.connections import Connections
+from .transport.connection import Connections
 from .transport.tcp import TcpConnection
 from .transport.websocket import WebSocketConnection
 
@@ -307,26 +307,6 @@ class Node:
     def compliance_node(self) -> str | None:
         """This node's name when compliance capture is on (outbox rows carry it), else None."""
         return self.config.node.name if self.config.compliance.enabled else None
-
-    def messages_changed(
-        self, room_id: int, changes: list[MessageChange], cleared_through: int | None
-    ) -> None:
-        """An administrator replaced or removed messages (committed)."""
-        self.governance.messages_changed(MessagesChanged(room_id, tuple(changes), cleared_through))
-
-    def disconnect_user(self, user_id: int, reason: str) -> int:
-        """Close every connection of the user (here and on the pool's other nodes); returns how
-        many were closed here."""
-        return self.governance.disconnect_user(user_id, reason)
-
-    def default_settings(self) -> dict[str, Any]:
-        return self.settings.defaults()
-
-    def effective_settings(self) -> dict[str, Any]:
-        return self.settings.effective()
-
-    async def settings_changed(self) -> None:
-        await self.settings.reload()
 
     async def refresh_metrics(self) -> None:
         for refresh in self.metric_refreshers:

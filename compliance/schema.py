@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import (
@@ -31,6 +32,7 @@ from sqlalchemy import (
     Text,
     insert,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
@@ -150,3 +152,19 @@ async def prepare(db: Database, adapters: tuple[str, ...] = ("xml",)) -> None:
                 await conn.execute(insert(table).values(**values))
         except IntegrityError:
             pass  # already there
+
+
+async def add_counts(conn: Any, by_kind: Counter[str], column: str) -> None:
+    """Add to ``counts.<column>`` per kind (the caller holds the chain or a cursor lock)."""
+    existing = {
+        r.kind
+        for r in await conn.execute(select(counts.c.kind).where(counts.c.kind.in_(list(by_kind))))
+    }
+    for kind, n in sorted(by_kind.items()):
+        if kind in existing:
+            await conn.execute(
+                update(counts).where(counts.c.kind == kind).values({column: counts.c[column] + n})
+            )
+        else:
+            values = {"kind": kind, "stored": 0, "exported": 0, column: n}
+            await conn.execute(insert(counts).values(**values))

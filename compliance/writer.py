@@ -30,7 +30,7 @@ from chatserver.store.db import Database, now_ms
 from chatserver.store.schema import compliance_outbox
 
 from . import schema
-from .schema import chain, counts, event_hash, events
+from .schema import add_counts, chain, event_hash, events
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +83,6 @@ async def append(comp: Database, rows: list[dict[str, Any]]) -> int:
         )
         await add_counts(conn, Counter(r["kind"] for r in new), "stored")
     return len(new)
-
-
-async def add_counts(conn: Any, by_kind: Counter[str], column: str) -> None:
-    """Add to ``counts.<column>`` per kind (the caller holds the chain or a cursor lock)."""
-    existing = {
-        r.kind
-        for r in await conn.execute(select(counts.c.kind).where(counts.c.kind.in_(list(by_kind))))
-    }
-    for kind, n in sorted(by_kind.items()):
-        if kind in existing:
-            await conn.execute(
-                update(counts).where(counts.c.kind == kind).values({column: counts.c[column] + n})
-            )
-        else:
-            values = {"kind": kind, "stored": 0, "exported": 0, column: n}
-            await conn.execute(insert(counts).values(**values))
 
 
 def _outbox_row(row: Any) -> dict[str, Any]:

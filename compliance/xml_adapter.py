@@ -32,8 +32,7 @@ from chatserver.config import Config
 from chatserver.store.db import Database, now_ms
 from chatserver.store.schema import categories, rooms, users
 
-from .schema import cursors, events
-from .writer import add_counts
+from .schema import add_counts, cursors, events
 
 NAME = "xml"
 CHUNK = 10_000

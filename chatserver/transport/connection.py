@@ -2,10 +2,10 @@
 
 Output: everything queued for a connection during one event-loop turn goes out in one
 ``transport.write`` of the joined frames. The node flushes every connection written to in a turn
-from one ``call_soon`` callback (:meth:`Connections.schedule_flush`), so a message fanned out to
-1,000 subscribers schedules one callback, not 1,000. Fan-out hands every
-subscriber the same pre-encoded bytes, so a delivery costs an append here and one system call
-per turn.
+from one ``call_soon`` callback (:meth:`Connections.schedule_flush`, below, which also counts
+the node's open connections), so a message fanned out to 1,000 subscribers schedules one
+callback, not 1,000. Fan-out hands every subscriber the same pre-encoded bytes, so a delivery
+costs an append here and one system call per turn.
 
 Backpressure: when the output the socket would not take (the transport's buffer) passes
 ``output_buffer_bytes``, the session is told to fall behind: every joined room gets ``resync`` and
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from ..config import LimitsConfig
 from ..protocol.events import Bye, Outgoing
 from ..sessions import Services, Session
-from .connections import Connections
 
 if TYPE_CHECKING:
     from ..store.users import User
@@ -32,6 +34,53 @@ log = logging.getLogger("chatserver.connection")
 
 # A connection that fell behind and has not drained its output within this time is closed.
 DRAIN_TIMEOUT_S = 30.0
+
+
+class Connections:
+    def __init__(self, limits: LimitsConfig) -> None:
+        self.limits = limits
+        self.open: set[Connection] = set()
+        self.by_transport: Counter[str] = Counter()
+        self.authenticated_users = 0
+        self.accepting = True
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
+
+    def schedule_flush(self, conn: Connection) -> None:
+        """Flush ``conn`` at the end of this loop turn, with every other connection written to."""
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+    def opened(self, conn: Connection) -> None:
+        if not self.accepting:
+            conn.close("shutting_down")
+            return
+        self.open.add(conn)
+        self.by_transport[conn.transport_name] += 1
+
+    def closed(self, conn: Connection) -> None:
+        if conn in self.open:
+            self.open.discard(conn)
+            self.by_transport[conn.transport_name] -= 1
+            if conn.session.user is not None:
+                self.authenticated_users -= 1
+
+    def authenticated(self, conn: Connection) -> None:
+        self.authenticated_users += 1
+
+    def __len__(self) -> int:
+        return len(self.open)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self.open))
 
 
 class Connection(asyncio.Protocol):

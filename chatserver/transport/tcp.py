@@ -8,8 +8,7 @@ from ..protocol.codec import FrameDecoder, decode_msgpack
 from ..protocol.errors import FrameTooLarge, ProtocolError
 from ..protocol.events import TCP
 from ..sessions import Services
-from .connection import Connection
-from .connections import Connections
+from .connection import Connection, Connections
 
 log = logging.getLogger("chatserver.connection")
 

@@ -20,8 +20,7 @@ from ..protocol.codec import decode_json, decode_msgpack
 from ..protocol.errors import ProtocolError
 from ..protocol.events import WS_BINARY, WS_TEXT, Outgoing
 from ..sessions import Services
-from .connection import Connection
-from .connections import Connections
+from .connection import Connection, Connections
 
 log = logging.getLogger("chatserver.connection")
 
