@@ -34,7 +34,7 @@ from .metrics import Metrics
 from .protocol.errors import ChatError
 from .rooms.authorization import Authorization
 from .rooms.capture import Capture
-from .rooms.changes import LocalOnly, MessageChange, MessagesChanged, Publisher
+from .rooms.changes import LocalOnly, Publisher
 from .rooms.directory import Directory
 from .rooms.enforcement import Enforcement
 from .rooms.facts import Facts
