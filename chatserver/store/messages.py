@@ -247,9 +247,12 @@ async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | Non
 def _results(
     posts: list[NewPost], first: dict[tuple[int, int, str], int], unique: list[NewPost], rows: Any
 ) -> tuple[list[Stored], list[Message]]:
-    """The batch's results in the order of ``posts``, and its new messages (kept or not)."""
+    """The batch's results in the order of ``posts``, and its new messages (kept or not) in that
+    order too: the CHAT events are recorded in the order of ``new_rows``, and must follow the
+    posts (and so each room's seqs) as they do on SQLite. The function returns its rows in no
+    particular order (in practice grouped by room, highest seq first), so they are placed by
+    ``out_i`` before the new messages are read off."""
     stored: list[Stored | None] = [None] * len(unique)
-    new_rows: list[Message] = []
     for row in rows:
         i = row["out_i"] - 1
         post = unique[i]
@@ -265,8 +268,11 @@ def _results(
             row["out_kept"] if is_new else True,
         )
         stored[i] = Stored(message, not is_new)
-        if is_new:
-            new_rows.append(message)
+    new_rows = [
+        outcome.message
+        for outcome in stored
+        if outcome is not None and outcome.message is not None and not outcome.duplicate
+    ]
     results: list[Stored] = []
     answered: set[int] = set()
     for post in posts:
