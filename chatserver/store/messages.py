@@ -89,7 +89,16 @@ def _plan(
     existing: dict[tuple[int, int, str], tuple[int, int, str]],
     ts: int,
 ) -> _Plan:
-    """Assign seqs to the new posts of a batch; pure, shared by both dialects."""
+    """Number a batch's posts: SQLite's half of a rule implemented twice.
+
+    Pure: ``last_seqs`` and ``keeps`` are the locked rooms' ``last_seq`` and chat-history flag
+    (a room missing from them is gone), ``existing`` the batch's keys already stored. The rule is
+    docs/architecture.md, section 3, step 4. PostgreSQL runs the same rule in the PL/pgSQL
+    function ``chat_store_batch()`` (migration 0006, read back by ``_results``), not here.
+    tests/test_store_plan.py holds the two together: random scenarios run on both dialects must
+    give the same outcomes, ``last_seq``s, rows and CHAT events, and those of a model of the
+    rule. Change one, change the other.
+    """
     results: list[Stored] = []
     new_rows: list[Message] = []
     seen: dict[tuple[int, int, str], Message] = {}
@@ -144,7 +153,8 @@ async def store_batch(
     """Store a batch of posts in one transaction; the results are in the order of ``posts``.
 
     With ``capture`` (the node's name), a compliance ``CHAT`` event for every new message is
-    written to the outbox in the same transaction.
+    written to the outbox in the same transaction, in the order of ``posts``.
+    SQLite numbers the posts with ``_plan``; PostgreSQL with ``chat_store_batch()``.
     """
     if db.is_postgres:
         return await _store_batch_pg(db, posts, capture)
@@ -215,6 +225,13 @@ _STORE_BATCH_PG = (
 
 
 async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | None) -> list[Stored]:
+    """``store_batch`` on PostgreSQL: PostgreSQL's half of a rule implemented twice.
+
+    The numbering runs server-side in ``chat_store_batch()`` (migration 0006), not in
+    ``_plan``, which is SQLite's. tests/test_store_plan.py holds the two together (same
+    outcomes, ``last_seq``s, rows and CHAT events on both dialects, and a model of the rule).
+    Change one, change the other.
+    """
     # The function sees each (room, sender, cid) once; a repeat later in the batch gets the
     # first one's message, as a duplicate.
     first: dict[tuple[int, int, str], int] = {}
@@ -247,9 +264,12 @@ async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | Non
 def _results(
     posts: list[NewPost], first: dict[tuple[int, int, str], int], unique: list[NewPost], rows: Any
 ) -> tuple[list[Stored], list[Message]]:
-    """The batch's results in the order of ``posts``, and its new messages (kept or not)."""
+    """The batch's results in the order of ``posts``, and its new messages (kept or not) in that
+    order too: the CHAT events are recorded in the order of ``new_rows``, and must follow the
+    posts (and so each room's seqs) as they do on SQLite. The function returns its rows in no
+    particular order (in practice grouped by room, highest seq first), so they are placed by
+    ``out_i`` before the new messages are read off."""
     stored: list[Stored | None] = [None] * len(unique)
-    new_rows: list[Message] = []
     for row in rows:
         i = row["out_i"] - 1
         post = unique[i]
@@ -265,8 +285,11 @@ def _results(
             row["out_kept"] if is_new else True,
         )
         stored[i] = Stored(message, not is_new)
-        if is_new:
-            new_rows.append(message)
+    new_rows = [
+        outcome.message
+        for outcome in stored
+        if outcome is not None and outcome.message is not None and not outcome.duplicate
+    ]
     results: list[Stored] = []
     answered: set[int] = set()
     for post in posts:

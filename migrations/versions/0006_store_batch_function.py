@@ -5,8 +5,8 @@ room, sender and client id), gives the new ones the rooms' next seqs, inserts th
 room's category keeps no history), advances ``rooms.last_seq`` and returns one row per stored or
 found post. Called outside an explicit transaction it is its own transaction, so a batch costs
 one round trip to the server, commit included. It does in SQL what
-``chatserver.store.messages._plan`` does in Python for SQLite; the test suite runs both against
-the same cases.
+``chatserver.store.messages._plan`` does in Python for SQLite; tests/test_store_plan.py holds the
+two to the same results. Its rows come back in no particular order (``out_i`` places them).
 
 Revision ID: 0006
 Revises: 0005
