@@ -27,6 +27,11 @@ needs_postgres = pytest.mark.skipif(
     reason="initdb and pg_ctl are needed for a throwaway PostgreSQL cluster",
 )
 
+# The module's fixture runs every scenario (two at a time, each with its own cluster and node):
+# about a minute on an idle 2-core machine, several on a loaded one. Each run has its own 120 s
+# bound below; this bound covers them all.
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
