@@ -26,8 +26,8 @@ from .protocol.errors import (
     ChatError,
 )
 from .protocol.events import Outgoing, Resync, RoomRemoved, error_reply, reply
+from .rooms.capture import acting_as
 from .rooms.governance import Governance, parse_lists, parse_principals, parse_roles
-from .store import outbox
 from .store.messages import Stored
 from .store.users import User
 
@@ -209,7 +209,7 @@ class Session:
         if self.user is None and not request.PUBLIC:
             raise ChatError(UNAUTHENTICATED, "authenticate first")
         if self.user is not None:
-            outbox.ACTOR.set(self.user.id)  # compliance events name who made a change
+            acting_as(self.user.id)  # compliance events name who made a change
         handler = getattr(self, "op_" + request.OP.replace(".", "_"))
         return await handler(request)  # type: ignore[no-any-return]
 

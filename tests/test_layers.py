@@ -181,3 +181,11 @@ def test_no_module_is_too_long() -> None:
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_sessions_reach_the_store_only_through_rooms() -> None:
+    """Sessions use the store's value types (a user, a stored post) but no store function."""
+    store = {t for t in GRAPH["chatserver.sessions"] if t.startswith("chatserver.store")}
+    assert store <= {"chatserver.store", "chatserver.store.users", "chatserver.store.messages"}
+    source = MODULES["chatserver.sessions"].read_text()
+    assert "from .store import" not in source, "sessions import a store module's functions"

@@ -26,6 +26,12 @@ Subscriber = object  # a session; only its identity is used
 log = logging.getLogger(__name__)
 
 
+def acting_as(user_id: int) -> None:
+    """The compliance events recorded from now on in this task name ``user_id`` as who made the
+    change (a session sets it for each request it serves)."""
+    outbox.ACTOR.set(user_id)
+
+
 class Capture:
     def __init__(self, db: Database, node: str, *, enabled: bool) -> None:
         self._db = db
