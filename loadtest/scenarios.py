@@ -1,7 +1,7 @@
 """The scenarios, parent side: set up, command the workers phase by phase, summarise.
 
 Each ``run_<name>(args, stack)`` returns a result dict (phases, summary, targets). Sizes come
-from the command line; ``--smoke`` picks tiny ones (used by tests/test_loadtest_smoke.py).
+from the command line; ``--smoke`` picks tiny ones (used by tests/loadtest/test_smoke.py).
 """
 
 from __future__ import annotations

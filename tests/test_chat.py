@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from .conftest import Harness, scaled
+from tests.conftest import Harness, scaled
 
 TRANSPORTS = ["tcp", "websocket", "websocket-json"]
 
@@ -111,7 +111,7 @@ async def test_resume_with_since_yields_exactly_the_missed_messages(
 
 
 async def test_resume_beyond_page_max_reports_gap(db_url: str) -> None:
-    from .conftest import node_config, start_node
+    from tests.conftest import node_config, start_node
 
     node = await start_node(node_config(db_url, chat={"history_page_max": 20}))
     h = Harness(node)
@@ -153,7 +153,7 @@ async def test_cid_retry_stores_one_message(harness: Harness) -> None:
 
 
 async def test_restart_keeps_everything(db_url: str) -> None:
-    from .conftest import node_config, start_node
+    from tests.conftest import node_config, start_node
 
     config = node_config(db_url)
     node = await start_node(config)
@@ -249,7 +249,7 @@ async def test_joiners_during_traffic_see_no_gap_and_no_duplicate(harness: Harne
 
 
 async def test_slow_reader_gets_resync_while_fast_reader_keeps_pace(db_url: str) -> None:
-    from .conftest import node_config, start_node
+    from tests.conftest import node_config, start_node
 
     node = await start_node(
         node_config(db_url, limits={"output_buffer_bytes": 65536, "posts_per_user_per_s": 100000})

@@ -13,8 +13,7 @@ import pytest
 
 from chatserver.client import Client
 from chatserver.testing import PostgresCluster, free_port
-
-from .conftest import scaled
+from tests.conftest import scaled
 
 
 def env_for(tmp_path: Path, url: str | None = None, **extra: str) -> dict[str, str]:

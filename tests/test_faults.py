@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from chatserver.client import Client, Closed
-
-from .conftest import PASSWORD, scaled
-from .test_cli import Running, chatserver, env_for
+from tests.conftest import PASSWORD, scaled
+from tests.test_cli import Running, chatserver, env_for
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +94,7 @@ async def test_soak_many_clients_join_post_leave(
     transport: str, request: pytest.FixtureRequest
 ) -> None:
     """Two minutes' worth of churn, compressed: every subscriber sees every room in order."""
-    from .conftest import Harness, node_config, start_node
+    from tests.conftest import Harness, node_config, start_node
 
     cluster = request.getfixturevalue("pg_cluster")
     url = await cluster.create_database(f"soak_{transport}", template="postgres")

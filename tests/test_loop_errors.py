@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import LoopErrors
+from tests.conftest import LoopErrors
 
 ROOT = Path(__file__).resolve().parents[1]
 

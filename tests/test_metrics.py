@@ -14,8 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatserver.client import Client
 from chatserver.store.migrate import upgrade
-
-from .conftest import PASSWORD, Harness, node_config, scaled, start_node
+from tests.conftest import PASSWORD, Harness, node_config, scaled, start_node
 
 TOKEN = "metrics-test-token-0123456789"
 

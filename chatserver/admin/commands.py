@@ -1,6 +1,6 @@
 """The ``chatserver admin`` commands, one per route of the management API.
 
-``tests/test_admin_routes.py`` checks that every route the commands declare is in the route
+``tests/admin/test_routes.py`` checks that every route the commands declare is in the route
 table, and that every route of the table has a command.
 """
 

@@ -8,7 +8,7 @@ tests check it independently with schemathesis.
 
 :data:`ROUTES` joins the routers of the handler modules listed in :data:`HANDLER_MODULES`, in
 that order (the order of the document); a handler module missing from the list fails
-``tests/test_admin_routes.py``.
+``tests/admin/test_routes.py``.
 """
 
 from __future__ import annotations

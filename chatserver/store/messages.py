@@ -95,7 +95,7 @@ def _plan(
     (a room missing from them is gone), ``existing`` the batch's keys already stored. The rule is
     docs/architecture.md, section 3, step 4. PostgreSQL runs the same rule in the PL/pgSQL
     function ``chat_store_batch()`` (migration 0006, read back by ``_results``), not here.
-    tests/test_store_plan.py holds the two together: random scenarios run on both dialects must
+    tests/store/test_plan.py holds the two together: random scenarios run on both dialects must
     give the same outcomes, ``last_seq``s, rows and CHAT events, and those of a model of the
     rule. Change one, change the other.
     """
@@ -228,7 +228,7 @@ async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | Non
     """``store_batch`` on PostgreSQL: PostgreSQL's half of a rule implemented twice.
 
     The numbering runs server-side in ``chat_store_batch()`` (migration 0006), not in
-    ``_plan``, which is SQLite's. tests/test_store_plan.py holds the two together (same
+    ``_plan``, which is SQLite's. tests/store/test_plan.py holds the two together (same
     outcomes, ``last_seq``s, rows and CHAT events on both dialects, and a model of the rule).
     Change one, change the other.
     """

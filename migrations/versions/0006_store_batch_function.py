@@ -5,7 +5,7 @@ room, sender and client id), gives the new ones the rooms' next seqs, inserts th
 room's category keeps no history), advances ``rooms.last_seq`` and returns one row per stored or
 found post. Called outside an explicit transaction it is its own transaction, so a batch costs
 one round trip to the server, commit included. It does in SQL what
-``chatserver.store.messages._plan`` does in Python for SQLite; tests/test_store_plan.py holds the
+``chatserver.store.messages._plan`` does in Python for SQLite; tests/store/test_plan.py holds the
 two to the same results. Its rows come back in no particular order (``out_i`` places them).
 
 Revision ID: 0006

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .test_cli import Running, chatserver, env_for
+from tests.test_cli import Running, chatserver, env_for
 
 ADMIN_PASSWORD = "admin-pass-123"
 

@@ -20,8 +20,7 @@ from chatserver.admin.routes import ROUTES
 from chatserver.client import Client
 from chatserver.store import admin as admin_store
 from chatserver.testing import PostgresCluster
-
-from .conftest import PASSWORD, Harness, node_config, scaled, start_node
+from tests.conftest import PASSWORD, Harness, node_config, scaled, start_node
 
 STATIC = "static-automation-token-0123456789"
 

@@ -28,8 +28,7 @@ from chatserver.admin.routes import HANDLER_MODULES, ROUTES
 from chatserver.admin.types import In
 from chatserver.cli import build_parser, main
 from chatserver.store.migrate import upgrade
-
-from .conftest import PASSWORD, Harness, node_config, start_node
+from tests.conftest import PASSWORD, Harness, node_config, start_node
 
 STATIC = "static-automation-token-0123456789"
 

@@ -45,8 +45,7 @@ from chatserver.store.messages import NewPost, Stored
 from chatserver.store.migrate import upgrade
 from chatserver.store.schema import compliance_outbox, messages, rooms
 from chatserver.testing import PostgresCluster
-
-from .conftest import DIALECTS, scaled
+from tests.conftest import DIALECTS, scaled
 
 pytestmark = [
     pytest.mark.postgres,

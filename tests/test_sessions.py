@@ -12,8 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from chatserver.client import Client
-
-from .conftest import PASSWORD, Harness, node_config, scaled, start_node
+from tests.conftest import PASSWORD, Harness, node_config, scaled, start_node
 
 
 def frame(obj: object) -> bytes:

@@ -28,8 +28,7 @@ from hypothesis.stateful import (
 
 from chatserver.client import Client
 from chatserver.rooms.changes import RoomChanged
-
-from .conftest import PASSWORD, Harness, scaled
+from tests.conftest import PASSWORD, Harness, scaled
 
 NOWHERE = 10**9  # a room id that does not exist
 EVERYONE = {"kind": "everyone", "id": 0}

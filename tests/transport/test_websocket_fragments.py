@@ -16,9 +16,8 @@ import pytest
 from websockets.frames import CloseCode, Frame, Opcode
 
 from chatserver.store.migrate import upgrade
-
-from .conftest import PASSWORD, Harness, node_config, scaled, start_node
-from .rawclients import RawWebSocket, encode
+from tests.conftest import PASSWORD, Harness, node_config, scaled, start_node
+from tests.rawclients import RawWebSocket, encode
 
 Connect = Callable[[], Awaitable[RawWebSocket]]
 MAX_MESSAGE = 2048  # limits.max_frame_bytes: the most one message may hold, however split

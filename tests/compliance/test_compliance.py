@@ -36,10 +36,9 @@ from compliance.schema import events
 from compliance.verify import verify
 from compliance.writer import drain
 from compliance.xml_adapter import export
+from tests.conftest import DIALECTS, PASSWORD, Harness, node_config, scaled, start_node
 
-from .conftest import DIALECTS, PASSWORD, Harness, node_config, scaled, start_node
-
-XSD = Path(__file__).resolve().parent.parent / "compliance" / "conversations.xsd"
+XSD = Path(__file__).resolve().parents[2] / "compliance" / "conversations.xsd"
 EVERYONE = {"kind": "everyone", "id": 0}
 
 _numbers = itertools.count(1)

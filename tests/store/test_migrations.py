@@ -22,8 +22,7 @@ from chatserver.store.db import sqlalchemy_url
 from chatserver.store.migrate import head_revision, upgrade
 from chatserver.store.schema import metadata
 from chatserver.testing import PostgresCluster
-
-from .conftest import DIALECTS
+from tests.conftest import DIALECTS
 
 _numbers = itertools.count(1)
 

@@ -29,8 +29,7 @@ from chatserver.store import rooms as room_store
 from chatserver.store import users as user_store
 from chatserver.store.db import Database
 from chatserver.testing import PostgresCluster
-
-from .conftest import PASSWORD, scaled
+from tests.conftest import PASSWORD, scaled
 
 _numbers = itertools.count(1)
 # Fast failure detection for tests (production defaults: 1 s heartbeat, 3 s link timeout, 10 s).
@@ -679,8 +678,7 @@ async def test_bad_secret_and_replayed_handshake_are_refused(pg_cluster: Postgre
 
 async def test_a_node_refuses_pool_settings_that_cannot_work(tmp_path: Any) -> None:
     from chatserver.server import StartupError
-
-    from .conftest import node_config, start_node
+    from tests.conftest import node_config, start_node
 
     config = node_config(f"sqlite:///{tmp_path}/chat.db", pool={"enabled": True})
     with pytest.raises(StartupError, match="PostgreSQL"):
@@ -689,8 +687,7 @@ async def test_a_node_refuses_pool_settings_that_cannot_work(tmp_path: Any) -> N
 
 async def test_a_public_peer_port_needs_a_secret(pg_cluster: PostgresCluster) -> None:
     from chatserver.server import StartupError
-
-    from .conftest import node_config, start_node
+    from tests.conftest import node_config, start_node
 
     url = await new_database(pg_cluster)
     config = node_config(url, pool={"enabled": True}, listen={"peer": "0.0.0.0:0"})
@@ -702,7 +699,7 @@ async def test_a_public_peer_port_needs_a_secret(pg_cluster: PostgresCluster) ->
 
 
 async def test_standby_swap_and_drain(pg_cluster: PostgresCluster) -> None:
-    from .test_cli import chatserver
+    from tests.test_cli import chatserver
 
     url = await new_database(pg_cluster)
     ids = await seed(url, ["alice"], ["lobby"])
@@ -827,7 +824,7 @@ async def test_pool_control_through_the_management_api(pg_cluster: PostgresClust
             assert states(entries[2]["after"])["node2"] == "draining"
 
             # The same through the command line.
-            from .test_cli import chatserver
+            from tests.test_cli import chatserver
 
             status, token = await call("POST", "/api/v1/tokens")
             assert status == 201
@@ -989,7 +986,7 @@ async def test_admin_changes_on_one_node_reach_every_node(pg_cluster: PostgresCl
 
 @pytest.mark.slow
 async def test_a_fifth_node_is_standby_until_promoted(pg_cluster: PostgresCluster) -> None:
-    from .test_cli import chatserver
+    from tests.test_cli import chatserver
 
     url = await new_database(pg_cluster)
     await seed(url, ["alice"], [])

@@ -14,7 +14,7 @@ import pytest
 
 from loadtest.__main__ import parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ignored(path: Path) -> bool:

@@ -26,8 +26,7 @@ from schemathesis import GenerationMode
 from schemathesis.generation.case import Case
 
 from chatserver.testing import free_port
-
-from .conftest import scaled
+from tests.conftest import scaled
 
 TOKEN = "openapi-test-token-abcdef0123456789"
 

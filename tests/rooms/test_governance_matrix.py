@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatserver.client import Client
-
-from .conftest import PASSWORD, Harness, node_config, start_node
+from tests.conftest import PASSWORD, Harness, node_config, start_node
 
 PRIVACIES = ("open", "closed", "secret")
 TYPES = ("normal", "auditorium")

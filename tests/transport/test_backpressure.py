@@ -23,9 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from chatserver.client import Client
 from chatserver.store.migrate import upgrade
 from chatserver.transport import connection
-
-from .conftest import PASSWORD, Harness, node_config, scaled, start_node
-from .rawclients import RawTcp, RawWebSocket
+from tests.conftest import PASSWORD, Harness, node_config, scaled, start_node
+from tests.rawclients import RawTcp, RawWebSocket
 
 LIMIT = 65_536  # limits.output_buffer_bytes: the smallest the configuration allows
 TEXT = 60_000  # characters per post: a few posts pass the limit

@@ -14,9 +14,8 @@ from chatserver.client import Client
 from chatserver.protocol.errors import UNAVAILABLE, ChatError
 from chatserver.store import messages as message_store
 from chatserver.store.messages import NewPost
-
-from .conftest import Harness
-from .test_governance import admin_client, make_user, new_category, new_room, user
+from tests.conftest import Harness
+from tests.rooms.test_governance import admin_client, make_user, new_category, new_room, user
 
 
 @pytest.mark.parametrize("transport", ["tcp", "websocket", "websocket-json"])
@@ -24,7 +23,7 @@ async def test_a_nul_character_is_refused_alone(harness: Harness, transport: str
     """A post whose text has a NUL character (PostgreSQL refuses it in text) gets
     ``bad_request``; the posts sent with it in the same breath are stored. (A lone surrogate,
     the other string no store can hold, cannot be sent as MessagePack, and the JSON decoder
-    refuses the frame: tests/test_codec.py.)"""
+    refuses the frame: tests/protocol/test_codec.py.)"""
     await harness.user("ann")
     room = await harness.room()
     ann = await harness.login("ann", transport)
