@@ -661,13 +661,13 @@ async def list_sessions(ctx: Ctx) -> Any:
     "DELETE",
     "/api/v1/users/{user_id}/sessions",
     tag="sessions",
-    summary="Disconnect a user's connections",
+    summary="Disconnect a user's connections and revoke their session tokens",
     response=DisconnectOut,
 )
 async def disconnect_user(ctx: Ctx) -> Any:
     uid = ctx.params["user_id"]
     await _user_out(ctx, uid)
-    count = ctx.node.disconnect_user(uid, "disconnected")
+    count = await ctx.node.accounts.revoke_tokens(uid, "disconnected")
     await ctx.audit("user.disconnect", f"user:{uid}", None, {"disconnected": count})
     return {"disconnected": count}
 

@@ -351,6 +351,22 @@ def register(
     p = command(users, "policy", policy, "set persistent_chat_enabled: on, off or default")
     p.add_argument("id", type=int)
     p.add_argument("value", choices=["on", "off", "default"])
+
+    def reset_password(a: argparse.Namespace, api: Api) -> Any:
+        if a.password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass("new password: ")
+        return api.call("PUT", f"/api/v1/users/{a.id}/password", {"password": password})
+
+    p = command(
+        users,
+        "password",
+        reset_password,
+        "reset a user's password; revokes all their session tokens (their connections close)",
+    )
+    p.add_argument("id", type=int)
+    p.add_argument("--password-stdin", action="store_true")
     by_id(
         users,
         "users",
@@ -359,7 +375,7 @@ def register(
                 "disconnect",
                 "DELETE",
                 "/sessions",
-                "close a user's connections to the node behind --url",
+                "close a user's connections and revoke their session tokens",
             )
         ],
     )
