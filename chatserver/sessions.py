@@ -283,7 +283,9 @@ class Session:
         return reply(request.id, user=user.public(), token=signed.token, invitations=invitations)
 
     async def op_logout(self, request: cmd.Logout) -> None:
-        assert self.user is not None and self.token_hash is not None
+        assert self.user is not None
+        if self.token_hash is None:  # a second logout pipelined behind the first
+            raise ChatError(UNAUTHENTICATED, "logged out")
         # This connection is not closed with the others using the token: it gets its reply
         # first, then ``bye`` ``logged_out``.
         token_hash, self.token_hash = self.token_hash, None

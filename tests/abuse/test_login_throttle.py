@@ -21,6 +21,7 @@ from prometheus_client import generate_latest
 
 from chatserver.client import Client
 from chatserver.store import admin as admin_store
+from chatserver.throttle import address_key
 
 from ..conftest import PASSWORD, Harness, node_config, start_node
 
@@ -263,3 +264,14 @@ async def test_nodes_sharing_a_store_share_the_count(db_url: str) -> None:
             assert code(await auth(client, "alice", "wrong")) == "unauthenticated"
         elsewhere = await greeted(two)
         assert code(await auth(elsewhere, "alice", PASSWORD)) == "rate_limited"
+
+
+def test_the_address_key() -> None:
+    assert address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    # one host commonly holds a whole IPv6 /64
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::9")
+    assert address_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("not an address") == "not an address"
+    assert len(address_key("x" * 1000)) == 256
