@@ -306,3 +306,24 @@ async def test_revocation_closes_sessions_on_every_node_of_a_pool(pg_cluster: An
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_failover_client_signs_in_again_when_its_token_is_revoked(node: Node) -> None:
+    """``PoolClient`` resumed with its token forever; a revoked token must send it back to the
+    password (a client retrying a dead token would only feed the login throttle)."""
+    from chatserver.client import PoolClient
+
+    alice = await node.user("alice")
+    room = await node.h.room()
+    client = await PoolClient.connect([node.h.node.addresses["tcp"]], "alice", PASSWORD)
+    try:
+        await client.request("join", room=room)
+        old = client.token
+        await node.api("DELETE", f"/api/v1/users/{alice}/sessions")
+        reply = await asyncio.wait_for(
+            client.request("post", room=room, text="still here", cid="c1"), scaled(10)
+        )
+        assert reply["ok"] is True
+        assert client.token is not None and client.token != old
+    finally:
+        await client.close()
