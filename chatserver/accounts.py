@@ -1,58 +1,201 @@
-"""Accounts: who may sign in, and how.
+"""Accounts: who may sign in, and how; passwords and session tokens.
 
-Login by name and password (a dummy hash is checked for an unknown name, so the answer takes the
-same time either way), resumption by session token, and creating users. A user whose
-persistent-chat policy is off may not sign in (:meth:`Authorization.policy_enabled`).
+- **Sign-in** by name and password, or resumption by session token, over every transport and on
+  the management port — one path, throttled (:class:`~chatserver.throttle.LoginThrottle`). For
+  an unknown name a dummy hash is checked, so the answer takes the same time either way, and the
+  throttle counts names, not users, so it answers alike too. A user whose persistent-chat policy
+  is off may not sign in (:meth:`Authorization.policy_enabled`).
+- **Revocation**: logout, a password change (the user's other tokens), an administrator's
+  password reset and disconnect (all the user's tokens). The store forgets the tokens first, so
+  they stop working on every node at once; then the sessions using them end, here
+  (``live.revoked``) and on the pool's other nodes (a :class:`TokensRevoked` change published).
+- A store that cannot be written (full disk, read-only, unreachable) answers ``unavailable``,
+  never ``internal``: nothing was changed, and the client may retry later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Config
 from .passwords import DUMMY_HASH, hash_password, verify_password
-from .protocol.errors import CONFLICT, FORBIDDEN, UNAUTHENTICATED, ChatError
+from .protocol.errors import CONFLICT, FORBIDDEN, NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE, ChatError
 from .rooms.authorization import Authorization
+from .rooms.changes import Publisher, TokensRevoked
 from .store import users as user_store
 from .store.db import Database
 from .store.users import User
+from .throttle import LoginThrottle, Source
+
+log = logging.getLogger("chatserver.accounts")
+
+WRONG_CREDENTIALS = "wrong user name or password"
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    user: User
+    token: str
+    token_hash: str  # what a revocation names
+
+
+class LiveSessions(Protocol):
+    """The sessions connected to this node, as revocation needs them (``Enforcement``)."""
+
+    def revoked(self, change: TokensRevoked) -> int: ...
+
+
+@contextmanager
+def _store_errors(what: str) -> Iterator[None]:
+    """A store that fails (full disk, read-only, unreachable) makes the request ``unavailable``."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:
+        log.error("%s: the store failed: %s", what, exc)
+        raise ChatError(UNAVAILABLE, f"{what} is not possible now; try again later") from None
+
+
+async def add_user(
+    db: Database,
+    name: str,
+    password: str,
+    *,
+    is_admin: bool = False,
+    display_name: str | None = None,
+) -> User:
+    """Create a user (``conflict`` if the name is taken)."""
+    password_hash = await asyncio.to_thread(hash_password, password)
+    try:
+        return await user_store.create_user(
+            db, name, password_hash, is_admin=is_admin, display_name=display_name
+        )
+    except user_store.UserExists:
+        raise ChatError(CONFLICT, f"a user named {name!r} exists") from None
 
 
 class Accounts:
-    def __init__(self, config: Config, db: Database, auth: Authorization) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        auth: Authorization,
+        throttle: LoginThrottle,
+        live: LiveSessions,
+        publisher: Publisher,
+    ) -> None:
         self._config = config
         self._db = db
         self._auth = auth
+        self._throttle = throttle
+        self._live = live
+        self._publisher = publisher
 
-    async def login(self, name: str, password: str) -> tuple[User, str]:
-        found = await user_store.credentials(self._db, name)
-        stored_hash = found[1] if found else DUMMY_HASH
-        ok = await asyncio.to_thread(verify_password, password, stored_hash)
-        if not ok or found is None:
-            raise ChatError(UNAUTHENTICATED, "wrong user name or password")
-        user = found[0]
+    # -- signing in -------------------------------------------------------------------------
+
+    async def verify(self, name: str, password: str, source: Source) -> User:
+        """The user ``name`` if ``password`` is theirs; throttled, and timed alike for unknown
+        names. No session is made (the management port's Basic authentication)."""
+        with _store_errors("signing in"):
+            had_failures = await self._throttle.check(name, source)
+            found = await user_store.credentials(self._db, name)
+            stored_hash = found[1] if found else DUMMY_HASH
+            ok = await asyncio.to_thread(verify_password, password, stored_hash)
+            if not ok or found is None:
+                await self._throttle.failed(name, source)
+                raise ChatError(UNAUTHENTICATED, WRONG_CREDENTIALS)
+            await self._throttle.succeeded(name, had_failures)
+        return found[0]
+
+    async def login(self, name: str, password: str, source: Source) -> SignedIn:
+        """Sign in with a password: a new session token."""
+        user = await self.verify(name, password, source)
         self._check_policy(user)
-        token = await user_store.create_session(self._db, user.id, self._config.chat.session_ttl_s)
-        return user, token
+        with _store_errors("signing in"):
+            token = await user_store.create_session(
+                self._db, user.id, self._config.chat.session_ttl_s
+            )
+        return SignedIn(user, token, user_store.token_hash(token))
 
-    async def resume(self, token: str) -> User:
-        user = await user_store.user_for_token(self._db, token)
+    async def token_user(self, token: str, source: Source) -> User | None:
+        """The user of a valid session token, or None (counted as a failure). A valid token is
+        never refused by the throttle; an invalid one is answered ``rate_limited`` while the
+        source address is throttled."""
+        with _store_errors("signing in"):
+            user = await user_store.user_for_token(self._db, token)
+            if user is None:
+                await self._throttle.check(None, source)
+                await self._throttle.failed(None, source)
+        return user
+
+    async def resume(self, token: str, source: Source) -> SignedIn:
+        """Sign in with a session token."""
+        user = await self.token_user(token, source)
         if user is None:
             raise ChatError(UNAUTHENTICATED, "the token is unknown or expired")
         self._check_policy(user)
-        return user
+        return SignedIn(user, token, user_store.token_hash(token))
 
     def _check_policy(self, user: User) -> None:
         if not self._auth.policy_enabled(user):
             raise ChatError(FORBIDDEN, "persistent chat is disabled for this user")
 
+    # -- passwords and tokens ---------------------------------------------------------------
+
+    def _ended(self, change: TokensRevoked) -> int:
+        """Tokens were revoked (committed): end the sessions using them, here and on the other
+        nodes; returns how many ended here."""
+        self._publisher.publish(change)
+        return self._live.revoked(change)
+
+    async def logout(self, user: User, token_hash: str) -> int:
+        """Revoke one token (the caller's session's); the sessions using it end."""
+        with _store_errors("logging out"):
+            await user_store.revoke_token(self._db, token_hash)
+        return self._ended(TokensRevoked(user.id, token=token_hash))
+
+    async def change_password(
+        self, user: User, token_hash: str | None, old: str, new: str, source: Source
+    ) -> int:
+        """The user's own change, proven with the old password (throttled like a sign-in; a
+        wrong one is ``forbidden``). Revokes every other token of the user."""
+        with _store_errors("changing the password"):
+            had_failures = await self._throttle.check(user.name, source)
+            stored_hash = await user_store.get_password_hash(self._db, user.id)
+            ok = await asyncio.to_thread(verify_password, old, stored_hash or DUMMY_HASH)
+            if not ok or stored_hash is None:
+                await self._throttle.failed(user.name, source)
+                raise ChatError(FORBIDDEN, "the password is wrong")
+            await self._throttle.succeeded(user.name, had_failures)
+            new_hash = await asyncio.to_thread(hash_password, new)
+            await user_store.replace_password(self._db, user.id, new_hash, keep=token_hash)
+        return self._ended(TokensRevoked(user.id, keep=token_hash))
+
+    async def reset_password(self, user_id: int, new: str) -> int:
+        """An administrator's reset: revokes every token of the user (``not_found`` if there
+        is no such user); returns how many sessions ended here."""
+        new_hash = await asyncio.to_thread(hash_password, new)
+        with _store_errors("resetting the password"):
+            if not await user_store.replace_password(self._db, user_id, new_hash, keep=None):
+                raise ChatError(NOT_FOUND, f"no user {user_id}")
+        return self._ended(TokensRevoked(user_id))
+
+    async def revoke_tokens(self, user_id: int, reason: str = "revoked") -> int:
+        """Revoke every token of the user; their sessions end with ``bye`` ``reason``. Returns
+        how many ended here."""
+        with _store_errors("revoking the tokens"):
+            await user_store.revoke_user_tokens(self._db, user_id)
+        return self._ended(TokensRevoked(user_id, reason=reason))
+
     async def add_user(
         self, name: str, password: str, *, is_admin: bool = False, display_name: str | None = None
     ) -> User:
-        password_hash = await asyncio.to_thread(hash_password, password)
-        try:
-            return await user_store.create_user(
-                self._db, name, password_hash, is_admin=is_admin, display_name=display_name
-            )
-        except user_store.UserExists:
-            raise ChatError(CONFLICT, f"a user named {name!r} exists") from None
+        return await add_user(
+            self._db, name, password, is_admin=is_admin, display_name=display_name
+        )

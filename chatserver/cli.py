@@ -160,14 +160,11 @@ def cmd_user_add(args: argparse.Namespace) -> None:
     password = _read_password(args)
 
     async def body(config: Any, db: Any) -> None:
-        from .accounts import Accounts
-        from .rooms.authorization import Authorization
-        from .rooms.facts import Facts
+        from .accounts import add_user
 
-        accounts = Accounts(config, db, Authorization(config, Facts(db)))
         try:
-            user = await accounts.add_user(
-                args.name, password, is_admin=args.admin, display_name=args.display_name
+            user = await add_user(
+                db, args.name, password, is_admin=args.admin, display_name=args.display_name
             )
         except ChatError as exc:
             _fail(exc.message, 1)

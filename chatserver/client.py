@@ -318,9 +318,16 @@ class PoolClient:
                 self._learn(hello.get("active"))
                 raise RequestFailed(hello)
             self._learn((hello.get("pool") or {}).get("active"))
+            auth = None
             if self.token is not None:
-                auth = await client.call("auth", token=self.token)
-            else:
+                reply = await client.request("auth", token=self.token)
+                if reply.get("ok"):
+                    auth = reply
+                elif (reply.get("error") or {}).get("code") == "unauthenticated":
+                    self.token = None  # revoked or expired: sign in with the password again
+                else:
+                    raise RequestFailed(reply)
+            if auth is None:
                 auth = await client.call("auth", user=self._user, password=self._password)
                 self.token = auth["token"]
             self.user = auth["user"]

@@ -20,7 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "CHATSERVER_"
 
@@ -158,6 +165,36 @@ class ComplianceConfig(_Section):
     attachments_manifest: bool = False
 
 
+class LoginConfig(_Section):
+    """Throttling of failed sign-ins (docs/security.md): per account name and per source
+    address, exponential backoff after the free failures, then a temporary lockout."""
+
+    # Failures of one account name (known or not) before each further attempt must wait;
+    # account_throttle = false turns the per-account throttle off.
+    account_throttle: bool = True
+    account_free_failures: int = Field(5, ge=1, le=1000)
+    # Failures of one account name that lock it out for lockout_s (0: never lock out).
+    account_lockout_failures: int = Field(20, ge=0, le=100_000)
+    # The same for one source address (an IPv4 address, an IPv6 /64); many users may share one
+    # (NAT, a proxy), so the defaults are higher. address_throttle = false turns it off.
+    address_throttle: bool = True
+    address_free_failures: int = Field(100, ge=1, le=1_000_000)
+    address_lockout_failures: int = Field(500, ge=0, le=10_000_000)
+    # The wait after the free failures: backoff_base_s, doubling with each failure, at most
+    # backoff_max_s.
+    backoff_base_s: float = Field(1.0, gt=0, le=3600)
+    backoff_max_s: float = Field(60.0, gt=0, le=86_400)
+    lockout_s: int = Field(900, ge=1, le=30 * 86_400)
+    # Failures are forgotten this long after the last one (a success forgets the account's).
+    forget_after_s: int = Field(3600, ge=1, le=30 * 86_400)
+
+    @model_validator(mode="after")
+    def _forget_after_lockout(self) -> LoginConfig:
+        if self.forget_after_s < self.lockout_s:
+            raise ValueError("forget_after_s must be at least lockout_s")
+        return self
+
+
 class Config(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
@@ -169,6 +206,7 @@ class Config(_Section):
     management: ManagementConfig = Field(default_factory=ManagementConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
+    login: LoginConfig = Field(default_factory=LoginConfig)
 
 
 def _env_value(text: str) -> Any:

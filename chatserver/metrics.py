@@ -60,6 +60,10 @@ REJECT_REASONS = frozenset(
     }
 )
 
+# Where a sign-in came from (the login throttle's metrics) and what a lockout locked.
+SIGN_IN_VIAS = ("tcp", "websocket", "management")
+LOCKOUT_SCOPES = ("account", "address")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -72,6 +76,11 @@ class Metrics:
         self.rate_limited = 0
         self.resyncs = 0  # resync events sent to clients
         self.request_errors = 0  # requests that failed with an unexpected exception
+        # Sign-ins (the login throttle, chatserver/throttle.py): failed, refused while
+        # throttled, and lockouts begun.
+        self.sign_in_failures: dict[str, int] = dict.fromkeys((*SIGN_IN_VIAS, "other"), 0)
+        self.sign_ins_throttled: dict[str, int] = dict.fromkeys((*SIGN_IN_VIAS, "other"), 0)
+        self.sign_in_lockouts: dict[str, int] = dict.fromkeys(LOCKOUT_SCOPES, 0)
         self.batch_size = Histogram(
             "chatserver_group_commit_batch_size",
             "Posts stored per group-commit transaction",
@@ -114,6 +123,16 @@ class Metrics:
         self.posts_rejected[code if code in REJECT_REASONS else "other"] += 1
         if code == "rate_limited":
             self.rate_limited += 1
+
+    def sign_in_failed(self, via: str) -> None:
+        self.sign_in_failures[via if via in SIGN_IN_VIAS else "other"] += 1
+
+    def sign_in_throttled(self, via: str) -> None:
+        self.sign_ins_throttled[via if via in SIGN_IN_VIAS else "other"] += 1
+
+    def sign_in_locked(self, scope: str) -> None:
+        if scope in self.sign_in_lockouts:
+            self.sign_in_lockouts[scope] += 1
 
     # -- event-loop lag ---------------------------------------------------------------------
 
@@ -184,6 +203,30 @@ class _NodeCollector(Collector):
             "Requests refused by the per-user rate limit",
             value=m.rate_limited,
         )
+        for name, help_text, counts, label in (
+            (
+                "chatserver_sign_in_failures",
+                "Failed sign-ins (wrong name or password, unknown token), by where they came from",
+                m.sign_in_failures,
+                "via",
+            ),
+            (
+                "chatserver_sign_ins_throttled",
+                "Sign-ins refused with rate_limited by the login throttle",
+                m.sign_ins_throttled,
+                "via",
+            ),
+            (
+                "chatserver_sign_in_lockouts",
+                "Lockouts begun by the login throttle, of an account name or a source address",
+                m.sign_in_lockouts,
+                "scope",
+            ),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=[label])
+            for value, count in counts.items():
+                family.add_metric([value], count)
+            yield family
         connections = GaugeMetricFamily(
             "chatserver_connections", "Open client connections by transport", labels=["transport"]
         )

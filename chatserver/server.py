@@ -6,6 +6,7 @@ module imports it)::
     Connections (transport) ─► Session ─► Services: accounts, directory, reading, posting,
                                                     governance, presence, metrics, admission
     Governance ─► Facts, Authorization, Enforcement, Hub, Publisher
+    Accounts ─► Authorization, LoginThrottle (─► Metrics), Enforcement, Publisher
     Writer ─► Hub.deliver, Publisher, Capture, Metrics.observe_batch
     Pool (when pooled) ─► PeerPublisher, Hub, Governance, Enforcement, RuntimeSettings
 
@@ -51,6 +52,7 @@ from .store import messages as message_store
 from .store import users as user_store
 from .store.db import Database
 from .store.migrate import check_schema, upgrade
+from .throttle import LoginThrottle
 from .transport.connection import Connections
 from .transport.tcp import TcpConnection
 from .transport.websocket import WebSocketConnection
@@ -133,7 +135,14 @@ class Node:
             on_batch=self.metrics.observe_batch,
             max_pending=config.limits.max_pending_posts,
         )
-        self.accounts = Accounts(config, db, auth)
+        self.accounts = Accounts(
+            config,
+            db,
+            auth,
+            LoginThrottle(config.login, db, self.metrics),
+            enforcement,
+            publisher,
+        )
         self.reading = Reading(db, self.settings, facts, auth, hub, self.capture)
         self.addresses: dict[str, tuple[str, int]] = {}
         self.pool: Pool | None = None

@@ -24,12 +24,14 @@ from .protocol.errors import (
     UNAUTHENTICATED,
     UNAVAILABLE,
     ChatError,
+    RetryLater,
 )
 from .protocol.events import Outgoing, Resync, RoomRemoved, error_reply, reply
 from .rooms.capture import acting_as
 from .rooms.governance import Governance, parse_lists, parse_principals, parse_roles
 from .store.messages import Stored
 from .store.users import User
+from .throttle import Source
 
 if TYPE_CHECKING:
     from .accounts import Accounts
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 
 class Link(Protocol):
     """What a session needs of its connection (``transport/connection.py``)."""
+
+    transport_name: str  # "tcp" | "websocket"
+    peer: str  # the client's "address:port"
 
     def send(self, item: Outgoing) -> None: ...
 
@@ -99,6 +104,7 @@ class Session:
         "rooms",
         "said_hello",
         "services",
+        "token_hash",
         "user",
         "worker",
     )
@@ -108,6 +114,8 @@ class Session:
         self.conn = conn
         self.said_hello = False
         self.user: User | None = None
+        # The hash of the token this session authenticated with (what a revocation names).
+        self.token_hash: str | None = None
         self.rooms: set[int] = set()
         # Requests waiting for the worker; made when one arrives and dropped when served (an
         # empty deque is ~600 bytes on each of thousands of idle connections).
@@ -196,6 +204,8 @@ class Session:
         try:
             request = cmd.parse_request(obj)
             return await self._dispatch(request)
+        except RetryLater as exc:
+            return {**error_reply(rid, exc.code, exc.message), "retry_after": exc.retry_after}
         except ChatError as exc:
             return error_reply(rid, exc.code, exc.message)
         except Exception:
@@ -248,23 +258,52 @@ class Session:
             room_management_url=chat.room_management_url,
         )
 
+    def _source(self) -> Source:
+        peer = self.conn.peer
+        host = peer.rpartition(":")[0] if ":" in peer else peer
+        return Source(host, self.conn.transport_name)
+
     async def op_auth(self, request: cmd.Auth) -> dict[str, Any]:
         if self.user is not None:
             raise ChatError(BAD_REQUEST, "already authenticated")
+        accounts = self.services.accounts
         if request.token is not None:
-            user = await self.services.accounts.resume(request.token)
-            token = request.token
+            signed = await accounts.resume(request.token, self._source())
         else:
             assert request.user is not None and request.password is not None
-            user, token = await self.services.accounts.login(request.user, request.password)
+            signed = await accounts.login(request.user, request.password, self._source())
         if self.closed:
             return None  # type: ignore[return-value]
-        self.user = user
+        user = self.user = signed.user
+        self.token_hash = signed.token_hash
         self.services.presence.add(user.id, self)
         self.conn.authenticated(user)
         invitations = await self._gov.invitations(user)
         self.invited_rooms = {i["room"]["id"] for i in invitations}
-        return reply(request.id, user=user.public(), token=token, invitations=invitations)
+        return reply(request.id, user=user.public(), token=signed.token, invitations=invitations)
+
+    async def op_logout(self, request: cmd.Logout) -> None:
+        assert self.user is not None
+        if self.token_hash is None:  # a second logout pipelined behind the first
+            raise ChatError(UNAUTHENTICATED, "logged out")
+        # This connection is not closed with the others using the token: it gets its reply
+        # first, then ``bye`` ``logged_out``.
+        token_hash, self.token_hash = self.token_hash, None
+        try:
+            await self.services.accounts.logout(self.user, token_hash)
+        except BaseException:
+            self.token_hash = token_hash
+            raise
+        if not self.closed:
+            self.conn.send(Outgoing(reply(request.id)))
+            self.conn.close("logged_out")
+
+    async def op_password_change(self, request: cmd.PasswordChange) -> dict[str, Any]:
+        assert self.user is not None
+        await self.services.accounts.change_password(
+            self.user, self.token_hash, request.password, request.new_password, self._source()
+        )
+        return reply(request.id)
 
     async def op_ping(self, request: cmd.Ping) -> dict[str, Any]:
         return reply(request.id)

@@ -75,8 +75,16 @@ USERS = [
     ),
     Command(
         "users",
+        "password",
+        "reset a user's password; revokes all their session tokens (their connections close)",
+        "PUT /api/v1/users/{user_id}/password",
+        body=lambda a, api: {"password": password(a, "new password: ")},
+        arguments=(arg("--password-stdin", action="store_true"),),
+    ),
+    Command(
+        "users",
         "disconnect",
-        "close a user's connections to the node behind --url",
+        "close a user's connections and revoke their session tokens",
         "DELETE /api/v1/users/{user_id}/sessions",
     ),
     Command("sessions", "list", "users connected to the node behind --url", "GET /api/v1/sessions"),

@@ -345,6 +345,10 @@ class SessionsOut(BaseModel):
     sessions: list[SessionOut]
 
 
+class PasswordIn(In):
+    password: Annotated[str, Field(min_length=8, max_length=1024)]
+
+
 class DisconnectOut(BaseModel):
     disconnected: int
 

@@ -44,6 +44,8 @@ ERROR_STATUSES = {
     "403": "The caller is not an administrator",
     "404": "No such resource",
     "409": "The change conflicts with the current state",
+    "429": "Too many failed sign-ins for this name or from this address: retry after the"
+    " Retry-After header's seconds",
 }
 
 
@@ -162,6 +164,10 @@ def openapi_document(version: str) -> dict[str, Any]:
                 },
                 "403": {
                     "description": ERROR_STATUSES["403"],
+                    "content": {"application/json": {"schema": error_schema}},
+                },
+                "429": {
+                    "description": ERROR_STATUSES["429"],
                     "content": {"application/json": {"schema": error_schema}},
                 },
             },

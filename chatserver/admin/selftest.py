@@ -26,10 +26,8 @@ USERS = ("selftest-1", "selftest-2")
 
 async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str, int]]:
     """Tokens for the two users and the room id, straight from the store."""
-    from ..accounts import Accounts
+    from ..accounts import add_user
     from ..cli_common import config_of
-    from ..rooms.authorization import Authorization
-    from ..rooms.facts import Facts
     from ..store import rooms as room_store
     from ..store import users as user_store
     from ..store.db import Database
@@ -41,13 +39,12 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
     db = Database(config.database.url)
     try:
         await check_schema(db)
-        accounts = Accounts(config, db, Authorization(config, Facts(db)))
         tokens = []
         for name in USERS:
             found = await user_store.credentials(db, name)
             if found is None:
-                user = await accounts.add_user(
-                    name, secrets.token_urlsafe(24), display_name=f"Self-test {name[-1]}"
+                user = await add_user(
+                    db, name, secrets.token_urlsafe(24), display_name=f"Self-test {name[-1]}"
                 )
             else:
                 user = found[0]

@@ -7,6 +7,10 @@ Authentication, on every endpoint but ``/healthz`` and ``/readyz``:
 - ``Authorization: Basic`` with an administrator's name and password (how the CLI logs in:
   ``POST /api/v1/tokens`` turns it into a session token).
 
+Both go through :class:`~chatserver.accounts.Accounts`, the client protocol's sign-in path, with
+its login throttle: while a name or the caller's address is throttled, a Basic attempt (and an
+unknown bearer token) gets 429 with ``Retry-After``, whether or not the name exists.
+
 No credentials (or bad ones) get 401; a valid user who is not an administrator gets 403, and no
 data either way.
 """
@@ -27,7 +31,6 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..config import parse_address
-from ..passwords import DUMMY_HASH, verify_password
 from ..protocol.errors import (
     BAD_REQUEST,
     CONFLICT,
@@ -38,11 +41,12 @@ from ..protocol.errors import (
     UNAUTHENTICATED,
     UNAVAILABLE,
     ChatError,
+    RetryLater,
 )
 from ..store import outbox
-from ..store import users as user_store
 from ..store.migrate import SchemaError, check_schema
 from ..store.users import User
+from ..throttle import Source
 from .context import Ctx
 from .routes import ROUTES, openapi_document
 from .routing import NAME_PARAM, Route
@@ -126,30 +130,36 @@ class ManagementServer:
         scheme, _, credentials = header.partition(" ")
         credentials = credentials.strip()
         scheme = scheme.lower()
-        db = self.node.db
-        if scheme == "bearer" and credentials:
-            static = self.node.config.management.token
-            if static and hmac.compare_digest(credentials.encode(), static.encode()):
-                return TOKEN_USER, "token"
-            user = await user_store.user_for_token(db, credentials)
-            if user is None:
-                return _unauthorized("the token is not valid (expired, or never issued)")
-        elif scheme == "basic" and credentials:
-            try:
-                name, _, password = (
-                    base64.b64decode(credentials, validate=True).decode().partition(":")
+        # One sign-in path with the client protocol: the same throttle, the same answers.
+        accounts = self.node.accounts
+        source = Source(request.remote or "", "management")
+        try:
+            if scheme == "bearer" and credentials:
+                static = self.node.config.management.token
+                if static and hmac.compare_digest(credentials.encode(), static.encode()):
+                    return TOKEN_USER, "token"
+                found = await accounts.token_user(credentials, source)
+                if found is None:
+                    return _unauthorized("the token is not valid (expired, or never issued)")
+                user = found
+            elif scheme == "basic" and credentials:
+                try:
+                    name, _, password = (
+                        base64.b64decode(credentials, validate=True).decode().partition(":")
+                    )
+                except (binascii.Error, UnicodeDecodeError):
+                    return _unauthorized("malformed Basic credentials")
+                user = await accounts.verify(name, password, source)
+            else:
+                return _unauthorized(
+                    "send Authorization: Bearer TOKEN (or Basic for an administrator)"
                 )
-            except (binascii.Error, UnicodeDecodeError):
-                return _unauthorized("malformed Basic credentials")
-            found = await user_store.credentials(db, name)
-            # an unknown name costs a hash check too, so timing does not tell which names exist
-            stored_hash = found[1] if found is not None else DUMMY_HASH
-            ok = await asyncio.to_thread(verify_password, password, stored_hash)
-            if not ok or found is None:
-                return _unauthorized("wrong user name or password")
-            user = found[0]
-        else:
-            return _unauthorized("send Authorization: Bearer TOKEN (or Basic for an administrator)")
+        except RetryLater as exc:
+            return _error(429, exc.code, exc.message, **{"Retry-After": str(exc.retry_after)})
+        except ChatError as exc:
+            if exc.code == UNAUTHENTICATED:
+                return _unauthorized(exc.message)
+            return _error(STATUS.get(exc.code, 500), exc.code, exc.message)
         if not user.is_admin:
             return _error(403, FORBIDDEN, "only administrators may use the management API")
         return user, user.name

@@ -11,6 +11,8 @@ An ``EVENTS`` frame (:mod:`chatserver.pool.protocol`) carries a list of maps wit
 ``edit``           messages were replaced or removed, or a room cleared (``room``, ``changes``:
                    ``[[seq, state, text], …]``, ``clear``: seq or null)
 ``disconnect``     a user's live sessions must end (``user``, ``reason``)
+``revoked``        session tokens were revoked (``user``, ``token``: a token hash or null for
+                   all of the user's, ``keep``: a token hash or null, ``reason``)
 ``invited``        users were invited to a room (``room``, ``users``, ``by``)
 ``config``         run-time settings changed in the store (``key``, ``node``)
 ``nodes``          the pool's registry changed (a node was activated, moved to standby, drained)
@@ -38,6 +40,7 @@ from ..rooms.changes import (
     MessagesChanged,
     RoomChanged,
     SettingsChanged,
+    TokensRevoked,
     UserDisconnected,
     UsersInvited,
 )
@@ -81,6 +84,8 @@ def encode(event: PeerEvent) -> dict[str, Any]:
             }
         case UserDisconnected(user=user, reason=reason):
             return {"t": "disconnect", "user": user, "reason": reason}
+        case TokensRevoked(user=user, token=token, keep=keep, reason=reason):
+            return {"t": "revoked", "user": user, "token": token, "keep": keep, "reason": reason}
         case UsersInvited(room=room, users=users, by=by):
             return {"t": "invited", "room": room, "users": sorted(users), "by": by}
         case SettingsChanged(key=key, node=node):
@@ -146,6 +151,23 @@ def _invited(e: dict[str, Any]) -> UsersInvited:
     return UsersInvited(_int(e["room"]), tuple(_int(u) for u in users), by)
 
 
+def _hash_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64:
+        raise ValueError("a token hash is 64 hex digits or null")
+    return value
+
+
+def _revoked(e: dict[str, Any]) -> TokensRevoked:
+    return TokensRevoked(
+        _int(e["user"]),
+        _hash_or_none(e.get("token")),
+        _hash_or_none(e.get("keep")),
+        _str(e.get("reason", "revoked")),
+    )
+
+
 def _config(e: dict[str, Any]) -> SettingsChanged:
     node = e.get("node")
     return SettingsChanged(_str(e.get("key", "")), _str(node) if node is not None else None)
@@ -158,6 +180,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], PeerEvent]] = {
     "membership": lambda e: MembershipChanged(),
     "edit": _edit,
     "disconnect": lambda e: UserDisconnected(_int(e["user"]), _str(e.get("reason", "disabled"))),
+    "revoked": _revoked,
     "invited": _invited,
     "config": _config,
     "nodes": lambda e: NodesChanged(),

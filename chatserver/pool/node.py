@@ -47,6 +47,7 @@ from ..rooms.changes import (
     MessagesChanged,
     RoomChanged,
     SettingsChanged,
+    TokensRevoked,
     UserDisconnected,
     UsersInvited,
 )
@@ -162,12 +163,17 @@ class Pool:
 
         async def recheck(_event: Recheck) -> None:
             await enforcement.recheck_policies()
+            await enforcement.recheck_tokens()
+
+        async def tokens_revoked(event: TokensRevoked) -> None:
+            enforcement.revoked(event)
 
         return {
             RoomChanged: governance.apply_remote,
             CategoriesChanged: governance.apply_remote,
             MembershipChanged: governance.apply_remote,
             UserDisconnected: governance.apply_remote,
+            TokensRevoked: tokens_revoked,
             UsersInvited: governance.apply_remote,
             MessagesChanged: governance.apply_remote,
             SettingsChanged: reload_settings,

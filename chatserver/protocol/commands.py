@@ -63,6 +63,22 @@ class Auth(Request):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Logout(Request):
+    """Revoke the session's token; every connection using it is closed."""
+
+    OP = "logout"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PasswordChange(Request):
+    """The user's own password change; revokes the user's other tokens."""
+
+    OP = "password.change"
+    password: str = _field(max_len=1024)  # the current password
+    new_password: str = _field(min_len=8, max_len=1024)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Ping(Request):
     OP = "ping"
     PUBLIC = True
@@ -266,6 +282,8 @@ REQUESTS: dict[str, type[Request]] = {
     for cls in (
         Hello,
         Auth,
+        Logout,
+        PasswordChange,
         Ping,
         Rooms,
         RoomCreate,

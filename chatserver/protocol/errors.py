@@ -3,6 +3,8 @@
 ::
 
     ChatError (code, message)           -- an op failed; the reply says why, the connection lives on
+    ├── RetryLater (retry_after)        -- rate_limited: the reply also says how many seconds to
+    │                                      wait ("retry_after"; HTTP: a Retry-After header)
     └── ProtocolError                   -- the peer sent a frame that cannot be decoded; the reply
         │                                  has "re": null and the connection lives on
         └── FrameTooLarge               -- a frame above max_frame_bytes: the stream cannot be
@@ -48,6 +50,15 @@ class ChatError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class RetryLater(ChatError):
+    """Refused for now (``rate_limited``): the same request may succeed ``retry_after`` seconds
+    from now."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(RATE_LIMITED, message)
+        self.retry_after = retry_after
 
 
 class ProtocolError(ChatError):

@@ -54,6 +54,27 @@ class UserDisconnected:
 
 
 @dataclass(frozen=True, slots=True)
+class TokensRevoked:
+    """Session tokens of ``user`` were revoked (their rows deleted): every live session using
+    one ends with ``bye`` ``reason``.
+
+    ``token``: the hash of the one token revoked (a logout), or None for every token of the user
+    but ``keep`` (a password change keeps the changing session's; a reset keeps none).
+    """
+
+    user: int
+    token: str | None = None
+    keep: str | None = None
+    reason: str = "revoked"
+
+    def ends(self, token_hash: str | None) -> bool:
+        """Whether a session authenticated with the token hashing to ``token_hash`` must end."""
+        if self.token is not None:
+            return token_hash == self.token
+        return token_hash is None or token_hash != self.keep
+
+
+@dataclass(frozen=True, slots=True)
 class UsersInvited:
     """``users`` were invited to ``room`` by ``by`` (a user's public form, or None)."""
 
@@ -84,6 +105,7 @@ Change = (
     | CategoriesChanged
     | MembershipChanged
     | UserDisconnected
+    | TokensRevoked
     | UsersInvited
     | MessagesChanged
     | SettingsChanged

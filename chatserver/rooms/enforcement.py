@@ -20,6 +20,7 @@ from ..store.rooms import Room
 from ..store.users import User
 from . import access
 from .authorization import Authorization
+from .changes import TokensRevoked
 from .facts import Facts
 from .hub import Hub
 from .presence import Presence
@@ -110,6 +111,23 @@ class Enforcement:
         for member in members:
             member.disconnect(reason)
         return len(members)
+
+    def revoked(self, change: TokensRevoked) -> int:
+        """Close the sessions on this node that use a token ``change`` revoked; returns how many."""
+        ending = [m for m in self._presence.of(change.user) if change.ends(m.token_hash)]
+        for member in ending:
+            member.disconnect(change.reason)
+        return len(ending)
+
+    async def recheck_tokens(self) -> None:
+        """Close the sessions connected here whose token was revoked (after a peer link was
+        down, its ``revoked`` events may have been lost)."""
+        members = [m for uid in self._presence.users() for m in self._presence.of(uid)]
+        hashes = {m.token_hash for m in members if m.token_hash is not None}
+        live = await user_store.live_token_hashes(self._db, hashes)
+        for member in members:
+            if member.token_hash is not None and member.token_hash not in live:
+                member.disconnect("revoked")
 
     async def recheck_policies(self) -> None:
         """Disconnect the users connected here whose persistent-chat policy is off (after a peer

@@ -57,6 +57,21 @@ sessions = Table(
     Index("ix_sessions_user_id", "user_id"),
 )
 
+# Failed sign-ins, per account name (known or not) and per source address: the login throttle's
+# state, shared by every node of a pool. Rows are forgotten (deleted) some time after the last
+# failure; a success deletes the account's row.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("scope", String(8), nullable=False),  # "account" | "address"
+    Column("key", String(256), nullable=False),  # the name as given, or the address (IPv6: /64)
+    Column("failures", Integer, nullable=False),
+    Column("last_ms", BigInteger, nullable=False),
+    Column("locked_until_ms", BigInteger, nullable=False, default=0),
+    PrimaryKeyConstraint("scope", "key", name="pk_login_failures"),
+    Index("ix_login_failures_last_ms", "last_ms"),
+)
+
 # A principal is a user, a group, or everyone: (kind, id) with kind "user" | "group" | "everyone"
 # (id 0 for everyone).
 

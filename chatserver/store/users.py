@@ -1,17 +1,24 @@
-"""Users and their session tokens."""
+"""Users, their password hashes, their session tokens, and failed sign-ins (the throttle's state).
+
+Only the SHA-256 of a session token is stored (:func:`token_hash`); revoking a token deletes its
+row, so a revoked token stops working on every node that shares the store at once.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from .db import Database, now_ms
-from .schema import sessions, users
+from .schema import login_failures, sessions, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +108,36 @@ async def count_admins(db: Database) -> int:
         return int(result.scalar_one())
 
 
-def _token_hash(token: str) -> str:
+async def replace_password(
+    db: Database, user_id: int, password_hash: str, *, keep: str | None
+) -> bool:
+    """Replace the user's password hash and revoke every session token of theirs but the one
+    hashing to ``keep``, in one transaction; False if there is no such user."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(users).where(users.c.id == user_id).values(password_hash=password_hash)
+        )
+        if not result.rowcount:
+            return False
+        stmt = delete(sessions).where(sessions.c.user_id == user_id)
+        if keep is not None:
+            stmt = stmt.where(sessions.c.token_hash != keep)
+        await conn.execute(stmt)
+    return True
+
+
+async def get_password_hash(db: Database, user_id: int) -> str | None:
+    async with db.read() as conn:
+        result = await conn.execute(select(users.c.password_hash).where(users.c.id == user_id))
+        value = result.scalar_one_or_none()
+    return str(value) if value is not None else None
+
+
+# -- session tokens ---------------------------------------------------------------------------
+
+
+def token_hash(token: str) -> str:
+    """What the store keeps of a session token (and what a revocation names)."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -116,7 +152,7 @@ async def create_session(db: Database, user_id: int, ttl_s: int) -> str:
         )
         await conn.execute(
             insert(sessions).values(
-                token_hash=_token_hash(token),
+                token_hash=token_hash(token),
                 user_id=user_id,
                 created_ms=created,
                 expires_ms=created + ttl_s * 1000,
@@ -131,9 +167,139 @@ async def user_for_token(db: Database, token: str) -> User | None:
             await conn.execute(
                 select(users)
                 .join(sessions, sessions.c.user_id == users.c.id)
-                .where(
-                    sessions.c.token_hash == _token_hash(token), sessions.c.expires_ms > now_ms()
-                )
+                .where(sessions.c.token_hash == token_hash(token), sessions.c.expires_ms > now_ms())
             )
         ).first()
     return _user(row) if row else None
+
+
+async def revoke_token(db: Database, hashed: str) -> int | None:
+    """Delete the session whose token hashes to ``hashed``; returns its user, or None."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            delete(sessions).where(sessions.c.token_hash == hashed).returning(sessions.c.user_id)
+        )
+        user_id = result.scalar_one_or_none()
+    return int(user_id) if user_id is not None else None
+
+
+async def revoke_user_tokens(db: Database, user_id: int, keep: str | None = None) -> int:
+    """Delete every session of the user but the one whose token hashes to ``keep``; returns how
+    many were deleted."""
+    stmt = delete(sessions).where(sessions.c.user_id == user_id)
+    if keep is not None:
+        stmt = stmt.where(sessions.c.token_hash != keep)
+    async with db.write() as conn:
+        result = await conn.execute(stmt)
+    return int(result.rowcount)
+
+
+async def live_token_hashes(db: Database, hashes: Iterable[str]) -> set[str]:
+    """Those of ``hashes`` that still name a session (not revoked; expired ones included until
+    they are cleaned up)."""
+    wanted = list(hashes)
+    found: set[str] = set()
+    async with db.read() as conn:
+        for start in range(0, len(wanted), 1000):
+            chunk = wanted[start : start + 1000]
+            result = await conn.execute(
+                select(sessions.c.token_hash).where(sessions.c.token_hash.in_(chunk))
+            )
+            found.update(str(h) for h in result.scalars())
+    return found
+
+
+# -- failed sign-ins ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Failures:
+    """The failed sign-ins of one account name or one source address."""
+
+    failures: int
+    last_ms: int
+    locked_until_ms: int
+
+
+Key = tuple[str, str]  # (scope, key): ("account", name) or ("address", address)
+
+
+async def get_login_failures(
+    db: Database, keys: Iterable[Key], since_ms: int
+) -> dict[Key, Failures]:
+    """The failures recorded for ``keys`` whose last failure is at or after ``since_ms`` (older
+    ones are forgotten), or that are locked out."""
+    wanted = list(keys)
+    if not wanted:
+        return {}
+    t = login_failures
+    condition = None
+    for scope, key in wanted:
+        one = (t.c.scope == scope) & (t.c.key == key)
+        condition = one if condition is None else condition | one
+    assert condition is not None
+    async with db.read() as conn:
+        rows = await conn.execute(select(t).where(condition))
+        return {
+            (r.scope, r.key): Failures(r.failures, r.last_ms, r.locked_until_ms)
+            for r in rows
+            if r.last_ms >= since_ms or r.locked_until_ms > since_ms
+        }
+
+
+async def record_login_failure(
+    db: Database, keys: Iterable[tuple[Key, int]], now: int, forget_before_ms: int, lock_ms: int
+) -> dict[Key, tuple[Failures, bool]]:
+    """Count one failure for each key, in one transaction; ``keys`` pairs each key with the
+    number of failures that locks it out (0: never). A key that reaches it while not locked is
+    locked until ``now + lock_ms``. Returns each key's state and whether this call locked it.
+
+    The count starts again from one when the last failure is older than ``forget_before_ms`` and
+    the key is not locked.
+    """
+    t = login_failures
+    make = pg_insert if db.is_postgres else sqlite_insert
+    out: dict[Key, tuple[Failures, bool]] = {}
+    async with db.write() as conn:
+        for (scope, key), lock_at in keys:
+            new = make(t).values(scope=scope, key=key, failures=1, last_ms=now, locked_until_ms=0)
+            stale = (t.c.last_ms < forget_before_ms) & (t.c.locked_until_ms <= now)
+            stmt = new.on_conflict_do_update(
+                index_elements=[t.c.scope, t.c.key],
+                set_={
+                    "failures": case((stale, 1), else_=t.c.failures + 1),
+                    "last_ms": now,
+                },
+            ).returning(t.c.failures, t.c.locked_until_ms)
+            row = (await conn.execute(stmt)).one()
+            failures, locked_until = int(row.failures), int(row.locked_until_ms)
+            locked_now = False
+            if lock_at and failures >= lock_at and locked_until <= now:
+                locked_until = now + lock_ms
+                await conn.execute(
+                    update(t)
+                    .where(t.c.scope == scope, t.c.key == key)
+                    .values(locked_until_ms=locked_until)
+                )
+                locked_now = True
+            out[(scope, key)] = (Failures(failures, now, locked_until), locked_now)
+    return out
+
+
+async def clear_login_failures(db: Database, key: Key) -> None:
+    async with db.write() as conn:
+        await conn.execute(
+            delete(login_failures).where(
+                login_failures.c.scope == key[0], login_failures.c.key == key[1]
+            )
+        )
+
+
+async def prune_login_failures(db: Database, before_ms: int, now: int) -> int:
+    """Forget the failures whose last one is older than ``before_ms`` (unless still locked)."""
+    t = login_failures
+    async with db.write() as conn:
+        result = await conn.execute(
+            delete(t).where(t.c.last_ms < before_ms, t.c.locked_until_ms <= now)
+        )
+    return int(result.rowcount)

@@ -949,6 +949,12 @@ async def test_every_mutating_route_is_audited(api: Api) -> None:
         assert out == {"disconnected": 1}
         return f"user:{alice}", None, out
 
+    async def reset_password(a: Api, s: dict[str, Any]) -> tuple[str, Any, Any]:
+        await a.h.login("bob")
+        out = await a.call("PUT", f"/api/v1/users/{s['bob']}/password", {"password": "n" * 8})
+        assert out == {"disconnected": 1}
+        return f"user:{s['bob']}", None, out
+
     async def create_group(a: Api, s: dict[str, Any]) -> tuple[str, Any, Any]:
         out = await a.call("POST", "/api/v1/groups", {"name": "g"})
         s["group"] = out["id"]
@@ -1093,6 +1099,7 @@ async def test_every_mutating_route_is_audited(api: Api) -> None:
         ("POST", "/api/v1/users"): ("user.create", create_user),
         ("PUT", "/api/v1/users/{user_id}/policy"): ("user.policy", set_policy),
         ("DELETE", "/api/v1/users/{user_id}/sessions"): ("user.disconnect", disconnect),
+        ("PUT", "/api/v1/users/{user_id}/password"): ("user.password_reset", reset_password),
         ("POST", "/api/v1/groups"): ("group.create", create_group),
         ("PATCH", "/api/v1/groups/{group_id}/members"): ("group.members", group_members),
         ("DELETE", "/api/v1/groups/{group_id}"): ("group.delete", delete_group),

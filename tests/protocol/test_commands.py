@@ -30,6 +30,8 @@ from chatserver.protocol.errors import BAD_REQUEST, ChatError
 MINIMAL: dict[str, dict[str, Any]] = {
     "hello": {"protocol": 1},
     "auth": {"token": "tok"},
+    "logout": {},
+    "password.change": {"password": "", "new_password": "12345678"},
     "ping": {},
     "rooms": {},
     "room.create": {"name": "lobby"},
@@ -61,6 +63,8 @@ MINIMAL: dict[str, dict[str, Any]] = {
 FULL: dict[str, dict[str, Any]] = {
     "hello": {"protocol": 2, "client": "cli/1.0"},
     "auth": {"user": "ann", "password": "pw", "token": "tok"},
+    "logout": {},
+    "password.change": {"password": "old", "new_password": "a new one"},
     "ping": {},
     "rooms": {"query": "lob", "limit": 10, "cursor": "abc", "category": 3},
     "room.create": {
@@ -220,6 +224,8 @@ def test_null_required_field_is_missing(op: str, field: str) -> None:
 def test_required_table_is_complete() -> None:
     assert set(REQUIRED) == {
         ("hello", "protocol"),
+        ("password.change", "password"),
+        ("password.change", "new_password"),
         ("room.create", "name"),
         ("join", "room"),
         ("leave", "room"),

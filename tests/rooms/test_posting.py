@@ -14,6 +14,7 @@ from chatserver.client import Client
 from chatserver.protocol.errors import UNAVAILABLE, ChatError
 from chatserver.store import messages as message_store
 from chatserver.store.messages import NewPost
+from chatserver.throttle import Source
 from tests.conftest import Harness
 from tests.rooms.test_governance import admin_client, make_user, new_category, new_room, user
 
@@ -44,7 +45,8 @@ async def test_a_bad_row_does_not_fail_its_batch(harness: Harness) -> None:
     """Past the protocol's checks (a row the store refuses for a reason nobody foresaw), one
     bad post fails alone: the writer stores the rest of its group commit."""
     await harness.user("ann")
-    ann_id = (await harness.node.accounts.login("ann", "correct horse battery"))[0].id
+    here = Source("127.0.0.1", "tcp")
+    ann_id = (await harness.node.accounts.login("ann", "correct horse battery", here)).user.id
     room = await harness.room()
     writer = harness.node.writer
     texts = ["one", "two", "bad \ud800", "four", "five"]
@@ -147,10 +149,11 @@ async def test_a_raw_nul_over_tcp_is_refused(harness: Harness) -> None:
     try:
         token = (await ann.call("ping")) and None
         del token
-        login = await harness.node.accounts.login("ann", "correct horse battery")
+        here = Source("127.0.0.1", "tcp")
+        login = await harness.node.accounts.login("ann", "correct horse battery", here)
         writer.write(
             _frame({"op": "hello", "id": 1, "protocol": 1})
-            + _frame({"op": "auth", "id": 2, "token": login[1]})
+            + _frame({"op": "auth", "id": 2, "token": login.token})
             + _frame({"op": "post", "id": 3, "room": room, "text": "\x00", "cid": "n"})
         )
         await writer.drain()

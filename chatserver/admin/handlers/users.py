@@ -6,7 +6,15 @@ from typing import Any
 
 from ...store import users as user_store
 from ..context import Ctx
-from ..models import DisconnectOut, PolicyIn, SessionsOut, UserIn, UserOut, UserQuery
+from ..models import (
+    DisconnectOut,
+    PasswordIn,
+    PolicyIn,
+    SessionsOut,
+    UserIn,
+    UserOut,
+    UserQuery,
+)
 from ..routing import Router
 from .views import user_out, user_view
 
@@ -99,13 +107,33 @@ async def list_sessions(ctx: Ctx) -> Any:
     "DELETE",
     "/api/v1/users/{user_id}/sessions",
     tag="sessions",
-    summary="Disconnect a user's connections",
+    summary="Disconnect a user's connections and revoke their session tokens",
     response=DisconnectOut,
 )
 async def disconnect_user(ctx: Ctx) -> Any:
     uid = ctx.params["user_id"]
     await user_out(ctx, uid)
     # Connections have no state to show before and after: the entry records how many closed.
-    count = ctx.gov.disconnect_user(uid, "disconnected")
+    count = await ctx.node.accounts.revoke_tokens(uid, "disconnected")
     await ctx.audit("user.disconnect", f"user:{uid}", None, {"disconnected": count})
+    return {"disconnected": count}
+
+
+@router.route(
+    "PUT",
+    "/api/v1/users/{user_id}/password",
+    tag="users",
+    summary="Reset a user's password; revokes all their session tokens (their connections close)",
+    body=PasswordIn,
+    response=DisconnectOut,
+)
+async def reset_password(ctx: Ctx) -> Any:
+    """A reset replaces the password and revokes every session token of the user, so their
+    connections on every node end (``bye`` ``revoked``) and only the new password signs in. The
+    audit entry never holds the password."""
+    uid = ctx.params["user_id"]
+    await user_out(ctx, uid)
+    body: PasswordIn = ctx.body
+    count = await ctx.node.accounts.reset_password(uid, body.password)
+    await ctx.audit("user.password_reset", f"user:{uid}", None, {"disconnected": count})
     return {"disconnected": count}
