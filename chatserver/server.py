@@ -47,7 +47,7 @@ from .rooms.ratelimit import RateLimiter
 from .rooms.reading import Reading, load_recent
 from .rooms.settings import RuntimeSettings
 from .rooms.writer import Writer
-from .sessions import Services
+from .services import Services
 from .store import messages as message_store
 from .store import users as user_store
 from .store.db import Database

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL_VERSION, __version__
+from .governance_ops import GovernanceOps
 from .protocol import commands as cmd
 from .protocol.errors import (
     BAD_REQUEST,
@@ -28,69 +28,18 @@ from .protocol.errors import (
 )
 from .protocol.events import Outgoing, Resync, RoomRemoved, error_reply, reply
 from .rooms.capture import acting_as
-from .rooms.governance import Governance, parse_lists, parse_principals, parse_roles
+from .services import Link, Services
 from .store.messages import Stored
 from .store.users import User
 from .throttle import Source
 
 if TYPE_CHECKING:
-    from .accounts import Accounts
-    from .config import LimitsConfig
-    from .metrics import Metrics
-    from .rooms.directory import Directory
-    from .rooms.posting import Posting
-    from .rooms.presence import Presence
-    from .rooms.reading import Reading
-    from .rooms.settings import RuntimeSettings
+    pass
 
 log = logging.getLogger(__name__)
 
 
-class Link(Protocol):
-    """What a session needs of its connection (``transport/connection.py``)."""
-
-    transport_name: str  # "tcp" | "websocket"
-    peer: str  # the client's "address:port"
-
-    def send(self, item: Outgoing) -> None: ...
-
-    def close(self, reason: str) -> None: ...
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-    def authenticated(self, user: User) -> None: ...
-
-
-class Admission(Protocol):
-    """Whether this node takes clients now, and where the others are (the pool, when pooled)."""
-
-    def refusal(self) -> str | None: ...
-
-    def active_nodes(self) -> list[dict[str, str]]: ...
-
-    def hello_info(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    """What every session of a node works with; built once by the node (``server.py``)."""
-
-    node_name: str
-    limits: LimitsConfig
-    settings: RuntimeSettings
-    accounts: Accounts
-    directory: Directory
-    reading: Reading
-    posting: Posting
-    governance: Governance
-    presence: Presence
-    metrics: Metrics
-    admission: Admission | None = None  # the pool's, when pooled
-
-
-class Session:
+class Session(GovernanceOps):
     __slots__ = (
         "__weakref__",
         "_ending",
@@ -314,157 +263,6 @@ class Session:
             self.user, request.query, request.limit, request.cursor, request.category
         )
         return reply(request.id, rooms=rooms, cursor=cursor)
-
-    # -- governance -------------------------------------------------------------------------
-
-    @property
-    def _gov(self) -> Governance:
-        return self.services.governance
-
-    async def _room_reply(self, rid: int, room_id: int) -> dict[str, Any]:
-        assert self.user is not None
-        return reply(rid, room=await self._gov.view(self.user, room_id))
-
-    async def _changed_room_reply(self, rid: int, room_id: int) -> dict[str, Any]:
-        """The room after a change the caller made; ``room: null`` when the change took away the
-        caller's own sight of it (the change was made all the same)."""
-        try:
-            return await self._room_reply(rid, room_id)
-        except ChatError as exc:
-            if exc.code != "not_found":
-                raise
-            return reply(rid, room=None)
-
-    async def op_room_create(self, request: cmd.RoomCreate) -> dict[str, Any]:
-        assert self.user is not None
-        room = await self._gov.create_room(
-            self.user,
-            request.category or 1,
-            request.name,
-            request.description or "",
-            request.privacy,
-            request.type,
-            request.invitations,
-        )
-        return await self._room_reply(request.id, room.id)
-
-    async def op_room_get(self, request: cmd.RoomGet) -> dict[str, Any]:
-        return await self._room_reply(request.id, request.room)
-
-    async def op_room_update(self, request: cmd.RoomUpdate) -> dict[str, Any]:
-        assert self.user is not None
-        values: dict[str, Any] = {
-            key: getattr(request, key)
-            for key in ("name", "description", "privacy", "type", "invitations")
-            if getattr(request, key) is not None
-        }
-        if request.addin is not None:
-            values["addin_id"] = request.addin or None
-        await self._gov.update_room(self.user, request.room, values)
-        return await self._room_reply(request.id, request.room)
-
-    async def op_room_members(self, request: cmd.RoomMembers) -> dict[str, Any]:
-        assert self.user is not None
-        add = parse_roles(request.add, "add")
-        remove = parse_roles(request.remove, "remove")
-        invited = await self._gov.change_roles(self.user, request.room, add, remove)
-        response = await self._changed_room_reply(request.id, request.room)
-        return {**response, "invited": sorted(invited)}
-
-    async def op_room_move(self, request: cmd.RoomMove) -> dict[str, Any]:
-        assert self.user is not None
-        await self._gov.move_room(self.user, request.room, request.category)
-        return await self._changed_room_reply(request.id, request.room)
-
-    async def op_room_disable(self, request: cmd.RoomDisable) -> dict[str, Any]:
-        assert self.user is not None
-        await self._gov.set_disabled(self.user, request.room, True)
-        return await self._room_reply(request.id, request.room)
-
-    async def op_room_enable(self, request: cmd.RoomEnable) -> dict[str, Any]:
-        assert self.user is not None
-        await self._gov.set_disabled(self.user, request.room, False)
-        return await self._room_reply(request.id, request.room)
-
-    async def op_room_delete(self, request: cmd.RoomDelete) -> dict[str, Any]:
-        assert self.user is not None
-        await self._gov.delete_room(self.user, request.room)
-        return reply(request.id)
-
-    async def op_categories(self, request: cmd.Categories) -> dict[str, Any]:
-        assert self.user is not None
-        return reply(request.id, categories=await self._gov.list_categories(self.user))
-
-    async def op_invitations(self, request: cmd.Invitations) -> dict[str, Any]:
-        assert self.user is not None
-        return reply(request.id, invitations=await self._gov.invitations(self.user))
-
-    async def op_invitation_dismiss(self, request: cmd.InvitationDismiss) -> dict[str, Any]:
-        assert self.user is not None
-        await self._gov.dismiss(self.user, request.room)
-        return reply(request.id)
-
-    async def op_category_create(self, request: cmd.CategoryCreate) -> dict[str, Any]:
-        assert self.user is not None
-        flags = {
-            key: getattr(request, key)
-            for key in ("invitations", "file_upload", "chat_history")
-            if getattr(request, key) is not None
-        }
-        category = await self._gov.create_category(
-            self.user, request.name, description=request.description or "", **flags
-        )
-        return reply(request.id, category=category)
-
-    async def op_category_update(self, request: cmd.CategoryUpdate) -> dict[str, Any]:
-        assert self.user is not None
-        values = {
-            key: getattr(request, key)
-            for key in ("name", "description", "invitations", "file_upload", "chat_history")
-            if getattr(request, key) is not None
-        }
-        category = await self._gov.update_category(
-            self.user,
-            request.category,
-            values,
-            parse_lists(request.add, "add"),
-            parse_lists(request.remove, "remove"),
-        )
-        return reply(request.id, category=category)
-
-    async def op_category_delete(self, request: cmd.CategoryDelete) -> dict[str, Any]:
-        assert self.user is not None
-        await self._gov.delete_category(self.user, request.category)
-        return reply(request.id)
-
-    async def op_group_create(self, request: cmd.GroupCreate) -> dict[str, Any]:
-        assert self.user is not None
-        group = await self._gov.create_group(self.user, request.name, request.description or "")
-        return reply(request.id, group=group)
-
-    async def op_group_members(self, request: cmd.GroupMembers) -> dict[str, Any]:
-        assert self.user is not None
-        group = await self._gov.change_group(
-            self.user,
-            request.group,
-            parse_principals(request.add, "add"),
-            parse_principals(request.remove, "remove"),
-        )
-        return reply(request.id, group=group)
-
-    async def op_group_delete(self, request: cmd.GroupDelete) -> dict[str, Any]:
-        assert self.user is not None
-        await self._gov.delete_group(self.user, request.group)
-        return reply(request.id)
-
-    async def op_user_policy(self, request: cmd.UserPolicy) -> dict[str, Any]:
-        assert self.user is not None
-        await self._gov.set_policy(self.user, request.user, request.persistent_chat_enabled)
-        return reply(request.id)
-
-    async def op_users(self, request: cmd.Users) -> dict[str, Any]:
-        assert self.user is not None
-        return reply(request.id, users=await self._gov.list_users(self.user, request.query))
 
     async def op_join(self, request: cmd.Join) -> dict[str, Any] | None:
         assert self.user is not None

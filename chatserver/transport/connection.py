@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..config import LimitsConfig
 from ..protocol.events import Bye, Outgoing
-from ..sessions import Services, Session
+from ..services import Services
+from ..sessions import Session
 
 if TYPE_CHECKING:
     from ..store.users import User

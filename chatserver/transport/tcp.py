@@ -7,7 +7,7 @@ import logging
 from ..protocol.codec import FrameDecoder, decode_msgpack
 from ..protocol.errors import FrameTooLarge, ProtocolError
 from ..protocol.events import TCP
-from ..sessions import Services
+from ..services import Services
 from .connection import Connection, Connections
 
 log = logging.getLogger("chatserver.connection")

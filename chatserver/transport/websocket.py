@@ -19,7 +19,7 @@ from websockets.server import ServerProtocol
 from ..protocol.codec import decode_json, decode_msgpack
 from ..protocol.errors import ProtocolError
 from ..protocol.events import WS_BINARY, WS_TEXT, Outgoing
-from ..sessions import Services
+from ..services import Services
 from .connection import Connection, Connections
 
 log = logging.getLogger("chatserver.connection")

@@ -180,6 +180,7 @@ async def test_every_command_calls_its_route(
     await run("users", "show", str(bob))
     await run("users", "policy", str(bob), "default")
     await run("users", "disconnect", str(bob))
+    await run("users", "password", str(bob), "--password-stdin", stdin=PASSWORD + "\n")
     await run("sessions", "list")
     gid = str((await run("groups", "add", "legal"))["id"])
     await run("groups", "list")
