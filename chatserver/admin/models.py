@@ -346,7 +346,7 @@ class SessionsOut(BaseModel):
 
 
 class PasswordIn(In):
-    password: Annotated[str, Field(min_length=8, max_length=1024)]
+    password: Annotated[str, Field(min_length=8, max_length=1024, pattern=NO_NUL)]
 
 
 class DisconnectOut(BaseModel):
