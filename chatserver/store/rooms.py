@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import BigInteger, delete, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import outbox
@@ -162,44 +162,85 @@ async def create_room(
     )
 
 
-async def get_room(db: Database, room_id: int) -> Room | None:
-    """The room with its role lists."""
-    if db.is_postgres:
-        return await _get_room_pg(db, room_id)
-    async with db.read() as conn:
-        row = (await conn.execute(select(rooms).where(rooms.c.id == room_id))).first()
-        if row is None:
-            return None
-        roles: dict[str, set[Principal]] = {}
-        for r in await conn.execute(
-            select(room_principals).where(room_principals.c.room_id == room_id)
-        ):
-            roles.setdefault(r.role, set()).add(principal(r.principal_kind, r.principal_id))
-    return _room(row).with_roles(roles)
+def _one_room(rows: Any) -> Room | None:
+    """The room of :func:`get_room`'s rows: the room's columns and one role per row, or one row
+    of NULLs for a missing room.
 
-
-async def _get_room_pg(db: Database, room_id: int) -> Room | None:
-    # A room is read by every node on its first join there: two statements on the asyncpg pool
-    # instead of four round trips through SQLAlchemy (begin, room, roles, rollback). Each
-    # statement sees what had committed when it began, as in the READ COMMITTED transaction of
-    # the generic path.
-    pool = await db.pg_pool()
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT id, name, description, last_seq, category_id, privacy, type, disabled,"
-            " invitations, addin_id FROM rooms WHERE id = $1",
-            room_id,
-        )
-        if row is None:
-            return None
-        rows = await conn.fetch(
-            "SELECT role, principal_kind, principal_id FROM room_principals WHERE room_id = $1",
-            room_id,
-        )
-    roles: dict[str, set[Principal]] = {}
+    A missing room's row is made into a room too, and then dropped: the answer for a room that
+    does not exist costs what the answer for one that does costs (see :func:`get_room`).
+    """
+    roles: dict[str, set[Principal]] = {"member": set(), "manager": set(), "presenter": set()}
+    first = None
     for r in rows:
-        roles.setdefault(r["role"], set()).add(principal(r["principal_kind"], r["principal_id"]))
-    return _room_of(row).with_roles(roles)
+        first = first or r
+        if r["role"] is not None:
+            roles[r["role"]].add(principal(r["principal_kind"], r["principal_id"]))
+    if first is None:
+        return None
+    room = Room(
+        first["id"],
+        first["name"],
+        first["description"],
+        first["last_seq"],
+        first["category_id"],
+        first["privacy"],
+        first["type"],
+        bool(first["disabled"]),
+        first["invitations"],
+        first["addin_id"],
+        frozenset(roles["member"]),
+        frozenset(roles["manager"]),
+        frozenset(roles["presenter"]),
+    )
+    return None if room.id is None else room
+
+
+_ROOM_COLUMNS = (
+    "r.id, r.name, r.description, r.last_seq, r.category_id, r.privacy, r.type, r.disabled,"
+    " r.invitations, r.addin_id"
+)
+# One statement that yields at least one row whether the room exists or not: the room's columns
+# and one role per row, or a single row of NULLs for a missing room.
+_GET_ROOM_PG = (
+    f"SELECT {_ROOM_COLUMNS}, p.role, p.principal_kind, p.principal_id"
+    " FROM (SELECT $1::bigint AS id) AS probe"
+    " LEFT JOIN rooms AS r ON r.id = probe.id"
+    " LEFT JOIN room_principals AS p ON p.room_id = r.id"
+)
+
+NO_ROOM = 0
+"""A room id that is never given out (ids start at 1): reading it costs what reading any
+missing room costs."""
+
+
+async def get_room(db: Database, room_id: int) -> Room | None:
+    """The room with its role lists.
+
+    One statement that yields a row whether the room exists or not (a missing room's is all
+    NULLs, made into a room and dropped), so that reading a missing room costs what reading a
+    room with one role costs: a room a user may not find cannot be told from a missing one by
+    how long the answer takes (docs/security.md). It also reads the room and its roles in one
+    snapshot.
+    """
+    if db.is_postgres:
+        # A room is read by every node on its first join there: one statement on the asyncpg
+        # pool instead of three round trips through SQLAlchemy (begin, select, rollback).
+        pool = await db.pg_pool()
+        async with pool.acquire() as conn:
+            return _one_room(await conn.fetch(_GET_ROOM_PG, room_id))
+    probe = select(literal(room_id, BigInteger).label("probe_id")).subquery("probe")
+    stmt = select(
+        rooms,
+        room_principals.c.role,
+        room_principals.c.principal_kind,
+        room_principals.c.principal_id,
+    ).select_from(
+        probe.outerjoin(rooms, rooms.c.id == probe.c.probe_id).outerjoin(
+            room_principals, room_principals.c.room_id == rooms.c.id
+        )
+    )
+    async with db.read() as conn:
+        return _one_room([row._mapping for row in await conn.execute(stmt)])
 
 
 async def list_rooms(
