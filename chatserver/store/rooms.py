@@ -214,7 +214,8 @@ def _one_room(rows: Any) -> Room | None:
     roles: dict[str, set[Principal]] = {"member": set(), "manager": set(), "presenter": set()}
     first = None
     for r in rows:
-        first = first or r
+        if first is None:
+            first = r
         if r["role"] is not None:
             roles[r["role"]].add(principal(r["principal_kind"], r["principal_id"]))
     if first is None:
