@@ -50,8 +50,14 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
                 user = found[0]
             tokens.append(await user_store.create_session(db, user.id, 600))
         async with db.read() as conn:
+            # Room names may repeat (a secret room's name is no longer reserved): the oldest.
             room_id = (
-                await conn.execute(select(rooms.c.id).where(rooms.c.name == args.room))
+                await conn.execute(
+                    select(rooms.c.id)
+                    .where(rooms.c.name == args.room)
+                    .order_by(rooms.c.id)
+                    .limit(1)
+                )
             ).scalar_one_or_none()
         if room_id is None:
             room = await room_store.create_room(

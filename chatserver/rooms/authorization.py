@@ -60,10 +60,16 @@ class Authorization:
         A room the user may not find answers ``not_found``, exactly like a missing room.
         """
         facts = self._facts
-        room = await facts.room(room_id)
-        category = await facts.category(room.category_id) if room else None
         actor = await facts.actor(user)
-        if room is None or category is None or not access.can_find(actor, room, category):
+        cached = facts.cached_room(room_id)
+        room = cached if cached is not None else await facts.room(room_id)  # a missing one too
+        category = await self._findable(actor, room)
+        if category is None and cached is not None:
+            # A room this user may not find is cached when others use it: refuse it only after
+            # the read of the store that refusing a missing room costs, so that the two take
+            # equally long (docs/security.md).
+            await facts.read_missing_room()
+        if room is None or category is None:
             raise ChatError(NOT_FOUND, f"no room {room_id}")
         rule = _RULES[need]
         if rule is not None and not rule(actor, room, category):
@@ -71,6 +77,15 @@ class Authorization:
                 raise ChatError(FORBIDDEN, f"room {room_id} is disabled")
             raise ChatError(FORBIDDEN, f"you may not {need} in room {room_id}")
         return room, category, actor
+
+    async def _findable(self, actor: Actor, room: Room | None) -> Category | None:
+        """The room's category if ``actor`` may find the room; else ``None``."""
+        if room is None:
+            return None
+        category = await self._facts.category(room.category_id)
+        if category is None or not access.can_find(actor, room, category):
+            return None
+        return category
 
     def check_cached(self, user: User, room_id: int, need: str) -> Room | None:
         """:meth:`check` without awaiting, when every fact it needs is cached and the answer is

@@ -15,21 +15,28 @@ from .facts import Facts
 ROOM_PAGE_DEFAULT = 50
 ROOM_PAGE_MAX = 500
 
-_CURSOR_PREFIX = "room:"
+# A cursor is the last room handed out: its id and name (names are not unique). Cursors made
+# before names could repeat hold the name alone ("room:NAME"), and still work.
+_CURSOR_PREFIX = "room@"
+_OLD_CURSOR_PREFIX = "room:"
 
 
-def _encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode((_CURSOR_PREFIX + name).encode()).decode()
+def _encode_cursor(name: str, room_id: int | None) -> str:
+    text = _OLD_CURSOR_PREFIX + name if room_id is None else f"{_CURSOR_PREFIX}{room_id}:{name}"
+    return base64.urlsafe_b64encode(text.encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> str:
+def _decode_cursor(cursor: str) -> tuple[str, int | None]:
     try:
         text = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         text = ""
-    if not text.startswith(_CURSOR_PREFIX):
+    if text.startswith(_OLD_CURSOR_PREFIX):
+        return text[len(_OLD_CURSOR_PREFIX) :], None
+    room_id, colon, name = text[len(_CURSOR_PREFIX) :].partition(":")
+    if not text.startswith(_CURSOR_PREFIX) or not colon or not room_id.isdigit():
         raise ChatError(BAD_REQUEST, "field 'cursor' is not a cursor of this server")
-    return text[len(_CURSOR_PREFIX) :]
+    return name, int(room_id)
 
 
 class Directory:
@@ -47,7 +54,7 @@ class Directory:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """The rooms ``user`` may find (disabled ones only for administrators), by name."""
         limit = min(limit or ROOM_PAGE_DEFAULT, ROOM_PAGE_MAX)
-        after_name = _decode_cursor(cursor) if cursor else None
+        after = _decode_cursor(cursor) if cursor else None
         facts = self._facts
         actor = await facts.actor(user)
         found: list[dict[str, Any]] = []
@@ -55,14 +62,14 @@ class Directory:
         # Scan in pages; stop after a bounded amount of work and hand out a cursor to continue.
         while len(found) < limit and scanned < 20 * limit:
             page = await room_store.list_rooms(
-                self._db, query=query, after_name=after_name, limit=limit, category_id=category
+                self._db, query=query, after=after, limit=limit, category_id=category
             )
             if not page:
-                after_name = None
+                after = None
                 break
             scanned += len(page)
             for candidate in page:
-                after_name = candidate.name
+                after = (candidate.name, candidate.id)
                 room = await facts.room(candidate.id)
                 cat = await facts.category(room.category_id) if room else None
                 if room is None or cat is None or (room.disabled and not user.is_admin):
@@ -72,6 +79,6 @@ class Directory:
                     if len(found) == limit:
                         break
             if len(page) < limit and len(found) < limit:
-                after_name = None
+                after = None
                 break
-        return found, (_encode_cursor(after_name) if after_name is not None else None)
+        return found, (_encode_cursor(*after) if after is not None else None)

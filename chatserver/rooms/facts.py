@@ -97,6 +97,17 @@ class Facts:
                 self._rooms.popitem(last=False)
         return room
 
+    async def read_missing_room(self) -> None:
+        """Read a room that does not exist from the store, as :meth:`room` does for any room
+        id it has not cached, and drop the answer.
+
+        :meth:`Authorization.check <chatserver.rooms.authorization.Authorization.check>` does
+        this before it refuses a cached room the caller may not find: a room that exists must
+        take as long to refuse as one that does not (like the dummy password hash of a login
+        with an unknown name).
+        """
+        await room_store.get_room(self._db, room_store.NO_ROOM)
+
     # -- without awaiting (None when not cached) --------------------------------------------
 
     def cached_actor(self, user: User) -> Actor | None:

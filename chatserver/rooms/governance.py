@@ -323,19 +323,34 @@ class Governance:
                 invitations=_choice(invitations, room_store.INVITATIONS, "invitations")
                 or "inherit",
                 managers=managers,
+                clash=await self._in_sight(actor),
             )
         except room_store.RoomExists:
             raise ChatError(CONFLICT, f"a room named {name!r} exists") from None
 
+    async def _in_sight(self, actor: Actor) -> room_store.Clash:
+        """A room name clashes only with the rooms ``actor`` may find; a room they may not find
+        is passed over, so that the answer does not tell them it exists (docs/governance.md,
+        section 6). For administrators that is every room."""
+        categories = await self._facts.categories()
+
+        def findable(room: Room) -> bool:
+            category = categories.get(room.category_id)
+            return category is not None and access.can_find(actor, room, category)
+
+        return findable
+
     async def update_room(self, user: User, room_id: int, values: dict[str, Any]) -> None:
-        await self._auth.check(user, room_id, "manage")
+        _room, _category, actor = await self._auth.check(user, room_id, "manage")
         _choice(values.get("privacy"), room_store.PRIVACY, "privacy")
         _choice(values.get("type"), room_store.TYPES, "type")
         _choice(values.get("invitations"), room_store.INVITATIONS, "invitations")
         if not values:
             return
         try:
-            await room_store.update_room(self.db, room_id, **values)
+            await room_store.update_room(
+                self.db, room_id, clash=await self._in_sight(actor), **values
+            )
         except room_store.RoomExists:
             raise ChatError(CONFLICT, f"a room named {values.get('name')!r} exists") from None
         self._changed(RoomChanged(room_id))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import BigInteger, delete, func, insert, literal, select, update
 
 from . import outbox
 from .db import Database, now_ms
@@ -66,6 +66,47 @@ class RoomExists(Exception):
     pass
 
 
+Clash = Callable[[Room], bool]
+"""Whether a room that already has the wanted name stands in the way of a new room or a rename.
+
+Names are not unique in the store: the rooms layer refuses only a name that clashes with a room
+the person naming may find (docs/governance.md, section 6), so that the answer tells nobody of a
+room they may not find."""
+
+
+def any_room(_room: Room) -> bool:
+    """Every room with the name clashes: names unique across all rooms (``chatserver room add``,
+    run by the operator, who sees every room)."""
+    return True
+
+
+# The first key of the PostgreSQL advisory lock that queues two transactions naming rooms alike.
+_NAME_LOCK = 0x726F6F6D  # "room"
+
+
+async def _name_taken(
+    db: Database, conn: Any, name: str, clash: Clash, *, other_than: int | None = None
+) -> bool:
+    """Whether a room named ``name`` (other than ``other_than``) clashes, inside ``conn``'s write
+    transaction. SQLite's write lock already queues writers; on PostgreSQL a transaction-scoped
+    advisory lock on the name does, so that of two rooms created with one name at one moment,
+    the second sees the first."""
+    if db.is_postgres:
+        await conn.execute(select(func.pg_advisory_xact_lock(_NAME_LOCK, func.hashtext(name))))
+    stmt = select(rooms).where(rooms.c.name == name)
+    if other_than is not None:
+        stmt = stmt.where(rooms.c.id != other_than)
+    named = {row.id: _room(row) for row in await conn.execute(stmt)}
+    if not named:
+        return False
+    roles: dict[int, dict[str, set[Principal]]] = {room_id: {} for room_id in named}
+    for r in await conn.execute(
+        select(room_principals).where(room_principals.c.room_id.in_(list(named)))
+    ):
+        roles[r.room_id].setdefault(r.role, set()).add(principal(r.principal_kind, r.principal_id))
+    return any(clash(room.with_roles(roles[room.id])) for room in named.values())
+
+
 def _room(row: Any) -> Room:
     return _room_of(row._mapping)
 
@@ -96,57 +137,58 @@ async def create_room(
     type: str = "normal",
     invitations: str = "inherit",
     managers: tuple[Principal, ...] = (),
+    clash: Clash = any_room,
 ) -> Room:
-    """Create a room. The defaults make an open room in "General", as ``chatserver room add``
+    """Create a room; :class:`RoomExists` if a room of that name ``clash``-es (by default: any
+    room of that name). The defaults make an open room in "General", as ``chatserver room add``
     and the tests expect; the protocol's ``room.create`` defaults to closed."""
-    try:
-        async with db.write() as conn:
-            result = await conn.execute(
-                insert(rooms)
-                .values(
-                    name=name,
-                    description=description,
-                    last_seq=0,
-                    created_ms=now_ms(),
-                    category_id=category_id,
-                    privacy=privacy,
-                    type=type,
-                    disabled=False,
-                    invitations=invitations,
-                )
-                .returning(rooms.c.id)
+    async with db.write() as conn:
+        if await _name_taken(db, conn, name, clash):
+            raise RoomExists(name)
+        result = await conn.execute(
+            insert(rooms)
+            .values(
+                name=name,
+                description=description,
+                last_seq=0,
+                created_ms=now_ms(),
+                category_id=category_id,
+                privacy=privacy,
+                type=type,
+                disabled=False,
+                invitations=invitations,
             )
-            room_id = int(result.scalar_one())
-            if managers:
-                await conn.execute(
-                    insert(room_principals),
-                    [
-                        {
-                            "room_id": room_id,
-                            "role": "manager",
-                            "principal_kind": p.kind,
-                            "principal_id": p.id,
-                        }
-                        for p in managers
-                    ],
-                )
-            await outbox.capture(
-                db,
-                conn,
-                "ROOM_CREATE",
-                room_id,
-                {
-                    "name": name,
-                    "description": description,
-                    "category": category_id,
-                    "privacy": privacy,
-                    "type": type,
-                    "invitations": invitations,
-                    "managers": [p.wire() for p in sorted(managers)],
-                },
+            .returning(rooms.c.id)
+        )
+        room_id = int(result.scalar_one())
+        if managers:
+            await conn.execute(
+                insert(room_principals),
+                [
+                    {
+                        "room_id": room_id,
+                        "role": "manager",
+                        "principal_kind": p.kind,
+                        "principal_id": p.id,
+                    }
+                    for p in managers
+                ],
             )
-    except IntegrityError:
-        raise RoomExists(name) from None
+        await outbox.capture(
+            db,
+            conn,
+            "ROOM_CREATE",
+            room_id,
+            {
+                "name": name,
+                "description": description,
+                "category": category_id,
+                "privacy": privacy,
+                "type": type,
+                "invitations": invitations,
+                "managers": [p.wire() for p in sorted(managers)],
+            },
+        )
     return Room(
         room_id,
         name,
@@ -162,59 +204,102 @@ async def create_room(
     )
 
 
-async def get_room(db: Database, room_id: int) -> Room | None:
-    """The room with its role lists."""
-    if db.is_postgres:
-        return await _get_room_pg(db, room_id)
-    async with db.read() as conn:
-        row = (await conn.execute(select(rooms).where(rooms.c.id == room_id))).first()
-        if row is None:
-            return None
-        roles: dict[str, set[Principal]] = {}
-        for r in await conn.execute(
-            select(room_principals).where(room_principals.c.room_id == room_id)
-        ):
-            roles.setdefault(r.role, set()).add(principal(r.principal_kind, r.principal_id))
-    return _room(row).with_roles(roles)
+def _one_room(rows: Any) -> Room | None:
+    """The room of :func:`get_room`'s rows: the room's columns and one role per row, or one row
+    of NULLs for a missing room.
 
-
-async def _get_room_pg(db: Database, room_id: int) -> Room | None:
-    # A room is read by every node on its first join there: two statements on the asyncpg pool
-    # instead of four round trips through SQLAlchemy (begin, room, roles, rollback). Each
-    # statement sees what had committed when it began, as in the READ COMMITTED transaction of
-    # the generic path.
-    pool = await db.pg_pool()
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT id, name, description, last_seq, category_id, privacy, type, disabled,"
-            " invitations, addin_id FROM rooms WHERE id = $1",
-            room_id,
-        )
-        if row is None:
-            return None
-        rows = await conn.fetch(
-            "SELECT role, principal_kind, principal_id FROM room_principals WHERE room_id = $1",
-            room_id,
-        )
-    roles: dict[str, set[Principal]] = {}
+    A missing room's row is made into a room too, and then dropped: the answer for a room that
+    does not exist costs what the answer for one that does costs (see :func:`get_room`).
+    """
+    roles: dict[str, set[Principal]] = {"member": set(), "manager": set(), "presenter": set()}
+    first = None
     for r in rows:
-        roles.setdefault(r["role"], set()).add(principal(r["principal_kind"], r["principal_id"]))
-    return _room_of(row).with_roles(roles)
+        if first is None:
+            first = r
+        if r["role"] is not None:
+            roles[r["role"]].add(principal(r["principal_kind"], r["principal_id"]))
+    if first is None:
+        return None
+    room = Room(
+        first["id"],
+        first["name"],
+        first["description"],
+        first["last_seq"],
+        first["category_id"],
+        first["privacy"],
+        first["type"],
+        bool(first["disabled"]),
+        first["invitations"],
+        first["addin_id"],
+        frozenset(roles["member"]),
+        frozenset(roles["manager"]),
+        frozenset(roles["presenter"]),
+    )
+    return None if room.id is None else room
+
+
+_ROOM_COLUMNS = (
+    "r.id, r.name, r.description, r.last_seq, r.category_id, r.privacy, r.type, r.disabled,"
+    " r.invitations, r.addin_id"
+)
+# One statement that yields at least one row whether the room exists or not: the room's columns
+# and one role per row, or a single row of NULLs for a missing room.
+_GET_ROOM_PG = (
+    f"SELECT {_ROOM_COLUMNS}, p.role, p.principal_kind, p.principal_id"
+    " FROM (SELECT $1::bigint AS id) AS probe"
+    " LEFT JOIN rooms AS r ON r.id = probe.id"
+    " LEFT JOIN room_principals AS p ON p.room_id = r.id"
+)
+
+NO_ROOM = 0
+"""A room id that is never given out (ids start at 1): reading it costs what reading any
+missing room costs."""
+
+
+async def get_room(db: Database, room_id: int) -> Room | None:
+    """The room with its role lists.
+
+    One statement that yields a row whether the room exists or not (a missing room's is all
+    NULLs, made into a room and dropped), so that reading a missing room costs what reading a
+    room with one role costs: a room a user may not find cannot be told from a missing one by
+    how long the answer takes (docs/security.md). It also reads the room and its roles in one
+    snapshot.
+    """
+    if db.is_postgres:
+        # A room is read by every node on its first join there: one statement on the asyncpg
+        # pool instead of three round trips through SQLAlchemy (begin, select, rollback).
+        pool = await db.pg_pool()
+        async with pool.acquire() as conn:
+            return _one_room(await conn.fetch(_GET_ROOM_PG, room_id))
+    probe = select(literal(room_id, BigInteger).label("probe_id")).subquery("probe")
+    stmt = select(
+        rooms,
+        room_principals.c.role,
+        room_principals.c.principal_kind,
+        room_principals.c.principal_id,
+    ).select_from(
+        probe.outerjoin(rooms, rooms.c.id == probe.c.probe_id).outerjoin(
+            room_principals, room_principals.c.room_id == rooms.c.id
+        )
+    )
+    async with db.read() as conn:
+        return _one_room([row._mapping for row in await conn.execute(stmt)])
 
 
 async def list_rooms(
     db: Database,
     *,
     query: str | None,
-    after_name: str | None,
+    after: tuple[str, int | None] | None,
     limit: int,
     category_id: int | None = None,
 ) -> list[Room]:
-    """Rooms ordered by name, those whose name or description contains ``query`` (any case).
+    """Rooms ordered by name and id, those whose name or description contains ``query`` (any
+    case), after ``after`` (a name and id; a name alone: after every room of that name).
 
     Role lists are not loaded; the caller filters what each user may see.
     """
-    stmt = select(rooms).order_by(rooms.c.name).limit(limit)
+    stmt = select(rooms).order_by(rooms.c.name, rooms.c.id).limit(limit)
     if query:
         escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = "%" + escaped + "%"
@@ -222,25 +307,37 @@ async def list_rooms(
             rooms.c.name.ilike(pattern, escape="\\")
             | rooms.c.description.ilike(pattern, escape="\\")
         )
-    if after_name is not None:
-        stmt = stmt.where(rooms.c.name > after_name)
+    if after is not None:
+        after_name, after_id = after
+        if after_id is None:
+            stmt = stmt.where(rooms.c.name > after_name)
+        else:  # names are not unique: (name, id) is the key
+            stmt = stmt.where(
+                (rooms.c.name > after_name)
+                | ((rooms.c.name == after_name) & (rooms.c.id > after_id))
+            )
     if category_id is not None:
         stmt = stmt.where(rooms.c.category_id == category_id)
     async with db.read() as conn:
         return [_room(row) for row in await conn.execute(stmt)]
 
 
-async def update_room(db: Database, room_id: int, **values: Any) -> None:
-    try:
-        async with db.write() as conn:
-            result = await conn.execute(update(rooms).where(rooms.c.id == room_id).values(**values))
-            if result.rowcount:
-                kind = "ROOM_UPDATE"
-                if set(values) == {"disabled"}:
-                    kind = "ROOM_DISABLE" if values["disabled"] else "ROOM_ENABLE"
-                await outbox.capture(db, conn, kind, room_id, {"values": values})
-    except IntegrityError:
-        raise RoomExists(values.get("name", "")) from None
+async def update_room(
+    db: Database, room_id: int, *, clash: Clash = any_room, **values: Any
+) -> None:
+    """Change the room's columns; a new ``name`` raises :class:`RoomExists` if another room of
+    that name ``clash``-es (see :func:`create_room`)."""
+    async with db.write() as conn:
+        if "name" in values and await _name_taken(
+            db, conn, values["name"], clash, other_than=room_id
+        ):
+            raise RoomExists(values["name"])
+        result = await conn.execute(update(rooms).where(rooms.c.id == room_id).values(**values))
+        if result.rowcount:
+            kind = "ROOM_UPDATE"
+            if set(values) == {"disabled"}:
+                kind = "ROOM_DISABLE" if values["disabled"] else "ROOM_ENABLE"
+            await outbox.capture(db, conn, kind, room_id, {"values": values})
 
 
 async def change_roles(
