@@ -124,7 +124,9 @@ rooms = Table(
     "rooms",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("name", String(256), nullable=False, unique=True),
+    # Not unique: a name clashes only with rooms the person naming may find (docs/governance.md,
+    # "Names"), so a secret room's name is never confirmed to someone who may not find it.
+    Column("name", String(256), nullable=False),
     Column("description", String(256), nullable=False, default=""),
     Column("last_seq", BigInteger, nullable=False, default=0),
     Column("created_ms", BigInteger, nullable=False),
@@ -135,6 +137,7 @@ rooms = Table(
     Column("invitations", String(8), nullable=False, default="inherit"),  # inherit | off
     Column("addin_id", BigInteger, nullable=True),
     Index("ix_rooms_category_id", "category_id"),
+    Index("ix_rooms_name", "name", "id"),
 )
 
 room_principals = Table(
