@@ -51,6 +51,9 @@ REJECT_REASONS = frozenset(
     }
 )
 
+# Why a connection was refused or closed by a limit (transport/connections.py, connection.py).
+LIMIT_REASONS = ("too_many_connections", "overloaded", "frame_timeout", "shutting_down")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -185,6 +188,19 @@ class _NodeCollector(Collector):
             "chatserver_authenticated_users",
             "Connections that completed authentication",
             value=state.authenticated_users,
+        )
+        refused = CounterMetricFamily(
+            "chatserver_connections_refused",
+            "Client connections refused or closed by a limit, by bye reason",
+            labels=["reason"],
+        )
+        for reason in LIMIT_REASONS:
+            refused.add_metric([reason], state.refused.get(reason, 0))
+        yield refused
+        yield GaugeMetricFamily(
+            "chatserver_input_buffered_bytes",
+            "Bytes held for client frames not yet complete, on all connections",
+            value=state.buffered_input,
         )
         hub = self.hub
         yield GaugeMetricFamily(

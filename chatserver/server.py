@@ -104,7 +104,7 @@ class Node:
         db = self.db = Database(config.database.url)
         self.metrics = Metrics()
         self.presence = Presence()
-        self.connections = Connections(config.limits)
+        self.connections = Connections(config.limits, config.listen.websocket_origins)
         # Who hears about what this node committed: nobody on one node; the peers in a pool.
         peers = None
         if config.pool.enabled:

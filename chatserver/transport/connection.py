@@ -13,6 +13,15 @@ live events stop. If it has not drained below half the limit within ``DRAIN_TIME
 backlog grows by another ``output_buffer_bytes`` meanwhile, or one loop turn queues more than four
 times the limit, the connection is aborted.
 When the transport asks us to pause writing, we stop reading requests too.
+
+Input (docs/security.md): before authentication a frame may hold at most
+``limits.max_unauthenticated_frame_bytes`` bytes and ``UNAUTHENTICATED_MAX_VALUES`` values; the
+connection raises both to ``max_frame_bytes`` and ``max_frame_values`` when the session tells it
+the user authenticated. A frame (a WebSocket message) must complete within
+``limits.frame_timeout_s`` of its first byte while the node is reading (``bye``
+``frame_timeout``), and a connection whose unfinished frame grows while the node-wide total of
+such bytes is above ``limits.max_buffered_input_bytes`` is closed (``bye`` ``overloaded``).
+A connection the node refuses (:mod:`.connections`) gets its reason, then a lingering close.
 """
 
 from __future__ import annotations
@@ -23,7 +32,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..protocol.events import Bye, Outgoing
 from ..sessions import Services, Session
-from .connections import Connections
+from .connections import (
+    OVERLOADED,
+    SHUTTING_DOWN,
+    UNAUTHENTICATED_MAX_VALUES,
+    Connections,
+    address_key,
+)
 
 if TYPE_CHECKING:
     from ..store.users import User
@@ -32,6 +47,11 @@ log = logging.getLogger("chatserver.connection")
 
 # A connection that fell behind and has not drained its output within this time is closed.
 DRAIN_TIMEOUT_S = 30.0
+# A refused connection is closed this long after its reason was sent, or when the client closes
+# (reading meanwhile, so that a request already in flight does not turn the close into a reset
+# that would lose the reason).
+REFUSED_LINGER_S = 2.0
+FRAME_TIMEOUT = "frame_timeout"
 
 
 class Connection(asyncio.Protocol):
@@ -55,6 +75,25 @@ class Connection(asyncio.Protocol):
         self._drain_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._auth_timer: asyncio.TimerHandle | None = None
+        # Admission (kept by Connections): the address counted, the user once counted, and
+        # whether this connection was refused and lingers.
+        self.address = "?"
+        self.user_id: int | None = None
+        self.refusing = False
+        self._linger_timer: asyncio.TimerHandle | None = None
+        # Input bounds: the unauthenticated ones until the session authenticates.
+        limits = self.limits
+        if limits.max_unauthenticated_frame_bytes < limits.max_frame_bytes:
+            self.max_frame_bytes = limits.max_unauthenticated_frame_bytes
+            self.frame_setting = "max_unauthenticated_frame_bytes"
+        else:
+            self.max_frame_bytes = limits.max_frame_bytes
+            self.frame_setting = "max_frame_bytes"
+        self.max_values = min(UNAUTHENTICATED_MAX_VALUES, limits.max_frame_values)
+        # Unfinished input: bytes held (counted in Connections.buffered_input), since when.
+        self._held = 0
+        self._partial_since: float | None = None
+        self._frame_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -64,18 +103,29 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.address = address_key(peer)
         limit = self.limits.output_buffer_bytes
         transport.set_write_buffer_limits(high=limit // 4, low=limit // 16)
-        loop = asyncio.get_running_loop()
-        self._auth_timer = loop.call_later(self.limits.auth_timeout_s, self._auth_expired)
-        self.connections.opened(self)
+        refusal = self.connections.opened(self)
+        if refusal is None:
+            loop = asyncio.get_running_loop()
+            self._auth_timer = loop.call_later(self.limits.auth_timeout_s, self._auth_expired)
+        elif refusal == SHUTTING_DOWN:
+            self.close(refusal)
+        elif refusal:
+            log.info("%s %s: refused, %s", self.transport_name, self.peer, refusal)
+            self.refuse(refusal)
+        else:
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        for timer in (self._auth_timer, self._drain_timer):
+        for timer in (self._auth_timer, self._drain_timer, self._frame_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
         self._out.clear()
+        self.connections.buffered_input -= self._held
+        self._held = 0
         self.session.close()
         self.connections.closed(self)
 
@@ -110,6 +160,56 @@ class Connection(asyncio.Protocol):
     def deliver(self, obj: dict[str, Any]) -> None:
         """One decoded map from the client."""
         self.session.receive(obj)
+
+    def input_held(self, held: int, completed: bool) -> None:
+        """After a read: ``held`` bytes wait for a frame to complete (at least 1 while one is
+        under way); ``completed``: a frame completed during this read (so any rest began in it).
+        """
+        change = held - self._held
+        if change:
+            self._held = held
+            self.connections.buffered_input += change
+        if not held:
+            self._partial_since = None
+            return
+        if completed or self._partial_since is None:
+            loop = asyncio.get_running_loop()
+            self._partial_since = loop.time()
+            if self._frame_timer is None:
+                self._frame_timer = loop.call_later(
+                    self.limits.frame_timeout_s, self._frame_deadline
+                )
+        if change > 0 and self.connections.over_input_budget():
+            log.info(
+                "%s %s: closing, unfinished input on the node passed %d bytes",
+                self.transport_name,
+                self.peer,
+                self.limits.max_buffered_input_bytes,
+            )
+            self.connections.refused[OVERLOADED] += 1
+            self.close(OVERLOADED)
+
+    def _frame_deadline(self) -> None:
+        self._frame_timer = None
+        if self._closing or self._partial_since is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._reading_paused or self._writing_paused:
+            self._partial_since = now  # the node stopped reading, not the client
+        timeout = self.limits.frame_timeout_s
+        left = self._partial_since + timeout - now
+        if left > 0:
+            self._frame_timer = loop.call_later(left, self._frame_deadline)
+            return
+        log.info(
+            "%s %s: closing, a frame did not complete within %g s",
+            self.transport_name,
+            self.peer,
+            timeout,
+        )
+        self.connections.refused[FRAME_TIMEOUT] += 1
+        self.close(FRAME_TIMEOUT)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -174,7 +274,18 @@ class Connection(asyncio.Protocol):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
-        self.connections.authenticated(self)
+        refusal = self.connections.authenticated(self, user.id)
+        if refusal is not None:
+            log.info("%s %s: refused user %d, %s", self.transport_name, self.peer, user.id, refusal)
+            self.close(refusal)
+            return
+        self.max_frame_bytes = self.limits.max_frame_bytes
+        self.frame_setting = "max_frame_bytes"
+        self.max_values = self.limits.max_frame_values
+        self._limits_raised()
+
+    def _limits_raised(self) -> None:
+        """Apply ``max_frame_bytes`` to the transport's framing (after authentication)."""
 
     def _auth_expired(self) -> None:
         self._auth_timer = None
@@ -182,6 +293,21 @@ class Connection(asyncio.Protocol):
             self.close("auth_timeout")
 
     # -- closing ----------------------------------------------------------------------------
+
+    def refuse(self, reason: str) -> None:
+        """Say ``bye`` with ``reason``, read nothing more, and close once the client has closed
+        or after ``REFUSED_LINGER_S``."""
+        assert self.transport is not None
+        self.send(Outgoing.event(Bye(reason)))
+        self.flush()
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._linger_timer = asyncio.get_running_loop().call_later(
+                REFUSED_LINGER_S, self._close_transport
+            )
+        else:
+            self._close_transport()
 
     def close(self, reason: str) -> None:
         """Say ``bye`` with ``reason``, flush, and close."""

@@ -20,30 +20,44 @@ class TcpConnection(Connection):
 
     def __init__(self, connections: Connections, services: Services) -> None:
         super().__init__(connections, services)
-        limits = connections.limits
-        self._decoder: FrameDecoder | None = FrameDecoder(limits.max_frame_bytes)
-        self._max_depth = limits.max_nesting_depth
+        self._decoder: FrameDecoder | None = FrameDecoder(self.max_frame_bytes, self.frame_setting)
+        self._max_depth = self.limits.max_nesting_depth
 
     def data_received(self, data: bytes) -> None:
-        if self._decoder is None:  # after an oversized frame: nothing more is read
+        decoder = self._decoder
+        if decoder is None:  # after an oversized frame, or refused: nothing more is read
             return
+        completed = False
         while True:
             try:
-                bodies = self._decoder.feed(data)
+                bodies = decoder.feed(data)
             except FrameTooLarge as exc:
                 self._decoder = None
+                self.input_held(0, False)
                 self.session.end(exc, "frame_too_large")
                 return
             for body in bodies:
                 try:
-                    obj = decode_msgpack(body, self._max_depth)
+                    obj = decode_msgpack(body, self._max_depth, self.max_values)
                 except ProtocolError as exc:
                     self.session.reject(exc)
                     continue
                 self.deliver(obj)
-            if not bodies or self._decoder.buffered < 4:
-                return
+            if not bodies:
+                break
+            completed = True
+            if decoder.buffered < 4:
+                break
             data = b""  # an oversized header may follow the frames just served
+        self.input_held(decoder.buffered, completed)
+
+    def _limits_raised(self) -> None:
+        if self._decoder is not None:
+            self._decoder.limit(self.max_frame_bytes, self.frame_setting)
+
+    def refuse(self, reason: str) -> None:
+        self._decoder = None
+        super().refuse(reason)
 
     def eof_received(self) -> bool:
         return False
