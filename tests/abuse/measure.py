@@ -40,6 +40,7 @@ from chatserver.protocol.codec import FrameDecoder
 from chatserver.testing import free_port
 
 PASSWORD = "abuse-measure-password"
+CHECKOUT = str(Path(__file__).resolve().parents[2])
 MIB = 1 << 20
 
 
@@ -120,28 +121,69 @@ class NodeProcess:
             await self.proc.wait()
 
 
+def bystander_main(address: str) -> None:
+    """The bystander, in a process of its own (so the attacker's work in this one does not
+    delay it): log in, then ping back to back until stdin closes; print the round trips."""
+    import select
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    decoder = FrameDecoder(1 << 24)
+    pending: list[dict[str, Any]] = []
+
+    def call(request: dict[str, Any]) -> dict[str, Any]:
+        body = msgpack.packb(request, use_bin_type=True)
+        sock.sendall(struct.pack(">I", len(body)) + body)
+        while True:
+            for reply in pending:
+                if reply.get("re") == request["id"]:
+                    pending.clear()
+                    return reply
+            data = sock.recv(65536)
+            if not data:
+                raise SystemExit("the node closed the bystander's connection")
+            pending.extend(msgpack.unpackb(b, raw=False) for b in decoder.feed(data))
+
+    call({"op": "hello", "id": 1, "protocol": 1})
+    assert call({"op": "auth", "id": 2, "user": "bystander", "password": PASSWORD})["ok"]
+    print("ready", flush=True)
+    rtts = []
+    rid = 3
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        started = time.perf_counter()
+        call({"op": "ping", "id": rid})
+        rtts.append(time.perf_counter() - started)
+        rid += 1
+        time.sleep(0.005)
+    print(json.dumps(rtts), flush=True)
+
+
 class Watch:
     """Samples the node's memory and loop lag, and a bystander's ping round trips."""
 
-    def __init__(self, node: NodeProcess, bystander: Client, http: aiohttp.ClientSession) -> None:
+    def __init__(self, node: NodeProcess, http: aiohttp.ClientSession) -> None:
         self.node = node
-        self.bystander = bystander
         self.http = http
-        self.rtts: list[float] = []
         self.rss_peak = 0.0
         self.lag_max = 0.0
         self._stop = asyncio.Event()
 
-    async def _ping(self) -> None:
-        while not self._stop.is_set():
-            started = time.perf_counter()
-            try:
-                await asyncio.wait_for(self.bystander.call("ping"), 60)
-            except Exception:
-                self.rtts.append(float("inf"))
-                return
-            self.rtts.append(time.perf_counter() - started)
-            await asyncio.sleep(0.005)
+    async def _bystander(self) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.abuse.measure",
+            "--bystander",
+            "{}:{}".format(*self.node.tcp),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=CHECKOUT,
+        )
+        assert proc.stdout is not None
+        assert (await proc.stdout.readline()).strip() == b"ready"
+        return proc
 
     async def _sample(self) -> None:
         last_lag = 0.0
@@ -161,14 +203,16 @@ class Watch:
         await asyncio.sleep(1.0)
         before = self.node.rss_mib()
         self.rss_peak = before
-        tasks = [asyncio.create_task(self._ping()), asyncio.create_task(self._sample())]
+        bystander = await self._bystander()
+        sampler = asyncio.create_task(self._sample())
         started = time.perf_counter()
         outcome = await attack
         elapsed = time.perf_counter() - started
         await asyncio.sleep(0.5)
         self._stop.set()
-        await asyncio.gather(*tasks)
-        rtts = sorted(self.rtts)
+        await sampler
+        out, _ = await bystander.communicate(b"stop\n")
+        rtts = sorted(json.loads(out.decode().strip().splitlines()[-1]))
         ms = [r * 1000 for r in rtts]
         return {
             **outcome,
@@ -280,9 +324,19 @@ async def ws_preauth_json(node: NodeProcess, **_: Any) -> dict[str, Any]:
 
 async def tcp_auth_arrays(node: NodeProcess, **_: Any) -> dict[str, Any]:
     """A logged-in user sends ten 1 MiB frames of empty arrays on one connection."""
+    return await _after_login(node, arrays_frame())
+
+
+async def tcp_auth_nested(node: NodeProcess, **_: Any) -> dict[str, Any]:
+    """The same with 1000 arrays of 1000 empty arrays each: the bound's worst case (every
+    container is counted, up to the budget)."""
+    frame = msgpack.packb({"op": "ping", "id": 1, "x": [[[]] * 1000] * 1000}, use_bin_type=True)
+    return await _after_login(node, frame)
+
+
+async def _after_login(node: NodeProcess, frame: bytes) -> dict[str, Any]:
     client = await Client.connect_tcp(*node.tcp)
     await client.login("mallory0", PASSWORD)
-    frame = arrays_frame()
     wire = struct.pack(">I", len(frame)) + frame
     started = time.perf_counter()
     await client.send_bytes(wire * 10)  # type: ignore[attr-defined]
@@ -398,6 +452,7 @@ ATTACKS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "ws-preauth-arrays": ws_preauth_arrays,
     "ws-preauth-json": ws_preauth_json,
     "tcp-auth-arrays": tcp_auth_arrays,
+    "tcp-auth-nested": tcp_auth_nested,
     "parked-after-login": parked_after_login,
     "parked-before-login": parked_before_login,
     "one-account-many": one_account_many,
@@ -410,11 +465,8 @@ async def measure(server_dir: str, name: str, hold: float, extra: dict[str, str]
         async with aiohttp.ClientSession() as http:
             for user in ("bystander", "mallory0", "mallory1"):
                 await node.add_user(http, user)
-            bystander = await Client.connect_tcp(*node.tcp)
-            await bystander.login("bystander", PASSWORD)
-            watch = Watch(node, bystander, http)
+            watch = Watch(node, http)
             result = await watch.run(ATTACKS[name](node, hold=hold))
-            await bystander.close()
         print(json.dumps({"attack": name, **result}), flush=True)
     finally:
         await node.stop()
@@ -423,12 +475,16 @@ async def measure(server_dir: str, name: str, hold: float, extra: dict[str, str]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("attacks", nargs="*", help=f"some of: {', '.join(ATTACKS)} (default: all)")
-    parser.add_argument("--server-dir", default=str(Path(__file__).resolve().parents[2]))
+    parser.add_argument("--server-dir", default=CHECKOUT)
     parser.add_argument("--hold", type=float, default=35.0, help="how long parked frames wait")
     parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for the node (repeatable)"
     )
+    parser.add_argument("--bystander", metavar="HOST:PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bystander:
+        bystander_main(args.bystander)
+        return
     extra = dict(item.split("=", 1) for item in args.env)
     for name in args.attacks or list(ATTACKS):
         if name not in ATTACKS:
