@@ -245,7 +245,7 @@ class Node:
         await asyncio.shield(self._stopping)
 
     async def _stop(self, timeout: float) -> None:
-        self.connections.accepting = False
+        self.connections.stop_accepting()
         self.listening = False
         if self.management is not None:
             await self.management.stop()

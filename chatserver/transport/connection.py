@@ -22,6 +22,11 @@ the user authenticated. A frame (a WebSocket message) must complete within
 ``frame_timeout``), and a connection whose unfinished frame grows while the node-wide total of
 such bytes is above ``limits.max_buffered_input_bytes`` is closed (``bye`` ``overloaded``).
 A connection the node refuses (:mod:`.connections`) gets its reason, then a lingering close.
+
+Closing (:meth:`Connection._close_transport`) lingers on TCP: a FIN after the output, then the
+client's input is read and dropped until it closes or ``LINGER_S`` passes. Closing at once
+with input unread would make the kernel reset the connection, and the client could lose the
+``bye`` it was sent.
 """
 
 from __future__ import annotations
@@ -47,10 +52,10 @@ log = logging.getLogger("chatserver.connection")
 
 # A connection that fell behind and has not drained its output within this time is closed.
 DRAIN_TIMEOUT_S = 30.0
-# A refused connection is closed this long after its reason was sent, or when the client closes
-# (reading meanwhile, so that a request already in flight does not turn the close into a reset
-# that would lose the reason).
-REFUSED_LINGER_S = 2.0
+# A closed connection's socket stays open at most this long after the node's FIN (until the
+# client closes too), reading and dropping input; a refused WebSocket waits this long at most
+# for its handshake.
+LINGER_S = 2.0
 FRAME_TIMEOUT = "frame_timeout"
 
 
@@ -75,12 +80,11 @@ class Connection(asyncio.Protocol):
         self._drain_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._auth_timer: asyncio.TimerHandle | None = None
-        # Admission (kept by Connections): the address counted, the user once counted, and
-        # whether this connection was refused and lingers.
+        # Admission (kept by Connections): the address counted, and the user once counted.
         self.address = "?"
         self.user_id: int | None = None
-        self.refusing = False
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._released = False
         # Input bounds: the unauthenticated ones until the session authenticates.
         limits = self.limits
         if limits.max_unauthenticated_frame_bytes < limits.max_frame_bytes:
@@ -120,7 +124,17 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        for timer in (self._auth_timer, self._drain_timer, self._frame_timer, self._linger_timer):
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self._release()
+        self.connections.gone(self)
+
+    def _release(self) -> None:
+        """The connection is over for the node (its socket may still linger)."""
+        if self._released:
+            return
+        self._released = True
+        for timer in (self._auth_timer, self._drain_timer, self._frame_timer):
             if timer is not None:
                 timer.cancel()
         self._out.clear()
@@ -295,19 +309,10 @@ class Connection(asyncio.Protocol):
     # -- closing ----------------------------------------------------------------------------
 
     def refuse(self, reason: str) -> None:
-        """Say ``bye`` with ``reason``, read nothing more, and close once the client has closed
-        or after ``REFUSED_LINGER_S``."""
-        assert self.transport is not None
+        """Say ``bye`` with ``reason`` (nothing the client sends is read) and close."""
         self.send(Outgoing.event(Bye(reason)))
         self.flush()
-        transport = self.transport
-        if transport.can_write_eof():
-            transport.write_eof()
-            self._linger_timer = asyncio.get_running_loop().call_later(
-                REFUSED_LINGER_S, self._close_transport
-            )
-        else:
-            self._close_transport()
+        self._close_transport()
 
     def close(self, reason: str) -> None:
         """Say ``bye`` with ``reason``, flush, and close."""
@@ -322,9 +327,26 @@ class Connection(asyncio.Protocol):
         """Anything the transport's own protocol sends before closing (a WebSocket close frame)."""
 
     def _close_transport(self) -> None:
+        """Close after the output; on TCP (not TLS) lingering: a FIN, then read and drop the
+        client's input until it closes or ``LINGER_S`` passes (see the module docstring)."""
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         self._closing = True
-        assert self.transport is not None
-        self.transport.close()
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        if not (self.connections.accepting and transport.can_write_eof()):
+            transport.close()
+            return
+        self.connections.linger(self)
+        transport.write_eof()
+        if not transport.is_reading():
+            transport.resume_reading()
+        loop = asyncio.get_running_loop()
+        self._linger_timer = loop.call_later(LINGER_S, transport.close)
+        loop.call_soon(self._release)  # as soon as a plain close would have
 
     def abort(self) -> None:
         self._closing = True

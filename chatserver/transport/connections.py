@@ -11,8 +11,14 @@ Admission, before anything is buffered for a connection (docs/security.md):
   connections on this node.
 
 A refused connection is told why (``bye`` with the reason; a WebSocket handshake gets an HTTP
-error) and closed. Refused connections still lingering count against their address too: one
-more beyond the limit is dropped without a word.
+error) and closed.
+
+Closing lingers (:meth:`Connection._close_transport`): the node sends what it has, then a FIN,
+and drops whatever the client still sends until it closes too (or briefly), so the client reads
+the ``bye`` instead of a reset. A lingering connection is over for the node (not in ``open``,
+not counted per address or user) but still holds a file descriptor; while
+``max_unauthenticated_per_address`` of them from one address linger, another connection from
+there is dropped without a word.
 
 Input: ``buffered_input`` is the node-wide total of bytes held for frames not yet complete;
 each connection reports its share after every read (:meth:`Connection.input_held`).
@@ -94,7 +100,8 @@ class Connections:
         # connections still lingering by address; and refusals by reason (for the metrics).
         self.unauthenticated: Counter[str] = Counter()
         self.by_user: Counter[int] = Counter()
-        self.refusing: Counter[str] = Counter()
+        self.lingering: set[Connection] = set()
+        self._lingering_from: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         # Bytes held for frames not yet complete, on every connection.
         self.buffered_input = 0
@@ -137,11 +144,8 @@ class Connections:
             self.unauthenticated[address] += 1
             return None
         self.refused[reason] += 1
-        if reason != SHUTTING_DOWN:
-            if limit and self.refusing[address] >= limit:
-                return ""  # refusals from this address keep piling up: no more words for it
-            self.refusing[address] += 1
-            conn.refusing = True
+        if limit and self._lingering_from[address] >= limit:
+            return ""  # refusals from this address keep piling up: no more words for it
         return reason
 
     def authenticated(self, conn: Connection, user_id: int) -> str | None:
@@ -158,12 +162,28 @@ class Connections:
         self.authenticated_users += 1
         return None
 
+    def linger(self, conn: Connection) -> None:
+        """``conn`` is closing but its socket stays open a moment (see the module docstring)."""
+        if conn not in self.lingering:
+            self.lingering.add(conn)
+            self._lingering_from[conn.address] += 1
+
+    def gone(self, conn: Connection) -> None:
+        """``conn``'s socket is closed."""
+        if conn in self.lingering:
+            self.lingering.discard(conn)
+            self._lingering_from[conn.address] -= 1
+            if not self._lingering_from[conn.address]:
+                del self._lingering_from[conn.address]
+
+    def stop_accepting(self) -> None:
+        """The node is stopping: refuse new connections, and close the lingering ones now."""
+        self.accepting = False
+        for conn in list(self.lingering):
+            conn.abort()
+
     def closed(self, conn: Connection) -> None:
-        if conn.refusing:
-            conn.refusing = False
-            self.refusing[conn.address] -= 1
-            if not self.refusing[conn.address]:
-                del self.refusing[conn.address]
+        """``conn`` is over for the node (its socket may still linger)."""
         if conn not in self.open:
             return
         self.open.discard(conn)
@@ -191,7 +211,7 @@ class Connections:
         if self._fd_limit is None:
             return False
         reserve = self.limits.fd_reserve
-        clients = len(self.open) + sum(self.refusing.values()) + 1
+        clients = len(self.open) + len(self.lingering) + 1
         if clients + self._other_fds + 2 * reserve < self._fd_limit:
             return False
         now = time.monotonic()

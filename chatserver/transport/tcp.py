@@ -25,7 +25,7 @@ class TcpConnection(Connection):
 
     def data_received(self, data: bytes) -> None:
         decoder = self._decoder
-        if decoder is None:  # after an oversized frame, or refused: nothing more is read
+        if decoder is None or self._closing:  # after an oversized frame, or closing: dropped
             return
         completed = False
         while True:
@@ -54,10 +54,6 @@ class TcpConnection(Connection):
     def _limits_raised(self) -> None:
         if self._decoder is not None:
             self._decoder.limit(self.max_frame_bytes, self.frame_setting)
-
-    def refuse(self, reason: str) -> None:
-        self._decoder = None
-        super().refuse(reason)
 
     def eof_received(self) -> bool:
         return False

@@ -28,7 +28,7 @@ from ..protocol.codec import decode_json, decode_msgpack
 from ..protocol.errors import ProtocolError
 from ..protocol.events import WS_BINARY, WS_TEXT, Outgoing
 from ..sessions import Services
-from .connection import REFUSED_LINGER_S, Connection
+from .connection import LINGER_S, Connection
 from .connections import TOO_MANY_CONNECTIONS, Connections
 
 log = logging.getLogger("chatserver.connection")
@@ -72,6 +72,8 @@ class WebSocketConnection(Connection):
         self._refusal: str | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:  # lingering: dropped
+            return
         ws = self._ws
         ws.receive_data(data)
         completed = False
@@ -96,9 +98,12 @@ class WebSocketConnection(Connection):
         """Answer the handshake, when it comes within ``REFUSED_LINGER_S``, with an HTTP error
         naming ``reason``; frames are never read."""
         self._refusal = reason
-        self._linger_timer = asyncio.get_running_loop().call_later(REFUSED_LINGER_S, self.abort)
+        self.connections.linger(self)
+        self._linger_timer = asyncio.get_running_loop().call_later(LINGER_S, self.abort)
 
     def eof_received(self) -> bool:
+        if self._closing:
+            return False
         self._ws.receive_eof()
         self._write_protocol_output()
         return False

@@ -90,7 +90,7 @@ async def test_refusals_piling_up_from_one_address_are_dropped_silently(small: H
     for raw in (*waiting, *lingering):
         raw.close()
     await asyncio.sleep(0.1)
-    assert not small.node.connections.refusing
+    assert not small.node.connections.lingering
 
 
 async def test_the_node_keeps_a_reserve_of_file_descriptors(db_url: str) -> None:

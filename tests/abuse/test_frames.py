@@ -118,3 +118,20 @@ async def test_frames_of_empty_arrays_after_login(harness: Harness) -> None:
     attacker.send(tcp_frame({"op": "ping", "id": 9}))
     assert (await attacker.until(lambda m: m.get("re") == 9))["ok"]
     attacker.close()
+
+
+async def test_the_reason_survives_a_client_that_reads_late(harness: Harness) -> None:
+    """A client still sending when the node closes must not lose the ``bye``: closing with its
+    input unread would make the kernel reset the connection. The node sends a FIN after the
+    ``bye`` and drops the rest of the input until the client closes (a lingering close)."""
+    frame = empty_arrays()
+    wire = struct.pack(">I", len(frame)) + frame
+    attackers = [await Raw.connect(harness.node.addresses["tcp"]) for _ in range(20)]
+    for attacker in attackers:
+        attacker.send(wire)
+    await asyncio.sleep(0.5)  # the node has answered and closed by now
+    for attacker in attackers:
+        said = await attacker.closed()
+        assert said[-1] == {"ev": "bye", "reason": "frame_too_large"}, said
+    await asyncio.sleep(0.1)
+    assert not harness.node.connections.lingering
