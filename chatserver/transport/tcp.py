@@ -34,7 +34,9 @@ class TcpConnection(Connection):
             except FrameTooLarge as exc:
                 self._decoder = None
                 self.input_held(0, False)
-                self.session.end(exc, "frame_too_large")
+                # The session keeps the error until it has answered; without its traceback,
+                # which holds the decoder's buffer (up to a whole read).
+                self.session.end(exc.with_traceback(None), "frame_too_large")
                 return
             for body in bodies:
                 try:

@@ -225,6 +225,9 @@ class Watch:
             "ping_p50_ms": round(statistics.median(ms), 1) if ms else None,
             "ping_p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 1) if ms else None,
             "ping_max_ms": round(ms[-1], 1) if ms else None,
+            # The stalls the bystander sat through: pings slower than 50 ms, and their total.
+            "pings_over_50ms": sum(1 for m in ms if m > 50),
+            "stalled_s": round(sum(m for m in ms if m > 50) / 1000, 2),
         }
 
 
@@ -255,8 +258,10 @@ async def read_outcome(reader: asyncio.StreamReader, timeout: float) -> tuple[fl
                 for body in decoder.feed(data):
                     obj = msgpack.unpackb(body, raw=False)
                     said.append(f"bye {obj['reason']}" if obj.get("ev") else obj.get("error"))
-    except (TimeoutError, ConnectionError):
-        said.append("(still open)" if not reader.at_eof() else "(reset)")
+    except TimeoutError:
+        said.append("(still open)")
+    except ConnectionError:
+        said.append("(reset)")
     return time.perf_counter() - started, said
 
 
