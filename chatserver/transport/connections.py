@@ -4,8 +4,8 @@ shared end-of-turn flush.
 Admission, before anything is buffered for a connection (docs/security.md):
 
 - at accept: refused while the node is stopping; when the open client connections would leave
-  fewer than ``limits.fd_reserve`` file descriptors of the process's limit for the node's own
-  work (store, peers, management port); and when ``limits.max_unauthenticated_per_address``
+  fewer than ``limits.fd_reserve`` file descriptors (at most a quarter) of the process's limit
+  for the node's own work (store, peers, management port); and when ``limits.max_unauthenticated_per_address``
   connections from the same address (an IPv6 address's /64) have not authenticated yet;
 - at authentication: refused when the user already has ``limits.max_connections_per_user``
   connections on this node.
@@ -210,7 +210,7 @@ class Connections:
         few times while the clients fill the last two reserves)."""
         if self._fd_limit is None:
             return False
-        reserve = self.limits.fd_reserve
+        reserve = min(self.limits.fd_reserve, self._fd_limit // 4)
         clients = len(self.open) + len(self.lingering) + 1
         if clients + self._other_fds + 2 * reserve < self._fd_limit:
             return False

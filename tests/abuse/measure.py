@@ -44,6 +44,13 @@ CHECKOUT = str(Path(__file__).resolve().parents[2])
 MIB = 1 << 20
 
 
+def _set_nofile(soft: int) -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 class NodeProcess:
     def __init__(self, proc: asyncio.subprocess.Process, env: dict[str, str], data: str) -> None:
         self.proc = proc
@@ -55,7 +62,9 @@ class NodeProcess:
         self.lines: list[str] = []
 
     @classmethod
-    async def start(cls, server_dir: str, extra: dict[str, str]) -> NodeProcess:
+    async def start(
+        cls, server_dir: str, extra: dict[str, str], nofile: int | None = None
+    ) -> NodeProcess:
         data = tempfile.mkdtemp(prefix="chatserver-abuse-")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
         env.update(
@@ -79,6 +88,7 @@ class NodeProcess:
             cwd=data,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=None if nofile is None else lambda: _set_nofile(nofile),
         )
         node = cls(proc, env, data)
         assert proc.stdout is not None
@@ -452,6 +462,79 @@ async def one_account_many(node: NodeProcess, **_: Any) -> dict[str, Any]:
     return {"bytes_sent": None, "logins_accepted": accepted, "other_user_logged_in": other_ok}
 
 
+async def fd_exhaustion(node: NodeProcess, **_: Any) -> dict[str, Any]:
+    """Ten accounts open 30 connections each (run it with --nofile 300); then the management
+    port is asked whether the node is ready (a new connection, and a store query)."""
+    conns = []
+    outcomes: dict[str, int] = {}
+    for i in range(300):
+        try:
+            reader, writer = await asyncio.open_connection(*node.tcp)
+            conns.append(writer)
+            ok = await _login_raw(reader, writer, f"mallory{i % 10}")
+            outcome = "logged in" if ok else "refused or closed"
+        except (OSError, TimeoutError) as exc:
+            outcome = type(exc).__name__
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{node.http}/readyz", timeout=aiohttp.ClientTimeout(10)) as r:
+                ready = f"{r.status} {await r.text()}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        ready = f"failed: {type(exc).__name__}"
+    refusals = [line.strip() for line in node.lines if "Too many open files" in line][:1]
+    for writer in conns:
+        writer.close()
+    return {"bytes_sent": None, "outcomes": outcomes, "readyz": ready, "node_log": refusals}
+
+
+async def _flood(
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], wire: bytes, frames: int
+) -> dict[str, Any]:
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[Any]:
+        writer.write(wire * frames)
+        decoder = FrameDecoder(1 << 24)
+        said: list[Any] = []
+        try:
+            async with asyncio.timeout(120):
+                while len(said) < frames and (data := await reader.read(65536)):
+                    for body in decoder.feed(data):
+                        obj = msgpack.unpackb(body, raw=False)
+                        if obj.get("ev"):
+                            said.append(f"bye {obj['reason']}")
+                        else:
+                            said.append((obj.get("error") or {}).get("code", "ok"))
+        except (TimeoutError, ConnectionError):
+            pass
+        writer.close()
+        return said
+
+    results = await asyncio.gather(*(one(r, w) for r, w in conns))
+    return {
+        "bytes_sent": len(wire) * frames * len(conns),
+        "answers": summary([sorted(set(r)) for r in results]),
+        "answered": sum(len(r) for r in results),
+    }
+
+
+async def flood_preauth(node: NodeProcess, **_: Any) -> dict[str, Any]:
+    """20 connections each send 20 frames of 16 KiB of empty arrays (the most a frame may be
+    before login) back to back, before login."""
+    body = msgpack.packb({"op": "ping", "id": 1, "x": [[]] * (16_384 - 40)}, use_bin_type=True)
+    wire = struct.pack(">I", len(body)) + body
+    conns = [await asyncio.open_connection(*node.tcp) for _ in range(20)]
+    return await _flood(conns, wire, 20)
+
+
+async def flood_auth_nested(node: NodeProcess, **_: Any) -> dict[str, Any]:
+    """A logged-in user sends 50 frames of 1000 x 1000 nested empty arrays back to back."""
+    body = msgpack.packb({"op": "ping", "id": 1, "x": [[[]] * 1000] * 1000}, use_bin_type=True)
+    wire = struct.pack(">I", len(body)) + body
+    reader, writer = await asyncio.open_connection(*node.tcp)
+    assert await _login_raw(reader, writer, "mallory0")
+    return await _flood([(reader, writer)], wire, 50)
+
+
 ATTACKS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "tcp-preauth-arrays": tcp_preauth_arrays,
     "ws-preauth-arrays": ws_preauth_arrays,
@@ -461,14 +544,19 @@ ATTACKS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "parked-after-login": parked_after_login,
     "parked-before-login": parked_before_login,
     "one-account-many": one_account_many,
+    "flood-preauth": flood_preauth,
+    "flood-auth-nested": flood_auth_nested,
+    "fd-exhaustion": fd_exhaustion,
 }
 
 
-async def measure(server_dir: str, name: str, hold: float, extra: dict[str, str]) -> None:
-    node = await NodeProcess.start(server_dir, extra)
+async def measure(
+    server_dir: str, name: str, hold: float, extra: dict[str, str], nofile: int | None
+) -> None:
+    node = await NodeProcess.start(server_dir, extra, nofile)
     try:
         async with aiohttp.ClientSession() as http:
-            for user in ("bystander", "mallory0", "mallory1"):
+            for user in ("bystander", *(f"mallory{i}" for i in range(10))):
                 await node.add_user(http, user)
             watch = Watch(node, http)
             result = await watch.run(ATTACKS[name](node, hold=hold))
@@ -485,6 +573,7 @@ def main() -> None:
     parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for the node (repeatable)"
     )
+    parser.add_argument("--nofile", type=int, help="the node's open-files limit (ulimit -n)")
     parser.add_argument("--bystander", metavar="HOST:PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bystander:
@@ -495,7 +584,7 @@ def main() -> None:
         if name not in ATTACKS:
             parser.error(f"no attack {name!r}")
     for name in args.attacks or list(ATTACKS):
-        asyncio.run(measure(args.server_dir, name, args.hold, extra))
+        asyncio.run(measure(args.server_dir, name, args.hold, extra, args.nofile))
 
 
 if __name__ == "__main__":
