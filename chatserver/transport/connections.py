@@ -5,8 +5,9 @@ Admission, before anything is buffered for a connection (docs/security.md):
 
 - at accept: refused while the node is stopping; when the open client connections would leave
   fewer than ``limits.fd_reserve`` file descriptors (at most a quarter) of the process's limit
-  for the node's own work (store, peers, management port); and when ``limits.max_unauthenticated_per_address``
-  connections from the same address (an IPv6 address's /64) have not authenticated yet;
+  for the node's own work (store, peers, management port); and when
+  ``limits.max_unauthenticated_per_address`` connections from the same address (an IPv6
+  address's /64) have not authenticated yet;
 - at authentication: refused when the user already has ``limits.max_connections_per_user``
   connections on this node.
 
