@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -56,6 +57,27 @@ def parse_address(value: str) -> tuple[str, int]:
     return host, port
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def normalize_origin(origin: str) -> str | None:
+    """A web origin as browsers send it: ``scheme://host[:port]`` in lower case, without the
+    scheme's default port; None if ``origin`` is not one."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    if not scheme or not host or parts.path not in ("", "/") or parts.query or parts.username:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
 class NodeConfig(_Section):
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
 
@@ -76,6 +98,10 @@ class ListenConfig(_Section):
     websocket: str = "127.0.0.1:5080"
     management: str = "127.0.0.1:8012"
     peer: str = "127.0.0.1:8011"
+    # Browser origins (scheme://host[:port]) allowed to open a WebSocket, besides a page served
+    # from the address the browser connects to; "*" allows any. A handshake without Origin (not a
+    # browser) is always allowed. See docs/security.md.
+    websocket_origins: tuple[str, ...] = ()
 
     @field_validator("tcp", "websocket", "management", "peer")
     @classmethod
@@ -83,6 +109,17 @@ class ListenConfig(_Section):
         if value:  # an empty string switches the listener off
             parse_address(value)
         return value
+
+    @field_validator("websocket_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for origin in value:
+            normal = origin if origin in ("*", "null") else normalize_origin(origin)
+            if normal is None:
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port]), * or null")
+            out.append(normal)
+        return tuple(out)
 
 
 class TlsConfig(_Section):
@@ -113,6 +150,29 @@ class LimitsConfig(_Section):
     max_nesting_depth: int = Field(16, ge=2, le=100)
     max_requests_in_flight: int = Field(64, ge=1, le=10_000)
     max_pending_posts: int = Field(100_000, ge=100)
+    # Hostile clients (docs/security.md). Before authentication a frame is at most this long.
+    max_unauthenticated_frame_bytes: int = Field(16_384, ge=1024, le=64 * 1_048_576)
+    # A frame's arrays and maps plus their items and entries, counted while it is decoded.
+    max_frame_values: int = Field(32_768, ge=256, le=10_000_000)
+    # A frame (WebSocket message) must complete this long after its first byte arrived.
+    frame_timeout_s: float = Field(30, gt=0, le=3600)
+    # Bytes of unfinished frames held on the whole node; a connection growing one past it closes.
+    max_buffered_input_bytes: int = Field(64 * 1_048_576, ge=1024)
+    # Connections from one address (IPv6: its /64) not yet authenticated; 0: no limit.
+    max_unauthenticated_per_address: int = Field(64, ge=0)
+    # Authenticated connections of one user on this node; 0: no limit.
+    max_connections_per_user: int = Field(32, ge=0)
+    # File descriptors kept free for the node's own work (store, peers, management port).
+    fd_reserve: int = Field(256, ge=0)
+
+    @model_validator(mode="after")
+    def _input_budget_holds_a_frame(self) -> LimitsConfig:
+        if self.max_buffered_input_bytes < self.max_frame_bytes:
+            raise ValueError(
+                "max_buffered_input_bytes must be at least max_frame_bytes"
+                f" ({self.max_buffered_input_bytes} < {self.max_frame_bytes})"
+            )
+        return self
 
 
 class PolicyConfig(_Section):

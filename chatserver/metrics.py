@@ -37,6 +37,8 @@ class ConnectionCounts(Protocol):
 
     by_transport: Counter[str]
     authenticated_users: int
+    refused: Counter[str]  # connections refused or closed by a limit, by bye reason
+    buffered_input: int  # bytes held for frames not yet complete
 
 
 # No ``*_created`` series: scrapers do not need them and they double the output.
@@ -63,6 +65,8 @@ REJECT_REASONS = frozenset(
 # Where a sign-in came from (the login throttle's metrics) and what a lockout locked.
 SIGN_IN_VIAS = ("tcp", "websocket", "management")
 LOCKOUT_SCOPES = ("account", "address")
+# Why a connection was refused or closed by a limit (transport/connections.py, connection.py).
+LIMIT_REASONS = ("too_many_connections", "overloaded", "frame_timeout", "shutting_down")
 
 
 class Metrics:
@@ -237,6 +241,19 @@ class _NodeCollector(Collector):
             "chatserver_authenticated_users",
             "Connections that completed authentication",
             value=state.authenticated_users,
+        )
+        refused = CounterMetricFamily(
+            "chatserver_connections_refused",
+            "Client connections refused or closed by a limit, by bye reason",
+            labels=["reason"],
+        )
+        for reason in LIMIT_REASONS:
+            refused.add_metric([reason], state.refused.get(reason, 0))
+        yield refused
+        yield GaugeMetricFamily(
+            "chatserver_input_buffered_bytes",
+            "Bytes held for client frames not yet complete, on all connections",
+            value=state.buffered_input,
         )
         hub = self.hub
         yield GaugeMetricFamily(

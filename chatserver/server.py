@@ -26,7 +26,7 @@ import os
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .accounts import Accounts
 from .admin.server import ManagementServer
@@ -53,13 +53,13 @@ from .store import users as user_store
 from .store.db import Database
 from .store.migrate import check_schema, upgrade
 from .throttle import LoginThrottle
-from .transport.connection import Connections
+from .transport.connection import Connection
+from .transport.connections import Connections
 from .transport.tcp import TcpConnection
 from .transport.websocket import WebSocketConnection
 
 if TYPE_CHECKING:
     from .pool.node import Pool
-    from .transport.connection import Connection
 
 log = logging.getLogger("chatserver")
 
@@ -106,7 +106,7 @@ class Node:
         db = self.db = Database(config.database.url)
         self.metrics = Metrics()
         self.presence = Presence()
-        self.connections = Connections(config.limits)
+        self.connections = Connections(config.limits, config.listen.websocket_origins)
         # Who hears about what this node committed: nobody on one node; the peers in a pool.
         peers = None
         if config.pool.enabled:
@@ -254,7 +254,7 @@ class Node:
         await asyncio.shield(self._stopping)
 
     async def _stop(self, timeout: float) -> None:
-        self.connections.accepting = False
+        self.connections.stop_accepting()
         self.listening = False
         if self.management is not None:
             await self.management.stop()
@@ -272,8 +272,9 @@ class Node:
         await self.capture.close()
         workers = []
         for conn in self.connections:
-            if conn.session.worker is not None:
-                workers.append(conn.session.worker)
+            worker = cast(Connection, conn).session.worker
+            if worker is not None:
+                workers.append(worker)
             conn.close("shutting_down")
         # Requests being served may still hold store connections: let them end before closing it.
         if workers:

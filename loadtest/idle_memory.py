@@ -35,6 +35,8 @@ async def measure(transport: str, count: int) -> float:
         CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{ws_port}",
         CHATSERVER_ADMIN_PASSWORD=PASSWORD,
         CHATSERVER_LIMITS_AUTH_TIMEOUT_S="3600",
+        # Every connection resumes the same administrator's token.
+        CHATSERVER_LIMITS_MAX_CONNECTIONS_PER_USER="0",
     )
     # The node is another process, started once; blocking on its first lines is fine here.
     proc = subprocess.Popen(  # noqa: ASYNC220

@@ -184,6 +184,9 @@ class Stack:
             CHATSERVER_ADMIN_PASSWORD=ADMIN_PASSWORD,
             CHATSERVER_LISTEN_MANAGEMENT="",
             CHATSERVER_LISTEN_PEER="",
+            # The generator logs thousands of users in at once from a few 127.0.0.x addresses:
+            # the per-address limit on connections still logging in would cap the benchmark.
+            CHATSERVER_LIMITS_MAX_UNAUTHENTICATED_PER_ADDRESS="0",
         )
         env.update(extra)
         return env

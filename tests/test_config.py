@@ -51,6 +51,13 @@ DEFAULTS = {
     "limits.auth_timeout_s": 10,
     "limits.posts_per_user_per_s": 20,
     "limits.output_buffer_bytes": 4194304,
+    "limits.max_unauthenticated_frame_bytes": 16384,
+    "limits.max_frame_values": 32768,
+    "limits.frame_timeout_s": 30,
+    "limits.max_buffered_input_bytes": 67108864,
+    "limits.max_unauthenticated_per_address": 64,
+    "limits.max_connections_per_user": 32,
+    "limits.fd_reserve": 256,
 }
 
 
@@ -255,6 +262,16 @@ BAD_FILES = [
     pytest.param("[limits]\nauth_timeout_s = 0\n", "limits.auth_timeout_s", id="auth-timeout-0"),
     pytest.param("[limits]\nposts_per_user_per_s = -1\n", "limits.posts_per_user_per_s", id="rate"),
     pytest.param("[limits]\noutput_buffer_bytes = 1\n", "limits.output_buffer_bytes", id="buffer"),
+    pytest.param(
+        "[limits]\nmax_buffered_input_bytes = 1024\n", "limits", id="input-budget-below-frame"
+    ),
+    pytest.param("[limits]\nframe_timeout_s = 0\n", "limits.frame_timeout_s", id="frame-timeout"),
+    pytest.param("[limits]\nmax_frame_values = 10\n", "limits.max_frame_values", id="values"),
+    pytest.param(
+        '[listen]\nwebsocket_origins = ["example.com"]\n',
+        "listen.websocket_origins",
+        id="origin-without-scheme",
+    ),
     pytest.param('[listen]\ntcp = "nohost"\n', "listen.tcp", id="no-port"),
     pytest.param('[listen]\ntcp = "host:99999"\n', "listen.tcp", id="port-too-big"),
     pytest.param('[listen]\nwebsocket = "host:-1"\n', "listen.websocket", id="port-negative"),

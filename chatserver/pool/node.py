@@ -56,7 +56,7 @@ from ..rooms.governance import Governance
 from ..rooms.hub import Hub
 from ..rooms.settings import RuntimeSettings
 from ..store.db import Database, now_ms
-from ..transport.connection import Connections
+from ..transport.connections import Connections
 from . import registry
 from .catchup import SAFETY_POLL_ROUNDS, CatchUp
 from .events import EVENT_TYPES, NodesChanged, PeerEvent, Recheck, decode

@@ -2,19 +2,30 @@
 
 TCP frames are a 4-byte big-endian unsigned length followed by that many bytes of MessagePack
 encoding one map. A WebSocket message carries one map: MessagePack in a binary message, JSON in a
-text message. The frame size is checked from the header, before the body is buffered, and decoded
-maps are checked for nesting depth before anything else looks at them.
+text message.
+
+Every bound is applied before the work it bounds is done:
+
+- the frame size, from the header, before the body is buffered (:class:`FrameDecoder`; the
+  WebSocket library does the same from each frame's length);
+- the number of values in a frame (its arrays and maps, plus their items and entries), while
+  the payload is decoded: MessagePack's per-container lengths are capped and, in a frame long
+  enough to hold more values than allowed, every container is counted as it is completed and
+  decoding stops at the first one over the budget; JSON's ``[``, ``{`` and ``,`` are counted
+  before it is parsed. So a frame of a million empty arrays costs a count, not a million objects;
+- the nesting depth and the value types, on the decoded map, before anything else looks at it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any
 
 import msgpack
 
-from .errors import FrameTooLarge, ProtocolError
+from .errors import TOO_LARGE, FrameTooLarge, ProtocolError
 
 HEADER = struct.Struct(">I")
 
@@ -67,17 +78,93 @@ def _check_text(text: str) -> None:
         raise ProtocolError("strings must be valid Unicode (no lone surrogates)") from None
 
 
-def decode_msgpack(payload: bytes, max_depth: int) -> dict[str, Any]:
+# How many values a frame may hold when the caller does not say (limits.max_frame_values).
+MAX_VALUES = 32_768
+# Extension payloads are refused; the longest one MessagePack itself decodes is a 12-byte
+# timestamp (refused after decoding, with a message that names it).
+_MAX_EXT_LEN = 12
+# How msgpack reports a container header above max_array_len / max_map_len.
+_OVERLONG = re.compile(r"(\d+) exceeds max_(?:array|map)_len")
+
+
+def _too_many(max_values: int) -> ProtocolError:
+    return ProtocolError(f"frame holds more than {max_values} values", TOO_LARGE)
+
+
+class _Budget:
+    """Counts the containers MessagePack has built, each as one plus its length (so a frame's
+    count is its arrays and maps plus their items and entries); raises past the budget. Each
+    container is counted when it is complete, so at most ``max_values`` of them are ever built,
+    however they nest."""
+
+    __slots__ = ("left", "max_values")
+
+    def __init__(self, max_values: int) -> None:
+        self.max_values = max_values
+        self.left = max_values
+
+    def take(self, container: Any) -> Any:
+        self.left -= 1 + len(container)
+        if self.left < 0:
+            raise _too_many(self.max_values)
+        return container
+
+
+def decode_msgpack(payload: bytes, max_depth: int, max_values: int = MAX_VALUES) -> dict[str, Any]:
+    """Decode one MessagePack map nested at most ``max_depth`` deep, whose arrays and maps plus
+    their items and entries number at most ``max_values``.
+
+    Raises :class:`ProtocolError`: ``too_large`` past ``max_values``, ``bad_request`` otherwise.
+    """
+    size = len(payload)
+    hooks: dict[str, Any] = {}
+    if 2 * size > max_values:  # a value takes at least a byte: shorter frames cannot overrun
+        take = _Budget(max_values).take
+        hooks = {"list_hook": take, "object_hook": take}
     try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_no_ext)
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_no_ext,
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=max_values,
+            max_map_len=max_values,
+            max_ext_len=_MAX_EXT_LEN,
+            **hooks,
+        )
     except ProtocolError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        declared = _OVERLONG.match(str(exc))
+        if declared is not None and int(declared.group(1)) <= size:
+            # A container longer than the budget (one that claims more entries than the frame
+            # has bytes is merely malformed).
+            raise _too_many(max_values) from None
         raise ProtocolError(f"malformed MessagePack: {exc}") from None
     return _as_map(obj, max_depth)
 
 
-def decode_json(payload: bytes | str, max_depth: int) -> dict[str, Any]:
+def decode_json(
+    payload: bytes | str, max_depth: int, max_values: int = MAX_VALUES
+) -> dict[str, Any]:
+    """Decode one JSON map nested at most ``max_depth`` deep, with at most ``max_values``
+    arrays, maps, items and entries.
+
+    They are bounded before parsing, from the characters that open arrays and maps (each counts
+    two: the container and, at most, its first item) and the commas (one more item or entry),
+    those inside strings included: a frame whose text holds more than ``max_values`` of them
+    in this count is refused (``too_large``).
+    """
+    if 2 * len(payload) > max_values:
+        if isinstance(payload, bytes):
+            opened = payload.count(b"[") + payload.count(b"{")
+            marks = 2 * opened + payload.count(b",")
+        else:
+            marks = 2 * (payload.count("[") + payload.count("{")) + payload.count(",")
+        if marks > max_values:
+            raise _too_many(max_values)
     try:
         text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
         obj = json.loads(text)
@@ -152,14 +239,23 @@ class FrameDecoder:
 
     ``feed`` returns the complete bodies found so far; it raises :class:`FrameTooLarge` as soon as a
     header announces more than ``max_frame_bytes``, so an oversized body is never buffered.
+    ``setting`` names the limit in that error (the transport lowers it before authentication).
     """
 
-    def __init__(self, max_frame_bytes: int) -> None:
+    def __init__(self, max_frame_bytes: int, setting: str = "max_frame_bytes") -> None:
         self.max_frame_bytes = max_frame_bytes
+        self.setting = setting
         self._buffer = bytearray()
+
+    def limit(self, max_frame_bytes: int, setting: str) -> None:
+        """Apply ``max_frame_bytes`` to every header not yet read (a header already accepted
+        stays accepted)."""
+        self.max_frame_bytes = max_frame_bytes
+        self.setting = setting
 
     @property
     def buffered(self) -> int:
+        """Bytes held for a frame not yet complete (after ``feed`` returned)."""
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -178,7 +274,7 @@ class FrameDecoder:
             if size > self.max_frame_bytes:
                 if frames:
                     break
-                raise FrameTooLarge(size, self.max_frame_bytes)
+                raise FrameTooLarge(size, self.max_frame_bytes, self.setting)
             if end - offset - 4 < size:
                 break
             frames.append(bytes(buffer[offset + 4 : offset + 4 + size]))

@@ -69,5 +69,5 @@ class ProtocolError(ChatError):
 
 
 class FrameTooLarge(ProtocolError):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"frame of {size} bytes exceeds max_frame_bytes={limit}", TOO_LARGE)
+    def __init__(self, size: int, limit: int, setting: str = "max_frame_bytes") -> None:
+        super().__init__(f"frame of {size} bytes exceeds {setting}={limit}", TOO_LARGE)

@@ -13,20 +13,38 @@ live events stop. If it has not drained below half the limit within ``DRAIN_TIME
 backlog grows by another ``output_buffer_bytes`` meanwhile, or one loop turn queues more than four
 times the limit, the connection is aborted.
 When the transport asks us to pause writing, we stop reading requests too.
+
+Input (docs/security.md): before authentication a frame may hold at most
+``limits.max_unauthenticated_frame_bytes`` bytes and ``UNAUTHENTICATED_MAX_VALUES`` values; the
+connection raises both to ``max_frame_bytes`` and ``max_frame_values`` when the session tells it
+the user authenticated. A frame (a WebSocket message) must complete within
+``limits.frame_timeout_s`` of its first byte while the node is reading (``bye``
+``frame_timeout``), and a connection whose unfinished frame grows while the node-wide total of
+such bytes is above ``limits.max_buffered_input_bytes`` is closed (``bye`` ``overloaded``).
+A connection the node refuses (:mod:`.connections`) gets its reason, then a lingering close.
+
+Closing (:meth:`Connection._close_transport`) lingers on TCP: a FIN after the output, then the
+client's input is read and dropped until it closes or ``LINGER_S`` passes. Closing at once
+with input unread would make the kernel reset the connection, and the client could lose the
+``bye`` it was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from ..config import LimitsConfig
 from ..protocol.events import Bye, Outgoing
 from ..services import Services
 from ..sessions import Session
+from .connections import (
+    OVERLOADED,
+    SHUTTING_DOWN,
+    UNAUTHENTICATED_MAX_VALUES,
+    Connections,
+    address_key,
+)
 
 if TYPE_CHECKING:
     from ..store.users import User
@@ -35,53 +53,11 @@ log = logging.getLogger("chatserver.connection")
 
 # A connection that fell behind and has not drained its output within this time is closed.
 DRAIN_TIMEOUT_S = 30.0
-
-
-class Connections:
-    def __init__(self, limits: LimitsConfig) -> None:
-        self.limits = limits
-        self.open: set[Connection] = set()
-        self.by_transport: Counter[str] = Counter()
-        self.authenticated_users = 0
-        self.accepting = True
-        self._dirty: list[Connection] = []
-        self._flush_scheduled = False
-
-    def schedule_flush(self, conn: Connection) -> None:
-        """Flush ``conn`` at the end of this loop turn, with every other connection written to."""
-        self._dirty.append(conn)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_dirty)
-
-    def _flush_dirty(self) -> None:
-        self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            conn.flush()
-
-    def opened(self, conn: Connection) -> None:
-        if not self.accepting:
-            conn.close("shutting_down")
-            return
-        self.open.add(conn)
-        self.by_transport[conn.transport_name] += 1
-
-    def closed(self, conn: Connection) -> None:
-        if conn in self.open:
-            self.open.discard(conn)
-            self.by_transport[conn.transport_name] -= 1
-            if conn.session.user is not None:
-                self.authenticated_users -= 1
-
-    def authenticated(self, conn: Connection) -> None:
-        self.authenticated_users += 1
-
-    def __len__(self) -> int:
-        return len(self.open)
-
-    def __iter__(self) -> Iterator[Connection]:
-        return iter(list(self.open))
+# A closed connection's socket stays open at most this long after the node's FIN (until the
+# client closes too), reading and dropping input; a refused WebSocket waits this long at most
+# for its handshake.
+LINGER_S = 2.0
+FRAME_TIMEOUT = "frame_timeout"
 
 
 class Connection(asyncio.Protocol):
@@ -105,6 +81,24 @@ class Connection(asyncio.Protocol):
         self._drain_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._auth_timer: asyncio.TimerHandle | None = None
+        # Admission (kept by Connections): the address counted, and the user once counted.
+        self.address = "?"
+        self.user_id: int | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._released = False
+        # Input bounds: the unauthenticated ones until the session authenticates.
+        limits = self.limits
+        if limits.max_unauthenticated_frame_bytes < limits.max_frame_bytes:
+            self.max_frame_bytes = limits.max_unauthenticated_frame_bytes
+            self.frame_setting = "max_unauthenticated_frame_bytes"
+        else:
+            self.max_frame_bytes = limits.max_frame_bytes
+            self.frame_setting = "max_frame_bytes"
+        self.max_values = min(UNAUTHENTICATED_MAX_VALUES, limits.max_frame_values)
+        # Unfinished input: bytes held (counted in Connections.buffered_input), since when.
+        self._held = 0
+        self._partial_since: float | None = None
+        self._frame_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -114,18 +108,39 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.address = address_key(peer)
         limit = self.limits.output_buffer_bytes
         transport.set_write_buffer_limits(high=limit // 4, low=limit // 16)
-        loop = asyncio.get_running_loop()
-        self._auth_timer = loop.call_later(self.limits.auth_timeout_s, self._auth_expired)
-        self.connections.opened(self)
+        refusal = self.connections.opened(self)
+        if refusal is None:
+            loop = asyncio.get_running_loop()
+            self._auth_timer = loop.call_later(self.limits.auth_timeout_s, self._auth_expired)
+        elif refusal == SHUTTING_DOWN:
+            self.close(refusal)
+        elif refusal:
+            log.info("%s %s: refused, %s", self.transport_name, self.peer, refusal)
+            self.refuse(refusal)
+        else:
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        for timer in (self._auth_timer, self._drain_timer):
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self._release()
+        self.connections.gone(self)
+
+    def _release(self) -> None:
+        """The connection is over for the node (its socket may still linger)."""
+        if self._released:
+            return
+        self._released = True
+        for timer in (self._auth_timer, self._drain_timer, self._frame_timer):
             if timer is not None:
                 timer.cancel()
         self._out.clear()
+        self.connections.buffered_input -= self._held
+        self._held = 0
         self.session.close()
         self.connections.closed(self)
 
@@ -160,6 +175,56 @@ class Connection(asyncio.Protocol):
     def deliver(self, obj: dict[str, Any]) -> None:
         """One decoded map from the client."""
         self.session.receive(obj)
+
+    def input_held(self, held: int, completed: bool) -> None:
+        """After a read: ``held`` bytes wait for a frame to complete (at least 1 while one is
+        under way); ``completed``: a frame completed during this read (so any rest began in it).
+        """
+        change = held - self._held
+        if change:
+            self._held = held
+            self.connections.buffered_input += change
+        if not held:
+            self._partial_since = None
+            return
+        if completed or self._partial_since is None:
+            loop = asyncio.get_running_loop()
+            self._partial_since = loop.time()
+            if self._frame_timer is None:
+                self._frame_timer = loop.call_later(
+                    self.limits.frame_timeout_s, self._frame_deadline
+                )
+        if change > 0 and self.connections.over_input_budget():
+            log.info(
+                "%s %s: closing, unfinished input on the node passed %d bytes",
+                self.transport_name,
+                self.peer,
+                self.limits.max_buffered_input_bytes,
+            )
+            self.connections.refused[OVERLOADED] += 1
+            self.close(OVERLOADED)
+
+    def _frame_deadline(self) -> None:
+        self._frame_timer = None
+        if self._closing or self._partial_since is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._reading_paused or self._writing_paused:
+            self._partial_since = now  # the node stopped reading, not the client
+        timeout = self.limits.frame_timeout_s
+        left = self._partial_since + timeout - now
+        if left > 0:
+            self._frame_timer = loop.call_later(left, self._frame_deadline)
+            return
+        log.info(
+            "%s %s: closing, a frame did not complete within %g s",
+            self.transport_name,
+            self.peer,
+            timeout,
+        )
+        self.connections.refused[FRAME_TIMEOUT] += 1
+        self.close(FRAME_TIMEOUT)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -224,7 +289,18 @@ class Connection(asyncio.Protocol):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
-        self.connections.authenticated(self)
+        refusal = self.connections.authenticated(self, user.id)
+        if refusal is not None:
+            log.info("%s %s: refused user %d, %s", self.transport_name, self.peer, user.id, refusal)
+            self.close(refusal)
+            return
+        self.max_frame_bytes = self.limits.max_frame_bytes
+        self.frame_setting = "max_frame_bytes"
+        self.max_values = self.limits.max_frame_values
+        self._limits_raised()
+
+    def _limits_raised(self) -> None:
+        """Apply ``max_frame_bytes`` to the transport's framing (after authentication)."""
 
     def _auth_expired(self) -> None:
         self._auth_timer = None
@@ -232,6 +308,12 @@ class Connection(asyncio.Protocol):
             self.close("auth_timeout")
 
     # -- closing ----------------------------------------------------------------------------
+
+    def refuse(self, reason: str) -> None:
+        """Say ``bye`` with ``reason`` (nothing the client sends is read) and close."""
+        self.send(Outgoing.event(Bye(reason)))
+        self.flush()
+        self._close_transport()
 
     def close(self, reason: str) -> None:
         """Say ``bye`` with ``reason``, flush, and close."""
@@ -246,9 +328,26 @@ class Connection(asyncio.Protocol):
         """Anything the transport's own protocol sends before closing (a WebSocket close frame)."""
 
     def _close_transport(self) -> None:
+        """Close after the output; on TCP (not TLS) lingering: a FIN, then read and drop the
+        client's input until it closes or ``LINGER_S`` passes (see the module docstring)."""
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         self._closing = True
-        assert self.transport is not None
-        self.transport.close()
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        if not (self.connections.accepting and transport.can_write_eof()):
+            transport.close()
+            return
+        self.connections.linger(self)
+        transport.write_eof()
+        if not transport.is_reading():
+            transport.resume_reading()
+        loop = asyncio.get_running_loop()
+        self._linger_timer = loop.call_later(LINGER_S, transport.close)
+        loop.call_soon(self._release)  # as soon as a plain close would have
 
     def abort(self) -> None:
         self._closing = True

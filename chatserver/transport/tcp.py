@@ -8,7 +8,8 @@ from ..protocol.codec import FrameDecoder, decode_msgpack
 from ..protocol.errors import FrameTooLarge, ProtocolError
 from ..protocol.events import TCP
 from ..services import Services
-from .connection import Connection, Connections
+from .connection import Connection
+from .connections import Connections
 
 log = logging.getLogger("chatserver.connection")
 
@@ -19,30 +20,42 @@ class TcpConnection(Connection):
 
     def __init__(self, connections: Connections, services: Services) -> None:
         super().__init__(connections, services)
-        limits = connections.limits
-        self._decoder: FrameDecoder | None = FrameDecoder(limits.max_frame_bytes)
-        self._max_depth = limits.max_nesting_depth
+        self._decoder: FrameDecoder | None = FrameDecoder(self.max_frame_bytes, self.frame_setting)
+        self._max_depth = self.limits.max_nesting_depth
 
     def data_received(self, data: bytes) -> None:
-        if self._decoder is None:  # after an oversized frame: nothing more is read
+        decoder = self._decoder
+        if decoder is None or self._closing:  # after an oversized frame, or closing: dropped
             return
+        completed = False
         while True:
             try:
-                bodies = self._decoder.feed(data)
+                bodies = decoder.feed(data)
             except FrameTooLarge as exc:
                 self._decoder = None
-                self.session.end(exc, "frame_too_large")
+                self.input_held(0, False)
+                # The session keeps the error until it has answered; without its traceback,
+                # which holds the decoder's buffer (up to a whole read).
+                self.session.end(exc.with_traceback(None), "frame_too_large")
                 return
             for body in bodies:
                 try:
-                    obj = decode_msgpack(body, self._max_depth)
+                    obj = decode_msgpack(body, self._max_depth, self.max_values)
                 except ProtocolError as exc:
                     self.session.reject(exc)
                     continue
                 self.deliver(obj)
-            if not bodies or self._decoder.buffered < 4:
-                return
+            if not bodies:
+                break
+            completed = True
+            if decoder.buffered < 4:
+                break
             data = b""  # an oversized header may follow the frames just served
+        self.input_held(decoder.buffered, completed)
+
+    def _limits_raised(self) -> None:
+        if self._decoder is not None:
+            self._decoder.limit(self.max_frame_bytes, self.frame_setting)
 
     def eof_received(self) -> bool:
         return False
