@@ -14,12 +14,19 @@ import asyncio
 import os
 import resource
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from ..conftest import Harness, node_config, start_node
 from .helpers import Raw, RawWebSocket, tcp_frame
-from .sqlite_only import db_url  # noqa: F401  (SQLite only: see sqlite_only.py)
+from .sqlite_only import sqlite_url
+
+
+@pytest.fixture
+async def db_url(tmp_path: Path) -> str:
+    """SQLite only: these attacks exercise the transports, not the store (sqlite_only.py)."""
+    return await sqlite_url(tmp_path)
 
 
 @pytest.fixture

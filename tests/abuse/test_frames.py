@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,14 @@ from .helpers import (
     tcp_frame,
     ws_client_frame,
 )
-from .sqlite_only import db_url  # noqa: F401  (SQLite only: see sqlite_only.py)
+from .sqlite_only import sqlite_url
+
+
+@pytest.fixture
+async def db_url(tmp_path: Path) -> str:
+    """SQLite only: these attacks exercise the transports, not the store (sqlite_only.py)."""
+    return await sqlite_url(tmp_path)
+
 
 # The bystander's ping p99 while the attack runs. The node shares the test's event loop and a
 # 2-core machine with other work; before the bounds a single frame stalled it for ~1 s.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,13 @@ from chatserver.config import ConfigError
 
 from ..conftest import Harness, node_config, start_node
 from .helpers import ws_handshake
-from .sqlite_only import db_url  # noqa: F401  (SQLite only: see sqlite_only.py)
+from .sqlite_only import sqlite_url
+
+
+@pytest.fixture
+async def db_url(tmp_path: Path) -> str:
+    """SQLite only: these attacks exercise the transports, not the store (sqlite_only.py)."""
+    return await sqlite_url(tmp_path)
 
 
 async def handshake(address: tuple[str, int], request: bytes) -> tuple[int, bytes]:

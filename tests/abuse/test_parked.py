@@ -12,12 +12,20 @@ import asyncio
 import struct
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from ..conftest import Harness, node_config, scaled, start_node
 from .helpers import MIB, Raw, RawWebSocket, tcp_frame, ws_client_frame
-from .sqlite_only import db_url  # noqa: F401  (SQLite only: see sqlite_only.py)
+from .sqlite_only import sqlite_url
+
+
+@pytest.fixture
+async def db_url(tmp_path: Path) -> str:
+    """SQLite only: these attacks exercise the transports, not the store (sqlite_only.py)."""
+    return await sqlite_url(tmp_path)
+
 
 TIMEOUT_S = 0.5
 
