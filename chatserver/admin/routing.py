@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter
 
+from ..config import NODE_NAME, NODE_NAME_RULE
+
 if TYPE_CHECKING:
     from .context import Ctx
 
@@ -89,8 +91,9 @@ class Router:
 
 # -- path parameters ------------------------------------------------------------------------
 
-# ``…_id`` parameters are integers; the others are names (of a node: 1 to 128 characters, no "/").
-NAME_PARAM = re.compile(r"[^\x00/]{1,128}")
+# ``…_id`` parameters are integers; the others are node names, by the rule of ``[node] name``.
+NAME_PARAM = NODE_NAME
+NAME_RULE = NODE_NAME_RULE
 
 
 def path_param_schema(name: str) -> dict[str, Any]:
