@@ -33,6 +33,9 @@ class Route:
     response: Any  # a type for TypeAdapter, or None for "204 No Content"
     status: int
     mutating: bool
+    # Who writes a mutating route's audit entries: "handler" (through Ctx), or the domain part
+    # it calls, which records each change whatever front end asks ("governance", "accounts").
+    audited_by: str = "handler"
 
     @property
     def path_params(self) -> list[str]:
@@ -68,6 +71,7 @@ class Router:
         query: type[BaseModel] | None = None,
         response: Any = None,
         status: int = 200,
+        audited_by: str = "handler",
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.routes.append(
@@ -82,6 +86,7 @@ class Router:
                     response,
                     204 if response is None else status,
                     mutating=method != "GET" and not path.endswith("/search"),
+                    audited_by=audited_by,
                 )
             )
             return handler

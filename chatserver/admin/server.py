@@ -264,7 +264,7 @@ class ManagementServer:
                 log.exception("%s %s failed", spec.method, spec.path)
                 self.node.metrics.request_errors += 1
                 return _error(500, "internal", "internal error")
-            if spec.mutating and not ctx.audited:
+            if spec.mutating and spec.audited_by == "handler" and not ctx.audited:
                 log.error("%s %s changed state without an audit entry", spec.method, spec.path)
             if adapter is None:
                 return web.Response(status=204)
@@ -284,7 +284,10 @@ class ManagementServer:
         """The request's body, JSON sent as ``application/json`` (in UTF-8) within
         ``body_timeout_s``, with no key twice in an object; as JSON text again, whole numbers
         written ``5.0`` made integers (JSON Schema: 5.0 is an integer)."""
-        if request.content_type != "application/json" or (request.charset or "utf-8").lower() != "utf-8":
+        if (
+            request.content_type != "application/json"
+            or (request.charset or "utf-8").lower() != "utf-8"
+        ):
             raise _Refusal(
                 415, BAD_REQUEST, "send the body as JSON, with Content-Type: application/json"
             )
