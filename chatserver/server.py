@@ -143,7 +143,7 @@ class Node:
             config,
             db,
             auth,
-            LoginThrottle(config.login, db, self.metrics),
+            LoginThrottle(config.login, db, self.metrics, audit),
             enforcement,
             publisher,
             audit,
