@@ -4,10 +4,11 @@ moves, deletion and invitations — each checked, committed, then made true ever
 Each operation checks the caller's right (:class:`~chatserver.rooms.authorization.Authorization`),
 commits the change to the store, and then, in this order: drops the cached facts it touched and
 tells the pool's other nodes (:meth:`Governance._changed`, one :mod:`~chatserver.rooms.changes`
-type per kind of change), records it in the audit log (:class:`~chatserver.rooms.audit.Audit`:
-who, the op, the state before and after — whichever front end asked for it), enforces it on live
-subscriptions and re-announces the rooms concerned
-(:class:`~chatserver.rooms.enforcement.Enforcement`). A change reported by a peer goes through
+type per kind of change), enforces it on live subscriptions and re-announces the rooms concerned
+(:class:`~chatserver.rooms.enforcement.Enforcement`), and last records it in the audit log
+(:class:`~chatserver.rooms.audit.Audit`: who, the op, the state before and after — whichever
+front end asked for it; last, so an entry that cannot be written never keeps a change from being
+enforced). A change reported by a peer goes through
 :meth:`Governance.apply_remote`, which does the same minus the store write, the publishing and
 the audit entry (the node that made it wrote that).
 """
@@ -210,13 +211,13 @@ class Governance:
         if add or remove:
             await category_store.change_principals(self.db, category_id, add, remove)
         self._changed(CategoriesChanged())
+        await self._live.enforce()
         category = await self._facts.category(category_id)
         assert category is not None
         after = category_state(category)
         await self._audit.record(
             user, "category.update", f"category:{category_id}", category_state(before), after
         )
-        await self._live.enforce()
         return after
 
     async def delete_category(self, user: User, category_id: int) -> None:
@@ -265,9 +266,9 @@ class Governance:
             raise ChatError(CONFLICT, f"that would make a cycle: {exc}") from None
         await principal_store.remove_group_members(self.db, group_id, remove)
         self._changed(MembershipChanged())
+        await self._live.enforce()
         after = group_state(group, await principal_store.group_members_of(self.db, group_id))
         await self._audit.record(user, "group.members", f"group:{group_id}", before, after)
-        await self._live.enforce()
         return after
 
     async def delete_group(self, user: User, group_id: int) -> None:
@@ -279,8 +280,8 @@ class Governance:
         if not await principal_store.delete_group(self.db, group_id):  # and its grants
             raise ChatError(NOT_FOUND, f"no group {group_id}")
         self._changed(CategoriesChanged())
-        await self._audit.record(user, "group.delete", f"group:{group_id}", before, None)
         await self._live.enforce()
+        await self._audit.record(user, "group.delete", f"group:{group_id}", before, None)
 
     async def _check_exist(self, principals: list[Principal]) -> None:
         for p in principals:
@@ -296,11 +297,11 @@ class Governance:
             raise ChatError(NOT_FOUND, f"no user {target}")
         updated = await user_store.get_user(self.db, target)
         assert updated is not None
+        if not self._auth.policy_enabled(updated):
+            self.disconnect_user(target, "disabled")
         await self._audit.record(
             user, "user.policy", f"user:{target}", user_state(before), user_state(updated)
         )
-        if not self._auth.policy_enabled(updated):
-            self.disconnect_user(target, "disabled")
 
     async def list_users(self, user: User, query: str | None) -> list[dict[str, Any]]:
         self._auth.require_admin(user)
@@ -383,17 +384,17 @@ class Governance:
         except room_store.RoomExists:
             raise ChatError(CONFLICT, f"a room named {values.get('name')!r} exists") from None
         self._changed(RoomChanged(room_id))
-        await self._record_room(user, "room.update", before)
         await self._live.enforce([room_id])
         await self._live.announce_room(room_id)
+        await self._record_room(user, "room.update", before)
 
     async def set_disabled(self, user: User, room_id: int, disabled: bool) -> None:
         before, _category, _actor = await self._auth.check(user, room_id, "manage")
         await room_store.update_room(self.db, room_id, disabled=disabled)
         self._changed(RoomChanged(room_id))
-        await self._record_room(user, "room.disable" if disabled else "room.enable", before)
         await self._live.enforce([room_id], reason="disabled")
         await self._live.announce_room(room_id)
+        await self._record_room(user, "room.disable" if disabled else "room.enable", before)
 
     async def change_roles(
         self,
@@ -409,7 +410,6 @@ class Governance:
         await self._check_eligible(added, category)
         await room_store.change_roles(self.db, room_id, add, remove)
         self._changed(RoomChanged(room_id))
-        await self._record_room(user, "room.members", room)
         await self._live.enforce([room_id])
         invited: set[int] = set()
         if category.invitations and room.invitations == "inherit" and add.get("member"):
@@ -434,6 +434,7 @@ class Governance:
                 self._publisher.publish(change)  # the invitees' sessions on other nodes
                 await self._live.invited(change.room, change.users, change.by)
         await self._live.announce_room(room_id)
+        await self._record_room(user, "room.members", room)
         return invited
 
     async def move_room(self, user: User, room_id: int, category_id: int) -> None:
@@ -461,9 +462,9 @@ class Governance:
         await room_store.update_room(self.db, room_id, category_id=category_id)
         await room_store.change_roles(self.db, room_id, {}, remove)
         self._changed(RoomChanged(room_id))
-        await self._record_room(user, "room.move", room)
         await self._live.enforce([room_id])
         await self._live.announce_room(room_id)
+        await self._record_room(user, "room.move", room)
 
     async def delete_room(self, user: User, room_id: int) -> None:
         self._auth.require_admin(user)
@@ -471,9 +472,9 @@ class Governance:
         if before is None or not await room_store.delete_room(self.db, room_id):
             raise ChatError(NOT_FOUND, f"no room {room_id}")
         self._changed(RoomChanged(room_id))
-        await self._record_room(user, "room.delete", before)
         await self._live.enforce([room_id], reason="deleted")
         self._hub.forget(room_id)
+        await self._record_room(user, "room.delete", before)
 
     # -- invitations ------------------------------------------------------------------------
 
