@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .config import Config
 from .passwords import DUMMY_HASH, hash_password, verify_password
 from .protocol.errors import CONFLICT, FORBIDDEN, NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE, ChatError
+from .rooms.audit import Audit, user_state
 from .rooms.authorization import Authorization
 from .rooms.changes import Publisher, TokensRevoked
 from .store import users as user_store
@@ -64,20 +65,26 @@ def _store_errors(what: str) -> Iterator[None]:
 
 async def add_user(
     db: Database,
+    audit: Audit,
     name: str,
     password: str,
     *,
+    by: User | str,
     is_admin: bool = False,
     display_name: str | None = None,
 ) -> User:
-    """Create a user (``conflict`` if the name is taken)."""
+    """Create a user (``conflict`` if the name is taken), recorded in the audit log as made
+    ``by`` a user or a label (:meth:`Audit.record`). The node's and the command line's one way
+    to add users."""
     password_hash = await asyncio.to_thread(hash_password, password)
     try:
-        return await user_store.create_user(
+        user = await user_store.create_user(
             db, name, password_hash, is_admin=is_admin, display_name=display_name
         )
     except user_store.UserExists:
         raise ChatError(CONFLICT, f"a user named {name!r} exists") from None
+    await audit.record(by, "user.create", f"user:{user.id}", None, user_state(user))
+    return user
 
 
 class Accounts:
@@ -89,6 +96,7 @@ class Accounts:
         throttle: LoginThrottle,
         live: LiveSessions,
         publisher: Publisher,
+        audit: Audit,
     ) -> None:
         self._config = config
         self._db = db
@@ -96,6 +104,7 @@ class Accounts:
         self._throttle = throttle
         self._live = live
         self._publisher = publisher
+        self._audit = audit
 
     # -- signing in -------------------------------------------------------------------------
 
@@ -194,8 +203,21 @@ class Accounts:
         return self._ended(TokensRevoked(user_id, reason=reason))
 
     async def add_user(
-        self, name: str, password: str, *, is_admin: bool = False, display_name: str | None = None
+        self,
+        name: str,
+        password: str,
+        *,
+        by: User | str,
+        is_admin: bool = False,
+        display_name: str | None = None,
     ) -> User:
+        """Create a user, recorded in the audit log as made ``by`` a user or a label."""
         return await add_user(
-            self._db, name, password, is_admin=is_admin, display_name=display_name
+            self._db,
+            self._audit,
+            name,
+            password,
+            by=by,
+            is_admin=is_admin,
+            display_name=display_name,
         )

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 # The helpers the subcommands share live in cli_common, which they import instead of this module.
+from .cli_common import cli_actor
 from .cli_common import config_of as _config
 from .cli_common import fail as _fail
 from .config import Config
@@ -161,10 +162,17 @@ def cmd_user_add(args: argparse.Namespace) -> None:
 
     async def body(config: Any, db: Any) -> None:
         from .accounts import add_user
+        from .rooms.audit import Audit
 
         try:
             user = await add_user(
-                db, args.name, password, is_admin=args.admin, display_name=args.display_name
+                db,
+                Audit(db),
+                args.name,
+                password,
+                by=cli_actor(),
+                is_admin=args.admin,
+                display_name=args.display_name,
             )
         except ChatError as exc:
             _fail(exc.message, 1)
@@ -183,6 +191,7 @@ def cmd_room_add(args: argparse.Namespace) -> None:
         _fail("a room description has at most 256 characters")
 
     async def body(config: Any, db: Any) -> None:
+        from .rooms.audit import Audit, room_state
         from .store import categories as category_store
 
         if args.category not in await category_store.load_categories(db):
@@ -198,6 +207,9 @@ def cmd_room_add(args: argparse.Namespace) -> None:
             )
         except room_store.RoomExists:
             _fail(f"a room named {args.name!r} exists", 1)
+        await Audit(db).record(
+            cli_actor(), "room.create", f"room:{room.id}", None, room_state(room)
+        )
         print(f"chatserver: added room {room.name!r} (id {room.id})")
 
     _with_store(args, body)

@@ -5,6 +5,8 @@ need not import it (nor it them, beyond registering)."""
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 import sys
 from typing import NoReturn
 
@@ -23,3 +25,12 @@ def config_of(args: argparse.Namespace) -> Config:
         return load_config(args.config)
     except ConfigError as exc:
         fail(str(exc))
+
+
+def cli_actor() -> str:
+    """Who the audit log names for a change the command line makes in the store itself:
+    ``cli:`` and the operating-system user who ran it."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no name for this uid (a container, say)
+        return f"cli:uid {os.getuid()}"

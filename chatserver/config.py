@@ -14,6 +14,7 @@ Any invalid file, unknown key or bad value raises :class:`ConfigError`, whose me
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -78,8 +79,22 @@ def normalize_origin(origin: str) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
+# A node's name: 1 to 128 letters, digits, ".", "_" or "-", beginning with a letter or a digit (a
+# host name fits; "..", "/", spaces and control characters do not). The management API's per-node
+# settings take the same names.
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NODE_NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', beginning with a letter or a digit"
+
+
 class NodeConfig(_Section):
-    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    name: str = Field(default_factory=socket.gethostname)
+
+    @field_validator("name")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if not NODE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r}: a node name has {NODE_NAME_RULE}")
+        return value
 
 
 class DatabaseConfig(_Section):
@@ -184,6 +199,15 @@ class PolicyConfig(_Section):
 class ManagementConfig(_Section):
     # A static bearer token for automation (empty: only administrators' session tokens work).
     token: str = ""
+    # Connections the management port holds at once; more are answered 503 and closed.
+    max_connections: int = Field(64, ge=1, le=100_000)
+    # A new connection's first request line and headers must arrive within this (also the TLS
+    # handshake's limit); later requests' within keepalive_timeout_s of the previous response.
+    header_timeout_s: float = Field(10, gt=0, le=3600)
+    # A request's body must arrive within this once its headers have.
+    body_timeout_s: float = Field(30, gt=0, le=3600)
+    # A connection idle this long after a response is closed.
+    keepalive_timeout_s: float = Field(15, gt=0, le=3600)
 
 
 class PoolConfig(_Section):

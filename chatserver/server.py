@@ -33,6 +33,7 @@ from .admin.server import ManagementServer
 from .config import Config, parse_address
 from .metrics import Metrics
 from .protocol.errors import ChatError
+from .rooms.audit import SYSTEM, Audit
 from .rooms.authorization import Authorization
 from .rooms.capture import Capture
 from .rooms.changes import LocalOnly, Publisher
@@ -87,7 +88,9 @@ async def ensure_admin(db: Database, accounts: Accounts, announce: Callable[[str
         return
     password = os.environ.get("CHATSERVER_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
     try:
-        await accounts.add_user("admin", password, is_admin=True, display_name="Administrator")
+        await accounts.add_user(
+            "admin", password, by=SYSTEM, is_admin=True, display_name="Administrator"
+        )
     except ChatError:
         raise StartupError(
             "the store has no administrator and the name 'admin' belongs to an ordinary user;"
@@ -125,7 +128,8 @@ class Node:
         facts = self.facts = Facts(db)
         auth = self.auth = Authorization(config, facts)
         enforcement = self.enforcement = Enforcement(db, facts, auth, hub, self.presence)
-        self.governance = Governance(db, facts, auth, enforcement, hub, publisher)
+        audit = self.audit = Audit(db)
+        self.governance = Governance(db, facts, auth, enforcement, hub, publisher, audit)
         self.capture = Capture(db, config.node.name, enabled=config.compliance.enabled)
         self.writer = Writer(
             db,
@@ -139,9 +143,10 @@ class Node:
             config,
             db,
             auth,
-            LoginThrottle(config.login, db, self.metrics),
+            LoginThrottle(config.login, db, self.metrics, audit),
             enforcement,
             publisher,
+            audit,
         )
         self.reading = Reading(db, self.settings, facts, auth, hub, self.capture)
         self.addresses: dict[str, tuple[str, int]] = {}

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .protocol.errors import RetryLater
-from .store import admin as admin_store
+from .rooms.audit import SYSTEM, Audit
 from .store import users as user_store
 from .store.db import Database, now_ms
 from .store.users import Failures, Key
@@ -77,10 +77,11 @@ def address_key(address: str) -> str:
 
 
 class LoginThrottle:
-    def __init__(self, config: LoginConfig, db: Database, metrics: Metrics) -> None:
+    def __init__(self, config: LoginConfig, db: Database, metrics: Metrics, audit: Audit) -> None:
         self._config = config
         self._db = db
         self._metrics = metrics
+        self._audit = audit
         self._pruned = 0.0
 
     def _keys(self, name: str | None, source: Source) -> list[Key]:
@@ -165,10 +166,8 @@ class LoginThrottle:
             source.via,
             source.address,
         )
-        await admin_store.audit(
-            self._db,
-            "system",
-            None,
+        await self._audit.record(
+            SYSTEM,
             "login.lockout",
             f"{scope}:{key}"[:MAX_KEY],
             None,

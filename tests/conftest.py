@@ -183,7 +183,7 @@ class Harness:
         return client
 
     async def user(self, name: str, *, admin: bool = False) -> None:
-        await self.node.accounts.add_user(name, PASSWORD, is_admin=admin)
+        await self.node.accounts.add_user(name, PASSWORD, by="test", is_admin=admin)
 
     async def login(self, name: str, transport: str = "tcp") -> Client:
         client = await self.connect(transport)

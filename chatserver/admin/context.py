@@ -5,6 +5,11 @@ shares: read the state before, make the change, turn a store's refusal into its 
 conflict`` unless said otherwise), read the state after, and record both in the audit log. A
 handler that does not fit them (a change with no state to show, such as a disconnect) calls
 :meth:`Ctx.audit` itself; the server logs an error for a change that recorded nothing.
+
+A change made through governance (or a user created through accounts) is recorded there, as it
+is when the client protocol or the command line makes it (:mod:`chatserver.rooms.audit`): its
+route says ``audited_by="governance"`` and its handler uses :meth:`Ctx.govern`, which writes no
+entry of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..protocol.errors import CONFLICT, NOT_FOUND, ChatError
-from ..store import admin as admin_store
 
 if TYPE_CHECKING:
     from ..rooms.governance import Governance
@@ -61,9 +65,22 @@ class Ctx:
         return self.node.db
 
     async def audit(self, action: str, target: str, before: Any, after: Any) -> None:
-        actor_id = self.actor.id or None
-        await admin_store.audit(self.db, self.actor_label, actor_id, action, target, before, after)
+        await self.node.audit.record(self.actor, action, target, before, after)
         self.audited = True
+
+    async def govern(
+        self,
+        *,
+        load: Callable[[], Awaitable[Any]],
+        change: Callable[[Any], Awaitable[object]],
+        gone: bool = False,
+    ) -> Any:
+        """A change governance makes and audits: ``load`` first (so a missing target is
+        answered before anything changes), ``change(before)``, then the state after (None when
+        ``gone``). Governance writes one entry per change it makes; this writes none."""
+        before = await load()
+        await change(before)
+        return None if gone else await load()
 
     async def change(
         self,

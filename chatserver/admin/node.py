@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..metrics import Metrics
     from ..pool.node import Pool
+    from ..rooms.audit import Audit
     from ..rooms.authorization import Authorization
     from ..rooms.enforcement import Enforcement
     from ..rooms.facts import Facts
@@ -65,6 +66,9 @@ class NodeControl(Protocol):
 
     @property
     def accounts(self) -> Accounts: ...
+
+    @property
+    def audit(self) -> Audit: ...
 
     @property
     def settings(self) -> RuntimeSettings: ...

@@ -113,7 +113,9 @@ def openapi_document(version: str) -> dict[str, Any]:
             }
         errors = dict(ERROR_STATUSES)
         if r.body is not None:
+            errors["408"] = "The body did not arrive within [management] body_timeout_s"
             errors["413"] = "The body is larger than 1 MiB"
+            errors["415"] = "The body is not sent as application/json (UTF-8)"
         for status, text in errors.items():
             responses[status] = {
                 "description": text,

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter
 
+from ..config import NODE_NAME, NODE_NAME_RULE
+
 if TYPE_CHECKING:
     from .context import Ctx
 
@@ -31,6 +33,9 @@ class Route:
     response: Any  # a type for TypeAdapter, or None for "204 No Content"
     status: int
     mutating: bool
+    # Who writes a mutating route's audit entries: "handler" (through Ctx), or the domain part
+    # it calls, which records each change whatever front end asks ("governance", "accounts").
+    audited_by: str = "handler"
 
     @property
     def path_params(self) -> list[str]:
@@ -66,6 +71,7 @@ class Router:
         query: type[BaseModel] | None = None,
         response: Any = None,
         status: int = 200,
+        audited_by: str = "handler",
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.routes.append(
@@ -80,6 +86,7 @@ class Router:
                     response,
                     204 if response is None else status,
                     mutating=method != "GET" and not path.endswith("/search"),
+                    audited_by=audited_by,
                 )
             )
             return handler
@@ -89,8 +96,9 @@ class Router:
 
 # -- path parameters ------------------------------------------------------------------------
 
-# ``…_id`` parameters are integers; the others are names (of a node: 1 to 128 characters, no "/").
-NAME_PARAM = re.compile(r"[^\x00/]{1,128}")
+# ``…_id`` parameters are integers; the others are node names, by the rule of ``[node] name``.
+NAME_PARAM = NODE_NAME
+NAME_RULE = NODE_NAME_RULE
 
 
 def path_param_schema(name: str) -> dict[str, Any]:

@@ -27,7 +27,8 @@ USERS = ("selftest-1", "selftest-2")
 async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str, int]]:
     """Tokens for the two users and the room id, straight from the store."""
     from ..accounts import add_user
-    from ..cli_common import config_of
+    from ..cli_common import cli_actor, config_of
+    from ..rooms.audit import Audit, room_state
     from ..store import rooms as room_store
     from ..store import users as user_store
     from ..store.db import Database
@@ -37,6 +38,7 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
     config = config_of(args)
     target = parse_address(args.tcp or config.listen.tcp)
     db = Database(config.database.url)
+    audit = Audit(db)
     try:
         await check_schema(db)
         tokens = []
@@ -44,7 +46,12 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
             found = await user_store.credentials(db, name)
             if found is None:
                 user = await add_user(
-                    db, name, secrets.token_urlsafe(24), display_name=f"Self-test {name[-1]}"
+                    db,
+                    audit,
+                    name,
+                    secrets.token_urlsafe(24),
+                    by=cli_actor(),
+                    display_name=f"Self-test {name[-1]}",
                 )
             else:
                 user = found[0]
@@ -64,6 +71,9 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
                 db, args.room, "Used by `chatserver selftest`", privacy="open"
             )
             room_id = room.id
+            await audit.record(
+                cli_actor(), "room.create", f"room:{room_id}", None, room_state(room)
+            )
     finally:
         await db.close()
     return tokens, int(room_id), target

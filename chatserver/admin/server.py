@@ -48,8 +48,9 @@ from ..store.migrate import SchemaError, check_schema
 from ..store.users import User
 from ..throttle import Source
 from .context import Ctx
+from .guard import ConnectionGuard, GuardCollector
 from .routes import ROUTES, openapi_document
-from .routing import NAME_PARAM, Route
+from .routing import NAME_PARAM, NAME_RULE, Route
 
 if TYPE_CHECKING:
     from .node import NodeControl
@@ -69,6 +70,9 @@ STATUS = {
 
 TOKEN_USER = User(0, "token", "Automation token", True)
 MAX_BODY_BYTES = 1_048_576
+# After a response, the rest of an unread body is read (and dropped) for at most this long, so
+# the client sees the response instead of a reset; then the connection is closed.
+LINGER_S = 2.0
 # /healthz fails when a timer fired this much later than asked (the loop is stuck).
 MAX_LOOP_LAG_S = 5.0
 
@@ -85,11 +89,24 @@ def _unauthorized(message: str) -> web.Response:
     )
 
 
+class _Refusal(Exception):
+    """A request answered with an HTTP status no error code stands for (408, 415)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
 class ManagementServer:
     def __init__(self, node: NodeControl) -> None:
         self.node = node
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self.limits = node.config.management
+        self.app = web.Application(
+            client_max_size=MAX_BODY_BYTES, middlewares=[self._head_received]
+        )
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.guard: ConnectionGuard | None = None
         self.address: tuple[str, int] | None = None
         self._openapi: bytes | None = None
         self._add_routes()
@@ -98,21 +115,49 @@ class ManagementServer:
 
     async def start(self, address: str, ssl_context: Any) -> tuple[str, int]:
         host, port = parse_address(address)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        limits = self.limits
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=limits.keepalive_timeout_s,
+            lingering_time=LINGER_S,
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_address=True)
-        await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()
+        assert self._runner.server is not None
+        # The listener is made here, not by a TCPSite: the guard stands between it and aiohttp.
+        guard = self.guard = ConnectionGuard(
+            self._runner.server,
+            max_connections=limits.max_connections,
+            header_timeout_s=limits.header_timeout_s,
+        )
+        self._listener = await asyncio.get_running_loop().create_server(
+            guard,
+            host,
+            port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=limits.header_timeout_s if ssl_context else None,
+            reuse_address=True,
+        )
+        self.node.metrics.register(GuardCollector(guard))
+        bound = self._listener.sockets[0].getsockname()
         self.address = (bound[0], bound[1])
         return self.address
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @web.middleware
+    async def _head_received(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.guard is not None:
+            self.guard.head_received(request.protocol)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -182,7 +227,7 @@ class ManagementServer:
                 elif NAME_PARAM.fullmatch(text):
                     params[name] = text
                 else:
-                    return _error(400, BAD_REQUEST, f"{name}: 1 to 128 characters, no NUL or /")
+                    return _error(400, BAD_REQUEST, f"{name}: {NAME_RULE}")
             try:
                 query = None
                 repeated = sorted(
@@ -200,22 +245,17 @@ class ManagementServer:
                     )
                 body = None
                 if spec.body is not None:
-                    try:
-                        raw = await request.read()
-                        # integral numbers as integers (JSON Schema: 5.0 is an integer); lone
-                        # surrogates ("\\ud800") decode but cannot be encoded, nor stored
-                        text = json.dumps(_integral(json.loads(raw)), ensure_ascii=False)
-                        text.encode()
-                    except web.HTTPRequestEntityTooLarge:
-                        return _error(413, TOO_LARGE, f"the body exceeds {MAX_BODY_BYTES} bytes")
-                    except (ValueError, UnicodeError, RecursionError):
-                        raise ChatError(BAD_REQUEST, "the body is not JSON in UTF-8") from None
                     # strict: the JSON types the document names (no "5" or true for 5)
-                    body = spec.body.model_validate_json(text, strict=True)
+                    body = spec.body.model_validate_json(await self._json(request), strict=True)
                 ctx = Ctx(self.node, actor, label, params, body, query)
                 # Compliance events of governance changes name the administrator.
                 with outbox.acting_as(actor.id or None):
                     result = await spec.handler(ctx)
+            except _Refusal as exc:
+                response = _error(exc.status, exc.code, exc.message)
+                if exc.status == 408:
+                    response.force_close()
+                return response
             except ValidationError as exc:
                 return _error(400, BAD_REQUEST, _describe(exc))
             except ChatError as exc:
@@ -224,7 +264,7 @@ class ManagementServer:
                 log.exception("%s %s failed", spec.method, spec.path)
                 self.node.metrics.request_errors += 1
                 return _error(500, "internal", "internal error")
-            if spec.mutating and not ctx.audited:
+            if spec.mutating and spec.audited_by == "handler" and not ctx.audited:
                 log.error("%s %s changed state without an audit entry", spec.method, spec.path)
             if adapter is None:
                 return web.Response(status=204)
@@ -239,6 +279,35 @@ class ManagementServer:
 
         handle.__name__ = spec.handler.__name__
         return handle
+
+    async def _json(self, request: web.Request) -> str:
+        """The request's body, JSON sent as ``application/json`` (in UTF-8) within
+        ``body_timeout_s``, with no key twice in an object; as JSON text again, whole numbers
+        written ``5.0`` made integers (JSON Schema: 5.0 is an integer)."""
+        if (
+            request.content_type != "application/json"
+            or (request.charset or "utf-8").lower() != "utf-8"
+        ):
+            raise _Refusal(
+                415, BAD_REQUEST, "send the body as JSON, with Content-Type: application/json"
+            )
+        timeout = self.limits.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await request.read()
+        except TimeoutError:
+            late = f"the body did not arrive within {timeout:g} s"
+            raise _Refusal(408, BAD_REQUEST, late) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise _Refusal(413, TOO_LARGE, f"the body exceeds {MAX_BODY_BYTES} bytes") from None
+        try:
+            value = json.loads(raw, object_pairs_hook=_object)
+            # lone surrogates ("\\ud800") decode but cannot be encoded, nor stored
+            text = json.dumps(_integral(value), ensure_ascii=False)
+            text.encode()
+        except (ValueError, UnicodeError, RecursionError):
+            raise ChatError(BAD_REQUEST, "the body is not JSON in UTF-8") from None
+        return text
 
     # -- endpoints that are not resources ---------------------------------------------------
 
@@ -278,6 +347,17 @@ class ManagementServer:
             checks["store"] = f"unreachable: {type(exc).__name__}"
         ready = checks["accepting"] and checks["store"] == "ok"
         return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once (which value would count is not for the
+    server to guess)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ChatError(BAD_REQUEST, f"the body gives the key {key!r} more than once")
+        out[key] = value
+    return out
 
 
 def _integral(value: Any) -> Any:

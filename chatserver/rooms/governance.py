@@ -5,8 +5,12 @@ Each operation checks the caller's right (:class:`~chatserver.rooms.authorizatio
 commits the change to the store, and then, in this order: drops the cached facts it touched and
 tells the pool's other nodes (:meth:`Governance._changed`, one :mod:`~chatserver.rooms.changes`
 type per kind of change), enforces it on live subscriptions and re-announces the rooms concerned
-(:class:`~chatserver.rooms.enforcement.Enforcement`). A change reported by a peer goes through
-:meth:`Governance.apply_remote`, which does the same minus the store write and the publishing.
+(:class:`~chatserver.rooms.enforcement.Enforcement`), and last records it in the audit log
+(:class:`~chatserver.rooms.audit.Audit`: who, the op, the state before and after — whichever
+front end asked for it; last, so an entry that cannot be written never keeps a change from being
+enforced). A change reported by a peer goes through
+:meth:`Governance.apply_remote`, which does the same minus the store write, the publishing and
+the audit entry (the node that made it wrote that).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..store.rooms import Room
 from ..store.users import User
 from . import access
 from .access import Actor
+from .audit import Audit, category_state, group_state, room_state, user_state
 from .authorization import Authorization
 from .changes import (
     CategoriesChanged,
@@ -109,6 +114,7 @@ class Governance:
         enforcement: Enforcement,
         hub: Hub,
         publisher: Publisher,
+        audit: Audit,
     ) -> None:
         self.db = db
         self._facts = facts
@@ -116,6 +122,7 @@ class Governance:
         self._live = enforcement
         self._hub = hub
         self._publisher = publisher
+        self._audit = audit
 
     def _changed(self, change: Change) -> None:
         """A change committed here: drop the facts it touched and tell the other nodes."""
@@ -179,7 +186,9 @@ class Governance:
         self._changed(CategoriesChanged())
         category = await self._facts.category(category_id)
         assert category is not None
-        return category.public(with_principals=True)
+        after = category_state(category)
+        await self._audit.record(user, "category.create", f"category:{category_id}", None, after)
+        return after
 
     async def update_category(
         self,
@@ -190,7 +199,8 @@ class Governance:
         remove: dict[str, list[Principal]],
     ) -> dict[str, Any]:
         self._auth.require_admin(user)
-        if await self._facts.category(category_id) is None:
+        before = await self._facts.category(category_id)
+        if before is None:
             raise ChatError(NOT_FOUND, f"no category {category_id}")
         await self._check_exist([p for principals in add.values() for p in principals])
         if values:
@@ -204,19 +214,27 @@ class Governance:
         await self._live.enforce()
         category = await self._facts.category(category_id)
         assert category is not None
-        return category.public(with_principals=True)
+        after = category_state(category)
+        await self._audit.record(
+            user, "category.update", f"category:{category_id}", category_state(before), after
+        )
+        return after
 
     async def delete_category(self, user: User, category_id: int) -> None:
         self._auth.require_admin(user)
+        before = await self._facts.category(category_id)
         try:
             deleted = await category_store.delete_category(self.db, category_id)
         except category_store.CategoryNotEmpty:
             raise ChatError(
                 CONFLICT, "a category can be removed only when it has no rooms"
             ) from None
-        if not deleted:
+        if not deleted or before is None:
             raise ChatError(NOT_FOUND, f"no category {category_id}")
         self._changed(CategoriesChanged())
+        await self._audit.record(
+            user, "category.delete", f"category:{category_id}", category_state(before), None
+        )
 
     # -- groups and policy (administrators) -------------------------------------------------
 
@@ -226,6 +244,9 @@ class Governance:
             group = await principal_store.create_group(self.db, name, description)
         except principal_store.GroupExists:
             raise ChatError(CONFLICT, f"a group named {name!r} exists") from None
+        await self._audit.record(
+            user, "group.create", f"group:{group.id}", None, group_state(group, [])
+        )
         return group.public()
 
     async def change_group(
@@ -238,6 +259,7 @@ class Governance:
         if any(p.kind == "everyone" for p in add):
             raise ChatError(BAD_REQUEST, "a group holds users and groups, not everyone")
         await self._check_exist(add)
+        before = group_state(group, await principal_store.group_members_of(self.db, group_id))
         try:
             await principal_store.add_group_members(self.db, group_id, add)
         except principal_store.CycleError as exc:
@@ -245,15 +267,21 @@ class Governance:
         await principal_store.remove_group_members(self.db, group_id, remove)
         self._changed(MembershipChanged())
         await self._live.enforce()
-        members = await principal_store.group_members_of(self.db, group_id)
-        return {**group.public(), "members": [p.wire() for p in members]}
+        after = group_state(group, await principal_store.group_members_of(self.db, group_id))
+        await self._audit.record(user, "group.members", f"group:{group_id}", before, after)
+        return after
 
     async def delete_group(self, user: User, group_id: int) -> None:
         self._auth.require_admin(user)
+        group = await principal_store.get_group(self.db, group_id)
+        if group is None:
+            raise ChatError(NOT_FOUND, f"no group {group_id}")
+        before = group_state(group, await principal_store.group_members_of(self.db, group_id))
         if not await principal_store.delete_group(self.db, group_id):  # and its grants
             raise ChatError(NOT_FOUND, f"no group {group_id}")
         self._changed(CategoriesChanged())
         await self._live.enforce()
+        await self._audit.record(user, "group.delete", f"group:{group_id}", before, None)
 
     async def _check_exist(self, principals: list[Principal]) -> None:
         for p in principals:
@@ -264,12 +292,16 @@ class Governance:
 
     async def set_policy(self, user: User, target: int, enabled: bool | None) -> None:
         self._auth.require_admin(user)
-        if not await principal_store.set_user_policy(self.db, target, enabled):
+        before = await user_store.get_user(self.db, target)
+        if before is None or not await principal_store.set_user_policy(self.db, target, enabled):
             raise ChatError(NOT_FOUND, f"no user {target}")
         updated = await user_store.get_user(self.db, target)
         assert updated is not None
         if not self._auth.policy_enabled(updated):
             self.disconnect_user(target, "disabled")
+        await self._audit.record(
+            user, "user.policy", f"user:{target}", user_state(before), user_state(updated)
+        )
 
     async def list_users(self, user: User, query: str | None) -> list[dict[str, Any]]:
         self._auth.require_admin(user)
@@ -313,7 +345,7 @@ class Governance:
             raise ChatError(FORBIDDEN, f"you may not create rooms in {category.name!r}")
         managers = () if actor.is_admin else (Principal("user", user.id),)
         try:
-            return await room_store.create_room(
+            room = await room_store.create_room(
                 self.db,
                 name,
                 description,
@@ -327,6 +359,19 @@ class Governance:
             )
         except room_store.RoomExists:
             raise ChatError(CONFLICT, f"a room named {name!r} exists") from None
+        await self._audit.record(user, "room.create", f"room:{room.id}", None, room_state(room))
+        return room
+
+    async def _record_room(self, user: User, action: str, before: Room) -> None:
+        """Audit a change of a room (committed, its facts dropped): the room before, and now."""
+        after = await self._facts.room(before.id)
+        await self._audit.record(
+            user,
+            action,
+            f"room:{before.id}",
+            room_state(before),
+            None if after is None else room_state(after),
+        )
 
     async def _in_sight(self, actor: Actor) -> room_store.Clash:
         """A room name clashes only with the rooms ``actor`` may find; a room they may not find
@@ -341,7 +386,7 @@ class Governance:
         return findable
 
     async def update_room(self, user: User, room_id: int, values: dict[str, Any]) -> None:
-        _room, _category, actor = await self._auth.check(user, room_id, "manage")
+        before, _category, actor = await self._auth.check(user, room_id, "manage")
         _choice(values.get("privacy"), room_store.PRIVACY, "privacy")
         _choice(values.get("type"), room_store.TYPES, "type")
         _choice(values.get("invitations"), room_store.INVITATIONS, "invitations")
@@ -356,13 +401,15 @@ class Governance:
         self._changed(RoomChanged(room_id))
         await self._live.enforce([room_id])
         await self._live.announce_room(room_id)
+        await self._record_room(user, "room.update", before)
 
     async def set_disabled(self, user: User, room_id: int, disabled: bool) -> None:
-        await self._auth.check(user, room_id, "manage")
+        before, _category, _actor = await self._auth.check(user, room_id, "manage")
         await room_store.update_room(self.db, room_id, disabled=disabled)
         self._changed(RoomChanged(room_id))
         await self._live.enforce([room_id], reason="disabled")
         await self._live.announce_room(room_id)
+        await self._record_room(user, "room.disable" if disabled else "room.enable", before)
 
     async def change_roles(
         self,
@@ -402,6 +449,7 @@ class Governance:
                 self._publisher.publish(change)  # the invitees' sessions on other nodes
                 await self._live.invited(change.room, change.users, change.by)
         await self._live.announce_room(room_id)
+        await self._record_room(user, "room.members", room)
         return invited
 
     async def move_room(self, user: User, room_id: int, category_id: int) -> None:
@@ -431,14 +479,17 @@ class Governance:
         self._changed(RoomChanged(room_id))
         await self._live.enforce([room_id])
         await self._live.announce_room(room_id)
+        await self._record_room(user, "room.move", room)
 
     async def delete_room(self, user: User, room_id: int) -> None:
         self._auth.require_admin(user)
-        if not await room_store.delete_room(self.db, room_id):
+        before = await self._facts.room(room_id)
+        if before is None or not await room_store.delete_room(self.db, room_id):
             raise ChatError(NOT_FOUND, f"no room {room_id}")
         self._changed(RoomChanged(room_id))
         await self._live.enforce([room_id], reason="deleted")
         self._hub.forget(room_id)
+        await self._record_room(user, "room.delete", before)
 
     # -- invitations ------------------------------------------------------------------------
 

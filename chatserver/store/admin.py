@@ -17,7 +17,7 @@ from sqlalchemy import LargeBinary, cast, delete, func, insert, select, tuple_, 
 from sqlalchemy.exc import IntegrityError
 
 from . import outbox
-from .db import Database, now_ms
+from .db import LIKE_ESCAPE, Database, contains_pattern, now_ms
 from .schema import addins, audit_log, groups, messages, room_principals, rooms, settings, users
 
 # -- audit log ------------------------------------------------------------------------------
@@ -423,11 +423,6 @@ def _text_bytes(db: Database) -> Any:
     return func.octet_length(messages.c.text)
 
 
-def _like(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return "%" + escaped + "%"
-
-
 async def query_rooms(db: Database, q: RoomQuery, *, after_id: int, limit: int) -> list[int]:
     """Ids of the rooms that match every given filter, ascending, after ``after_id``."""
     stmt = select(rooms.c.id).where(rooms.c.id > after_id).order_by(rooms.c.id).limit(limit)
@@ -442,10 +437,10 @@ async def query_rooms(db: Database, q: RoomQuery, *, after_id: int, limit: int) 
     if q.addin_id is not None:
         stmt = stmt.where(rooms.c.addin_id == q.addin_id)
     if q.contains:
-        pattern = _like(q.contains)
+        pattern = contains_pattern(q.contains)
         stmt = stmt.where(
-            rooms.c.name.ilike(pattern, escape="\\")
-            | rooms.c.description.ilike(pattern, escape="\\")
+            rooms.c.name.ilike(pattern, escape=LIKE_ESCAPE)
+            | rooms.c.description.ilike(pattern, escape=LIKE_ESCAPE)
         )
     for role, principal in (("member", q.member), ("manager", q.manager)):
         if principal is not None:

@@ -31,6 +31,20 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# The escape character of :func:`contains_pattern`'s patterns: pass ``escape=LIKE_ESCAPE`` to
+# ``like`` / ``ilike``.
+LIKE_ESCAPE = "\\"
+
+
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern matching values that contain ``text`` literally: its ``%``, ``_`` and
+    ``\\`` are escaped (with :data:`LIKE_ESCAPE`), so ``_`` matches an underscore, not any
+    character, on either dialect."""
+    for special in (LIKE_ESCAPE, "%", "_"):
+        text = text.replace(special, LIKE_ESCAPE + special)
+    return f"%{text}%"
+
+
 def sqlalchemy_url(url: str) -> str:
     """Map a configured URL (``sqlite:///…``, ``postgresql://…``) to its async driver URL."""
     if url.startswith("sqlite://"):

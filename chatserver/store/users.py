@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from .db import Database, now_ms
+from .db import LIKE_ESCAPE, Database, contains_pattern, now_ms
 from .schema import login_failures, sessions, users
 
 
@@ -97,7 +97,7 @@ async def credentials(db: Database, name: str) -> tuple[User, str] | None:
 async def list_users(db: Database, query: str | None = None, limit: int = 100) -> list[User]:
     stmt = select(users).order_by(users.c.name).limit(limit)
     if query:
-        stmt = stmt.where(users.c.name.ilike("%" + query.replace("%", "") + "%"))
+        stmt = stmt.where(users.c.name.ilike(contains_pattern(query), escape=LIKE_ESCAPE))
     async with db.read() as conn:
         return [_user(row) for row in await conn.execute(stmt)]
 

@@ -30,7 +30,7 @@ MISSING = 10**9  # a room id that does not exist
 
 
 async def make_user(h: Harness, name: str, *, admin: bool = False) -> int:
-    return (await h.node.accounts.add_user(name, PASSWORD, is_admin=admin)).id
+    return (await h.node.accounts.add_user(name, PASSWORD, is_admin=admin, by="test")).id
 
 
 async def open_category(admin: Client, name: str) -> int:

@@ -144,7 +144,7 @@ async def setup(
 
 
 async def admin(h: Harness) -> tuple[Client, int]:
-    uid = (await h.node.accounts.add_user("root", PASSWORD, is_admin=True)).id
+    uid = (await h.node.accounts.add_user("root", PASSWORD, by="test", is_admin=True)).id
     return await h.login("root"), uid
 
 
@@ -193,7 +193,7 @@ async def test_every_event_type_is_captured_with_its_fields(
 ) -> None:
     h, stores = setup
     root, root_id = await admin(h)
-    bob_id = (await h.node.accounts.add_user("bob", PASSWORD)).id
+    bob_id = (await h.node.accounts.add_user("bob", PASSWORD, by="test")).id
     # Governance: a category (history off), its ACL, a room, its roles, a group, the policy.
     cat = (await root.call("category.create", name="quiet", chat_history=False))["category"]["id"]
     await root.call("category.update", category=cat, add={"allowed": [EVERYONE]})

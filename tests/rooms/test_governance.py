@@ -43,7 +43,7 @@ def group(gid: int) -> dict[str, Any]:
 
 
 async def make_user(h: Harness, name: str, *, admin: bool = False) -> int:
-    return (await h.node.accounts.add_user(name, PASSWORD, is_admin=admin)).id
+    return (await h.node.accounts.add_user(name, PASSWORD, by="test", is_admin=admin)).id
 
 
 async def admin_client(h: Harness) -> Client:

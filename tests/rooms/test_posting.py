@@ -216,8 +216,8 @@ async def test_a_later_batch_that_locks_first_does_not_reorder_a_sender(
         pytest.skip("SQLite stores one batch at a time")
     from chatserver.rooms import writer as writer_module
 
-    ann_id = (await harness.node.accounts.add_user("ann", "correct horse battery")).id
-    bob_id = (await harness.node.accounts.add_user("bob", "correct horse battery")).id
+    ann_id = (await harness.node.accounts.add_user("ann", "correct horse battery", by="test")).id
+    bob_id = (await harness.node.accounts.add_user("bob", "correct horse battery", by="test")).id
     room = await harness.room()
     real = writer_module.store_batch
     calls = 0

@@ -17,6 +17,9 @@ Each module declares its routes with its own :class:`~chatserver.admin.routing.R
 ``views`` reads a resource as the API shows it (shared by the modules above). Handlers call the
 same domain functions the client protocol uses (:mod:`chatserver.rooms.governance`), as an
 administrator, so a change made here is enforced on live connections exactly like one made by a
-client; every change goes through :meth:`~chatserver.admin.context.Ctx.change` (or ``create``),
-which records the audit entry. A read changes nothing.
+client — and recorded in the audit log there, one entry per governance change, as for a client:
+those handlers use :meth:`~chatserver.admin.context.Ctx.govern` and their routes say
+``audited_by="governance"`` (a new user is recorded by accounts). Every other change goes through
+:meth:`~chatserver.admin.context.Ctx.change` (or ``create``, or ``audit``), which records the
+entry. A read changes nothing.
 """

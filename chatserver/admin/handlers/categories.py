@@ -33,34 +33,30 @@ async def list_categories(ctx: Ctx) -> Any:
     body=CategoryIn,
     response=CategoryOut,
     status=201,
+    audited_by="governance",
 )
 async def create_category(ctx: Ctx) -> Any:
+    """The category, then its lists: each a governance change with its audit entry
+    (``category.create``, ``category.update``); if the lists are refused, the category is
+    removed again (``category.delete``)."""
     b: CategoryIn = ctx.body
-
-    async def create() -> int:
-        created = await ctx.gov.create_category(
-            ctx.actor,
-            b.name,
-            description=b.description,
-            invitations=b.invitations,
-            file_upload=b.file_upload,
-            chat_history=b.chat_history,
-        )
-        cid = int(created["id"])
-        lists = principal_lists(
-            CategoryLists(allowed=b.allowed, denied=b.denied, creators=b.creators)
-        )
-        if lists:
-            try:
-                await ctx.gov.update_category(ctx.actor, cid, {}, lists, {})
-            except ChatError:
-                await ctx.gov.delete_category(ctx.actor, cid)  # all or nothing
-                raise
-        return cid
-
-    return await ctx.create(
-        "category.create", create=create, load=lambda cid: category_out(ctx, cid)
+    created = await ctx.gov.create_category(
+        ctx.actor,
+        b.name,
+        description=b.description,
+        invitations=b.invitations,
+        file_upload=b.file_upload,
+        chat_history=b.chat_history,
     )
+    cid = int(created["id"])
+    lists = principal_lists(CategoryLists(allowed=b.allowed, denied=b.denied, creators=b.creators))
+    if lists:
+        try:
+            await ctx.gov.update_category(ctx.actor, cid, {}, lists, {})
+        except ChatError:
+            await ctx.gov.delete_category(ctx.actor, cid)  # all or nothing
+            raise
+    return await category_out(ctx, cid)
 
 
 @router.route(
@@ -81,14 +77,13 @@ async def get_category(ctx: Ctx) -> Any:
     summary="Change a category: settings, and allowed / denied / creators",
     body=CategoryPatch,
     response=CategoryOut,
+    audited_by="governance",
 )
 async def update_category(ctx: Ctx) -> Any:
     cid = ctx.params["category_id"]
     b: CategoryPatch = ctx.body
     values = b.model_dump(exclude={"add", "remove"}, exclude_none=True)
-    return await ctx.change(
-        "category.update",
-        f"category:{cid}",
+    return await ctx.govern(
         load=lambda: category_out(ctx, cid),
         change=lambda _: ctx.gov.update_category(
             ctx.actor, cid, values, principal_lists(b.add), principal_lists(b.remove)
@@ -101,12 +96,11 @@ async def update_category(ctx: Ctx) -> Any:
     "/api/v1/categories/{category_id}",
     tag="categories",
     summary="Remove an empty category",
+    audited_by="governance",
 )
 async def delete_category(ctx: Ctx) -> Any:
     cid = ctx.params["category_id"]
-    await ctx.change(
-        "category.delete",
-        f"category:{cid}",
+    await ctx.govern(
         load=lambda: category_out(ctx, cid),
         change=lambda _: ctx.gov.delete_category(ctx.actor, cid),
         gone=True,

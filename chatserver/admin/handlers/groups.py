@@ -26,13 +26,11 @@ async def list_groups(ctx: Ctx) -> Any:
     body=GroupIn,
     response=GroupOut,
     status=201,
+    audited_by="governance",
 )
 async def create_group(ctx: Ctx) -> Any:
-    async def create() -> int:
-        created = await ctx.gov.create_group(ctx.actor, ctx.body.name, ctx.body.description)
-        return int(created["id"])
-
-    return await ctx.create("group.create", create=create, load=lambda gid: group_out(ctx, gid))
+    created = await ctx.gov.create_group(ctx.actor, ctx.body.name, ctx.body.description)
+    return await group_out(ctx, int(created["id"]))
 
 
 @router.route(
@@ -53,13 +51,12 @@ async def get_group(ctx: Ctx) -> Any:
     summary="Add and remove members (users and groups)",
     body=MembersIn,
     response=GroupOut,
+    audited_by="governance",
 )
 async def change_group_members(ctx: Ctx) -> Any:
     gid = ctx.params["group_id"]
     b: MembersIn = ctx.body
-    return await ctx.change(
-        "group.members",
-        f"group:{gid}",
+    return await ctx.govern(
         load=lambda: group_out(ctx, gid),
         change=lambda _: ctx.gov.change_group(
             ctx.actor, gid, [p.store() for p in b.add], [p.store() for p in b.remove]
@@ -67,12 +64,16 @@ async def change_group_members(ctx: Ctx) -> Any:
     )
 
 
-@router.route("DELETE", "/api/v1/groups/{group_id}", tag="groups", summary="Remove a group")
+@router.route(
+    "DELETE",
+    "/api/v1/groups/{group_id}",
+    tag="groups",
+    summary="Remove a group",
+    audited_by="governance",
+)
 async def delete_group(ctx: Ctx) -> Any:
     gid = ctx.params["group_id"]
-    await ctx.change(
-        "group.delete",
-        f"group:{gid}",
+    await ctx.govern(
         load=lambda: group_out(ctx, gid),
         change=lambda _: ctx.gov.delete_group(ctx.actor, gid),
         gone=True,

@@ -77,29 +77,27 @@ async def list_rooms(ctx: Ctx) -> Any:
     body=RoomIn,
     response=RoomOut,
     status=201,
+    audited_by="governance",
 )
 async def create_room(ctx: Ctx) -> Any:
+    """The room, then its roles and add-in: each a governance change with its audit entry
+    (``room.create``, ``room.members``, ``room.update``); if a later step is refused, the room
+    is deleted again (``room.delete``)."""
     b: RoomIn = ctx.body
     await _check_addin(ctx, b.addin)
-
-    async def create() -> int:
-        room = await ctx.gov.create_room(
-            ctx.actor, b.category, b.name, b.description, b.privacy, b.type, b.invitations
-        )
-        roles = principal_lists(
-            RoleLists(member=b.members, manager=b.managers, presenter=b.presenters)
-        )
-        try:
-            if roles:
-                await ctx.gov.change_roles(ctx.actor, room.id, roles, {})
-            if b.addin is not None:
-                await ctx.gov.update_room(ctx.actor, room.id, {"addin_id": b.addin})
-        except ChatError:
-            await ctx.gov.delete_room(ctx.actor, room.id)  # all or nothing
-            raise
-        return room.id
-
-    return await ctx.create("room.create", create=create, load=lambda rid: room_out(ctx, rid))
+    room = await ctx.gov.create_room(
+        ctx.actor, b.category, b.name, b.description, b.privacy, b.type, b.invitations
+    )
+    roles = principal_lists(RoleLists(member=b.members, manager=b.managers, presenter=b.presenters))
+    try:
+        if roles:
+            await ctx.gov.change_roles(ctx.actor, room.id, roles, {})
+        if b.addin is not None:
+            await ctx.gov.update_room(ctx.actor, room.id, {"addin_id": b.addin})
+    except ChatError:
+        await ctx.gov.delete_room(ctx.actor, room.id)  # all or nothing
+        raise
+    return await room_out(ctx, room.id)
 
 
 @router.route("GET", "/api/v1/rooms/{room_id}", tag="rooms", summary="Get a room", response=RoomOut)
@@ -114,8 +112,12 @@ async def get_room(ctx: Ctx) -> Any:
     summary="Change a room: settings, category, add-in, members / managers / presenters",
     body=RoomPatch,
     response=RoomOut,
+    audited_by="governance",
 )
 async def update_room(ctx: Ctx) -> Any:
+    """A move, the settings, the roles: each a governance change with its audit entry
+    (``room.move``, ``room.update``, ``room.members``); if a step is refused, the steps made
+    are undone (and audited as changes too)."""
     rid = ctx.params["room_id"]
     b: RoomPatch = ctx.body
 
@@ -140,14 +142,11 @@ async def update_room(ctx: Ctx) -> Any:
             await _restore_room(ctx, rid, before)  # all or nothing
             raise
 
-    return await ctx.change(
-        "room.update", f"room:{rid}", load=lambda: room_out(ctx, rid), change=change
-    )
+    return await ctx.govern(load=lambda: room_out(ctx, rid), change=change)
 
 
 async def _restore_room(ctx: Ctx, rid: int, before: dict[str, Any]) -> None:
-    """Undo the steps of a room update that failed part way; if the room cannot be put back
-    as it was, what did change is audited."""
+    """Undo the steps of a room update that failed part way (governance audits each)."""
     try:
         now = await room_out(ctx, rid)
         if now == before:
@@ -161,16 +160,11 @@ async def _restore_room(ctx: Ctx, rid: int, before: dict[str, Any]) -> None:
             await ctx.gov.update_room(ctx.actor, rid, values)
     except ChatError:
         log.exception("room %d: undoing a failed update failed", rid)
-    after = await room_out(ctx, rid)
-    if after != before:
-        await ctx.audit("room.update", f"room:{rid}", before, after)
 
 
 async def _set_disabled(ctx: Ctx, disabled: bool) -> Any:
     rid = ctx.params["room_id"]
-    return await ctx.change(
-        "room.disable" if disabled else "room.enable",
-        f"room:{rid}",
+    return await ctx.govern(
         load=lambda: room_out(ctx, rid),
         change=lambda _: ctx.gov.set_disabled(ctx.actor, rid, disabled),
     )
@@ -182,26 +176,34 @@ async def _set_disabled(ctx: Ctx, disabled: bool) -> Any:
     tag="rooms",
     summary="Disable a room (members are removed from it; nothing is deleted)",
     response=RoomOut,
+    audited_by="governance",
 )
 async def disable_room(ctx: Ctx) -> Any:
     return await _set_disabled(ctx, True)
 
 
 @router.route(
-    "POST", "/api/v1/rooms/{room_id}/enable", tag="rooms", summary="Enable a room", response=RoomOut
+    "POST",
+    "/api/v1/rooms/{room_id}/enable",
+    tag="rooms",
+    summary="Enable a room",
+    response=RoomOut,
+    audited_by="governance",
 )
 async def enable_room(ctx: Ctx) -> Any:
     return await _set_disabled(ctx, False)
 
 
 @router.route(
-    "DELETE", "/api/v1/rooms/{room_id}", tag="rooms", summary="Delete a room and its history"
+    "DELETE",
+    "/api/v1/rooms/{room_id}",
+    tag="rooms",
+    summary="Delete a room and its history",
+    audited_by="governance",
 )
 async def delete_room(ctx: Ctx) -> Any:
     rid = ctx.params["room_id"]
-    await ctx.change(
-        "room.delete",
-        f"room:{rid}",
+    await ctx.govern(
         load=lambda: room_out(ctx, rid),
         change=lambda _: ctx.gov.delete_room(ctx.actor, rid),
         gone=True,

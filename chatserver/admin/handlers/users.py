@@ -42,17 +42,18 @@ async def list_users(ctx: Ctx) -> Any:
     body=UserIn,
     response=UserOut,
     status=201,
+    audited_by="accounts",
 )
 async def create_user(ctx: Ctx) -> Any:
     body: UserIn = ctx.body
-
-    async def create() -> int:
-        user = await ctx.node.accounts.add_user(
-            body.name, body.password, is_admin=body.is_admin, display_name=body.display_name
-        )
-        return user.id
-
-    return await ctx.create("user.create", create=create, load=lambda uid: user_out(ctx, uid))
+    user = await ctx.node.accounts.add_user(
+        body.name,
+        body.password,
+        by=ctx.actor,
+        is_admin=body.is_admin,
+        display_name=body.display_name,
+    )
+    return await user_out(ctx, user.id)
 
 
 @router.route("GET", "/api/v1/users/{user_id}", tag="users", summary="Get a user", response=UserOut)
@@ -67,12 +68,11 @@ async def get_user(ctx: Ctx) -> Any:
     summary="Set a user's persistent_chat_enabled policy (null: the global default)",
     body=PolicyIn,
     response=UserOut,
+    audited_by="governance",
 )
 async def set_policy(ctx: Ctx) -> Any:
     uid = ctx.params["user_id"]
-    return await ctx.change(
-        "user.policy",
-        f"user:{uid}",
+    return await ctx.govern(
         load=lambda: user_out(ctx, uid),
         change=lambda _: ctx.gov.set_policy(ctx.actor, uid, ctx.body.persistent_chat_enabled),
     )
