@@ -150,7 +150,7 @@ async def test_slowloris_before_login_is_closed_by_the_auth_timeout(watch: Watch
     or the handshake (each would trickle its 1,000 bytes: 200 s); a connection closed without
     its reason; the node slowed for others, or keeping the connections' memory."""
 
-    async def attack(cost: Cost) -> None:
+    async def wave(cost: Cost) -> None:
         tcp = [tcp_slowloris(watch, cost, hello=i % 2 == 1) for i in range(TCP)]
         ws = [websocket_slowloris(watch, cost) for _ in range(WEBSOCKET)]
         hs = [handshake_slowloris(watch, cost) for _ in range(HANDSHAKE)]
@@ -177,7 +177,7 @@ async def test_slowloris_before_login_is_closed_by_the_auth_timeout(watch: Watch
             assert early <= after < late, (after, said)
             assert said == b"", said
 
-    rounds = await watch.twice(
-        f"slowloris before login, {TCP + WEBSOCKET + HANDSHAKE} connections", attack
+    rounds = await watch.rounds(
+        f"slowloris before login, {TCP + WEBSOCKET + HANDSHAKE} connections", wave, max_waves=1
     )
     rounds.check(p99_ms=PING_P99_MS)
