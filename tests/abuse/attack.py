@@ -397,6 +397,9 @@ class Watch:
         self.node = node
         self.bystander = bystander
         self._tokens: dict[str, str] = {}
+        # The attackers' connections of the round under way: closed at its end whatever
+        # happened (a failed check leaves no socket open for the loop's close to complain of).
+        self._opened: list[RawTcp | RawWebSocket] = []
 
     @classmethod
     async def start(cls, node: NodeProcess, bystander_name: str = "bystander") -> Watch:
@@ -424,6 +427,7 @@ class Watch:
         """A raw TCP connection, after ``hello`` and signed in as ``user`` (with its token)
         unless ``user`` is None."""
         client = await RawTcp.connect(*self.node.tcp)
+        self._opened.append(client)
         if user is not None:
             token = await self.token(user)
             await client.request("hello", protocol=1)
@@ -435,6 +439,7 @@ class Watch:
         """A raw WebSocket connection (speaking JSON if ``text``), signed in as for
         :meth:`tcp`."""
         client = await RawWebSocket.connect(*self.node.websocket)
+        self._opened.append(client)
         if user is not None:
             token = await self.token(user)
             await client.send({"op": "hello", "id": 1, "protocol": 1}, text=text)
@@ -498,6 +503,9 @@ class Watch:
         finally:
             stop.set()
             await sampler
+            opened, self._opened = self._opened, []
+            for client in opened:
+                await client.close()
         RESULTS.append(cost)
         print(cost.line())
 

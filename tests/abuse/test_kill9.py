@@ -103,10 +103,11 @@ async def test_kill_9_mid_burst_loses_nothing_acknowledged(
     assert unanswered, "nothing was in flight at the kill: the crash window was not tested"
 
     node = await NodeProcess.start(tmp_path, env)
+    clients: dict[str, Client] = {}
     try:
-        clients: dict[str, Client] = {}
         for name in users:
             clients[name] = await Client.connect_tcp(*node.tcp)
+        for name in users:
             await clients[name].login(name, PASSWORD)
 
         async def retry(cid: str) -> dict[str, Any]:
@@ -123,9 +124,9 @@ async def test_kill_9_mid_burst_loses_nothing_acknowledged(
         while page := (await reader.call("history", room=1, after=after, limit=500))["messages"]:
             stored.extend((m["cid"], m["seq"]) for m in page)
             after = page[-1]["seq"]
+    finally:
         for client in clients.values():
             await client.close()
-    finally:
         assert await node.stop() == 0, node.output()
 
     seqs = [seq for _, seq in stored]
