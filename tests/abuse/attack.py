@@ -11,10 +11,19 @@ node's resident memory must be the node's alone. So:
   bystander …``): it pings the node back to back, and reports its round trips on request;
 - :meth:`Watch.attack` wraps one attack: it samples the node's RSS every 10 ms and its event-loop
   lag (``/healthz`` ``event_loop_lag_s``, the node's own lag metric) every 0.25 s, and collects
-  the bystander's pings, into a :class:`Cost` that the test asserts on and prints.
+  the bystander's pings, into a :class:`Cost` that the test asserts on and prints;
+- :meth:`Watch.rounds` runs an attack as waves, repeated for at least 0.5 s so that the
+  bystander's p99 is that of pings sent during the attack, in two rounds (or more): the first
+  finds the node cold, the last shows whether the node keeps memory for an attack it has seen
+  before (:class:`Rounds`).
 
 Every test module starts its own node (a module-scoped fixture), creates its users through the
-management API and runs its attacks one after another against it.
+management API and runs its attacks one after another against it. The attackers sign in with
+session tokens, not passwords: a password check is scrypt, 16 MiB of the node's memory for
+~50 ms, which would drown what the attack costs. ``pytest -s`` prints every round's cost.
+
+Run against another source tree (the code before a fix, say) with
+``CHATSERVER_ABUSE_SERVER_DIR=/path/to/tree``: the node runs from there, the tests from here.
 """
 
 from __future__ import annotations
@@ -387,9 +396,6 @@ class Rounds:
         return max(c.rss_peak_mib - c.rss_before_mib for c in self.costs)
 
 
-RESULTS: list[Cost] = []  # every round of the test session, in order
-
-
 class Watch:
     """A node, a bystander pinging it, and the means to measure attacks on it."""
 
@@ -506,7 +512,6 @@ class Watch:
             opened, self._opened = self._opened, []
             for client in opened:
                 await client.close()
-        RESULTS.append(cost)
         print(cost.line())
 
     async def _sample(self, cost: Cost, stop: asyncio.Event) -> None:
