@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import Any, Protocol, cast
 
@@ -22,7 +23,8 @@ from ..rooms.changes import Change
 from ..store.db import now_ms
 from ..store.messages import Message
 from .events import MessageStored, PeerEvent, encode
-from .protocol import CLOSED, Command, PeerProtocol
+from .protocol import ADMIT, CLOSED, Command, PeerProtocol
+from .trust import Admission, Refusals
 
 log = logging.getLogger("chatserver.pool")
 
@@ -38,6 +40,14 @@ class LinkOwner(Protocol):
 
     name: str
     secret: str
+    admission: Admission
+    refusals: Refusals
+
+    async def admit(self, name: str) -> str | None:
+        """Why a node of this name may not link here, or ``None`` if it may."""
+        ...
+
+    def tls_failed(self, address: str, exc: BaseException) -> None: ...
 
     def link_opened(self, link: PeerLink) -> None: ...
 
@@ -47,9 +57,21 @@ class LinkOwner(Protocol):
 
 
 class PeerLink(asyncio.Protocol):
-    """One authenticated (or authenticating) TCP link to another node."""
+    """One authenticated (or authenticating) TCP link to another node.
 
-    def __init__(self, owner: LinkOwner, role: str, expect: str | None = None) -> None:
+    An acceptor's link holds a slot of the pool's :class:`~chatserver.pool.trust.Admission` until
+    it is authenticated or closed; with ``tls`` it runs the server side of TLS first, inside the
+    same handshake deadline (:data:`HANDSHAKE_TIMEOUT_S`), and a failed TLS handshake is reported to
+    the owner (``tls_failed``).
+    """
+
+    def __init__(
+        self,
+        owner: LinkOwner,
+        role: str,
+        expect: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.pool = owner
         self.proto = PeerProtocol(role, owner.name, owner.secret, expect=expect)
         self.transport: asyncio.Transport | None = None
@@ -59,6 +81,10 @@ class PeerLink(asyncio.Protocol):
         self.opened = False
         self.closed = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
+        self._tls = tls
+        self._host: str | None = None  # set while this link holds an admission slot
+        self._admitting: asyncio.Task[None] | None = None
+        self._timed_out = False
         self.address = "?"
         self.frames_sent = 0  # EVENTS frames sent on this link
 
@@ -70,27 +96,101 @@ class PeerLink(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._too_slow)
+        if self.proto.role == "acceptor" and self._host is None and not self.opened:
+            host = str(peer[0]) if isinstance(peer, tuple) else self.address
+            if not self.pool.admission.enter(host):
+                self.pool.refusals.record(
+                    "too_many",
+                    f"peer {self.address}: refused, too many unauthenticated peer connections"
+                    " (from this address or in all)",
+                )
+                self.transport.abort()
+                return
+            self._host = host
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(HANDSHAKE_TIMEOUT_S, self._too_slow)
+        if self._tls is not None:
+            tls, self._tls = self._tls, None
+            self.transport.pause_reading()
+            asyncio.get_running_loop().create_task(self._start_tls(self.transport, tls))
+            return
+        self._write()
+
+    async def _start_tls(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            secured = await loop.start_tls(
+                raw, self, tls, server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
+            )
+        except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
+            if not self._timed_out:
+                self.pool.tls_failed(self.address, exc)
+            raw.abort()
+            self._release()
+            if not self.closed.done():
+                self.closed.set_result(None)
+            return
+        if secured is None or self.closed.done():
+            return
+        self.transport = secured
         self._write()
 
     def _too_slow(self) -> None:
         if not self.proto.is_open and self.transport is not None:
-            log.warning("peer %s: no handshake within %.0f s", self.address, HANDSHAKE_TIMEOUT_S)
+            self._timed_out = True
+            self.pool.refusals.record(
+                "timeout",
+                f"peer {self.address}: no handshake within {HANDSHAKE_TIMEOUT_S:.0f} s",
+            )
             self.transport.abort()
+
+    def _release(self) -> None:
+        """Give back the admission slot (idempotent); the link is authenticated or gone."""
+        if self._host is not None:
+            self.pool.admission.leave(self._host)
+            self._host = None
+        if self._timer is not None:
+            self._timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
         commands = self.proto.receive_data(data)
+        if self.proto.state == ADMIT and self._admitting is None:
+            name = self.proto.peer
+            assert name is not None
+            self._admitting = asyncio.get_running_loop().create_task(self._admit(name))
+        self._after_input(commands)
+
+    async def _admit(self, name: str) -> None:
+        try:
+            refusal = await self.pool.admit(name)
+        except Exception as exc:  # the registry could not be read: refuse, the peer redials
+            refusal = f"cannot check node {name!r} against the registry: {exc}"
+        if self.proto.state != ADMIT:
+            return
+        if refusal is None:
+            self.proto.admit()
+        else:
+            self.proto.fail(refusal, "unregistered")
+        self._after_input([])
+
+    def _after_input(self, commands: list[Command]) -> None:
         if self.proto.is_open and not self.opened:
             self.opened = True
-            if self._timer is not None:
-                self._timer.cancel()
+            self._release()
             self.pool.link_opened(self)
         self._write()
         for command in commands:
             self.pool.received(self, command)
         if self.proto.state == CLOSED and self.transport is not None:
-            if not self.opened or self.proto.close_reason:
+            if not self.opened:
+                self.pool.refusals.record(
+                    self.proto.close_code or "protocol",
+                    f"peer {self.peer or '?'} at {self.address}: handshake refused:"
+                    f" {self.proto.close_reason}",
+                )
+            elif self.proto.close_reason:
                 log.warning("peer %s: %s", self.peer or self.address, self.proto.close_reason)
             self.transport.close()
 
@@ -98,8 +198,9 @@ class PeerLink(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._release()
+        if self._admitting is not None:
+            self._admitting.cancel()
         self.pool.link_closed(self)
         if not self.closed.done():
             self.closed.set_result(None)
