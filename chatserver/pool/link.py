@@ -87,6 +87,8 @@ class PeerLink(asyncio.Protocol):
         self._timed_out = False
         self.address = "?"
         self.frames_sent = 0  # EVENTS frames sent on this link
+        # Until then (time.monotonic()), messages received here are checked against the store.
+        self.trusted_after = float("inf")
 
     @property
     def peer(self) -> str | None:

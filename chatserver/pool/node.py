@@ -135,7 +135,13 @@ class Pool:
         self.refusals = trust.Refusals()
         self._registry_read: asyncio.Task[list[NodeRow]] | None = None
         self._registry_read_at = 0.0
-        self.inbox = Inbox(hub.deliver, self._handlers(governance, enforcement, settings))
+        self.inbox = Inbox(
+            lambda messages: hub.deliver(messages, remote=True),
+            self._handlers(governance, enforcement, settings),
+            hub.deliver_from_store,
+        )
+        # A new link's messages are checked against the store for this long (see received()).
+        self.probation_s = config.pool.dead_after_s + 2 * config.pool.heartbeat_s
         # Observations (metrics, tests, the management API).
         self.events_received = 0
         self.events_by_type: dict[str, int] = dict.fromkeys(sorted(EVENT_TYPES), 0)
@@ -159,17 +165,28 @@ class Pool:
             await enforcement.recheck_policies()
             await enforcement.recheck_tokens()
 
+        # Events that act (end sessions, change what subscribers see) are re-checked against
+        # the store first; the others only drop caches that are then re-read from it.
         async def tokens_revoked(event: TokensRevoked) -> None:
-            enforcement.revoked(event)
+            await enforcement.confirm_revoked(event)
+
+        async def disconnected(event: UserDisconnected) -> None:
+            if not await enforcement.confirm_disabled(event.user, "disabled"):
+                log.info("pool: user %d not disconnected: the store shows no reason", event.user)
+
+        async def messages_changed(event: MessagesChanged) -> None:
+            confirmed = await self.hub.verify_changes(event)
+            if confirmed is not None:
+                await governance.apply_remote(confirmed)
 
         return {
             RoomChanged: governance.apply_remote,
             CategoriesChanged: governance.apply_remote,
             MembershipChanged: governance.apply_remote,
-            UserDisconnected: governance.apply_remote,
+            UserDisconnected: disconnected,
             TokensRevoked: tokens_revoked,
             UsersInvited: governance.apply_remote,
-            MessagesChanged: governance.apply_remote,
+            MessagesChanged: messages_changed,
             SettingsChanged: reload_settings,
             NodesChanged: nodes_changed,
             Recheck: recheck,
@@ -351,8 +368,16 @@ class Pool:
         assert name is not None
         old = self.links.get(name)
         if old is not None and old is not link:
+            log.warning(
+                "pool: peer link %s (%s) replaces the open one from %s (a restart, or an"
+                " impostor holding the pool secret)",
+                name,
+                link.address,
+                old.address,
+            )
             old.close()
         self.links[name] = link
+        link.trusted_after = time.monotonic() + self.probation_s
         self._backoff.pop(name, None)
         log.info("pool: peer link %s up (%s)", name, link.address)
         # Events may have been missed while the link was down: re-read what caches hold (rights,
@@ -418,7 +443,11 @@ class Pool:
                 log.warning("pool: ignoring an event from %s: %s", link.peer, exc)
         assert link.peer is not None
         if events:
-            self.inbox.put(link.peer, events)
+            # A link's first probation_s seconds (longer than a dead node's row outlives it)
+            # its messages are checked against the store: an impostor using the name of a node
+            # that died, or displacing a live one, is on such a new link.
+            verify = time.monotonic() < link.trusted_after
+            self.inbox.put(link.peer, events, verify=verify)
 
     # -- membership -------------------------------------------------------------------------
 

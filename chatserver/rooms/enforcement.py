@@ -119,6 +119,29 @@ class Enforcement:
             member.disconnect(change.reason)
         return len(ending)
 
+    async def confirm_revoked(self, change: TokensRevoked) -> int:
+        """A peer's ``revoked``: close the sessions here that it names *and* whose token the
+        store no longer holds (a peer cannot end a session the store still knows)."""
+        named = [m for m in self._presence.of(change.user) if change.ends(m.token_hash)]
+        hashes = {m.token_hash for m in named if m.token_hash is not None}
+        if not hashes:
+            return 0
+        live = await user_store.live_token_hashes(self._db, hashes)
+        ending = [m for m in named if m.token_hash is not None and m.token_hash not in live]
+        for member in ending:
+            member.disconnect(change.reason)
+        return len(ending)
+
+    async def confirm_disabled(self, user_id: int, reason: str) -> int:
+        """A peer's ``disconnect``: close the user's sessions here only if the store says the
+        user may no longer chat (gone, or the persistent-chat policy off)."""
+        if not self._presence.of(user_id):
+            return 0
+        user = await user_store.get_user(self._db, user_id)
+        if user is not None and self._auth.policy_enabled(user):
+            return 0
+        return self.disconnect(user_id, reason)
+
     async def recheck_tokens(self) -> None:
         """Close the sessions connected here whose token was revoked (after a peer link was
         down, its ``revoked`` events may have been lost)."""
