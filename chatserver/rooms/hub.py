@@ -378,9 +378,9 @@ class Hub:
                     state.pending.extend(batch)
 
     async def deliver_from_store(self, claimed: list[Message]) -> int:
-        """Deliver the store's version of the messages a peer claims were stored; claims the
-        store does not confirm (no such seq, or another message there) are dropped. Returns how
-        many were dropped."""
+        """Deliver the store's version of the messages a peer claims were stored: for each
+        claimed seq the store holds, its stored message. Returns how many claims the store
+        contradicted (no such seq, or another message there)."""
         by_room: dict[int, list[Message]] = {}
         for message in claimed:
             by_room.setdefault(message.room, []).append(message)
@@ -396,8 +396,8 @@ class Hub:
                 stored = found.get(message.seq)
                 if stored is None or not _same(stored.wire(), message):
                     dropped += 1
-                elif not good or good[-1].seq < stored.seq:
-                    good.append(stored)
+                if stored is not None and (not good or good[-1].seq < stored.seq):
+                    good.append(stored)  # the seq is taken: what the store holds there
             self.deliver(good)
         self.contradicted += dropped
         return dropped
