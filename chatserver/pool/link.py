@@ -82,9 +82,11 @@ class PeerLink(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._tls = tls
+        self._sslobj: ssl.SSLObject | None = None
+        self._handshaking = True  # (TLS only) until the TLS handshake completes
         self._host: str | None = None  # set while this link holds an admission slot
         self._admitting: asyncio.Task[None] | None = None
-        self._timed_out = False
+        self._reported = False  # a failure of this link was logged and counted
         self.address = "?"
         self.frames_sent = 0  # EVENTS frames sent on this link
         # Until then (time.monotonic()), messages received here are checked against the store.
@@ -112,38 +114,52 @@ class PeerLink(asyncio.Protocol):
         if self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(HANDSHAKE_TIMEOUT_S, self._too_slow)
-        if self._tls is not None:
-            tls, self._tls = self._tls, None
-            self.transport.pause_reading()
-            asyncio.get_running_loop().create_task(self._start_tls(self.transport, tls))
+        if self._tls is not None and self._sslobj is None:
+            # Server-side TLS in memory (ssl.SSLObject), so its failures reach the log with their
+            # reason (asyncio's own TLS logs them at debug only) and the deadline covers it.
+            self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self._sslobj = self._tls.wrap_bio(self._tls_in, self._tls_out, server_side=True)
             return
         self._write()
 
-    async def _start_tls(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
-        loop = asyncio.get_running_loop()
+    def _tls_received(self, data: bytes) -> bytes | None:
+        """Decrypt ``data``; ``None`` once the TLS layer failed (reported, connection aborted)."""
+        assert self._sslobj is not None and self.transport is not None
+        self._tls_in.write(data)
+        plain = bytearray()
         try:
-            secured = await loop.start_tls(
-                raw, self, tls, server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
-            )
-        except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
-            if not self._timed_out:
+            if self._handshaking:
+                self._sslobj.do_handshake()
+                self._handshaking = False
+                self._write()  # a connector's HELLO may already wait
+            while chunk := self._sslobj.read(65536):
+                plain += chunk
+        except ssl.SSLWantReadError:
+            pass
+        except (ssl.SSLError, ValueError) as exc:
+            self._tls_flush()
+            if self._handshaking and not self._reported:
                 self.pool.tls_failed(self.address, exc)
-            raw.abort()
-            self._release()
-            if not self.closed.done():
-                self.closed.set_result(None)
-            return
-        if secured is None or self.closed.done():
-            return
-        self.transport = secured
-        self._write()
+            self._reported = True
+            self.transport.abort()
+            return None
+        self._tls_flush()
+        return bytes(plain)
+
+    def _tls_flush(self) -> None:
+        pending = self._tls_out.read()
+        if pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(pending)
 
     def _too_slow(self) -> None:
         if not self.proto.is_open and self.transport is not None:
-            self._timed_out = True
+            self._reported = True
+            what = (
+                "TLS handshake" if self._sslobj is not None and self._handshaking else "handshake"
+            )
             self.pool.refusals.record(
                 "timeout",
-                f"peer {self.address}: no handshake within {HANDSHAKE_TIMEOUT_S:.0f} s",
+                f"peer {self.address}: no {what} within {HANDSHAKE_TIMEOUT_S:.0f} s",
             )
             self.transport.abort()
 
@@ -157,6 +173,11 @@ class PeerLink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
+        if self._sslobj is not None:
+            plain = self._tls_received(data)
+            if not plain:
+                return
+            data = plain
         commands = self.proto.receive_data(data)
         if self.proto.state == ADMIT and self._admitting is None:
             name = self.proto.peer
@@ -200,6 +221,10 @@ class PeerLink(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._sslobj is not None and self._handshaking and not self._reported:
+            closed = "the peer closed the connection during the TLS handshake (does it trust"
+            closed += " this node's certificate? its log says)"
+            self.pool.tls_failed(self.address, ConnectionError(closed))
         self._release()
         if self._admitting is not None:
             self._admitting.cancel()
@@ -208,8 +233,13 @@ class PeerLink(asyncio.Protocol):
             self.closed.set_result(None)
 
     def _write(self) -> None:
+        if self._sslobj is not None and self._handshaking:
+            return  # written once the TLS handshake is done
         data = self.proto.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
+            if self._sslobj is not None:
+                self._sslobj.write(data)
+                data = self._tls_out.read()
             self.transport.write(data)
             if self.transport.get_write_buffer_size() > MAX_LINK_BACKLOG:
                 log.warning("peer %s: not keeping up; dropping the link", self.peer)

@@ -166,14 +166,23 @@ def tls_reason(exc: BaseException, config: Config) -> tuple[str, str]:
     """A failed TLS handshake as (metric reason, sentence for the log)."""
     if isinstance(exc, TimeoutError):
         return "timeout", "no TLS handshake within the deadline"
-    text = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+    text = (
+        getattr(exc, "verify_message", None)
+        or getattr(exc, "reason", None)
+        or str(exc)
+        or repr(exc)
+    )
     code = getattr(exc, "verify_code", None)
     lowered = str(text).lower()
     if code in _EXPIRED or "expired" in lowered:
         return "tls_expired", f"TLS: the peer's certificate has expired ({text})"
     if code in _UNKNOWN_CA or "unknown ca" in lowered or "issuer" in lowered:
         ca = config.pool.peer_ca or f"tls.certificate {config.tls.certificate}"
-        hint = "" if config.pool.peer_ca else "; set pool.peer_ca to the CA that signed the peers'"
+        hint = (
+            ""
+            if config.pool.peer_ca
+            else "; set pool.peer_ca to the CA that signed the peers' certificates"
+        )
         return "tls_unknown_ca", f"TLS: certificate not trusted by {ca} ({text}){hint}"
     return "tls_failed", f"TLS handshake failed: {text}"
 

@@ -24,7 +24,7 @@ import pytest
 from chatserver.client import Client, PoolClient, RequestFailed
 from chatserver.passwords import hash_password
 from chatserver.pool.local import LocalPool, NodeProcess
-from chatserver.pool.protocol import Command, PeerProtocol, encode_frame, proof
+from chatserver.pool.protocol import Command, PeerProtocol
 from chatserver.store import rooms as room_store
 from chatserver.store import users as user_store
 from chatserver.store.db import Database
