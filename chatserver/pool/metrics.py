@@ -3,15 +3,46 @@ names from the registry, handshake refusal reasons)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .registry import ACTIVE, DRAINING, STANDBY
+from .catchup import CatchUp
+from .link import PeerLink, PeerPublisher
+from .registry import ACTIVE, DRAINING, STANDBY, NodeRow
+from .trust import Refusals
 
-if TYPE_CHECKING:
-    from .node import Pool
+
+class Pool(Protocol):
+    """What the collector reads of :class:`chatserver.pool.node.Pool`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def nodes(self) -> Sequence[NodeRow]: ...
+
+    @property
+    def links(self) -> Mapping[str, PeerLink]: ...
+
+    @property
+    def publisher(self) -> PeerPublisher: ...
+
+    @property
+    def catch_up(self) -> CatchUp: ...
+
+    @property
+    def refusals(self) -> Refusals: ...
+
+    @property
+    def frames_received(self) -> Mapping[str, int]: ...
+
+    @property
+    def events_by_type(self) -> Mapping[str, int]: ...
 
 
 class PoolCollector:
