@@ -8,6 +8,7 @@ from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..rooms.hub import Hub
 from .catchup import CatchUp
 from .link import PeerLink, PeerPublisher
 from .registry import ACTIVE, DRAINING, STANDBY, NodeRow
@@ -19,6 +20,9 @@ class Pool(Protocol):
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def hub(self) -> Hub: ...
 
     @property
     def state(self) -> str: ...
@@ -73,6 +77,12 @@ class PoolCollector:
         for reason, count in pool.refusals.counts.items():
             refused.add_metric([reason], count)
         yield refused
+        contradicted = CounterMetricFamily(
+            "chatserver_pool_events_contradicted",
+            "Peers' message events and edits the store contradicted (dropped or corrected)",
+        )
+        contradicted.add_metric([], pool.hub.contradicted)
+        yield contradicted
         state = GaugeMetricFamily("chatserver_pool_state", "This node's state", labels=["state"])
         for name in (ACTIVE, STANDBY, DRAINING):
             state.add_metric([name], 1.0 if pool.state == name else 0.0)
