@@ -25,6 +25,9 @@ log = logging.getLogger("chatserver.pool")
 
 Handler = Callable[[Any], Awaitable[None]]
 
+# Frames waiting for the worker (changes that need the store, messages being checked) at most.
+MAX_QUEUED_FRAMES = 10_000
+
 
 class Inbox:
     def __init__(
@@ -39,7 +42,11 @@ class Inbox:
         self._queue: deque[tuple[str, list[PeerEvent], bool]] = deque()
         self._worker: asyncio.Task[None] | None = None
 
-    def put(self, peer: str, events: list[PeerEvent], *, verify: bool = False) -> None:
+    def put(self, peer: str, events: list[PeerEvent], *, verify: bool = False) -> bool:
+        """Apply ``events`` in turn; False (nothing queued) when MAX_QUEUED_FRAMES frames already
+        wait: the caller drops the link, and catch-up reads what it carried from the store."""
+        if len(self._queue) >= MAX_QUEUED_FRAMES:
+            return False
         if (
             not verify
             and not self._queue
@@ -47,10 +54,11 @@ class Inbox:
             and all(type(e) is MessageStored for e in events)
         ):
             self._deliver_messages(events)  # the common case: no await, no task
-            return
+            return True
         self._queue.append((peer, events, verify))
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._work())
+        return True
 
     def _deliver_messages(self, events: list[PeerEvent]) -> None:
         messages = [e.message for e in events if isinstance(e, MessageStored)]

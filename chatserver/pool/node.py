@@ -447,7 +447,11 @@ class Pool:
             # its messages are checked against the store: an impostor using the name of a node
             # that died, or displacing a live one, is on such a new link.
             verify = time.monotonic() < link.trusted_after
-            self.inbox.put(link.peer, events, verify=verify)
+            closing = link.transport is None or link.transport.is_closing()
+            if not self.inbox.put(link.peer, events, verify=verify) and not closing:
+                log.warning("pool: events from %s pile up unapplied; closing the link", link.peer)
+                self._link_lost = True
+                link.close()
 
     # -- membership -------------------------------------------------------------------------
 

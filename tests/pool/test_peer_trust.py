@@ -83,8 +83,8 @@ async def metrics(node: NodeProcess) -> str:
 
 def metric(text: str, name: str, **labels: str) -> float:
     wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{name}(?:_total)?{{{re.escape(wanted)}}} ([\d.e+]+)$" if labels else rf"^{name} "
-    match = re.search(pattern, text, re.MULTILINE)
+    braces = f"{{{re.escape(wanted)}}}" if labels else ""
+    match = re.search(rf"^{name}(?:_total)?{braces} ([\d.e+]+)$", text, re.MULTILINE)
     assert match, f"no {name} {labels} in metrics"
     return float(match.group(1))
 
@@ -163,6 +163,24 @@ async def test_strangers_cannot_complete_a_handshake(pg_cluster: PostgresCluster
         assert "does not dial" in (backwards.proto.close_reason or "")
         backwards.close()
 
+        # A recorded handshake replayed: the node's fresh nonce makes the old proof wrong.
+        spy = Impostor("node1", pool.secret, expect="node2")
+        await spy.connect(n2.peer)
+        hello = spy.proto.data_to_send()
+        spy.writer.write(hello)
+        spy.proto.receive_data(await spy.reader.read(65536))
+        auth = spy.proto.data_to_send()
+        spy.writer.write(auth)
+        assert b"READY" in await asyncio.wait_for(spy.reader.read(65536), scaled(5))
+        spy.close()  # (it replaced node1's link for a moment; node1 dials again)
+        replay = Impostor("node1", "")
+        await replay.connect(n2.peer)
+        replay.writer.write(hello)
+        await replay.reader.read(65536)  # a new CHALLENGE
+        replay.writer.write(auth)
+        assert b"authentication failed" in await replay.reader.read(65536)
+        replay.close()
+
         # Events without a handshake: an error, the connection closed, nothing delivered.
         reader, writer = await asyncio.open_connection(*n2.peer)
         forged = {"t": "disconnect", "user": ids["carol"], "reason": "disabled"}
@@ -173,8 +191,10 @@ async def test_strangers_cannot_complete_a_handshake(pg_cluster: PostgresCluster
         await carol.call("ping")  # still connected
 
         text = await metrics(n2)
-        assert metric(text, "chatserver_pool_handshakes_refused", reason="bad_proof") >= 2
+        assert metric(text, "chatserver_pool_handshakes_refused", reason="bad_proof") >= 3
         assert metric(text, "chatserver_pool_handshakes_refused", reason="unregistered") >= 1
+        await wait_mesh(pool.nodes)
+        text = await metrics(n2)
         assert metric(text, "chatserver_pool_peer_link_up", peer="node1") == 1
         assert metric(await metrics(n1), "chatserver_pool_peer_link_up", peer="node2") == 1
         await carol.close()
@@ -371,7 +391,7 @@ async def test_peer_tls_failures_are_logged_counted_and_bounded(
         assert metric(text, "chatserver_pool_peer_link_up", peer="node2") == 0
 
         # A TCP connection that never starts its TLS handshake: closed at the deadline.
-        for address, bound in ((n2.peer, 5), (n2.tcp, 1)):
+        for address, bound in ((n2.peer, 5), (n2.tcp, 1), (n2.websocket, 1)):
             reader, writer = await asyncio.open_connection(*address)
             started = time.monotonic()
             assert await asyncio.wait_for(reader.read(100), scaled(bound + 5)) == b""
