@@ -276,6 +276,55 @@ async def test_an_impostor_cannot_contradict_the_store(pg_cluster: PostgresClust
         await wait_mesh(pool.nodes)  # the real node1 links again
 
 
+async def test_an_impostor_using_a_stopped_nodes_name_is_checked_then_cut(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """node1 is stopped (SIGSTOP); an impostor takes its name towards node2. Its link is new, so
+    its messages are re-read from the store; node1's row expires within dead_after_s and node2
+    closes the impostor's link with it."""
+    import signal
+
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice"], ["lobby"])
+    async with running_pool(url, 2) as pool:
+        n1, n2 = pool.nodes
+        alice = await login(n2, "alice")
+        await alice.call("join", room=ids["lobby"])
+        n1.signal(signal.SIGSTOP)
+        try:
+            await n2.wait_for(r"peer node1 silent", scaled(10))
+            impostor = Impostor("node1", pool.secret, expect="node2")
+            await impostor.connect(n2.peer)
+            assert await impostor.handshake()
+            started = time.monotonic()
+            m = {"room": ids["lobby"], "seq": 1, "ts": 1, "sender": {"id": 1, "name": "admin"}}
+            impostor.send_events([{"t": "msg", "m": {**m, "text": "forged", "cid": "f"}}])
+            await n2.wait_for(r"dropped 1 message events from node1 the store does not have")
+
+            # node1's row expires (dead_after_s = 3 s) and the impostor's link goes with it.
+            async def keep_alive() -> None:  # so that node2 does not close a silent link
+                while True:
+                    impostor.proto.send_ping(0)
+                    impostor.writer.write(impostor.proto.data_to_send())
+                    await asyncio.sleep(0.2)
+
+            pinging = asyncio.create_task(keep_alive())
+            mark = len(n2.lines)
+            async with asyncio.timeout(scaled(10)):
+                while await impostor.reader.read(65536):  # PINGs, then the end
+                    pass
+            pinging.cancel()
+            await n2.wait_for(r"expired stale nodes node1", start=mark)
+            assert not any("silent" in line for line in n2.lines[mark:])
+            print(f"impostor's link closed {time.monotonic() - started:.1f} s after it opened")
+            impostor.close()
+            await asyncio.sleep(0.3)
+            assert alice.events.empty()
+        finally:
+            n1.signal(signal.SIGCONT)
+        await alice.close()
+
+
 # -- 4. before authentication: small frames, few connections, a deadline ---------------------
 
 
