@@ -84,6 +84,7 @@ class PeerLink(asyncio.Protocol):
         self._tls = tls
         self._sslobj: ssl.SSLObject | None = None
         self._handshaking = True  # (TLS only) until the TLS handshake completes
+        self._tls_spoke = False  # (TLS only) bytes arrived, and no failure was reported yet
         self._host: str | None = None  # set while this link holds an admission slot
         self._admitting: asyncio.Task[None] | None = None
         self._reported = False  # a failure of this link was logged and counted
@@ -126,6 +127,7 @@ class PeerLink(asyncio.Protocol):
         """Decrypt ``data``; ``None`` once the TLS layer failed (reported, connection aborted)."""
         assert self._sslobj is not None and self.transport is not None
         self._tls_in.write(data)
+        self._tls_spoke = not self._reported
         plain = bytearray()
         try:
             if self._handshaking:
@@ -141,6 +143,7 @@ class PeerLink(asyncio.Protocol):
             if self._handshaking and not self._reported:
                 self.pool.tls_failed(self.address, exc)
             self._reported = True
+            self._tls_spoke = False
             self.transport.abort()
             return None
         self._tls_flush()
@@ -154,6 +157,7 @@ class PeerLink(asyncio.Protocol):
     def _too_slow(self) -> None:
         if not self.proto.is_open and self.transport is not None:
             self._reported = True
+            self._tls_spoke = False
             what = (
                 "TLS handshake" if self._sslobj is not None and self._handshaking else "handshake"
             )
@@ -221,7 +225,8 @@ class PeerLink(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._sslobj is not None and self._handshaking and not self._reported:
+        if self._sslobj is not None and self._handshaking and self._tls_spoke:
+            # (a connection that closes without a byte is a port probe, not a TLS failure)
             closed = "the peer closed the connection during the TLS handshake (does it trust"
             closed += " this node's certificate? its log says)"
             self.pool.tls_failed(self.address, ConnectionError(closed))

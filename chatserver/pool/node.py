@@ -269,8 +269,8 @@ class Pool:
         takeover = await self._previous_is_dead()
         loop = asyncio.get_running_loop()
         host, port = parse_address(self.config.listen.peer)
+        tls = trust.server_context(self.config)  # the files were checked by the node's start
         try:
-            tls = trust.server_context(self.config)
             self._server = await loop.create_server(
                 lambda: PeerLink(self, "acceptor", tls=tls),
                 host,
@@ -304,7 +304,7 @@ class Pool:
             )
         except registry.NameTaken as exc:
             raise PoolError(str(exc)) from None
-        self._metrics.register(PoolCollector(self))  # metrics.py
+        self._metrics.register(PoolCollector(self))
         await self._beat()
         self._tasks = [
             loop.create_task(self._heartbeats(), name="pool-heartbeat"),
