@@ -174,6 +174,9 @@ class Pool:
             if not await enforcement.confirm_disabled(event.user, "disabled"):
                 log.info("pool: user %d not disconnected: the store shows no reason", event.user)
 
+        async def invited(event: UsersInvited) -> None:
+            await enforcement.confirm_invited(event.room, event.users)
+
         async def messages_changed(event: MessagesChanged) -> None:
             confirmed = await self.hub.verify_changes(event)
             if confirmed is not None:
@@ -185,7 +188,7 @@ class Pool:
             MembershipChanged: governance.apply_remote,
             UserDisconnected: disconnected,
             TokensRevoked: tokens_revoked,
-            UsersInvited: governance.apply_remote,
+            UsersInvited: invited,
             MessagesChanged: messages_changed,
             SettingsChanged: reload_settings,
             NodesChanged: nodes_changed,

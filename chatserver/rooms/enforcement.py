@@ -13,6 +13,7 @@ from typing import Any
 
 from ..protocol.events import Invited, Outgoing, RoomUpdated
 from ..store import messages as message_store
+from ..store import rooms as room_store
 from ..store import users as user_store
 from ..store.categories import Category
 from ..store.db import Database
@@ -104,6 +105,22 @@ class Enforcement:
                 member.invited_rooms.add(room_id)
                 view = await self.room_view(member.user, room, category)
                 member.send(Outgoing.event(Invited(view, by)))
+
+    async def confirm_invited(self, room_id: int, users: Iterable[int]) -> int:
+        """A peer's ``invited``: tell those of ``users`` connected here whom the store shows
+        invited to the room, naming the inviter the store holds; returns how many."""
+        told = 0
+        for uid in users:
+            if not self._presence.of(uid):
+                continue
+            pending = await room_store.pending_invitations(self._db, uid)
+            inviter = next((by for room, by, _ in pending if room == room_id), -1)
+            if inviter == -1:
+                continue
+            who = await user_store.get_user(self._db, inviter) if inviter is not None else None
+            await self.invited(room_id, [uid], who.public() if who is not None else None)
+            told += 1
+        return told
 
     def disconnect(self, user_id: int, reason: str) -> int:
         """Close every connection of the user on this node; returns how many."""

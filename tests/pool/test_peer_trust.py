@@ -246,6 +246,7 @@ async def test_an_impostor_cannot_contradict_the_store(pg_cluster: PostgresClust
                     "reason": "revoked",
                 },
                 {"t": "edit", "room": lobby, "changes": [[1, "replaced", "edited"]], "clear": None},
+                {"t": "invited", "room": lobby, "users": [ids["carol"]], "by": {"name": "admin"}},
             ]
         )
         await n2.wait_for(r"dropped \d+ message events from node1 the store does not have")
@@ -262,8 +263,11 @@ async def test_an_impostor_cannot_contradict_the_store(pg_cluster: PostgresClust
         while not alice.events.empty():
             leftovers.append(alice.events.get_nowait())
         assert not any(e["ev"] in ("resync", "message.changed") for e in leftovers), leftovers
-        # Carol was neither disconnected nor revoked; a later joiner's backchat is the store's.
+        # Carol was neither disconnected nor revoked nor told of an invitation the store does
+        # not hold; a later joiner's backchat is the store's.
         await carol.call("ping")  # still connected
+        while not carol.events.empty():
+            assert carol.events.get_nowait()["ev"] != "invited"
         joined = await carol.call("join", room=lobby)
         texts = [m["text"] for m in joined["messages"]]
         assert texts == ["first", "second"]
