@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # A subscription that waits for its snapshot buffers at most this many events, then resyncs.
 MAX_BUFFERED_EVENTS = 10_000
+# Re-reads of a seq whose events differ, in flight at once (more differing events are dropped).
+MAX_CORRECTIONS = 16
 
 
 class Subscriber(Protocol):
@@ -121,6 +123,7 @@ class Hub:
         self.delivered = 0
         # Peers' message events the store contradicted (dropped or corrected).
         self.contradicted = 0
+        self._correcting = 0  # re-reads of a seq in flight (at most MAX_CORRECTIONS)
 
     # -- room state -------------------------------------------------------------------------
 
@@ -487,12 +490,15 @@ class Hub:
                 return  # not in the cache (never kept, or older): nothing to compare with
             if seq == message.seq:
                 if not _same(wire, message):
+                    if self._correcting >= MAX_CORRECTIONS:
+                        return  # a flood of them: the cache is checked by those in flight
                     log.warning(
                         "room %d: a peer's event for seq %d differs from the one delivered;"
                         " reading it from the store",
                         state.id,
                         message.seq,
                     )
+                    self._correcting += 1
                     asyncio.get_running_loop().create_task(self._correct(state, message.seq))
                 return
 
@@ -502,6 +508,8 @@ class Hub:
         except Exception as exc:
             log.warning("room %d: cannot re-read seq %d: %s", state.id, seq, exc)
             return
+        finally:
+            self._correcting -= 1
         stored = found[0] if found and found[0].seq == seq else None
         for index, wire in enumerate(state.recent):
             if wire["seq"] != seq:
