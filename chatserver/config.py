@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from .store.dsn import parse as parse_database_url
+
 ENV_PREFIX = "CHATSERVER_"
 
 
@@ -102,9 +104,8 @@ class DatabaseConfig(_Section):
 
     @field_validator("url")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
-            raise ValueError("must start with sqlite:// or postgresql://")
+    def _usable(cls, value: str) -> str:
+        parse_database_url(value)  # the parser every connection uses (store/dsn.py)
         return value
 
 
@@ -247,6 +248,12 @@ class ComplianceConfig(_Section):
     add_room_details: bool = False
     add_user_details: bool = False
     attachments_manifest: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable(cls, value: str) -> str:
+        parse_database_url(value)
+        return value
 
 
 class LoginConfig(_Section):

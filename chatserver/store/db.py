@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .dsn import StoreUrl, parse
 
 log = logging.getLogger(__name__)
 
@@ -45,43 +46,36 @@ def contains_pattern(text: str) -> str:
     return f"%{text}%"
 
 
-def sqlalchemy_url(url: str) -> str:
-    """Map a configured URL (``sqlite:///…``, ``postgresql://…``) to its async driver URL."""
-    if url.startswith("sqlite://"):
-        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    if url.startswith("postgresql://"):
-        return "postgresql+asyncpg://" + url[len("postgresql://") :]
-    raise ValueError(f"unsupported database URL {url!r}")
-
-
 def dialect_of(url: str) -> str:
-    return "sqlite" if url.startswith("sqlite") else "postgresql"
+    return parse(url).dialect
 
 
 def sqlite_path(url: str) -> Path | None:
-    database = make_url(sqlalchemy_url(url)).database
-    if not database or database == ":memory:":
-        return None
-    return Path(database)
+    database = parse(url).database
+    return Path(database) if database is not None and parse(url).dialect == "sqlite" else None
 
 
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        self.dialect = dialect_of(url)
+        # Raises UrlError (a ValueError) with the reason for a URL that cannot be used.
+        self.target: StoreUrl = parse(url)
+        self.dialect = self.target.dialect
         self._pg_pool: Any = None
         self._pg_pool_made: asyncio.Task[None] | None = None
         if self.dialect == "sqlite":
             path = sqlite_path(url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(sqlalchemy_url(url))
+            self.engine: AsyncEngine = create_async_engine(self.target.engine_url())
             _configure_sqlite(self.engine)
         else:
+            # Hosts, ports and target_session_attrs are the asyncpg pool's too (dsn.py).
             self.engine = create_async_engine(
-                sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size
+                self.target.engine_url(),
+                connect_args=self.target.connect_args(),
+                pool_size=pool_size,
+                max_overflow=pool_size,
             )
 
     @property
@@ -121,9 +115,8 @@ class Database:
     async def _make_pg_pool(self) -> None:
         import asyncpg
 
-        dsn = make_url(self.url.replace("postgres://", "postgresql://", 1))
         self._pg_pool = await asyncpg.create_pool(
-            dsn.render_as_string(hide_password=False), min_size=1, max_size=6, reset=_keep_session
+            **self.target.asyncpg_args(), min_size=1, max_size=6, reset=_keep_session
         )
 
     async def close(self) -> None:
