@@ -9,27 +9,13 @@ asserted as a time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from chatserver.testing import PostgresCluster, ReplicaCluster, free_port
 from loadtest.failover import failover_under_load
 from tests.conftest import Harness, node_config, scaled, start_node
-
-
-@pytest.fixture
-def pg_pair() -> Iterator[tuple[PostgresCluster, ReplicaCluster]]:
-    """A fresh primary and its synchronous streaming replica (the test may crash either)."""
-    primary = PostgresCluster().start()
-    replica: ReplicaCluster | None = None
-    try:
-        replica = ReplicaCluster(primary, synchronous=True).start()
-        yield primary, replica
-    finally:
-        if replica is not None:
-            replica.stop()
-        primary.stop()
 
 
 @pytest.fixture
