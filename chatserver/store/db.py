@@ -63,6 +63,7 @@ class Database:
         self.dialect = self.target.dialect
         self._pg_pool: Any = None
         self._pg_pool_made: asyncio.Task[None] | None = None
+        self._pool_size = pool_size
         if self.dialect == "sqlite":
             path = sqlite_path(url)
             if path is not None:
@@ -70,13 +71,32 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(self.target.engine_url())
             _configure_sqlite(self.engine)
         else:
-            # Hosts, ports and target_session_attrs are the asyncpg pool's too (dsn.py).
-            self.engine = create_async_engine(
-                self.target.engine_url(),
-                connect_args=self.target.connect_args(),
-                pool_size=pool_size,
-                max_overflow=pool_size,
-            )
+            self.engine = self._pg_engine()
+
+    def _pg_engine(self) -> AsyncEngine:
+        # Hosts, ports and target_session_attrs are the asyncpg pool's too (dsn.py).
+        return create_async_engine(
+            self.target.engine_url(),
+            connect_args=self.target.connect_args(),
+            pool_size=self._pool_size,
+            max_overflow=self._pool_size,
+        )
+
+    async def switch(self, url: str) -> None:
+        """Use another PostgreSQL store from now on (the pool's failover onto its backup store,
+        pool/failover.py): new connections go to ``url``; the connections to the old one are
+        closed (those in use when they are returned, the asyncpg pool's within a bound)."""
+        target = parse(url)
+        if not (self.is_postgres and target.is_postgres):
+            raise ValueError("only a PostgreSQL store can switch to another PostgreSQL store")
+        if self._pg_pool_made is not None and not self._pg_pool_made.done():
+            await asyncio.wait([self._pg_pool_made])
+        old_engine, old_pool = self.engine, self._pg_pool
+        self.url, self.target = url, target
+        self.engine = self._pg_engine()
+        self._pg_pool, self._pg_pool_made = None, None
+        await _close_pg_pool(old_pool)
+        await old_engine.dispose()
 
     @property
     def is_postgres(self) -> bool:
@@ -123,17 +143,22 @@ class Database:
         if self._pg_pool_made is not None and not self._pg_pool_made.done():
             await asyncio.wait([self._pg_pool_made])
         self._pg_pool_made = None
-        if self._pg_pool is not None:
-            pool, self._pg_pool = self._pg_pool, None
-            try:
-                # close() waits for every connection to come back; one held by a task that
-                # was cancelled mid-release never does (seen when a node was stopped in a
-                # join storm), so the wait is bounded.
-                await asyncio.wait_for(pool.close(), PG_POOL_CLOSE_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("closing the asyncpg pool timed out; terminating its connections")
-                pool.terminate()
+        pool, self._pg_pool = self._pg_pool, None
+        await _close_pg_pool(pool)
         await self.engine.dispose()
+
+
+async def _close_pg_pool(pool: Any) -> None:
+    if pool is None:
+        return
+    try:
+        # close() waits for every connection to come back; one held by a task that was
+        # cancelled mid-release never does (seen when a node was stopped in a join storm), so
+        # the wait is bounded.
+        await asyncio.wait_for(pool.close(), PG_POOL_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("closing the asyncpg pool timed out; terminating its connections")
+        pool.terminate()
 
 
 async def _keep_session(_conn: Any) -> None:
