@@ -120,11 +120,16 @@ class ReplicaCluster(PostgresCluster):
     ``pg_ctl promote``; the primary is still the caller's to stop (or :meth:`crash`).
     """
 
-    def __init__(self, primary: PostgresCluster, *, synchronous: bool = True) -> None:
+    def __init__(
+        self, primary: PostgresCluster, *, synchronous: bool = True, via_port: int | None = None
+    ) -> None:
         super().__init__(fsync=primary.fsync)
         self.primary = primary
         self.synchronous = synchronous
         self.name = f"replica{self.port}"
+        # Stream through this port of 127.0.0.1 (a proxy standing for the network between two
+        # sites, loadtest/failover.py) instead of the primary's own.
+        self.via_port = via_port
 
     def start(self) -> ReplicaCluster:
         if not shutil.which("pg_basebackup"):
@@ -136,7 +141,7 @@ class ReplicaCluster(PostgresCluster):
             "-h",
             "127.0.0.1",
             "-p",
-            str(self.primary.port),
+            str(self.via_port or self.primary.port),
             "-U",
             self.primary.user,
             "-X",

@@ -2,7 +2,8 @@
 
 ::
 
-    python -m loadtest.failover [--async] [--posters 8] [--before 3] [--after 4] [--runs 1]
+    python -m loadtest.failover [--async] [--delay-ms 0] [--posters 8] [--before 3] [--after 4]
+                                [--runs 1]
 
 Two real PostgreSQL clusters on this machine (a primary and a ``pg_basebackup -R`` replica,
 synchronous unless ``--async``), one real node (``chatserver run``) whose URL names both hosts
@@ -11,7 +12,9 @@ client ids. Mid-load the primary is killed (``pg_ctl stop -m immediate``) and th
 promoted (``pg_ctl promote``); the clients retry ``unavailable`` and timeouts with the same cid.
 Then every acknowledged post is looked up on the new primary:
 
-- ``lost``: acknowledged, but not stored (or stored under another seq);
+- ``lost``: acknowledged, but not stored (or stored under another seq); ``reused_seqs``: how
+  many of those seqs a later post now holds (a client that saw the lost post at seq N sees
+  another post at seq N: it must not trust a message it holds past the room's new history);
 - ``duplicates``: one cid stored twice; ``gaps``: a seq missing below the room's last;
 - ``first_ack_s``: from the crash to the first post acknowledged on the new primary.
 
@@ -54,6 +57,7 @@ class Result:
     synchronous: bool
     acked: int = 0
     lost: int = 0
+    reused_seqs: int = 0  # lost posts whose seq a later post now holds (async replication)
     duplicates: int = 0
     gaps: int = 0
     stored: int = 0
@@ -62,8 +66,77 @@ class Result:
     timeouts: int = 0
     reconnects: int = 0
     first_ack_s: float | None = None  # crash -> first acknowledgement after the crash
+    acked_per_s: float = 0.0  # before the crash
+    delay_ms: float = 0.0  # one-way latency between the sites
     promote_s: float = 0.0  # how long pg_ctl promote took
     lost_cids: list[str] = field(default_factory=list)
+
+
+class SiteLink:
+    """A TCP proxy standing for the network between two sites: every byte is delivered
+    ``delay_s`` after it was read (latency, not a bandwidth cap), and :meth:`cut` drops the
+    connections with everything still in flight, as losing the primary's site does."""
+
+    def __init__(self, target_port: int, delay_s: float) -> None:
+        self.target_port, self.delay_s = target_port, delay_s
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> SiteLink:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers += [writer, up_writer]
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                if not data:
+                    dst.close()
+                    return
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                dst.write(data)
+                await dst.drain()
+
+        sender = asyncio.ensure_future(deliver())
+        try:
+            while data := await src.read(65536):
+                queue.put_nowait((time.monotonic() + self.delay_s, data))
+            queue.put_nowait((0.0, b""))
+            await sender
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            sender.cancel()
+
+    def cut(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
 
 
 class Poster:
@@ -154,6 +227,7 @@ async def stored_messages(url: str, room: int) -> list[tuple[int, str]]:
 
 def count(result: Result, posters: list[Poster], stored: list[tuple[int, str]]) -> None:
     by_cid: dict[str, list[int]] = {}
+    by_seq = {seq: cid for seq, cid in stored}
     for seq, cid in stored:
         by_cid.setdefault(cid, []).append(seq)
     result.stored = len(stored)
@@ -170,6 +244,8 @@ def count(result: Result, posters: list[Poster], stored: list[tuple[int, str]]) 
             if by_cid.get(cid) != [seq]:
                 result.lost += 1
                 result.lost_cids.append(cid)
+                if by_seq.get(seq, cid) != cid:
+                    result.reused_seqs += 1
 
 
 async def failover_under_load(
@@ -180,8 +256,10 @@ async def failover_under_load(
     before_s: float = 3.0,
     after_s: float = 4.0,
     echo: bool = False,
+    link: SiteLink | None = None,
 ) -> Result:
-    """The scenario of the module docstring on a streaming pair already running."""
+    """The scenario of the module docstring on a streaming pair already running (through
+    ``link`` when given: it is cut together with the primary's crash)."""
     database = f"failover_{os.getpid()}"
     await primary.create_database(database)
     url = primary.url(database)
@@ -199,8 +277,12 @@ async def failover_under_load(
         clients = [Poster(i, node.tcp, f"w{i}", room) for i in range(posters)]
         stop = asyncio.Event()
         tasks = [asyncio.ensure_future(p.run(stop)) for p in clients]
+        began = time.monotonic()
         await asyncio.sleep(before_s)
         crashed = time.monotonic()
+        result.acked_per_s = sum(len(p.acked) for p in clients) / (crashed - began)
+        if link is not None:
+            link.cut()
         await asyncio.to_thread(primary.crash)
         down = time.monotonic()
         await asyncio.to_thread(replica.promote)
@@ -218,13 +300,21 @@ async def failover_under_load(
     return result
 
 
-async def run_once(synchronous: bool, **kwargs: Any) -> Result:
+async def run_once(synchronous: bool, *, delay_ms: float = 0.0, **kwargs: Any) -> Result:
     primary = await asyncio.to_thread(PostgresCluster().start)
     replica: ReplicaCluster | None = None
+    link = await SiteLink(primary.port, delay_ms / 1000).start() if delay_ms else None
     try:
-        replica = await asyncio.to_thread(ReplicaCluster(primary, synchronous=synchronous).start)
-        return await failover_under_load(primary, replica, **kwargs)
+        replica = ReplicaCluster(
+            primary, synchronous=synchronous, via_port=link.port if link else None
+        )
+        await asyncio.to_thread(replica.start)
+        result = await failover_under_load(primary, replica, link=link, **kwargs)
+        result.delay_ms = delay_ms
+        return result
     finally:
+        if link is not None:
+            await link.close()
         if replica is not None:
             await asyncio.to_thread(replica.stop)
         await asyncio.to_thread(primary.stop)
@@ -237,6 +327,13 @@ def main() -> None:
     parser.add_argument("--before", type=float, default=3.0)
     parser.add_argument("--after", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="one-way latency between the sites (a proxy on the replication link, cut with the"
+        " primary's crash)",
+    )
     parser.add_argument("--echo", action="store_true", help="print the node's output")
     args = parser.parse_args()
     for _ in range(args.runs):
@@ -247,6 +344,7 @@ def main() -> None:
                 before_s=args.before,
                 after_s=args.after,
                 echo=args.echo,
+                delay_ms=args.delay_ms,
             )
         )
         print(json.dumps(asdict(result)), flush=True)
