@@ -144,19 +144,15 @@ class StoreFailover:
                     ' ask for the promotion (--promote / "promote": true)'
                 )
             fenced = await poolstate.fence(self._urls[source])
-            caught_up_to = 0
-            if fenced:
-                old = await poolstate.probe(self._urls[source])
-                caught_up_to = old.lsn if old.reachable and not old.in_recovery else 0
             log.warning(
                 "pool: failing %s onto database.%s (the %s store %s)",
                 "over" if state == "failed_over" else "back",
                 "backup_url" if target == "backup" else "url",
                 source,
-                "fenced read-only" if fenced else "unreachable, not fenced",
+                "fenced read-only" if fenced is not None else "unreachable, not fenced",
             )
             if to.in_recovery:
-                await poolstate.promote(self._urls[target], caught_up_to=caught_up_to)
+                await poolstate.promote(self._urls[target], caught_up_to=fenced or 0)
             await poolstate.unfence(self._urls[target])  # it may have been fenced before
             await self._db.switch(self._urls[target])
             record = await poolstate.write_state(self._db, state, by, reason)

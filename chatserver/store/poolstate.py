@@ -20,12 +20,21 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as lite_insert
 
 from .db import Database, now_ms
-from .dsn import parse
+from .dsn import StoreUrl, parse
 from .schema import pool_state
 
 State = Literal["normal", "failed_over"]
 STATES: tuple[State, ...] = ("normal", "failed_over")
 CONNECT_TIMEOUT_S = 3.0
+# What an unreachable (or starting, or shutting down) server raises on connecting: an OSError,
+# a timeout, or one of asyncpg's errors (imported lazily, as db.py does).
+_UNREACHABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+try:
+    import asyncpg as _asyncpg
+
+    _UNREACHABLE += (_asyncpg.PostgresError, _asyncpg.InterfaceError)
+except ImportError:  # pragma: no cover - SQLite-only installations
+    pass
 
 
 class FailoverError(Exception):
@@ -85,10 +94,9 @@ async def write_state(db: Database, state: State, by: str, reason: str) -> PoolS
     return PoolState(state, values["since_ms"], by, reason)  # type: ignore[arg-type]
 
 
-async def _connect(url: str) -> Any:
+async def _connect(target: StoreUrl) -> Any:
     import asyncpg
 
-    target = replace(parse(url), target_session_attrs="any")
     args = target.asyncpg_args()
     args.setdefault("timeout", CONNECT_TIMEOUT_S)
     return await asyncpg.connect(**args)
@@ -98,7 +106,7 @@ async def probe(url: str) -> Probe:
     """What the store at ``url`` is now: never raises (an unreachable store says so)."""
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_S * 2):
-            conn = await _connect(url)
+            conn = await _connect(replace(parse(url), target_session_attrs="any"))
             try:
                 in_recovery = bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
                 lsn_sql = (
@@ -122,40 +130,59 @@ async def probe(url: str) -> Probe:
     return Probe(True, in_recovery, lsn, state)
 
 
-async def fence(url: str) -> bool:
-    """Make the cluster at ``url`` read-only for every new transaction (its sessions included,
-    after the reload); False when it cannot be reached (a crashed primary needs no fence)."""
-    try:
-        conn = await _connect(url)
-    except (OSError, TimeoutError):
-        return False
-    try:
-        await conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
-        await conn.execute("SELECT pg_reload_conf()")
-        # Sessions already inside a transaction finish it; new ones are read-only from now.
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        )
-        return True
-    finally:
-        await conn.close()
+def _hosts(url: str) -> list[StoreUrl]:
+    """One URL per host of ``url`` (``any``: a standby or a fenced primary answers too)."""
+    target = replace(parse(url), target_session_attrs="any")
+    return [target.with_hosts((host,)) for host in target.hosts] or [target]
+
+
+async def fence(url: str) -> int | None:
+    """Make every primary among ``url``'s hosts read-only for every new transaction, and end
+    its client sessions (a transaction they had open rolls back): no node writes there again.
+    Returns the highest WAL position of the primaries fenced (final, since nothing can write
+    after), or None when none could be reached (a crashed primary needs no fence)."""
+    fenced: int | None = None
+    for target in _hosts(url):
+        try:
+            conn = await _connect(target)
+        except _UNREACHABLE:
+            continue
+        try:
+            if await conn.fetchval("SELECT pg_is_in_recovery()"):
+                continue
+            await conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            await conn.execute("SELECT pg_reload_conf()")
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+            lsn = int(await conn.fetchval("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"))
+            fenced = max(fenced or 0, lsn)
+        finally:
+            await conn.close()
+    return fenced
 
 
 async def unfence(url: str) -> None:
-    """Undo :func:`fence` (the store becomes the pool's again)."""
-    conn = await _connect(url)
-    try:
-        await conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
-        await conn.execute("SELECT pg_reload_conf()")
-    finally:
-        await conn.close()
+    """Undo :func:`fence` on every primary among ``url``'s hosts (the store becomes the
+    pool's again)."""
+    for target in _hosts(url):
+        try:
+            conn = await _connect(target)
+        except _UNREACHABLE:
+            continue
+        try:
+            if not await conn.fetchval("SELECT pg_is_in_recovery()"):
+                await conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+                await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
 
 
 async def promote(url: str, *, caught_up_to: int = 0, timeout: float = 30.0) -> None:
     """Promote the standby at ``url`` once it has replayed WAL up to ``caught_up_to`` (the old
     primary's last position, when it could still be read); already a primary: nothing to do."""
-    conn = await _connect(url)
+    conn = await _connect(replace(parse(url), target_session_attrs="any"))
     try:
         if not await conn.fetchval("SELECT pg_is_in_recovery()"):
             return

@@ -176,8 +176,10 @@ async def test_the_command_line_shows_and_refuses(
     primary, backup = pg_pair
     await asyncio.to_thread(upgrade, primary.url())
     await backup.wait_streaming()
+    # The main URL lists the standby first: the fence must skip it and fence the primary.
+    main = f"postgresql://{primary.user}@127.0.0.1:{backup.port},127.0.0.1:{primary.port}/postgres"
     env = {
-        "CHATSERVER_DATABASE_URL": primary.url(),
+        "CHATSERVER_DATABASE_URL": main,
         "CHATSERVER_DATABASE_BACKUP_URL": backup.url(),
         "PATH": "/usr/bin:/bin",
     }
@@ -211,6 +213,8 @@ async def test_the_command_line_shows_and_refuses(
         await conn.close()
     conn = await asyncpg.connect(backup.url())
     try:
+        assert await conn.fetchval("SHOW default_transaction_read_only") == "off"
+        assert await conn.fetchval("SELECT pg_is_in_recovery()") is False
         row = await conn.fetchrow("SELECT actor FROM audit_log WHERE action = 'pool.state'")
         assert row is not None and row["actor"].startswith("cli:")
     finally:
