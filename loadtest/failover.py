@@ -38,6 +38,7 @@ from chatserver.pool.local import LocalPool
 from chatserver.store import rooms as room_store
 from chatserver.store import users as user_store
 from chatserver.store.db import Database
+from chatserver.store.dsn import parse
 from chatserver.store.migrate import upgrade
 from chatserver.testing import PostgresCluster, ReplicaCluster
 
@@ -215,7 +216,7 @@ async def prepare(url: str, posters: int) -> int:
 async def stored_messages(url: str, room: int) -> list[tuple[int, str]]:
     import asyncpg
 
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(**parse(url).asyncpg_args())  # store/dsn.py
     try:
         rows = await conn.fetch(
             "SELECT seq, cid FROM messages WHERE room_id = $1 ORDER BY seq", room
