@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .connect import connect
 from .dsn import StoreUrl, parse
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,11 @@ class Database:
         import asyncpg
 
         self._pg_pool = await asyncpg.create_pool(
-            **self.target.asyncpg_args(), min_size=1, max_size=6, reset=_keep_session
+            **self.target.asyncpg_args(),
+            connect=connect,  # a time limit per host (store/connect.py)
+            min_size=1,
+            max_size=6,
+            reset=_keep_session,
         )
 
     async def close(self) -> None:

@@ -31,6 +31,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sqlalchemy.engine import URL
 
+from .connect import connect
+
 # target_session_attrs values the driver (asyncpg) implements, as libpq spells them. The default
 # is "primary" (not in recovery), not "read-write": read-write also refuses a primary whose
 # default_transaction_read_only is on, which would turn "writes fail" (answered unavailable,
@@ -93,9 +95,16 @@ class StoreUrl:
         return URL.create("postgresql+asyncpg", database=self.database)
 
     def connect_args(self) -> dict[str, Any]:
-        """Keyword arguments for ``asyncpg.connect`` (``create_async_engine(connect_args=…)``)."""
+        """``create_async_engine(connect_args=…)``: :meth:`asyncpg_args`, connecting through
+        :func:`chatserver.store.connect.connect` (a time limit per host)."""
         if self.dialect == "sqlite":
             return {}
+        return {**self.asyncpg_args(), "async_creator_fn": connect}
+
+    def asyncpg_args(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`chatserver.store.connect.connect` (``asyncpg.connect``,
+        ``asyncpg.create_pool(connect=…)``): the same as the engine's."""
+        assert self.is_postgres
         args: dict[str, Any] = {"target_session_attrs": self.target_session_attrs}
         if self.database is not None:
             args["database"] = self.database
@@ -116,11 +125,6 @@ class StoreUrl:
             else:
                 args[key] = value
         return args
-
-    def asyncpg_args(self) -> dict[str, Any]:
-        """Keyword arguments for ``asyncpg.create_pool`` / ``connect``: the same as the engine's."""
-        assert self.is_postgres
-        return self.connect_args()
 
     def with_hosts(self, hosts: tuple[Host, ...]) -> StoreUrl:
         """The same URL on other hosts (a failover onto the backup store)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from chatserver.config import ConfigError, load_config
+from chatserver.store.connect import connect
 from chatserver.store.dsn import Host, UrlError, parse
 
 TWO = (Host("db1", 5432), Host("db2", 5433))
@@ -29,7 +30,7 @@ def test_every_multi_host_form_means_the_same(url: str) -> None:
     assert target.hosts == TWO
     assert (target.user, target.password, target.database) == ("chat", "pw", "chat")
     assert target.target_session_attrs == "primary"  # never a standby: the node writes
-    args = target.connect_args()
+    args = target.asyncpg_args()
     assert args == {
         "host": ["db1", "db2"],
         "port": [5432, 5433],
@@ -43,7 +44,8 @@ def test_every_multi_host_form_means_the_same(url: str) -> None:
     engine_url = target.engine_url()
     assert engine_url.drivername == "postgresql+asyncpg"
     assert engine_url.host is None and not engine_url.query
-    assert target.asyncpg_args() == args
+    # The engine connects with the same arguments, through store/connect.py's connect.
+    assert target.connect_args() == {**args, "async_creator_fn": connect}
 
 
 def test_the_sqlalchemy_dialect_passes_the_same_arguments_to_asyncpg() -> None:
