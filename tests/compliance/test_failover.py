@@ -16,7 +16,7 @@ from chatserver.store import outbox
 from chatserver.store.db import Database
 from chatserver.store.schema import compliance_outbox
 from chatserver.testing import PostgresCluster, ReplicaCluster
-from compliance.schema import events
+from compliance.schema import events, prepare
 from compliance.verify import Report, check_chain
 from compliance.writer import run
 from tests.conftest import scaled
@@ -112,3 +112,66 @@ async def test_the_writer_resumes_exactly_once_after_a_failover(
     assert sorted(stored) == list(range(produced)), "an event is missing"
     assert report.broken is None, report.broken
     assert report.events == produced
+
+
+async def test_the_writer_follows_a_pool_failover_onto_the_backup_store(
+    pg_cluster: PostgresCluster, pg_pair: tuple[PostgresCluster, ReplicaCluster]
+) -> None:
+    """The outbox is in the content store: after `pool failover` onto database.backup_url, the
+    events captured there are moved too (the writer follows the pool state, as nodes do)."""
+    from chatserver.pool.failover import StoreFailover
+    from chatserver.store.migrate import upgrade
+
+    primary, backup = pg_pair
+    await asyncio.to_thread(upgrade, primary.url())
+    await backup.wait_streaming()
+    comp_url = await pg_cluster.create_database("comp_follows_pool")
+    config = load_config(
+        env={
+            "CHATSERVER_DATABASE_URL": primary.url(),
+            "CHATSERVER_DATABASE_BACKUP_URL": backup.url(),
+            "CHATSERVER_DATABASE_FAILOVER_CHECK_S": "0.2",
+            "CHATSERVER_COMPLIANCE_ENABLED": "true",
+            "CHATSERVER_COMPLIANCE_DATABASE_URL": comp_url,
+        }
+    )
+    comp = Database(comp_url)
+    await prepare(comp)  # what the writer does first; the test reads the tables meanwhile
+    content = Database(primary.url())
+    stop = asyncio.Event()
+    writer = asyncio.ensure_future(run(config, stop, poll_s=0.05, batch=20, export=False))
+
+    async def record(db: Database, first: int, count: int) -> None:
+        async with db.write() as conn:
+            await outbox.record(
+                conn,
+                "test",
+                [outbox.Event("CHAT", None, None, {"n": first + i}) for i in range(count)],
+            )
+
+    async def stored() -> list[int]:
+        async with comp.read() as conn:
+            return sorted(
+                json.loads(r.payload)["n"] for r in await conn.execute(select(events.c.payload))
+            )
+
+    try:
+        await record(content, 0, 30)
+        async with asyncio.timeout(scaled(20)):
+            while len(await stored()) < 30:  # noqa: ASYNC110 (the writer's progress)
+                await asyncio.sleep(0.05)
+        # The operator fails the pool over (as `chatserver pool failover --promote` does).
+        failover = StoreFailover(content, primary.url(), backup.url(), 1.0)
+        await failover.set_state("failed_over", by="test", reason="drill", promote=True)
+        await record(content, 30, 30)  # `content` now writes to the backup store
+        async with asyncio.timeout(scaled(20)):
+            while len(await stored()) < 60:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(writer, scaled(10))
+        assert await stored() == list(range(60))
+    finally:
+        stop.set()
+        await asyncio.gather(writer, return_exceptions=True)
+        await content.close()
+        await comp.close()
