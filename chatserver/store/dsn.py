@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from sqlalchemy.engine import URL
 
@@ -136,9 +136,9 @@ class StoreUrl:
             return f"sqlite:///{self.database}" if self.database else "sqlite://"
         credentials = ""
         if self.user is not None:
-            credentials = self.user
+            credentials = quote(self.user, safe="")
             if self.password is not None:
-                credentials += ":" + ("***" if hide_password else self.password)
+                credentials += ":" + ("***" if hide_password else quote(self.password, safe=""))
             credentials += "@"
         hosts = ",".join(str(h) for h in self.hosts if not h.host.startswith("/"))
         query = [f"host={h.host}" for h in self.hosts if h.host.startswith("/")]
@@ -188,10 +188,12 @@ def _parse_postgres(url: str, default_target: str) -> StoreUrl:
     database = unquote(parts.path[1:]) if parts.path.startswith("/") else None
     if database is not None and "/" in database:
         raise UrlError(f"{database!r} is not a database name")
-    try:
-        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise UrlError(f"cannot read the parameters {parts.query!r}") from None
+    query: list[tuple[str, str]] = []
+    for item in parts.query.split("&") if parts.query else []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UrlError(f"cannot read the parameter {item!r}: write name=value")
+        query.append((unquote(key), unquote(value)))  # percent-decoding only, as libpq: + stays
     host_params = [v for k, v in query if k == "host"]
     port_params = [v for k, v in query if k == "port"]
     single: dict[str, str] = {}

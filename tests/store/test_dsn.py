@@ -103,7 +103,8 @@ def test_single_host_socket_ipv6_and_options() -> None:
     ).connect_args()
     assert args["ssl"] == "require" and args["timeout"] == 5.0
     assert args["server_settings"] == {"application_name": "chat1"}
-    # Percent-encoded credentials are decoded once.
+    # Percent-encoded credentials are decoded once; a "+" stays a "+" (libpq's rule).
+    assert parse("postgresql://u@db/chat?password=a+b%26c").password == "a+b&c"
     assert parse("postgresql://u%40x:p%2Fw@db/chat").password == "p/w"
     assert parse("postgresql://u%40x:p%2Fw@db/chat").user == "u@x"
 
@@ -139,6 +140,7 @@ def test_sqlite_urls() -> None:
         ("postgresql://u@db/chat?user=v", "user is named twice"),
         ("postgresql://u@db/chat?dbname=other", "database is named twice"),
         ("postgresql://u@db/a/b", "not a database name"),
+        ("postgresql://u@db/chat?sslmode", "write name=value"),
         ("postgresql://u@db/chat#x", "fragment"),
         ("postgresql://u@db%20x/chat", "not a host name"),
         ("postgresql://u@" + ",".join(f"h{i}" for i in range(17)) + "/chat", "at most 16"),
@@ -163,7 +165,7 @@ def test_the_configuration_refuses_such_a_url_at_load_time() -> None:
 
 
 def test_the_password_is_never_rendered_unless_asked() -> None:
-    target = parse("postgresql://chat:s3cret@db1,db2:5433/chat")
-    assert "s3cret" not in target.render()
-    assert "s3cret" in target.render(hide_password=False)
+    target = parse("postgresql://chat:s3cr%40t%2F@db1,db2:5433/chat")
+    assert "s3cr" not in target.render()
+    assert "s3cr%40t%2F" in target.render(hide_password=False)
     assert parse(target.render(hide_password=False)) == target  # the rendering parses back
