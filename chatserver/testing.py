@@ -101,15 +101,6 @@ class PostgresCluster:
         except subprocess.CalledProcessError:
             pass
 
-    async def execute(self, sql: str, database: str = "postgres") -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(self.url(database))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
 
 class ReplicaCluster(PostgresCluster):
     """A streaming replica of ``primary``: ``pg_basebackup -R`` of it, started on its own port.
