@@ -15,8 +15,9 @@
                     follow state changes (standby, draining)
     keep-alive task: ping links, close silent ones (no store access: a busy store must not
                     make a node look dead to its peers)
-    catch-up task:  CatchUp (catchup.py), every catchup_interval_s while a peer link is down or
-                    after one was lost, else every SAFETY_POLL_ROUNDS intervals
+    catch-up task:  CatchUp (catchup.py), every catchup_interval_s while a peer link is down,
+                    at once and for the next SUSPECT_ROUNDS intervals after a link opened or a
+                    node (re)appeared in the registry, else every SAFETY_POLL_ROUNDS intervals
 
 The events and their encoding are in :mod:`chatserver.pool.events`; what each type does on
 arrival is :meth:`Pool._handlers` (most go to
@@ -68,6 +69,10 @@ from .registry import ACTIVE, DRAINING, STANDBY, NodeRow
 log = logging.getLogger("chatserver.pool")
 
 MAX_BACKOFF_S = 2.0
+# After a link opens or a node (re)appears in the registry, the catch-up polls the store at once
+# and at this many following intervals: the peer committed events that it sent on no link here
+# (its links were down, or it had not finished its side of the handshake yet).
+SUSPECT_ROUNDS = 2
 
 
 class PoolError(Exception):
@@ -146,9 +151,11 @@ class Pool:
         self.events_received = 0
         self.events_by_type: dict[str, int] = dict.fromkeys(sorted(EVENT_TYPES), 0)
         self.frames_received: dict[str, int] = {PING: 0, EVENTS: 0}
-        # Set when a peer link is lost (and at start): the next catch-up interval polls the
-        # store even if every link is up again by then.
-        self._link_lost = True
+        # Catch-up intervals that poll the store even if every link is up by then: set when a
+        # link is lost or opens and when a node (re)appears (and at start); _poll_now wakes the
+        # catch-up task before its interval ends.
+        self._suspect_rounds = SUSPECT_ROUNDS
+        self._poll_now = asyncio.Event()
 
     def _handlers(
         self, governance: Governance, enforcement: Enforcement, settings: RuntimeSettings
@@ -346,13 +353,15 @@ class Pool:
         # run-time settings) and re-check the policy of every user connected here.
         self.hub.drop_idle()
         self.inbox.put(name, [CategoriesChanged(), SettingsChanged(), Recheck()])
+        # What the peer committed before its side of this link opened went over no link.
+        self._suspect(now=True)
 
     def link_closed(self, link: PeerLink) -> None:
         name = link.peer
         if name is not None and self.links.get(name) is link:
             del self.links[name]
             self.publisher.frames_sent_closed += link.frames_sent
-            self._link_lost = True
+            self._suspect()
             log.info("pool: peer link %s down", name)
             if not self._stopping:
                 self._refresh.set()
@@ -452,7 +461,12 @@ class Pool:
             gone = await registry.expire(db, dead_after_ms)
             if gone:
                 log.info("pool: expired stale nodes %s", ", ".join(gone))
+        known = {r.name for r in self.nodes}
         self.nodes = [r for r in rows if r.name not in stale]
+        if any(r.name not in known and r.name != self.name for r in self.nodes):
+            # A node (re)appeared: it may have committed while no link here could carry it (a
+            # node stopped longer than dead_after_s, expired, then resumed and posting at once).
+            self._suspect(now=True)
         self._follow_state(state)
         live = {r.name: r for r in self.nodes if r.name != self.name}
         for name, link in list(self.links.items()):
@@ -483,22 +497,39 @@ class Pool:
     def _all_linked(self) -> bool:
         return all(row.name in self.links for row in self.nodes if row.name != self.name)
 
+    def _suspect(self, *, now: bool = False) -> None:
+        """Events from a peer may have been lost: poll the store at the next SUSPECT_ROUNDS
+        intervals (and at once with ``now``)."""
+        self._suspect_rounds = SUSPECT_ROUNDS
+        if now:
+            self._poll_now.set()
+
     async def _catch_up_loop(self) -> None:
-        # While every peer is linked (and none was lost since the last poll), messages arrive
-        # over the links and the store is polled only every SAFETY_POLL_ROUNDS intervals: a node
-        # follows tens of thousands of rooms, and each poll reads all their last_seqs.
+        # While every registered peer is linked (and no link opened or closed and no node
+        # appeared in the last SUSPECT_ROUNDS intervals), messages arrive over the links and the
+        # store is polled only every SAFETY_POLL_ROUNDS intervals: a node follows tens of
+        # thousands of rooms, and each poll reads all their last_seqs. A node that expired is
+        # no longer waited for; if it comes back, its row's return (or its link's) ends the
+        # quiet at once.
         quiet = 0
         while True:
-            await asyncio.sleep(self.settings.catchup_interval_s)
-            if not self._link_lost and self._all_linked() and quiet < SAFETY_POLL_ROUNDS:
+            try:
+                await asyncio.wait_for(self._poll_now.wait(), self.settings.catchup_interval_s)
+                now = True
+            except TimeoutError:
+                now = False
+            self._poll_now.clear()
+            suspect = self._suspect_rounds > 0
+            if not now and not suspect and self._all_linked() and quiet < SAFETY_POLL_ROUNDS:
                 quiet += 1
                 continue
             quiet = 0
-            self._link_lost = False
+            if suspect and not now:
+                self._suspect_rounds -= 1
             try:
                 await self.catch_up.run()
             except Exception as exc:
-                self._link_lost = True  # try again next interval
+                self._suspect_rounds = max(self._suspect_rounds, 1)  # try again next interval
                 log.warning("pool: catch-up failed: %s", exc)
 
     async def view(self) -> dict[str, Any]:

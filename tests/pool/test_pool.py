@@ -14,7 +14,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import pytest
 from chatserver.client import Client, PoolClient, RequestFailed
 from chatserver.passwords import hash_password
 from chatserver.pool.local import LocalPool, NodeProcess
+from chatserver.pool.node import SUSPECT_ROUNDS
 from chatserver.pool.protocol import Command, PeerProtocol, encode_frame, proof
 from chatserver.store import rooms as room_store
 from chatserver.store import users as user_store
@@ -420,6 +421,91 @@ async def test_sigstop_20_s_then_sigcont(pg_cluster: PostgresCluster) -> None:
     ids = await seed(url, ["writer"], ["lobby"])
     async with running_pool(url, 3, CHATSERVER_POOL_DEAD_AFTER_S="10") as pool:
         await stop_and_continue(pool, ids["lobby"], stopped_s=20)
+
+
+async def posts_made_while_stopped(pool: LocalPool, room: int, stopped_s: float) -> float:
+    """Clients of node3 post while it is SIGSTOPped (the frames wait in its socket buffers);
+    after SIGCONT each post must reach the subscribers on node1 and node2 within the delivery
+    bound after its acknowledgement. Returns the longest delay seen."""
+    n1, n2, n3 = pool.nodes[:3]
+    interval = float(pool.extra["CHATSERVER_POOL_CATCHUP_INTERVAL_S"])
+    subs = {n.name: await login(n, "writer") for n in (n1, n2)}
+    posters = [await login(n3, "writer") for _ in range(2)]
+    arrived: dict[str, dict[str, float]] = {name: {} for name in subs}
+    acked: dict[str, float] = {}
+    progress = asyncio.Event()
+
+    async def record(name: str, sub: Client) -> None:
+        while True:
+            event = await sub.events.get()
+            if event["ev"] == "message" and event["room"] == room:
+                arrived[name][event["cid"]] = time.monotonic()
+                progress.set()
+
+    async def until(done: Callable[[], bool], timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not done():
+                progress.clear()
+                await progress.wait()
+
+    recorders = [asyncio.ensure_future(record(name, sub)) for name, sub in subs.items()]
+    try:
+        for sub in subs.values():
+            await sub.call("join", room=room)
+        await posters[0].call("post", room=room, text="before", cid="before")
+        await until(lambda: all("before" in got for got in arrived.values()), scaled(5))
+        n3.signal(signal.SIGSTOP)
+        calls = []
+        for k in range(20):  # spread over the stop, without waiting for replies
+            cid = f"stopped{k}"
+            call = asyncio.ensure_future(posters[k % 2].call("post", room=room, text=cid, cid=cid))
+            call.add_done_callback(lambda _f, cid=cid: acked.setdefault(cid, time.monotonic()))
+            calls.append(call)
+            await asyncio.sleep(stopped_s / 20)
+        n3.signal(signal.SIGCONT)
+        replies = await asyncio.wait_for(asyncio.gather(*calls), scaled(20))
+        assert len({r["seq"] for r in replies}) == len(calls)
+        bound = interval + scaled(0.5)
+        await until(lambda: all(len(got) > len(calls) for got in arrived.values()), scaled(60))
+        delays = {
+            (name, cid): got[cid] - acked[cid] for name, got in arrived.items() for cid in acked
+        }
+        worst = max(delays.values())
+        print(
+            f"\nstopped {stopped_s} s: posts acknowledged after SIGCONT reached the other nodes"
+            f" at most {worst:.3f} s later (bound {bound:.2f} s)"
+        )
+        late = {key: round(d, 3) for key, d in delays.items() if d > bound}
+        assert not late, f"delivered later than {bound:.2f} s after the ack: {late}"
+        return worst
+    finally:
+        for task in recorders:
+            task.cancel()
+        for c in [*subs.values(), *posters]:
+            await c.close()
+
+
+@pytest.mark.slow
+async def test_posts_made_while_stopped_are_delivered_within_the_bound(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """Stopped longer than link_timeout_s (1.5 s) and than a dial's handshake timeout (5 s),
+    not as long as dead_after_s: the peers closed their links but still list the node."""
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["writer"], ["lobby"])
+    async with running_pool(url, 3, CHATSERVER_POOL_DEAD_AFTER_S="30") as pool:
+        await posts_made_while_stopped(pool, ids["lobby"], stopped_s=8)
+
+
+async def test_posts_made_while_stopped_and_expired_are_delivered_within_the_bound(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """Stopped longer than dead_after_s (3 s) and than a dial's handshake timeout (5 s): the
+    peers expired the node meanwhile and stopped dialling it."""
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["writer"], ["lobby"])
+    async with running_pool(url, 3) as pool:
+        await posts_made_while_stopped(pool, ids["lobby"], stopped_s=9)
 
 
 # -- peer link cut --------------------------------------------------------------------------
@@ -967,10 +1053,15 @@ async def test_admin_changes_on_one_node_reach_every_node(pg_cluster: PostgresCl
                 assert "chatserver_pool_links 1.0" in metrics
                 assert 'chatserver_pool_events_received_total{type="msg"} 4.0' in metrics
                 assert 'chatserver_pool_state{state="active"} 1.0' in metrics
-                # With every peer linked the catch-up does not poll the store every interval.
+                # With every peer linked the catch-up does not poll the store every interval
+                # (once the intervals that follow the links' opening at start are over).
+                interval = float(FAST["CHATSERVER_POOL_CATCHUP_INTERVAL_S"])
+                await asyncio.sleep((SUSPECT_ROUNDS + 1) * interval)
+                async with http.get(api2 + "/metrics") as response:
+                    metrics = await response.text()
                 polls = re.compile(r"^chatserver_pool_catch_up_polls_total (\S+)$", re.M)
                 before = float(polls.search(metrics).group(1))  # type: ignore[union-attr]
-                await asyncio.sleep(3.5 * float(FAST["CHATSERVER_POOL_CATCHUP_INTERVAL_S"]))
+                await asyncio.sleep(3.5 * interval)
                 async with http.get(api2 + "/metrics") as response:
                     later = float(polls.search(await response.text()).group(1))  # type: ignore[union-attr]
                 assert later - before <= 1  # at most the every-15-intervals safety poll
