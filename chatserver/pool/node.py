@@ -456,9 +456,11 @@ class Pool:
         state, rows, now = await registry.heartbeat(
             db, self.name, self.addresses, state=self.state, started_ms=self.started_ms
         )
-        stale = [r.name for r in rows if now - r.heartbeat_ms > dead_after_ms]
+        stale = [
+            r.name for r in rows if now - r.heartbeat_ms > dead_after_ms and not self._hears(r.name)
+        ]
         if stale:
-            gone = await registry.expire(db, dead_after_ms)
+            gone = await registry.expire(db, dead_after_ms, stale)
             if gone:
                 log.info("pool: expired stale nodes %s", ", ".join(gone))
         known = {r.name for r in self.nodes}
@@ -475,6 +477,20 @@ class Pool:
         for name, row in live.items():
             if name > self.name and name not in self.links and name not in self._dialing:
                 self._dialing[name] = asyncio.get_running_loop().create_task(self._dial(row))
+
+    def _hears(self, name: str) -> bool:
+        """Does a live peer link to ``name`` carry its pings? Such a node is not expired here,
+        however old its heartbeat: it cannot write the store (a store cut or stall) but serves
+        its clients and reaches its peers, and expiring it would close the links they need.
+        The keep-alive closes a link silent for link_timeout_s, so a dead node is still
+        expired dead_after_s after its last heartbeat (or link_timeout_s after its last ping,
+        if that is later)."""
+        link = self.links.get(name)
+        return (
+            link is not None
+            and link.proto.is_open
+            and time.monotonic() - link.last_heard <= self.settings.link_timeout_s
+        )
 
     def _follow_state(self, state: str) -> None:
         if state == self.state:

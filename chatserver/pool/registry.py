@@ -2,8 +2,10 @@
 
 Each node upserts its own row (addresses, state, heartbeat) every ``heartbeat_s`` and reads every
 row back; a row whose heartbeat is older than ``dead_after_s`` is a node that is gone, and the
-first node to notice deletes it. ``state`` is ``active``, ``standby`` or ``draining``; the
-management API changes it and the node concerned reads it at its next heartbeat.
+first node to notice deletes it — unless that node still hears the other over a live peer link
+(its store is cut or stalled; it is not dead: see ``Pool._hears``). ``state`` is ``active``,
+``standby`` or ``draining``; the management API changes it and the node concerned reads it at its
+next heartbeat.
 """
 
 from __future__ import annotations
@@ -151,13 +153,14 @@ async def heartbeat(
     return current, rows, now
 
 
-async def expire(db: Database, dead_after_ms: int) -> list[str]:
-    """Delete the rows of nodes whose heartbeat is older than ``dead_after_ms``."""
+async def expire(db: Database, dead_after_ms: int, names: list[str]) -> list[str]:
+    """Delete the rows of the nodes ``names`` whose heartbeat is older than ``dead_after_ms``
+    (checked again here: a node may have beaten since the caller read its row)."""
     async with db.write() as conn:
         cutoff = await db_now(conn) - dead_after_ms
         result = await conn.execute(
             delete(pool_nodes)
-            .where(pool_nodes.c.heartbeat_ms < cutoff)
+            .where(pool_nodes.c.heartbeat_ms < cutoff, pool_nodes.c.name.in_(names))
             .returning(pool_nodes.c.name)
         )
         return [r.name for r in result]

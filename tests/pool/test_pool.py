@@ -362,6 +362,54 @@ async def test_a_stalled_store_does_not_close_peer_links(pg_cluster: PostgresClu
             assert not [line for line in later if "silent" in line or "link" in line], later
 
 
+async def test_a_store_stall_longer_than_dead_after_expires_nobody(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """No node can write its heartbeat for twice dead_after_s, but the peer links stay healthy:
+    nobody is expired, no link closes, and every post (also those sent during the stall) is
+    delivered on every node afterwards."""
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["writer"], ["lobby"])
+    room = ids["lobby"]
+    dead_after = float(FAST["CHATSERVER_POOL_DEAD_AFTER_S"])
+    async with running_pool(url, 2) as pool:
+        subs = [await login(node, "writer") for node in pool.nodes]
+        posters = [await login(node, "writer") for node in pool.nodes]
+        try:
+            for sub in subs:
+                await sub.call("join", room=room)
+            await posters[0].call("post", room=room, text="before", cid="before")
+            marks = [len(node.lines) for node in pool.nodes]
+            stopped = cluster_processes(pg_cluster)
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                calls = [
+                    asyncio.ensure_future(p.request("post", room=room, text=f"d{i}", cid=f"d{i}"))
+                    for i, p in enumerate(posters)
+                ]
+                await asyncio.sleep(2 * dead_after)
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            replies = await asyncio.wait_for(asyncio.gather(*calls), scaled(30))
+            # Acknowledged, or refused as unavailable (never stored): either is honest.
+            acked = [r for r in replies if "error" not in r]
+            assert all(r["error"]["code"] == "unavailable" for r in replies if "error" in r)
+            await asyncio.sleep(dead_after)  # every node has beaten (and judged) again
+            last = (await posters[1].call("post", room=room, text="after", cid="after"))["seq"]
+            assert last == 2 + len(acked)
+            for sub in subs:
+                got = await messages_until(sub, room, last)
+                assert [m["seq"] for m in got] == list(range(1, last + 1))
+            for node, mark in zip(pool.nodes, marks, strict=True):
+                later = node.lines[mark:]
+                assert not [line for line in later if "expired" in line or "link" in line], later
+        finally:
+            for c in [*subs, *posters]:
+                await c.close()
+
+
 # -- SIGSTOP --------------------------------------------------------------------------------
 
 
