@@ -221,6 +221,8 @@ class PoolConfig(_Section):
     advertise_websocket: str = ""
     # The peer address other nodes dial (default: listen.peer with its bound port).
     advertise_peer: str = ""
+    # The management address shown in the registry (default: listen.management, bound port).
+    advertise_management: str = ""
     # With [tls] configured, the peer port speaks TLS too; peers' certificates are checked
     # against peer_ca (default: the node's own tls.certificate, for a pool sharing one).
     peer_tls: bool = True

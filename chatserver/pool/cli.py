@@ -90,7 +90,8 @@ async def _up(args: argparse.Namespace) -> None:
             for node in pool.describe():
                 print(
                     f"  {node['node']:8} {node['state']:8} tcp {node['tcp']:21}"
-                    f" {node['websocket']:27} peer {node['peer']}"
+                    f" {node['websocket']:27} peer {node['peer']:21}"
+                    f" management {node['management']}"
                 )
             print("chatserver: Ctrl-C stops every node", flush=True)
             watch = [asyncio.ensure_future(n.proc.wait()) for n in pool.nodes if n.proc]

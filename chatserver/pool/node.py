@@ -56,7 +56,7 @@ from ..rooms.enforcement import Enforcement
 from ..rooms.governance import Governance
 from ..rooms.hub import Hub
 from ..rooms.settings import RuntimeSettings
-from ..store.db import Database, now_ms
+from ..store.db import Database, dialect_of, now_ms
 from ..transport.connections import Connections
 from . import registry
 from .catchup import SAFETY_POLL_ROUNDS, CatchUp
@@ -79,6 +79,17 @@ class PoolError(Exception):
     """The pool cannot start; the message says why."""
 
 
+def check_store_url(url: str) -> None:
+    """A pool needs a store every node shares; refused from the URL alone, before a node opens
+    (or creates) the store."""
+    if dialect_of(url) != "postgresql":
+        raise PoolError(
+            "pool.enabled needs a PostgreSQL store shared by every node: database.url is"
+            " SQLite, which one node owns alone; set database.url to postgresql://…"
+            " or turn pool.enabled off"
+        )
+
+
 def is_loopback(address: str) -> bool:
     host, _ = parse_address(address)
     if host == "localhost":
@@ -99,7 +110,7 @@ def _advertised(address: str, bound: tuple[str, int] | None) -> str:
     if host in ("0.0.0.0", "::", ""):
         raise PoolError(
             f"cannot advertise wildcard address {address!r}: set pool.advertise_tcp,"
-            " pool.advertise_websocket and pool.advertise_peer"
+            " pool.advertise_websocket, pool.advertise_peer and pool.advertise_management"
         )
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -143,6 +154,7 @@ class Pool:
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh = asyncio.Event()
         self._stopping = False
+        self._joined = False
         self.addresses: dict[str, str] = {}
         self.peer_address: tuple[str, int] | None = None
         self.catch_up = CatchUp(db, hub)
@@ -192,12 +204,7 @@ class Pool:
 
     def check(self) -> None:
         """Refuse configurations that cannot work, before anything starts."""
-        if not self.db.is_postgres:
-            raise PoolError(
-                "pool.enabled needs a PostgreSQL store shared by every node: database.url is"
-                " SQLite, which one node owns alone; set database.url to postgresql://…"
-                " or turn pool.enabled off"
-            )
+        check_store_url(self.db.url)
         if not self.config.listen.peer:
             raise PoolError("pool.enabled needs listen.peer (the TCP 8011 peer port)")
         if not self.secret and not is_loopback(self.config.listen.peer):
@@ -267,7 +274,8 @@ class Pool:
             "websocket": s.advertise_websocket
             or _advertised(self.config.listen.websocket, self._client_addresses.get("websocket")),
             "peer": s.advertise_peer or _advertised(self.config.listen.peer, self.peer_address),
-            "management": "",
+            "management": s.advertise_management
+            or _advertised(self.config.listen.management, self._client_addresses.get("management")),
         }
         try:
             self.state = await registry.join(
@@ -281,6 +289,7 @@ class Pool:
             )
         except registry.NameTaken as exc:
             raise PoolError(str(exc)) from None
+        self._joined = True
         self._metrics.register(PoolCollector(self))
         await self._beat()
         self._tasks = [
@@ -304,6 +313,8 @@ class Pool:
             link.close()
         if links:
             await asyncio.wait([link.closed for link in links], timeout=2)
+        if not self._joined:
+            return
         try:
             await registry.leave(self.db, self.name, self.started_ms)
         except Exception as exc:  # the store may be gone; the row expires by itself

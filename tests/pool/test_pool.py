@@ -33,6 +33,7 @@ from chatserver.testing import PostgresCluster
 from tests.conftest import PASSWORD, scaled
 
 _numbers = itertools.count(1)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Fast failure detection for tests (production defaults: 1 s heartbeat, 3 s link timeout, 10 s).
 FAST = {
     "CHATSERVER_POOL_HEARTBEAT_S": "0.3",
@@ -814,9 +815,38 @@ async def test_a_node_refuses_pool_settings_that_cannot_work(tmp_path: Any) -> N
     from chatserver.server import StartupError
     from tests.conftest import node_config, start_node
 
-    config = node_config(f"sqlite:///{tmp_path}/chat.db", pool={"enabled": True})
+    config = node_config(f"sqlite:///{tmp_path}/var/chat.db", pool={"enabled": True})
     with pytest.raises(StartupError, match="PostgreSQL"):
         await start_node(config)
+    assert not (tmp_path / "var").exists()
+
+
+async def test_a_pool_on_sqlite_is_refused_before_the_store_is_touched(tmp_path: Path) -> None:
+    """``chatserver run`` with pool.enabled and the default SQLite URL: the start-up error, exit
+    code 2, and neither ./var/chat.db nor a registry error."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
+    env.update(
+        CHATSERVER_POOL_ENABLED="true",
+        CHATSERVER_LISTEN_PEER="127.0.0.1:0",
+        PYTHONPATH=ROOT,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chatserver",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), scaled(30))
+    assert proc.returncode == 2, (out, err)
+    assert b"chatserver: pool.enabled needs a PostgreSQL store" in err
+    assert b"registry" not in out + err and b"Traceback" not in out + err
+    assert os.listdir(tmp_path) == []
 
 
 async def test_a_public_peer_port_needs_a_secret(pg_cluster: PostgresCluster) -> None:
@@ -972,6 +1002,12 @@ async def test_pool_control_through_the_management_api(pg_cluster: PostgresClust
             code, out, err = await chatserver("admin", "pool", "show", "--json", env=env)
             assert code == 0, err
             assert {n["name"]: n["state"] for n in json.loads(out)}["node1"] == "active"
+            # Each node's row names its management address (advertised like the others).
+            assert {n["name"]: n["management"] for n in json.loads(out)} == {
+                "node1": n1.env["CHATSERVER_LISTEN_MANAGEMENT"]
+            }
+            code, out, err = await chatserver("admin", "pool", "show", env=env)
+            assert code == 0 and n1.env["CHATSERVER_LISTEN_MANAGEMENT"] in out, out
 
 
 # -- chatserver pool up ---------------------------------------------------------------------
@@ -981,6 +1017,8 @@ async def test_pool_up_starts_postgresql_and_nodes_and_stops_on_ctrl_c() -> None
     import re
     import sys
     import tempfile
+
+    import aiohttp
 
     # As root, PostgreSQL runs as "postgres", which must be able to reach the data directory.
     data = Path(tempfile.mkdtemp(prefix="chatserver-pool-up-"))
@@ -1014,6 +1052,12 @@ async def test_pool_up_starts_postgresql_and_nodes_and_stops_on_ctrl_c() -> None
                 lines.append(line)
         text = "".join(lines)
         nodes = re.findall(r"(node\d)\s+(active|standby)\s+tcp ([\d.]+):(\d+)", text)
+        management = re.findall(r"(node\d)\s+.* management ([\d.]+:\d+)$", text, re.M)
+        assert [n for n, _ in management] == ["node1", "node2", "node3"]
+        for _, address in management:  # each is a management API that answers
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://{address}/healthz") as response:
+                    assert response.status == 200
         assert [(n, s) for n, s, _, _ in nodes] == [
             ("node1", "active"),
             ("node2", "active"),
