@@ -232,6 +232,8 @@ class PoolConfig(_Section):
     link_timeout_s: float = Field(3.0, gt=0, le=600)
     # A node whose heartbeat is older than this is treated as gone.
     dead_after_s: float = Field(10.0, gt=0, le=3600)
+    # When an active node is expired, a standby takes its place (see docs/operations.md).
+    auto_promote: bool = False
     # Rooms with local subscribers are compared with the store this often, and what a lost peer
     # event or a down link kept from them is delivered: the bound on delivery delay during a
     # partition (see docs/operations.md).

@@ -172,6 +172,7 @@ class Node:
                 connections=self.connections,
                 metrics=self.metrics,
                 client_addresses=self.addresses,
+                audit=audit,
             )
         self.services = Services(
             node_name=config.node.name,

@@ -11,8 +11,9 @@
                                                     │
                      Pool.received ─► Inbox (inbox.py) ─► hub.deliver / handler table
 
-    heartbeat task: upsert own row, read the registry, expire stale rows, dial missing links,
-                    follow state changes (standby, draining)
+    heartbeat task: upsert own row, read the registry, expire stale rows (expiry.py: not one
+                    this node still hears; a standby may take an active one's place), dial
+                    missing links, follow state changes (standby, draining)
     keep-alive task: ping links, close silent ones (no store access: a busy store must not
                     make a node look dead to its peers)
     catch-up task:  CatchUp (catchup.py), every catchup_interval_s while a peer link is down,
@@ -42,6 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..config import Config, parse_address
 from ..metrics import Metrics
 from ..protocol.events import Moved, Outgoing
+from ..rooms.audit import Audit
 from ..rooms.changes import (
     CategoriesChanged,
     MembershipChanged,
@@ -58,9 +60,10 @@ from ..rooms.hub import Hub
 from ..rooms.settings import RuntimeSettings
 from ..store.db import Database, dialect_of, now_ms
 from ..transport.connections import Connections
-from . import registry
+from . import expiry, registry
 from .catchup import SAFETY_POLL_ROUNDS, CatchUp
 from .events import EVENT_TYPES, NodesChanged, PeerEvent, Recheck, decode
+from .expiry import hears
 from .inbox import Handler, Inbox
 from .link import HANDSHAKE_TIMEOUT_S, PeerLink, PeerPublisher
 from .protocol import EVENTS, PING, Command
@@ -69,9 +72,8 @@ from .registry import ACTIVE, DRAINING, STANDBY, NodeRow
 log = logging.getLogger("chatserver.pool")
 
 MAX_BACKOFF_S = 2.0
-# After a link opens or a node (re)appears in the registry, the catch-up polls the store at once
-# and at this many following intervals: the peer committed events that it sent on no link here
-# (its links were down, or it had not finished its side of the handshake yet).
+# After a link opens or a node (re)appears, the catch-up polls at once and this many intervals
+# more: the peer sent no link what it committed before its side of the link opened.
 SUSPECT_ROUNDS = 2
 
 
@@ -80,8 +82,7 @@ class PoolError(Exception):
 
 
 def check_store_url(url: str) -> None:
-    """A pool needs a store every node shares; refused from the URL alone, before a node opens
-    (or creates) the store."""
+    """Refuse a store the nodes cannot share, from its URL alone (before it is opened)."""
     if dialect_of(url) != "postgresql":
         raise PoolError(
             "pool.enabled needs a PostgreSQL store shared by every node: database.url is"
@@ -132,6 +133,7 @@ class Pool:
         metrics: Metrics,
         client_addresses: dict[str, tuple[str, int]],
         on_drained: Callable[[], None] | None = None,
+        audit: Audit | None = None,
     ) -> None:
         self.config = config
         self.settings = config.pool
@@ -140,6 +142,7 @@ class Pool:
         self.hub = hub
         self._connections = connections
         self._metrics = metrics
+        self._audit = audit
         self.name = config.node.name
         self.secret = config.pool.secret
         self._client_addresses = client_addresses
@@ -163,9 +166,7 @@ class Pool:
         self.events_received = 0
         self.events_by_type: dict[str, int] = dict.fromkeys(sorted(EVENT_TYPES), 0)
         self.frames_received: dict[str, int] = {PING: 0, EVENTS: 0}
-        # Catch-up intervals that poll the store even if every link is up by then: set when a
-        # link is lost or opens and when a node (re)appears (and at start); _poll_now wakes the
-        # catch-up task before its interval ends.
+        # Catch-up intervals that poll the store even if every link is up (see _suspect).
         self._suspect_rounds = SUSPECT_ROUNDS
         self._poll_now = asyncio.Event()
 
@@ -364,8 +365,7 @@ class Pool:
         # run-time settings) and re-check the policy of every user connected here.
         self.hub.drop_idle()
         self.inbox.put(name, [CategoriesChanged(), SettingsChanged(), Recheck()])
-        # What the peer committed before its side of this link opened went over no link.
-        self._suspect(now=True)
+        self._suspect(now=True)  # the peer's commits before its side opened went nowhere
 
     def link_closed(self, link: PeerLink) -> None:
         name = link.peer
@@ -462,23 +462,23 @@ class Pool:
                     link.ping()
 
     async def _beat(self) -> None:
-        db = self.db
-        dead_after_ms = int(self.settings.dead_after_s * 1000)
+        db, s = self.db, self.settings
+        dead_after_ms = int(s.dead_after_s * 1000)
         state, rows, now = await registry.heartbeat(
             db, self.name, self.addresses, state=self.state, started_ms=self.started_ms
         )
+        # A node this one still hears over its link is kept: see expiry.py.
         stale = [
-            r.name for r in rows if now - r.heartbeat_ms > dead_after_ms and not self._hears(r.name)
+            r.name
+            for r in rows
+            if now - r.heartbeat_ms > dead_after_ms and not hears(self.links.get(r.name), s)
         ]
-        if stale:
-            gone = await registry.expire(db, dead_after_ms, stale)
-            if gone:
-                log.info("pool: expired stale nodes %s", ", ".join(gone))
+        if stale and (await expiry.expire(db, s, stale, self._audit)).promoted:
+            self.announce_nodes()  # the standby hears it now, not at its next heartbeat
         known = {r.name for r in self.nodes}
         self.nodes = [r for r in rows if r.name not in stale]
         if any(r.name not in known and r.name != self.name for r in self.nodes):
-            # A node (re)appeared: it may have committed while no link here could carry it (a
-            # node stopped longer than dead_after_s, expired, then resumed and posting at once).
+            # It may have committed while no link carried it (stopped, expired, resumed).
             self._suspect(now=True)
         self._follow_state(state)
         live = {r.name: r for r in self.nodes if r.name != self.name}
@@ -488,20 +488,6 @@ class Pool:
         for name, row in live.items():
             if name > self.name and name not in self.links and name not in self._dialing:
                 self._dialing[name] = asyncio.get_running_loop().create_task(self._dial(row))
-
-    def _hears(self, name: str) -> bool:
-        """Does a live peer link to ``name`` carry its pings? Such a node is not expired here,
-        however old its heartbeat: it cannot write the store (a store cut or stall) but serves
-        its clients and reaches its peers, and expiring it would close the links they need.
-        The keep-alive closes a link silent for link_timeout_s, so a dead node is still
-        expired dead_after_s after its last heartbeat (or link_timeout_s after its last ping,
-        if that is later)."""
-        link = self.links.get(name)
-        return (
-            link is not None
-            and link.proto.is_open
-            and time.monotonic() - link.last_heard <= self.settings.link_timeout_s
-        )
 
     def _follow_state(self, state: str) -> None:
         if state == self.state:
@@ -525,18 +511,16 @@ class Pool:
         return all(row.name in self.links for row in self.nodes if row.name != self.name)
 
     def _suspect(self, *, now: bool = False) -> None:
-        """Events from a peer may have been lost: poll the store at the next SUSPECT_ROUNDS
-        intervals (and at once with ``now``)."""
+        """Peer events may be lost: poll at the next SUSPECT_ROUNDS intervals (and now)."""
         self._suspect_rounds = SUSPECT_ROUNDS
         if now:
             self._poll_now.set()
 
     async def _catch_up_loop(self) -> None:
-        # While every registered peer is linked (and no link opened or closed and no node
-        # appeared in the last SUSPECT_ROUNDS intervals), messages arrive over the links and the
-        # store is polled only every SAFETY_POLL_ROUNDS intervals: a node follows tens of
-        # thousands of rooms, and each poll reads all their last_seqs. A node that expired is
-        # no longer waited for; if it comes back, its row's return (or its link's) ends the
+        # While every registered peer is linked and nothing is suspect (_suspect), messages
+        # arrive over the links and the store is polled only every SAFETY_POLL_ROUNDS
+        # intervals: a node follows tens of thousands of rooms, and each poll reads all their
+        # last_seqs. An expired node is not waited for; its row's or link's return ends the
         # quiet at once.
         quiet = 0
         while True:

@@ -153,17 +153,58 @@ async def heartbeat(
     return current, rows, now
 
 
-async def expire(db: Database, dead_after_ms: int, names: list[str]) -> list[str]:
+@dataclass(frozen=True)
+class Expired:
+    """What :func:`expire` did: the rows it deleted, the standbys it made active, and every
+    node's state before and after (for the audit log)."""
+
+    gone: list[str]
+    promoted: list[str]
+    before: dict[str, str]
+    after: dict[str, str]
+
+
+async def expire(
+    db: Database, dead_after_ms: int, names: list[str], *, promote_up_to: int = 0
+) -> Expired:
     """Delete the rows of the nodes ``names`` whose heartbeat is older than ``dead_after_ms``
-    (checked again here: a node may have beaten since the caller read its row)."""
+    (checked again here: a node may have beaten since the caller read its row).
+
+    With ``promote_up_to`` (``pool.max_active`` when ``pool.auto_promote`` is on), each active
+    node deleted here is replaced by a live standby (by name order) while fewer than that many
+    live nodes are active. The transaction takes the join lock and deletes before it counts: of
+    several nodes noticing the same death at once, only the one whose delete found the row
+    promotes, so exactly one standby takes each place.
+    """
     async with db.write() as conn:
+        if promote_up_to:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _JOIN_LOCK})
         cutoff = await db_now(conn) - dead_after_ms
+        rows = [_row(r) for r in await conn.execute(select(pool_nodes))]
         result = await conn.execute(
             delete(pool_nodes)
             .where(pool_nodes.c.heartbeat_ms < cutoff, pool_nodes.c.name.in_(names))
-            .returning(pool_nodes.c.name)
+            .returning(pool_nodes.c.name, pool_nodes.c.state)
         )
-        return [r.name for r in result]
+        deleted = {r.name: r.state for r in result}
+        before = {r.name: r.state for r in rows}
+        after = {name: state for name, state in before.items() if name not in deleted}
+        promoted: list[str] = []
+        places = sum(1 for state in deleted.values() if state == ACTIVE)
+        if promote_up_to and places:
+            live = [r for r in rows if r.name not in deleted and r.heartbeat_ms >= cutoff]
+            active = sum(1 for r in live if r.state == ACTIVE)
+            free = min(places, promote_up_to - active)
+            standbys = sorted(r.name for r in live if r.state == STANDBY)
+            promoted = standbys[: max(free, 0)]
+            if promoted:
+                await conn.execute(
+                    update(pool_nodes)
+                    .where(pool_nodes.c.name.in_(promoted), pool_nodes.c.state == STANDBY)
+                    .values(state=ACTIVE)
+                )
+                after.update(dict.fromkeys(promoted, ACTIVE))
+        return Expired(sorted(deleted), promoted, before, after)
 
 
 async def leave(db: Database, name: str, started_ms: int) -> None:

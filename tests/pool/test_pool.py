@@ -924,6 +924,83 @@ async def test_standby_swap_and_drain(pg_cluster: PostgresCluster) -> None:
             await c2.close()
 
 
+async def audit_log(node: NodeProcess, action: str) -> list[dict[str, Any]]:
+    """The audit entries of ``action``, oldest first, through ``node``'s management API."""
+    import base64
+
+    import aiohttp
+
+    base = "http://" + node.env["CHATSERVER_LISTEN_MANAGEMENT"]
+    auth = "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as http:
+        async with http.get(f"{base}/api/v1/audit?limit=50&action={action}") as response:
+            assert response.status == 200, await response.text()
+            return list(reversed(await response.json()))
+
+
+async def test_auto_promote_replaces_a_dead_active_node_with_one_standby(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """max_active 2, two standbys, pool.auto_promote on: kill -9 an active node and exactly one
+    standby becomes active within dead_after_s + 2 heartbeat_s, serves clients, and the change
+    is audited as the system's."""
+    url = await new_database(pg_cluster)
+    await seed(url, ["alice"], [])
+    env = {"CHATSERVER_POOL_MAX_ACTIVE": "2", "CHATSERVER_POOL_AUTO_PROMOTE": "true"}
+    async with running_pool(url, 4, **env) as pool:
+        n1, n2, n3, n4 = pool.nodes
+        assert ["joined as standby" in "".join(n.lines) for n in pool.nodes] == [
+            False,
+            False,
+            True,
+            True,
+        ]
+        marks = [len(n.lines) for n in pool.nodes]
+        killed = time.monotonic()
+        await n1.kill()
+        bound = float(FAST["CHATSERVER_POOL_DEAD_AFTER_S"]) + 2 * float(
+            FAST["CHATSERVER_POOL_HEARTBEAT_S"]
+        )
+        await n3.wait_for(r"is now active", bound + scaled(2), start=marks[2])
+        took = time.monotonic() - killed
+        print(f"\nstandby active {took:.2f} s after kill -9 of an active node (bound {bound} s)")
+        assert took <= bound + scaled(0.5)
+        client = await login(n3, "alice")  # it takes clients now
+        await client.close()
+        await asyncio.sleep(2 * bound)  # every node has seen the death by now
+        assert not [line for line in n4.lines[marks[3] :] if "is now" in line]
+        raw = await Client.connect_tcp(*n4.tcp)
+        refused = await raw.request("hello", protocol=1)
+        assert refused["error"]["code"] == "unavailable"
+        assert {n["node"] for n in refused["active"]} == {"node2", "node3"}
+        await raw.close()
+        promotions = [line for n in (n2, n3, n4) for line in n.lines if "promoted standby" in line]
+        assert len(promotions) == 1 and "node3" in promotions[0], promotions
+        entries = await audit_log(n2, "pool.promote")
+        assert [(e["actor"], e["target"]) for e in entries] == [("system", "node:node3")]
+        before = {n["name"]: n["state"] for n in entries[0]["before"]["nodes"]}
+        after = {n["name"]: n["state"] for n in entries[0]["after"]["nodes"]}
+        assert before == {
+            "node1": "active",
+            "node2": "active",
+            "node3": "standby",
+            "node4": "standby",
+        }
+        assert after == {"node2": "active", "node3": "active", "node4": "standby"}
+
+
+async def test_without_auto_promote_a_standby_stays_standby(pg_cluster: PostgresCluster) -> None:
+    url = await new_database(pg_cluster)
+    async with running_pool(url, 3, CHATSERVER_POOL_MAX_ACTIVE="2") as pool:
+        n1, n2, n3 = pool.nodes
+        mark = len(n3.lines)
+        await n1.kill()
+        await n2.wait_for(r"expired stale nodes node1", scaled(10))
+        await asyncio.sleep(1)
+        assert not [line for line in n3.lines[mark:] if "is now" in line]
+        assert await audit_log(n2, "pool.promote") == []
+
+
 async def test_pool_control_through_the_management_api(pg_cluster: PostgresCluster) -> None:
     """Set the active list, swap and drain through node1's management API; each change is
     audited with the pool before and after."""
