@@ -16,9 +16,9 @@
                     missing links, follow state changes (standby, draining)
     keep-alive task: ping links, close silent ones (no store access: a busy store must not
                     make a node look dead to its peers)
-    catch-up task:  CatchUp (catchup.py), every catchup_interval_s while a peer link is down,
-                    at once and for the next SUSPECT_ROUNDS intervals after a link opened or a
-                    node (re)appeared in the registry, else every SAFETY_POLL_ROUNDS intervals
+    catch-up task:  CatchUp.loop (catchup.py): every catchup_interval_s while a peer link is
+                    down, at once and for two intervals after a link opened or a node
+                    (re)appeared in the registry, else every SAFETY_POLL_ROUNDS intervals
 
 The events and their encoding are in :mod:`chatserver.pool.events`; what each type does on
 arrival is :meth:`Pool._handlers` (most go to
@@ -61,7 +61,7 @@ from ..rooms.settings import RuntimeSettings
 from ..store.db import Database, dialect_of, now_ms
 from ..transport.connections import Connections
 from . import expiry, registry
-from .catchup import SAFETY_POLL_ROUNDS, CatchUp
+from .catchup import CatchUp
 from .events import EVENT_TYPES, NodesChanged, PeerEvent, Recheck, decode
 from .expiry import hears
 from .inbox import Handler, Inbox
@@ -72,9 +72,6 @@ from .registry import ACTIVE, DRAINING, STANDBY, NodeRow
 log = logging.getLogger("chatserver.pool")
 
 MAX_BACKOFF_S = 2.0
-# After a link opens or a node (re)appears, the catch-up polls at once and this many intervals
-# more: the peer sent no link what it committed before its side of the link opened.
-SUSPECT_ROUNDS = 2
 
 
 class PoolError(Exception):
@@ -166,9 +163,6 @@ class Pool:
         self.events_received = 0
         self.events_by_type: dict[str, int] = dict.fromkeys(sorted(EVENT_TYPES), 0)
         self.frames_received: dict[str, int] = {PING: 0, EVENTS: 0}
-        # Catch-up intervals that poll the store even if every link is up (see _suspect).
-        self._suspect_rounds = SUSPECT_ROUNDS
-        self._poll_now = asyncio.Event()
 
     def _handlers(
         self, governance: Governance, enforcement: Enforcement, settings: RuntimeSettings
@@ -296,7 +290,9 @@ class Pool:
         self._tasks = [
             loop.create_task(self._heartbeats(), name="pool-heartbeat"),
             loop.create_task(self._keepalive(), name="pool-keepalive"),
-            loop.create_task(self._catch_up_loop(), name="pool-catch-up"),
+            loop.create_task(
+                self.catch_up.loop(s.catchup_interval_s, self._all_linked), name="pool-catch-up"
+            ),
         ]
         log.info("pool: node %s joined as %s, peer port %s", self.name, self.state, bound[1])
 
@@ -365,14 +361,14 @@ class Pool:
         # run-time settings) and re-check the policy of every user connected here.
         self.hub.drop_idle()
         self.inbox.put(name, [CategoriesChanged(), SettingsChanged(), Recheck()])
-        self._suspect(now=True)  # the peer's commits before its side opened went nowhere
+        self.catch_up.suspect(now=True)  # the peer's commits before its side opened went nowhere
 
     def link_closed(self, link: PeerLink) -> None:
         name = link.peer
         if name is not None and self.links.get(name) is link:
             del self.links[name]
             self.publisher.frames_sent_closed += link.frames_sent
-            self._suspect()
+            self.catch_up.suspect()
             log.info("pool: peer link %s down", name)
             if not self._stopping:
                 self._refresh.set()
@@ -465,7 +461,13 @@ class Pool:
         db, s = self.db, self.settings
         dead_after_ms = int(s.dead_after_s * 1000)
         state, rows, now = await registry.heartbeat(
-            db, self.name, self.addresses, state=self.state, started_ms=self.started_ms
+            db,
+            self.name,
+            self.addresses,
+            state=self.state,
+            started_ms=self.started_ms,
+            max_active=s.max_active,
+            dead_after_ms=dead_after_ms,
         )
         # A node this one still hears over its link is kept: see expiry.py.
         stale = [
@@ -479,7 +481,7 @@ class Pool:
         self.nodes = [r for r in rows if r.name not in stale]
         if any(r.name not in known and r.name != self.name for r in self.nodes):
             # It may have committed while no link carried it (stopped, expired, resumed).
-            self._suspect(now=True)
+            self.catch_up.suspect(now=True)
         self._follow_state(state)
         live = {r.name: r for r in self.nodes if r.name != self.name}
         for name, link in list(self.links.items()):
@@ -509,39 +511,6 @@ class Pool:
 
     def _all_linked(self) -> bool:
         return all(row.name in self.links for row in self.nodes if row.name != self.name)
-
-    def _suspect(self, *, now: bool = False) -> None:
-        """Peer events may be lost: poll at the next SUSPECT_ROUNDS intervals (and now)."""
-        self._suspect_rounds = SUSPECT_ROUNDS
-        if now:
-            self._poll_now.set()
-
-    async def _catch_up_loop(self) -> None:
-        # While every registered peer is linked and nothing is suspect (_suspect), messages
-        # arrive over the links and the store is polled only every SAFETY_POLL_ROUNDS
-        # intervals: a node follows tens of thousands of rooms, and each poll reads all their
-        # last_seqs. An expired node is not waited for; its row's or link's return ends the
-        # quiet at once.
-        quiet = 0
-        while True:
-            try:
-                await asyncio.wait_for(self._poll_now.wait(), self.settings.catchup_interval_s)
-                now = True
-            except TimeoutError:
-                now = False
-            self._poll_now.clear()
-            suspect = self._suspect_rounds > 0
-            if not now and not suspect and self._all_linked() and quiet < SAFETY_POLL_ROUNDS:
-                quiet += 1
-                continue
-            quiet = 0
-            if suspect and not now:
-                self._suspect_rounds -= 1
-            try:
-                await self.catch_up.run()
-            except Exception as exc:
-                self._suspect_rounds = max(self._suspect_rounds, 1)  # try again next interval
-                log.warning("pool: catch-up failed: %s", exc)
 
     async def view(self) -> dict[str, Any]:
         """The pool's nodes as the management API shows them (``GET /api/v1/pool``)."""

@@ -130,25 +130,54 @@ async def join(
 
 
 async def heartbeat(
-    db: Database, name: str, addresses: dict[str, str], *, state: str, started_ms: int
+    db: Database,
+    name: str,
+    addresses: dict[str, str],
+    *,
+    state: str,
+    started_ms: int,
+    max_active: int,
+    dead_after_ms: int,
 ) -> tuple[str, list[NodeRow], int]:
-    """Refresh this node's row (re-creating it if another node expired it meanwhile).
+    """Refresh this node's row, or re-create it if another node expired it meanwhile (a node
+    stopped or cut off longer than ``dead_after_s``): then, like :func:`join`, it comes back
+    active only if fewer than ``max_active`` live nodes are (a standby may have taken its place).
 
     Returns the state the registry holds for this node (the management API may have changed it),
     every row, and the database's clock.
     """
     async with db.write() as conn:
         now = await db_now(conn)
-        statement = (
-            pg_insert(pool_nodes)
-            .values(name=name, state=state, started_ms=started_ms, heartbeat_ms=now, **addresses)
-            .on_conflict_do_update(
-                index_elements=[pool_nodes.c.name],
-                set_={"heartbeat_ms": now, "started_ms": started_ms, **addresses},
+        current = (
+            await conn.execute(
+                update(pool_nodes)
+                .where(pool_nodes.c.name == name)
+                .values(heartbeat_ms=now, started_ms=started_ms, **addresses)
+                .returning(pool_nodes.c.state)
             )
-            .returning(pool_nodes.c.state)
-        )
-        current = (await conn.execute(statement)).scalar_one()
+        ).scalar_one_or_none()
+        if current is None:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _JOIN_LOCK})
+            now = await db_now(conn)
+            rows = [_row(r) for r in await conn.execute(select(pool_nodes))]
+            active = sum(
+                1
+                for r in rows
+                if r.state == ACTIVE and r.name != name and now - r.heartbeat_ms <= dead_after_ms
+            )
+            current = STANDBY if state == ACTIVE and active >= max_active else state
+            statement = (
+                pg_insert(pool_nodes)
+                .values(
+                    name=name, state=current, started_ms=started_ms, heartbeat_ms=now, **addresses
+                )
+                .on_conflict_do_update(
+                    index_elements=[pool_nodes.c.name],
+                    set_={"heartbeat_ms": now, "started_ms": started_ms, **addresses},
+                )
+                .returning(pool_nodes.c.state)
+            )
+            current = (await conn.execute(statement)).scalar_one()
         rows = [_row(r) for r in await conn.execute(select(pool_nodes).order_by(pool_nodes.c.name))]
     return current, rows, now
 

@@ -23,8 +23,8 @@ import pytest
 
 from chatserver.client import Client, PoolClient, RequestFailed
 from chatserver.passwords import hash_password
+from chatserver.pool.catchup import SUSPECT_ROUNDS
 from chatserver.pool.local import LocalPool, NodeProcess
-from chatserver.pool.node import SUSPECT_ROUNDS
 from chatserver.pool.protocol import Command, PeerProtocol, encode_frame, proof
 from chatserver.store import rooms as room_store
 from chatserver.store import users as user_store
@@ -924,6 +924,12 @@ async def test_standby_swap_and_drain(pg_cluster: PostgresCluster) -> None:
             await c2.close()
 
 
+async def chatserver_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    from tests.test_cli import chatserver
+
+    return await chatserver(*args, env=env)
+
+
 async def audit_log(node: NodeProcess, action: str) -> list[dict[str, Any]]:
     """The audit entries of ``action``, oldest first, through ``node``'s management API."""
     import base64
@@ -987,6 +993,38 @@ async def test_auto_promote_replaces_a_dead_active_node_with_one_standby(
             "node4": "standby",
         }
         assert after == {"node2": "active", "node3": "active", "node4": "standby"}
+
+
+async def test_an_expired_active_node_that_comes_back_finds_its_place_taken(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """SIGSTOP an active node past dead_after_s: a standby takes its place; resumed, it
+    re-registers as standby (never more than max_active active) and keeps working."""
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice"], ["lobby"])
+    env = {"CHATSERVER_POOL_MAX_ACTIVE": "2", "CHATSERVER_POOL_AUTO_PROMOTE": "true"}
+    async with running_pool(url, 3, **env) as pool:
+        n1, n2, n3 = pool.nodes
+        on1 = await login(n1, "alice")
+        on2 = await login(n2, "alice")
+        try:
+            await on2.call("join", room=ids["lobby"])
+            marks = [len(n.lines) for n in pool.nodes]
+            n1.signal(signal.SIGSTOP)
+            await n3.wait_for(r"is now active", scaled(10), start=marks[2])
+            n1.signal(signal.SIGCONT)
+            await n1.wait_for(r"is now standby \(was active\)", scaled(10), start=marks[0])
+            await wait_mesh(pool.nodes)
+            code, out, err = await chatserver_cli("pool", "nodes", "--json", env=n2.env)
+            assert code == 0, err
+            states = {n["name"]: n["state"] for n in json.loads(out)["nodes"]}
+            assert states == {"node1": "standby", "node2": "active", "node3": "active"}
+            # Its client stays, and what it posts reaches the others.
+            reply = await on1.call("post", room=ids["lobby"], text="still here", cid="h")
+            assert (await messages_until(on2, ids["lobby"], reply["seq"]))[-1]["cid"] == "h"
+        finally:
+            await on1.close()
+            await on2.close()
 
 
 async def test_without_auto_promote_a_standby_stays_standby(pg_cluster: PostgresCluster) -> None:
