@@ -154,6 +154,7 @@ def _with_db(
     for node in result["nodes"]:
         print(
             f"{node['name']:16} {node['state']:9} tcp {node['tcp']:21} peer {node['peer']:21}"
+            f" management {node['management'] or '-':21}"
             f" heartbeat {node['heartbeat_age_s']:.1f} s ago"
         )
 

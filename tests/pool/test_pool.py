@@ -918,6 +918,9 @@ async def test_standby_swap_and_drain(pg_cluster: PostgresCluster) -> None:
 
         states = {n["name"]: n["state"] for n in json.loads(out)["nodes"]}
         assert states == {"node1": "standby", "node3": "active"}
+        code, out, err = await chatserver("pool", "nodes", env=env)
+        assert code == 0, err
+        assert f"management {n3.env['CHATSERVER_LISTEN_MANAGEMENT']}" in out, out
         for c in (moving, on2):
             await c.close()
         for c2 in (staying, on3):
