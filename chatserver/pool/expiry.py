@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..config import PoolConfig
@@ -29,7 +30,7 @@ from ..rooms.audit import SYSTEM, Audit
 from ..store.db import Database
 from . import registry
 from .link import PeerLink
-from .registry import ACTIVE, Expired
+from .registry import ACTIVE, Expired, NodeRow
 
 log = logging.getLogger("chatserver.pool")
 
@@ -43,19 +44,31 @@ def hears(link: PeerLink | None, settings: PoolConfig) -> bool:
     )
 
 
+def judge(
+    rows: list[NodeRow], now: int, links: Mapping[str, PeerLink], settings: PoolConfig
+) -> tuple[list[str], list[str]]:
+    """The names of the rows older than ``dead_after_s``: those to expire, and those kept
+    because their link here still carries their pings."""
+    old = [r.name for r in rows if now - r.heartbeat_ms > settings.dead_after_s * 1000]
+    heard = [name for name in old if hears(links.get(name), settings)]
+    return [name for name in old if name not in heard], heard
+
+
 def _view(states: dict[str, str]) -> dict[str, Any]:
     return {"nodes": [{"name": n, "state": s} for n, s in sorted(states.items())]}
 
 
 async def expire(
-    db: Database, settings: PoolConfig, stale: list[str], audit: Audit | None
+    db: Database, settings: PoolConfig, stale: list[str], heard: list[str], audit: Audit | None
 ) -> Expired:
-    """Delete the stale rows; with ``auto_promote``, a standby takes each active one's place."""
+    """Delete the stale rows; with ``auto_promote``, a standby takes each active one's place
+    (the ``heard`` nodes count as live, however old their heartbeat)."""
     expired = await registry.expire(
         db,
         int(settings.dead_after_s * 1000),
         stale,
         promote_up_to=settings.max_active if settings.auto_promote else 0,
+        heard=heard,
     )
     if expired.gone:
         log.info("pool: expired stale nodes %s", ", ".join(expired.gone))

@@ -63,7 +63,6 @@ from ..transport.connections import Connections
 from . import expiry, registry
 from .catchup import CatchUp
 from .events import EVENT_TYPES, NodesChanged, PeerEvent, Recheck, decode
-from .expiry import hears
 from .inbox import Handler, Inbox
 from .link import HANDSHAKE_TIMEOUT_S, PeerLink, PeerPublisher
 from .protocol import EVENTS, PING, Command
@@ -469,13 +468,8 @@ class Pool:
             max_active=s.max_active,
             dead_after_ms=dead_after_ms,
         )
-        # A node this one still hears over its link is kept: see expiry.py.
-        stale = [
-            r.name
-            for r in rows
-            if now - r.heartbeat_ms > dead_after_ms and not hears(self.links.get(r.name), s)
-        ]
-        if stale and (await expiry.expire(db, s, stale, self._audit)).promoted:
+        stale, heard = expiry.judge(rows, now, self.links, s)  # a heard node is kept
+        if stale and (await expiry.expire(db, s, stale, heard, self._audit)).promoted:
             self.announce_nodes()  # the standby hears it now, not at its next heartbeat
         known = {r.name for r in self.nodes}
         self.nodes = [r for r in rows if r.name not in stale]

@@ -10,6 +10,7 @@ next heartbeat.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,16 +195,22 @@ class Expired:
 
 
 async def expire(
-    db: Database, dead_after_ms: int, names: list[str], *, promote_up_to: int = 0
+    db: Database,
+    dead_after_ms: int,
+    names: list[str],
+    *,
+    promote_up_to: int = 0,
+    heard: Collection[str] = (),
 ) -> Expired:
     """Delete the rows of the nodes ``names`` whose heartbeat is older than ``dead_after_ms``
     (checked again here: a node may have beaten since the caller read its row).
 
     With ``promote_up_to`` (``pool.max_active`` when ``pool.auto_promote`` is on), each active
     node deleted here is replaced by a live standby (by name order) while fewer than that many
-    live nodes are active. The transaction takes the join lock and deletes before it counts: of
-    several nodes noticing the same death at once, only the one whose delete found the row
-    promotes, so exactly one standby takes each place.
+    live nodes are active (live: a fresh heartbeat, or named in ``heard``: nodes the caller
+    hears over a peer link, whose heartbeat a store outage held back). The transaction takes the
+    join lock and deletes before it counts: of several nodes noticing the same death at once,
+    only the one whose delete found the row promotes, so exactly one standby takes each place.
     """
     async with db.write() as conn:
         if promote_up_to:
@@ -221,10 +228,16 @@ async def expire(
         promoted: list[str] = []
         places = sum(1 for state in deleted.values() if state == ACTIVE)
         if promote_up_to and places:
-            live = [r for r in rows if r.name not in deleted and r.heartbeat_ms >= cutoff]
+            live = [
+                r
+                for r in rows
+                if r.name not in deleted and (r.heartbeat_ms >= cutoff or r.name in heard)
+            ]
             active = sum(1 for r in live if r.state == ACTIVE)
             free = min(places, promote_up_to - active)
-            standbys = sorted(r.name for r in live if r.state == STANDBY)
+            standbys = sorted(
+                r.name for r in live if r.state == STANDBY and r.heartbeat_ms >= cutoff
+            )
             promoted = standbys[: max(free, 0)]
             if promoted:
                 await conn.execute(

@@ -90,6 +90,25 @@ async def test_one_standby_takes_a_dead_active_place_however_many_notice(
         await db.close()
 
 
+async def test_a_node_heard_over_a_link_counts_as_active_when_promoting(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """After a store outage every heartbeat is old: an active node the noticing node still hears
+    holds its place, so a dead active node's place is the only one filled."""
+    url = await registered(pg_cluster, {"a1": ACTIVE, "a2": ACTIVE, "s1": STANDBY})
+    db = Database(url)
+    try:
+        await kill(db, "a1", "a2")
+        expired = await registry.expire(db, DEAD_AFTER_MS, ["a1"], promote_up_to=2, heard=["a2"])
+        assert expired.promoted == ["s1"]
+        await kill(db, "s1")  # now s1 (active) dies too; a2 still heard, no standby left
+        expired = await registry.expire(db, DEAD_AFTER_MS, ["s1"], promote_up_to=1, heard=["a2"])
+        assert (expired.gone, expired.promoted) == (["s1"], [])
+        assert await states(db) == {"a2": ACTIVE}
+    finally:
+        await db.close()
+
+
 async def test_no_promotion_without_auto_promote_or_for_a_dead_standby(
     pg_cluster: PostgresCluster,
 ) -> None:
