@@ -2,7 +2,7 @@
 
 ::
 
-    heartbeat (node.py) ── stale rows ──► hears()? ── yes: kept (its store is in trouble, not it)
+    heartbeat (node.py) ── rows ──► judge(): old and heard? ── yes: kept (its store is in trouble)
                                              │ no
                                              ▼
                           expire() ─► registry.expire (one transaction, the join lock)
