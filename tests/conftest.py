@@ -154,6 +154,7 @@ def node_config(db_url: str, **sections: dict[str, object]) -> Config:
         "CHATSERVER_LISTEN_TCP": "127.0.0.1:0",
         "CHATSERVER_LISTEN_WEBSOCKET": "127.0.0.1:0",
         "CHATSERVER_LISTEN_MANAGEMENT": "127.0.0.1:0",
+        "CHATSERVER_LISTEN_HTTP": "127.0.0.1:0",
     }
     for section, values in sections.items():
         for key, value in values.items():
