@@ -325,3 +325,37 @@ async def test_sweep_removes_what_a_killed_node_left(h: Harness) -> None:
     assert await file_store.counts(db) == {"pending": 1, "chunks": 1}
     assert await file_store.sweep(db, node=None, older_than_ms=2**62) == 1
     assert await file_store.counts(db) == {"chunks": 0}
+
+
+async def manage(h: Harness, token: str | None, path: str, body: Any) -> Any:
+    assert h.node.management is not None and h.node.management.address is not None
+    host, port = h.node.management.address
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"http://{host}:{port}{path}", json=body, headers={"Authorization": f"Bearer {token}"}
+        ) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+
+async def test_message_removal_and_room_clear_take_the_files_with_them(h: Harness) -> None:
+    room = await h.room()
+    alice = await signed_in(h, "alice")
+    root = await signed_in(h, "root", admin=True)
+    first = (await alice.upload(base(h), room, b"1" * 9000, name="one", text="first"))["file"]
+    await alice.call("post", room=room, text="plain", cid="p1")
+    second = (await alice.upload(base(h), room, b"2" * 9000, name="two", text="second"))["file"]
+    # an administrator removes the first file's message: the file goes with it
+    out = await manage(
+        h, root.token, "/api/v1/messages/remove", {"room": room, "keywords": ["first"]}
+    )
+    assert out["changed"] == 1
+    assert (await http(h, "GET", f"/api/v1/files/{first['id']}", alice.token))[0] == 404
+    assert (await http(h, "GET", f"/api/v1/files/{second['id']}", alice.token))[0] == 200
+    counts = await nothing_left(h)
+    assert counts == {"removed": 1, "ready": 1, "chunks": 3}
+    # a room clear takes the rest
+    out = await manage(h, root.token, f"/api/v1/rooms/{room}/clear", {"until": 2**41})
+    assert out["removed"] == 2
+    assert (await http(h, "GET", f"/api/v1/files/{second['id']}", alice.token))[0] == 404
+    assert await nothing_left(h) == {"removed": 2, "chunks": 0}

@@ -333,22 +333,23 @@ async def remove(db: Database, file_id: int, *, by: str, capture: str | None) ->
     return int(row.seq)
 
 
-async def remove_covered(db: Database, room: int, seqs: list[int] | None) -> int:
-    """Delete the chunks of the room's files whose messages were removed (``seqs``, or every
-    removed message of the room when None) and mark them removed: what a room clear or a
-    message removal leaves. Returns how many files went."""
-    async with db.write() as conn:
-        cond = (files.c.room_id == room) & (files.c.state == READY)
-        removed_seqs = select(messages.c.seq).where(
-            messages.c.room_id == room, messages.c.state == "removed"
+async def remove_covered(conn: AsyncConnection, room: int, seqs: list[int] | None) -> int:
+    """Inside the caller's transaction (a message removal, a room clear): the room's ready files
+    whose messages are now removed (those of ``seqs``, or all of them when None) lose their
+    chunks and become "removed". Returns how many."""
+    cond = (
+        (files.c.room_id == room)
+        & (files.c.state == READY)
+        & files.c.seq.in_(
+            select(messages.c.seq).where(messages.c.room_id == room, messages.c.state == "removed")
         )
-        cond = cond & files.c.seq.in_(removed_seqs)
-        if seqs is not None:
-            cond = cond & files.c.seq.in_(seqs)
-        ids = [int(r.id) for r in await conn.execute(select(files.c.id).where(cond))]
-        if ids:
-            await conn.execute(delete(file_chunks).where(file_chunks.c.file_id.in_(ids)))
-            await conn.execute(update(files).where(files.c.id.in_(ids)).values(state=REMOVED))
+    )
+    if seqs is not None:
+        cond = cond & files.c.seq.in_(seqs)
+    ids = [int(r.id) for r in await conn.execute(select(files.c.id).where(cond))]
+    if ids:
+        await conn.execute(delete(file_chunks).where(file_chunks.c.file_id.in_(ids)))
+        await conn.execute(update(files).where(files.c.id.in_(ids)).values(state=REMOVED))
     return len(ids)
 
 
