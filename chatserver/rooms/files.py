@@ -54,6 +54,9 @@ from .settings import RuntimeSettings
 log = logging.getLogger(__name__)
 
 NO_FILE = "no such file"  # the one answer for a missing file and one the caller may not read
+# Chunk writes (and, apart, chunk reads) in flight on the node at once: on PostgreSQL they use
+# the store's small asyncpg pool, which the group commit needs too, so they never take it all.
+STORE_SLOTS = 2
 
 
 class TooLarge(ChatError):
@@ -112,6 +115,8 @@ class Files:
         per_min = config.uploads_per_user_per_min
         self._rate = RateLimiter(per_min / 60, burst=max(per_min, 1.0))
         self.chunk_size = config.chunk_kb * 1024
+        self._writes = asyncio.Semaphore(STORE_SLOTS)
+        self._reads = asyncio.Semaphore(STORE_SLOTS)
         self.uploading = 0
         # Observations (metrics, tests).
         self.uploaded = 0
@@ -217,34 +222,51 @@ class Files:
     async def _stream(
         self, file_id: int, read: BodyReader, limit: int, full: ChatError
     ) -> tuple[int, str, bytes]:
-        """Store the body in chunks; (size, SHA-256 hex, its first bytes)."""
+        """Store the body in chunks; (size, SHA-256 hex, its first bytes). A full chunk is
+        written while the next one is read (at most two chunks in memory)."""
         chunk_size = self.chunk_size
         idle = self._config.idle_timeout_s
         hasher = hashlib.sha256()
         buffer = bytearray()
         head = b""
         size = index = 0
-        while True:
-            want = min(chunk_size - len(buffer), limit + 1 - size)
-            try:
-                async with asyncio.timeout(idle):
-                    data = await read(max(want, 1))
-            except TimeoutError:
-                raise ChatError(BAD_REQUEST, f"the body stalled for {idle:g} s") from None
-            size += len(data)
-            if size > limit:
-                raise full
-            if data:
-                hasher.update(data)
-                buffer += data
-                if not head:
-                    head = bytes(buffer[:SNIFF_BYTES])
-            if len(buffer) >= chunk_size or (not data and buffer):
-                await file_store.put_chunk(self._db, file_id, index, bytes(buffer))
-                index += 1
-                buffer.clear()
-            if not data:
-                return size, hasher.hexdigest(), head
+        writing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                want = min(chunk_size - len(buffer), limit + 1 - size)
+                try:
+                    async with asyncio.timeout(idle):
+                        data = await read(max(want, 1))
+                except TimeoutError:
+                    raise ChatError(BAD_REQUEST, f"the body stalled for {idle:g} s") from None
+                size += len(data)
+                if size > limit:
+                    raise full
+                if data:
+                    hasher.update(data)
+                    buffer += data
+                    if not head:
+                        head = bytes(buffer[:SNIFF_BYTES])
+                if len(buffer) >= chunk_size or (not data and buffer):
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.get_running_loop().create_task(
+                        self._put(file_id, index, bytes(buffer))
+                    )
+                    index += 1
+                    buffer.clear()
+                if not data:
+                    if writing is not None:
+                        await writing
+                    return size, hasher.hexdigest(), head
+        finally:
+            # A failed upload deletes its chunks after the last write has ended, not during it.
+            if writing is not None and not writing.done():
+                await asyncio.gather(asyncio.shield(writing), return_exceptions=True)
+
+    async def _put(self, file_id: int, index: int, data: bytes) -> None:
+        async with self._writes:
+            await file_store.put_chunk(self._db, file_id, index, data)
 
     async def _abandon(self, file_id: int) -> None:
         try:
@@ -305,7 +327,7 @@ class Files:
         size = found.chunk_size
         first, last = start // size, end // size
         index = first
-        async for data in file_store.chunks(self._db, found.id, first, last):
+        async for data in file_store.chunks(self._db, found.id, first, last, self._reads):
             lo = start - index * size if index == first else 0
             hi = end - index * size + 1 if index == last else len(data)
             yield data[lo:hi]

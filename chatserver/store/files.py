@@ -23,6 +23,7 @@ stays where it is, and a REMOVE event records the removal.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -92,8 +93,39 @@ async def begin(
 
 
 async def put_chunk(db: Database, file_id: int, index: int, data: bytes) -> None:
+    if db.is_postgres:
+        # On the asyncpg pool, committed without waiting for the WAL to reach the disk: a chunk
+        # matters only once finish() commits the file, and that commit (synchronous) flushes the
+        # WAL up to its own record, every chunk's included. A crash before it loses chunks of an
+        # upload that was never acknowledged (and is swept at restart).
+        pool = await db.pg_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await conn.execute(
+                "INSERT INTO file_chunks (file_id, idx, data) VALUES ($1, $2, $3)",
+                file_id,
+                index,
+                data,
+            )
+        return
     async with db.write() as conn:
         await conn.execute(insert(file_chunks).values(file_id=file_id, idx=index, data=data))
+
+
+async def _chunk(db: Database, file_id: int, index: int) -> bytes | None:
+    if db.is_postgres:
+        pool = await db.pg_pool()
+        data = await pool.fetchval(
+            "SELECT data FROM file_chunks WHERE file_id = $1 AND idx = $2", file_id, index
+        )
+    else:
+        async with db.read() as conn:
+            data = await conn.scalar(
+                select(file_chunks.c.data).where(
+                    file_chunks.c.file_id == file_id, file_chunks.c.idx == index
+                )
+            )
+    return None if data is None else bytes(data)
 
 
 async def room_usage(db: Database, room: int) -> int:
@@ -260,19 +292,35 @@ async def get(db: Database, file_id: int) -> StoredFile | None:
     )
 
 
-async def chunks(db: Database, file_id: int, first: int, last: int) -> AsyncIterator[bytes]:
-    """The chunks ``first`` … ``last`` of a file, each read in a query of its own (a download
-    holds one chunk in memory, and no store connection between chunks)."""
-    for index in range(first, last + 1):
-        async with db.read() as conn:
-            data = await conn.scalar(
-                select(file_chunks.c.data).where(
-                    file_chunks.c.file_id == file_id, file_chunks.c.idx == index
-                )
-            )
-        if data is None:  # removed meanwhile
-            return
-        yield bytes(data)
+async def chunks(
+    db: Database, file_id: int, first: int, last: int, slots: asyncio.Semaphore | None = None
+) -> AsyncIterator[bytes]:
+    """The chunks ``first`` … ``last`` of a file, each read in a query of its own, the next one
+    read while the caller sends this one (a download holds at most two chunks in memory, and no
+    store connection between chunks). ``slots`` bounds the reads of every download at once."""
+    if first > last:
+        return
+
+    async def read(index: int) -> bytes | None:
+        if slots is None:
+            return await _chunk(db, file_id, index)
+        async with slots:
+            return await _chunk(db, file_id, index)
+
+    loop = asyncio.get_running_loop()
+    ahead = loop.create_task(read(first))
+    try:
+        for index in range(first, last + 1):
+            data = await ahead
+            if index < last:
+                ahead = loop.create_task(read(index + 1))
+            if data is None:  # removed meanwhile
+                return
+            yield data
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+            await asyncio.gather(ahead, return_exceptions=True)
 
 
 async def record_download(db: Database, node: str, user_id: int, found: StoredFile) -> None:
