@@ -227,13 +227,14 @@ class Files:
         chunk_size = self.chunk_size
         idle = self._config.idle_timeout_s
         hasher = hashlib.sha256()
-        buffer = bytearray()
+        pieces: list[bytes] = []  # the chunk being read, as it came (joined once, when full)
+        held = 0
         head = b""
         size = index = 0
         writing: asyncio.Task[None] | None = None
         try:
             while True:
-                want = min(chunk_size - len(buffer), limit + 1 - size)
+                want = min(chunk_size - held, limit + 1 - size)
                 try:
                     async with asyncio.timeout(idle):
                         data = await read(max(want, 1))
@@ -244,17 +245,21 @@ class Files:
                     raise full
                 if data:
                     hasher.update(data)
-                    buffer += data
-                    if not head:
-                        head = bytes(buffer[:SNIFF_BYTES])
-                if len(buffer) >= chunk_size or (not data and buffer):
+                    pieces.append(data)
+                    held += len(data)
+                    if len(head) < SNIFF_BYTES:
+                        head += data[: SNIFF_BYTES - len(head)]
+                if held >= chunk_size or (not data and held):
                     if writing is not None:
                         await writing
+                    chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                    pieces.clear()
+                    held = 0
                     writing = asyncio.get_running_loop().create_task(
-                        self._put(file_id, index, bytes(buffer))
+                        self._put(file_id, index, chunk)
                     )
+                    del chunk
                     index += 1
-                    buffer.clear()
                 if not data:
                     if writing is not None:
                         await writing
