@@ -222,6 +222,8 @@ class FilesConfig(_Section):
     uploads_per_user_per_min: float = Field(30, gt=0)
     # Uploads in progress on one node at once; more are answered 503.
     max_concurrent_uploads: int = Field(32, ge=1, le=10_000)
+    # Uploads in progress of one user on one node; more are answered 429.
+    max_uploads_per_user: int = Field(4, ge=1, le=10_000)
     # An upload's body must keep arriving: each read waits at most this long.
     idle_timeout_s: float = Field(30, gt=0, le=3600)
     # Size of a stored chunk (KiB): what one upload or download holds in memory at a time.

@@ -131,6 +131,7 @@ async def run(args: argparse.Namespace) -> None:
         CHATSERVER_LIMITS_POSTS_PER_USER_PER_S="1000",
         CHATSERVER_FILES_UPLOADS_PER_USER_PER_MIN="100000",
         CHATSERVER_FILES_MAX_CONCURRENT_UPLOADS=str(max(args.concurrent, 1)),
+        CHATSERVER_FILES_MAX_UPLOADS_PER_USER=str(max(args.concurrent, 1)),
         MALLOC_MMAP_THRESHOLD_="131072",
         PYTHONPATH=ROOT,  # this checkout's server
     )

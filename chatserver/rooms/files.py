@@ -118,6 +118,7 @@ class Files:
         self._writes = asyncio.Semaphore(STORE_SLOTS)
         self._reads = asyncio.Semaphore(STORE_SLOTS)
         self.uploading = 0
+        self._by_user: dict[int, int] = {}  # uploads in progress per user
         # Observations (metrics, tests).
         self.uploaded = 0
         self.refused = 0
@@ -143,11 +144,36 @@ class Files:
             raise self._refuse(
                 user, upload.room, ChatError(UNAVAILABLE, "too many uploads in progress; retry")
             )
+        mine = self._by_user.get(user.id, 0)
+        if mine >= self._config.max_uploads_per_user:
+            raise self._refuse(
+                user,
+                upload.room,
+                ChatError(
+                    RATE_LIMITED,
+                    f"{mine} uploads of yours are in progress; finish one first",
+                ),
+            )
         if not self._rate.allow(user.id):
             raise self._refuse(
                 user, upload.room, ChatError(RATE_LIMITED, "too many uploads; slow down")
             )
-        max_size = chat.max_file_size_kb * 1024
+        # The slot is taken before the next await, so concurrent requests cannot all pass.
+        self.uploading += 1
+        self._by_user[user.id] = mine + 1
+        try:
+            return await self._limited(user, upload, name, expected, read)
+        finally:
+            self.uploading -= 1
+            left = self._by_user.pop(user.id, 1) - 1
+            if left:
+                self._by_user[user.id] = left
+
+    async def _limited(
+        self, user: User, upload: Upload, name: str, expected: str | None, read: BodyReader
+    ) -> Message:
+        """The size limit and the quota, then the upload."""
+        max_size = self._settings.chat.max_file_size_kb * 1024
         quota = self._config.room_quota_mb * 1024 * 1024 or None
         limit, full = max_size, cast(ChatError, TooLarge(max_size))
         if quota is not None:
@@ -160,13 +186,9 @@ class Files:
                 )
         if upload.size is not None and upload.size > limit:
             raise self._refuse(user, upload.room, full)
-        self.uploading += 1
-        try:
-            return await self._store(
-                user, upload.room, name, upload.text, expected, read, (limit, full, quota)
-            )
-        finally:
-            self.uploading -= 1
+        return await self._store(
+            user, upload.room, name, upload.text, expected, read, (limit, full, quota)
+        )
 
     async def _store(
         self,

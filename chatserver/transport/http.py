@@ -76,6 +76,7 @@ ACTIVE_TYPES = frozenset({"text/html", "image/svg+xml", "application/xml", "text
 MAX_HEADER_FIELD = 8190  # bytes of one header line (aiohttp's default, stated)
 MAX_HEADERS = 64
 LINGER_S = 1.0  # after a refused upload, the rest of the body is read (dropped) this long at most
+SHUTDOWN_S = 2.0  # at stop, requests still running (uploads) are cancelled after this (and removed)
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -162,6 +163,7 @@ class ClientHttpServer:
             handle_signals=False,
             keepalive_timeout=self._config.header_timeout_s,
             lingering_time=LINGER_S,
+            shutdown_timeout=SHUTDOWN_S,
             max_line_size=MAX_HEADER_FIELD,
             max_field_size=MAX_HEADER_FIELD,
             max_headers=MAX_HEADERS,
