@@ -270,6 +270,7 @@ class Node:
             assert pool.peer_address is not None
             host, port = pool.peer_address
             self.announce(f"pool: listening for peers on {host}:{port}, joined as {pool.state}")
+        self.files.start_sweeping()
         log.info("node %s started on %s", self.config.node.name, self.db.dialect)
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -316,6 +317,7 @@ class Node:
                 pass
         if self.pool is not None:
             await self.pool.stop()
+        await self.files.close()
         for close in self.closers:
             await close()
         await self.db.close()

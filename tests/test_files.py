@@ -419,3 +419,31 @@ async def test_stopping_the_node_ends_uploads_in_progress(db_url: str) -> None:
         assert await file_store.counts(node.db) == {"chunks": 0}
     finally:
         await node.stop()
+
+
+@pytest.mark.parametrize("lost", ["swept", "room deleted"])
+async def test_an_upload_whose_pending_row_went_stores_nothing(h: Harness, lost: str) -> None:
+    from chatserver.store.rooms import delete_room
+
+    room = await h.room()
+    alice = await signed_in(h, "alice")
+    assert alice.token is not None
+    reader, writer = await raw_upload(h, alice.token, room, "Content-Length: 10000\r\n")
+    try:
+        writer.write(b"s" * 5000)
+        await writer.drain()
+        await until(h, lambda c: c.get("pending", 0) == 1 and c.get("chunks", 0) >= 1)
+        if lost == "swept":
+            assert await file_store.sweep(h.node.db, node=None, older_than_ms=2**62) == 1
+        else:
+            assert await delete_room(h.node.db, room)
+        writer.write(b"s" * 5000)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), scaled(10))
+    finally:
+        writer.transport.abort()
+    expected = b"HTTP/1.1 503" if lost == "swept" else b"HTTP/1.1 404"
+    assert answer.startswith(expected), answer[:300]
+    if lost == "swept":
+        assert b"pending_timeout_s" in answer
+    assert await nothing_left(h) == {"chunks": 0}

@@ -41,7 +41,7 @@ from ..protocol.text import check_text
 from ..store import files as file_store
 from ..store.db import Database, now_ms
 from ..store.files import StoredFile
-from ..store.messages import Message
+from ..store.messages import Message, last_seq
 from ..store.users import User
 from .authorization import Authorization
 from .capture import Capture
@@ -119,6 +119,7 @@ class Files:
         self._reads = asyncio.Semaphore(STORE_SLOTS)
         self.uploading = 0
         self._by_user: dict[int, int] = {}  # uploads in progress per user
+        self._sweeper: asyncio.Task[None] | None = None
         # Observations (metrics, tests).
         self.uploaded = 0
         self.refused = 0
@@ -203,13 +204,13 @@ class Files:
         limit, full, quota = limits
         file_id = await file_store.begin(self._db, room, user.id, name, self.chunk_size, self._node)
         try:
-            size, digest, head = await self._stream(file_id, read, limit, full)
-            if expected is not None and digest != expected:
-                raise ChatError(
-                    BAD_REQUEST,
-                    f"the file's SHA-256 is {digest}, not the {expected} the client sent",
-                )
             try:
+                size, digest, head = await self._stream(file_id, read, limit, full)
+                if expected is not None and digest != expected:
+                    raise ChatError(
+                        BAD_REQUEST,
+                        f"the file's SHA-256 is {digest}, not the {expected} the client sent",
+                    )
                 message = await file_store.finish(
                     self._db,
                     file_id,
@@ -223,8 +224,14 @@ class Files:
                 )
             except file_store.QuotaExceeded as exc:
                 raise StorageFull(f"the room's files would pass its quota ({exc})") from None
-            except file_store.UploadLost:
-                raise ChatError(NOT_FOUND, f"no room {room}") from None
+            except file_store.UploadLost as exc:
+                # (a deleted room takes its pending uploads with it)
+                if exc.room_gone or await last_seq(self._db, room) is None:
+                    raise ChatError(NOT_FOUND, f"no room {room}") from None
+                raise ChatError(
+                    UNAVAILABLE,
+                    "the upload outlasted files.pending_timeout_s and was swept; upload again",
+                ) from None
         except BaseException as exc:
             # Nothing of a failed upload stays (the client went away, too large, …); shielded,
             # so a cancelled request still cleans up.
@@ -315,6 +322,26 @@ class Files:
         if swept:
             log.warning("swept %d unfinished upload(s) a stopped node left behind", swept)
         return swept
+
+    def start_sweeping(self) -> None:
+        """Sweep other nodes' abandoned uploads every quarter of ``pending_timeout_s`` (a node
+        that never restarts leaves its own to the others)."""
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_every())
+
+    async def _sweep_every(self) -> None:
+        interval = max(60.0, self._config.pending_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep(at_start=False)
+            except Exception as exc:
+                log.error("sweeping unfinished uploads failed: %s", exc)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
 
     # -- download ---------------------------------------------------------------------------
 

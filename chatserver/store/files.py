@@ -27,7 +27,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from asyncpg.exceptions import ForeignKeyViolationError
 from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import Database, now_ms
@@ -59,6 +61,10 @@ class StoredFile:
 
 class UploadLost(Exception):
     """The pending row is gone (swept meanwhile, or its room deleted): nothing was stored."""
+
+    def __init__(self, message: str, *, room_gone: bool) -> None:
+        super().__init__(message)
+        self.room_gone = room_gone
 
 
 class QuotaExceeded(Exception):
@@ -93,6 +99,14 @@ async def begin(
 
 
 async def put_chunk(db: Database, file_id: int, index: int, data: bytes) -> None:
+    """Store one chunk of a pending upload; :class:`UploadLost` if its row is gone."""
+    try:
+        await _put_chunk(db, file_id, index, data)
+    except (IntegrityError, ForeignKeyViolationError):  # (asyncpg's: the fast path)
+        raise UploadLost(f"upload {file_id} is no longer pending", room_gone=False) from None
+
+
+async def _put_chunk(db: Database, file_id: int, index: int, data: bytes) -> None:
     if db.is_postgres:
         # On the asyncpg pool, committed without waiting for the WAL to reach the disk: a chunk
         # matters only once finish() commits the file, and that commit (synchronous) flushes the
@@ -166,7 +180,7 @@ async def finish(
             )
         ).first()
         if pending is None:
-            raise UploadLost(f"upload {file_id} is no longer pending")
+            raise UploadLost(f"upload {file_id} is no longer pending", room_gone=False)
         room_id, uploader = int(pending.room_id), int(pending.uploader_id)
         locked = (
             await conn.execute(
@@ -177,7 +191,7 @@ async def finish(
             )
         ).first()
         if locked is None:
-            raise UploadLost(f"the room of upload {file_id} is gone")
+            raise UploadLost(f"the room of upload {file_id} is gone", room_gone=True)
         if quota is not None:
             used = int(
                 await conn.scalar(
