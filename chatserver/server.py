@@ -58,7 +58,7 @@ from .store.migrate import check_schema, upgrade
 from .throttle import LoginThrottle
 from .transport.connection import Connection
 from .transport.connections import Connections
-from .transport.http import ClientHttpServer
+from .transport.http import ClientHttpServer, FilesCollector
 from .transport.tcp import TcpConnection
 from .transport.websocket import WebSocketConnection
 
@@ -343,6 +343,7 @@ class Node:
         except OSError as exc:
             raise StartupError(f"listen.http: cannot listen on {address}: {exc}") from None
         self.addresses["http"] = (host, port)
+        self.metrics.register(FilesCollector(self.files, self.http))
         scheme = "https" if context else "http"
         self.announce(f"listening for HTTP clients (files) on {scheme}://{host}:{port}/")
 

@@ -105,6 +105,14 @@ async def test_upload_is_a_message_and_downloads_back(h: Harness) -> None:
     # an ordinary post after it takes the next seq
     posted = await alice.call("post", room=room, text="after", cid="a1")
     assert posted["seq"] == file_seq(reply) + 1
+    # and the node's metrics count it
+    from prometheus_client import generate_latest
+
+    text = generate_latest(h.node.metrics.registry).decode()
+    assert "chatserver_files_uploaded_total 1.0" in text
+    assert f"chatserver_files_uploaded_bytes_total {float(len(data))}" in text
+    assert "chatserver_files_downloads_total 1.0" in text
+    assert "chatserver_http_connections " in text
 
 
 def file_seq(reply: dict[str, Any]) -> int:

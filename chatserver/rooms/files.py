@@ -122,7 +122,9 @@ class Files:
         self._sweeper: asyncio.Task[None] | None = None
         # Observations (metrics, tests).
         self.uploaded = 0
+        self.uploaded_bytes = 0
         self.refused = 0
+        self.downloads = 0
 
     # -- upload -----------------------------------------------------------------------------
 
@@ -240,6 +242,7 @@ class Files:
                 self._refuse(user, room, exc)
             raise
         self.uploaded += 1
+        self.uploaded_bytes += size
         log.info("file %d (%d bytes) uploaded to room %d by user %d", file_id, size, room, user.id)
         for tell in (self._deliver, self._publisher.publish_messages):
             try:
@@ -365,6 +368,7 @@ class Files:
 
     async def downloading(self, user: User, found: StoredFile) -> None:
         """Record the FILEDOWNLOAD (compliance on) before the bytes are sent."""
+        self.downloads += 1
         node = self._capture.node
         if node is None:
             return

@@ -31,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..accounts import Accounts
 from ..config import FilesConfig, parse_address
@@ -84,6 +85,12 @@ class Guard(Protocol):
     """The node's connection guard (cap and first-head deadline), wrapped around aiohttp's
     protocol factory; told when a request's head arrived."""
 
+    refused: int  # connections refused over the cap
+    timed_out: int  # connections closed for a late first request head
+
+    @property
+    def open_connections(self) -> int: ...
+
     def __call__(self) -> asyncio.Protocol: ...
 
     def head_received(self, protocol: object) -> None: ...
@@ -129,6 +136,48 @@ def content_disposition(name: str) -> str:
     return (
         f"attachment; filename=\"{ascii_fallback(name)}\"; filename*=UTF-8''{quote(name, safe='')}"
     )
+
+
+class FilesCollector:
+    """The files' and the listener's counts as metrics, read at scrape time."""
+
+    def __init__(self, files: Files, server: ClientHttpServer) -> None:
+        self._files = files
+        self._server = server
+
+    def collect(self) -> Iterator[Any]:
+        files = self._files
+        yield GaugeMetricFamily(
+            "chatserver_files_uploads_in_progress", "Uploads being received", files.uploading
+        )
+        yield CounterMetricFamily(
+            "chatserver_files_uploaded", "Files uploaded (committed)", value=files.uploaded
+        )
+        yield CounterMetricFamily(
+            "chatserver_files_uploaded_bytes", "Bytes of the files uploaded", files.uploaded_bytes
+        )
+        yield CounterMetricFamily(
+            "chatserver_files_uploads_refused", "Uploads refused or failed", value=files.refused
+        )
+        yield CounterMetricFamily(
+            "chatserver_files_downloads", "Downloads started (200 or 206)", value=files.downloads
+        )
+        guard = self._server.guard
+        if guard is not None:
+            yield GaugeMetricFamily(
+                "chatserver_http_connections",
+                "Open connections to the client HTTP listener",
+                value=guard.open_connections,
+            )
+            refused = CounterMetricFamily(
+                "chatserver_http_connections_refused",
+                "Client HTTP connections refused (full: over files.max_connections) or closed"
+                " before their first request (head_timeout)",
+                labels=["reason"],
+            )
+            refused.add_metric(["full"], guard.refused)
+            refused.add_metric(["head_timeout"], guard.timed_out)
+            yield refused
 
 
 class ClientHttpServer:
