@@ -193,3 +193,26 @@ async def test_huge_heads_are_refused_before_the_application(h: Harness) -> None
         data=b"x",
     )
     assert status in (400, 431)
+
+
+async def test_the_listener_caps_connections_and_slow_heads(db_url: str) -> None:
+    node = await start_node(
+        node_config(db_url, files={"max_connections": 2, "header_timeout_s": 0.5})
+    )
+    h = Harness(node)
+    opened = []
+    try:
+        host, port = node.addresses["http"]
+        for _ in range(2):
+            opened.append(await asyncio.open_connection(host, port))
+        reader, writer = await asyncio.open_connection(host, port)
+        opened.append((reader, writer))
+        full = await asyncio.wait_for(reader.read(300), 5)
+        assert full.startswith(b"HTTP/1.1 503") and b"client HTTP listener" in full
+        # the first two sent no head: closed with 408 after header_timeout_s
+        late = await asyncio.wait_for(opened[0][0].read(300), 5)
+        assert late.startswith(b"HTTP/1.1 408"), late
+    finally:
+        for _reader, writer in opened:
+            writer.close()
+        await h.close()
