@@ -302,7 +302,10 @@ class ClientHttpServer:
             raise ChatError(NOT_FOUND, f"no room {room_text}")
         name = request.query.get("name")
         if name is None and "X-File-Name" in request.headers:
-            name = unquote(request.headers["X-File-Name"], errors="strict")
+            try:
+                name = unquote(request.headers["X-File-Name"], errors="strict")
+            except UnicodeDecodeError:
+                raise ChatError(BAD_REQUEST, "X-File-Name must be percent-encoded UTF-8") from None
         upload = Upload(
             room=int(room_text),
             name=name or "",

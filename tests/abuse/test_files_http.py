@@ -167,6 +167,21 @@ async def test_names_that_cannot_be_stored_are_refused(h: Harness, name: str) ->
     assert b"name" in body
 
 
+async def test_a_header_name_that_is_not_utf8_is_refused(h: Harness) -> None:
+    room = await h.room()
+    alice = await signed_in(h, "alice")
+    for header in ("%FF%FE.txt", "a%0D%0Ab.txt"):
+        status, _, body = await http(
+            h,
+            "POST",
+            f"/api/v1/rooms/{room}/files",
+            alice.token,
+            headers={"X-File-Name": header},
+            data=b"d",
+        )
+        assert status == 400, (header, body)
+
+
 async def test_huge_heads_are_refused_before_the_application(h: Harness) -> None:
     room = await h.room()
     alice = await signed_in(h, "alice")
