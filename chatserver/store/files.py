@@ -106,6 +106,14 @@ async def put_chunk(db: Database, file_id: int, index: int, data: bytes) -> None
         raise UploadLost(f"upload {file_id} is no longer pending", room_gone=False) from None
 
 
+# One statement, its own transaction, in one round trip: set_config(..., true) is SET LOCAL, and
+# synchronous_commit is read when that transaction commits.
+_PUT_CHUNK_PG = (
+    "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))"
+    " INSERT INTO file_chunks (file_id, idx, data) SELECT $1, $2, $3 FROM async"
+)
+
+
 async def _put_chunk(db: Database, file_id: int, index: int, data: bytes) -> None:
     if db.is_postgres:
         # On the asyncpg pool, committed without waiting for the WAL to reach the disk: a chunk
@@ -113,14 +121,7 @@ async def _put_chunk(db: Database, file_id: int, index: int, data: bytes) -> Non
         # WAL up to its own record, every chunk's included. A crash before it loses chunks of an
         # upload that was never acknowledged (and is swept at restart).
         pool = await db.pg_pool()
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit = off")
-            await conn.execute(
-                "INSERT INTO file_chunks (file_id, idx, data) VALUES ($1, $2, $3)",
-                file_id,
-                index,
-                data,
-            )
+        await pool.execute(_PUT_CHUNK_PG, file_id, index, data)
         return
     async with db.write() as conn:
         await conn.execute(insert(file_chunks).values(file_id=file_id, idx=index, data=data))
