@@ -7,6 +7,7 @@ import asyncio
 import gc
 import getpass
 import logging
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,10 @@ async def _serve(config: Config) -> None:
     from .server import Node, StartupError
     from .store.migrate import SchemaError
 
-    node = Node(config)
+    try:
+        node = Node(config)
+    except StartupError as exc:
+        _fail(str(exc))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -94,6 +98,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _redact(url: str) -> str:
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)  # the parameter form (store/dsn.py)
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         credentials, host = rest.rsplit("@", 1)

@@ -27,9 +27,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from .store.dsn import parse as parse_database_url
 
 ENV_PREFIX = "CHATSERVER_"
 
@@ -99,13 +102,27 @@ class NodeConfig(_Section):
 
 class DatabaseConfig(_Section):
     url: str = "sqlite:///var/chat.db"
+    # The backup store (a PostgreSQL replica at another site) the pool fails over onto with
+    # `chatserver pool failover`; empty: none (docs/operations.md, "Disaster recovery").
+    backup_url: str = ""
+    # How often a node with a backup_url looks at the other store's pool state.
+    failover_check_s: float = Field(2.0, gt=0, le=600)
 
-    @field_validator("url")
+    @field_validator("url", "backup_url")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
-            raise ValueError("must start with sqlite:// or postgresql://")
+    def _usable(cls, value: str, info: ValidationInfo) -> str:
+        if value or info.field_name == "url":
+            parse_database_url(value)  # the parser every connection uses (store/dsn.py)
         return value
+
+    @model_validator(mode="after")
+    def _backup_is_postgres(self) -> DatabaseConfig:
+        if self.backup_url and not (
+            parse_database_url(self.url).is_postgres
+            and parse_database_url(self.backup_url).is_postgres
+        ):
+            raise ValueError("backup_url: a backup store needs PostgreSQL for url and backup_url")
+        return self
 
 
 class ListenConfig(_Section):
@@ -247,6 +264,8 @@ class PoolConfig(_Section):
     advertise_websocket: str = ""
     # The peer address other nodes dial (default: listen.peer with its bound port).
     advertise_peer: str = ""
+    # The management address shown in the registry (default: listen.management, bound port).
+    advertise_management: str = ""
     # With [tls] configured, the peer port speaks TLS too; peers' certificates are checked
     # against peer_ca (default: the node's own tls.certificate, for a pool sharing one).
     peer_tls: bool = True
@@ -256,6 +275,8 @@ class PoolConfig(_Section):
     link_timeout_s: float = Field(3.0, gt=0, le=600)
     # A node whose heartbeat is older than this is treated as gone.
     dead_after_s: float = Field(10.0, gt=0, le=3600)
+    # When an active node is expired, a standby takes its place (see docs/operations.md).
+    auto_promote: bool = False
     # Rooms with local subscribers are compared with the store this often, and what a lost peer
     # event or a down link kept from them is delivered: the bound on delivery delay during a
     # partition (see docs/operations.md).
@@ -273,6 +294,12 @@ class ComplianceConfig(_Section):
     add_room_details: bool = False
     add_user_details: bool = False
     attachments_manifest: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable(cls, value: str) -> str:
+        parse_database_url(value)
+        return value
 
 
 class LoginConfig(_Section):

@@ -33,6 +33,7 @@ from .admin.guard import ConnectionGuard
 from .admin.server import ManagementServer
 from .config import Config, parse_address
 from .metrics import Metrics
+from .pool.failover import StoreFailover
 from .protocol.errors import ChatError
 from .rooms.audit import SYSTEM, Audit
 from .rooms.authorization import Authorization
@@ -109,7 +110,18 @@ class Node:
     def __init__(self, config: Config, *, announce: Callable[[str], None] = print) -> None:
         self.config = config
         self.announce = announce
+        if config.pool.enabled:
+            from .pool.node import PoolError, check_store_url
+
+            try:  # before the store is opened: an SQLite file would be created
+                check_store_url(config.database.url)
+            except PoolError as exc:
+                raise StartupError(str(exc)) from None
         db = self.db = Database(config.database.url)
+        # Normal on database.url, or failed over onto database.backup_url (pool/failover.py).
+        self.store_failover = StoreFailover(
+            db, config.database.url, config.database.backup_url, config.database.failover_check_s
+        )
         self.metrics = Metrics()
         self.presence = Presence()
         self.connections = Connections(config.limits, config.listen.websocket_origins)
@@ -180,6 +192,7 @@ class Node:
                 connections=self.connections,
                 metrics=self.metrics,
                 client_addresses=self.addresses,
+                audit=audit,
             )
         self.services = Services(
             node_name=config.node.name,
@@ -215,6 +228,7 @@ class Node:
                 raise StartupError(str(exc)) from None
         if self.db.dialect == "sqlite":
             await asyncio.to_thread(upgrade, self.config.database.url)
+        await self.store_failover.choose()
         await check_schema(self.db)
         await ensure_admin(self.db, self.accounts, self.announce)
         await self.settings.reload()
@@ -230,6 +244,7 @@ class Node:
             self.metric_refreshers.append(compliance_metrics.refresh)
             self.closers.append(compliance_metrics.close)
         self.writer.start()
+        self.store_failover.start()
         loop = asyncio.get_running_loop()
         listeners: list[tuple[str, str, type[Connection]]] = [
             ("tcp", self.config.listen.tcp, TcpConnection),
@@ -317,6 +332,7 @@ class Node:
                 pass
         if self.pool is not None:
             await self.pool.stop()
+        await self.store_failover.stop()
         await self.files.close()
         for close in self.closers:
             await close()
@@ -356,6 +372,7 @@ class Node:
             host, port = await self.management.start(address, context)
         except OSError as exc:
             raise StartupError(f"listen.management: cannot listen on {address}: {exc}") from None
+        self.addresses["management"] = (host, port)
         scheme = "https" if context else "http"
         self.announce(f"management API on {scheme}://{host}:{port}/ (see /openapi.json)")
         if context is None and not ipaddress.ip_address(host).is_loopback:

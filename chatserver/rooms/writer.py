@@ -196,4 +196,6 @@ def _store_unreachable(exc: Exception) -> bool:
     return (
         isinstance(exc, OSError | TimeoutError | ConnectionError)
         or "connection" in str(exc).lower()
+        # No host of a multi-host URL is the primary (mid-failover, before the promotion).
+        or "target attribute" in str(exc)
     )

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .connect import connect
+from .dsn import StoreUrl, parse
 
 log = logging.getLogger(__name__)
 
@@ -45,44 +47,57 @@ def contains_pattern(text: str) -> str:
     return f"%{text}%"
 
 
-def sqlalchemy_url(url: str) -> str:
-    """Map a configured URL (``sqlite:///…``, ``postgresql://…``) to its async driver URL."""
-    if url.startswith("sqlite://"):
-        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    if url.startswith("postgresql://"):
-        return "postgresql+asyncpg://" + url[len("postgresql://") :]
-    raise ValueError(f"unsupported database URL {url!r}")
-
-
 def dialect_of(url: str) -> str:
-    return "sqlite" if url.startswith("sqlite") else "postgresql"
+    return parse(url).dialect
 
 
 def sqlite_path(url: str) -> Path | None:
-    database = make_url(sqlalchemy_url(url)).database
-    if not database or database == ":memory:":
-        return None
-    return Path(database)
+    database = parse(url).database
+    return Path(database) if database is not None and parse(url).dialect == "sqlite" else None
 
 
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        self.dialect = dialect_of(url)
+        # Raises UrlError (a ValueError) with the reason for a URL that cannot be used.
+        self.target: StoreUrl = parse(url)
+        self.dialect = self.target.dialect
         self._pg_pool: Any = None
         self._pg_pool_made: asyncio.Task[None] | None = None
+        self._pool_size = pool_size
         if self.dialect == "sqlite":
             path = sqlite_path(url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(sqlalchemy_url(url))
+            self.engine: AsyncEngine = create_async_engine(self.target.engine_url())
             _configure_sqlite(self.engine)
         else:
-            self.engine = create_async_engine(
-                sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size
-            )
+            self.engine = self._pg_engine()
+
+    def _pg_engine(self) -> AsyncEngine:
+        # Hosts, ports and target_session_attrs are the asyncpg pool's too (dsn.py).
+        return create_async_engine(
+            self.target.engine_url(),
+            connect_args=self.target.connect_args(),
+            pool_size=self._pool_size,
+            max_overflow=self._pool_size,
+        )
+
+    async def switch(self, url: str) -> None:
+        """Use another PostgreSQL store from now on (the pool's failover onto its backup store,
+        pool/failover.py): new connections go to ``url``; the connections to the old one are
+        closed (those in use when they are returned, the asyncpg pool's within a bound)."""
+        target = parse(url)
+        if not (self.is_postgres and target.is_postgres):
+            raise ValueError("only a PostgreSQL store can switch to another PostgreSQL store")
+        if self._pg_pool_made is not None and not self._pg_pool_made.done():
+            await asyncio.wait([self._pg_pool_made])
+        old_engine, old_pool = self.engine, self._pg_pool
+        self.url, self.target = url, target
+        self.engine = self._pg_engine()
+        self._pg_pool, self._pg_pool_made = None, None
+        await _close_pg_pool(old_pool)
+        await old_engine.dispose()
 
     @property
     def is_postgres(self) -> bool:
@@ -121,26 +136,34 @@ class Database:
     async def _make_pg_pool(self) -> None:
         import asyncpg
 
-        dsn = make_url(self.url.replace("postgres://", "postgresql://", 1))
         self._pg_pool = await asyncpg.create_pool(
-            dsn.render_as_string(hide_password=False), min_size=1, max_size=6, reset=_keep_session
+            **self.target.asyncpg_args(),
+            connect=connect,  # a time limit per host (store/connect.py)
+            min_size=1,
+            max_size=6,
+            reset=_keep_session,
         )
 
     async def close(self) -> None:
         if self._pg_pool_made is not None and not self._pg_pool_made.done():
             await asyncio.wait([self._pg_pool_made])
         self._pg_pool_made = None
-        if self._pg_pool is not None:
-            pool, self._pg_pool = self._pg_pool, None
-            try:
-                # close() waits for every connection to come back; one held by a task that
-                # was cancelled mid-release never does (seen when a node was stopped in a
-                # join storm), so the wait is bounded.
-                await asyncio.wait_for(pool.close(), PG_POOL_CLOSE_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("closing the asyncpg pool timed out; terminating its connections")
-                pool.terminate()
+        pool, self._pg_pool = self._pg_pool, None
+        await _close_pg_pool(pool)
         await self.engine.dispose()
+
+
+async def _close_pg_pool(pool: Any) -> None:
+    if pool is None:
+        return
+    try:
+        # close() waits for every connection to come back; one held by a task that was
+        # cancelled mid-release never does (seen when a node was stopped in a join storm), so
+        # the wait is bounded.
+        await asyncio.wait_for(pool.close(), PG_POOL_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("closing the asyncpg pool timed out; terminating its connections")
+        pool.terminate()
 
 
 async def _keep_session(_conn: Any) -> None:

@@ -3,16 +3,16 @@
 A file is stored in the content store in chunks, so every node of a pool serves every file and
 a backup of the database holds them; see chatserver/store/files.py.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-06
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
