@@ -42,6 +42,7 @@ from ..store import files as file_store
 from ..store.db import Database, now_ms
 from ..store.files import StoredFile
 from ..store.messages import Message, last_seq
+from ..store.rooms import NO_ROOM
 from ..store.users import User
 from .authorization import Authorization
 from .capture import Capture
@@ -354,7 +355,7 @@ class Files:
         missing file asks about a room that does not exist, which reads the store as a room
         not cached does; a refused cached room reads it too)."""
         found = await file_store.get(self._db, file_id)
-        room_id = found.room if found is not None else 0
+        room_id = found.room if found is not None else NO_ROOM
         cached = self._facts.cached_room(room_id) is not None
         try:
             await self._auth.check(user, room_id, "read")
@@ -362,7 +363,7 @@ class Files:
             if exc.code == FORBIDDEN and cached:
                 await self._facts.read_missing_room()
             raise ChatError(NOT_FOUND, NO_FILE) from None
-        if found is None:  # pragma: no cover - room 0 never exists
+        if found is None:  # pragma: no cover - NO_ROOM never exists
             raise ChatError(NOT_FOUND, NO_FILE)
         return found
 
