@@ -207,6 +207,12 @@ class Harness:
         await client.login(name, PASSWORD)
         return client
 
+    @property
+    def http(self) -> str:
+        """The node's client HTTP listener (files), as ``http://host:port``."""
+        host, port = self.node.addresses["http"]
+        return f"http://{host}:{port}"
+
     async def room(self, name: str = "lobby") -> int:
         from chatserver.store.rooms import create_room
 

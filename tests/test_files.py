@@ -42,8 +42,7 @@ async def h(db_url: str) -> AsyncIterator[Harness]:
 
 
 def base(h: Harness) -> str:
-    host, port = h.node.addresses["http"]
-    return f"http://{host}:{port}"
+    return h.http
 
 
 async def signed_in(h: Harness, name: str, *, admin: bool = False) -> Client:
