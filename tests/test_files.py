@@ -280,7 +280,10 @@ async def test_oversized_upload_is_cut_off_at_the_limit(db_url: str) -> None:
         await h.close()
 
 
-async def test_client_gone_mid_upload_leaves_nothing(h: Harness) -> None:
+@pytest.mark.parametrize("how", ["reset", "half-close"])
+async def test_client_gone_mid_upload_leaves_nothing(
+    h: Harness, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
     room = await h.room()
     alice = await signed_in(h, "alice")
     assert alice.token is not None
@@ -290,9 +293,17 @@ async def test_client_gone_mid_upload_leaves_nothing(h: Harness) -> None:
     # the chunks land while the upload is pending (invisible)
     counts = await until(h, lambda c: c.get("chunks", 0) >= 10)
     assert counts.get("pending") == 1 and "ready" not in counts
-    writer.transport.abort()
+    if how == "reset":
+        writer.transport.abort()
+    else:
+        writer.write_eof()  # the body ends short of its Content-Length
     await until(h, lambda c: c == {"chunks": 0})
+    writer.transport.abort()
     assert (await alice.call("history", room=room))["messages"] == []
+    # one warning line, no traceback
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "cut off" in refused[0].getMessage(), caplog.text
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
 
 
 async def test_rate_and_quota(db_url: str) -> None:

@@ -85,7 +85,7 @@ class Upload:
     size: int | None = None  # the size the client declares (Content-Length), if any
 
 
-# Reads up to n bytes of the body; b"" at its end.
+# Reads up to n bytes of the body; b"" at its end; ConnectionError when it is cut off.
 BodyReader = Callable[[int], Awaitable[bytes]]
 
 
@@ -273,6 +273,8 @@ class Files:
                         data = await read(max(want, 1))
                 except TimeoutError:
                     raise ChatError(BAD_REQUEST, f"the body stalled for {idle:g} s") from None
+                except ConnectionError as exc:
+                    raise ChatError(BAD_REQUEST, f"the body was cut off ({exc})") from None
                 size += len(data)
                 if size > limit:
                     raise full

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..accounts import Accounts
@@ -94,6 +95,19 @@ class Guard(Protocol):
     def __call__(self) -> asyncio.Protocol: ...
 
     def head_received(self, protocol: object) -> None: ...
+
+
+class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's log for its request handlers: a request it could not parse (a hostile or broken
+    client: a header too long, too many of them, garbage) is one WARNING line, not a traceback;
+    anything else is logged as aiohttp logs it."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            what = str(exc_info.message).splitlines()[0][:200] if exc_info.message else ""
+            self.logger.warning("http: refused a malformed request (%s %s)", exc_info.code, what)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kw)
 
 
 class _Refused(Exception):
@@ -213,6 +227,7 @@ class ClientHttpServer:
             keepalive_timeout=self._config.header_timeout_s,
             lingering_time=LINGER_S,
             shutdown_timeout=SHUTDOWN_S,
+            logger=_QuietLog(log, {}),
             max_line_size=MAX_HEADER_FIELD,
             max_field_size=MAX_HEADER_FIELD,
             max_headers=MAX_HEADERS,
@@ -313,8 +328,16 @@ class ClientHttpServer:
             sha256=request.headers.get("X-Content-SHA256"),
             size=request.content_length,
         )
+
+        async def read(n: int) -> bytes:
+            try:
+                return await request.content.read(n)
+            except (ConnectionError, asyncio.IncompleteReadError, HttpProcessingError) as exc:
+                # the client went away, or the body ended before its length: one kind for Files
+                raise ConnectionResetError(str(exc) or type(exc).__name__) from None
+
         try:
-            message = await self._files.upload(user, upload, request.content.read)
+            message = await self._files.upload(user, upload, read)
         except ChatError as exc:
             if exc.code == TOO_LARGE or not request.content.at_eof():
                 # The rest of the body is not read: say so and close once answered.

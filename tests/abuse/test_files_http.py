@@ -182,7 +182,9 @@ async def test_a_header_name_that_is_not_utf8_is_refused(h: Harness) -> None:
         assert status == 400, (header, body)
 
 
-async def test_huge_heads_are_refused_before_the_application(h: Harness) -> None:
+async def test_huge_heads_are_refused_before_the_application(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     room = await h.room()
     alice = await signed_in(h, "alice")
     host, port = h.node.addresses["http"]
@@ -208,6 +210,10 @@ async def test_huge_heads_are_refused_before_the_application(h: Harness) -> None
         data=b"x",
     )
     assert status in (400, 431)
+    # each is one warning line, not a traceback
+    refused = [r for r in caplog.records if "malformed request" in r.getMessage()]
+    assert len(refused) == 2, caplog.text
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
 
 
 async def test_the_listener_caps_connections_and_slow_heads(db_url: str) -> None:
