@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
@@ -58,6 +59,9 @@ NO_FILE = "no such file"  # the one answer for a missing file and one the caller
 # Chunk writes (and, apart, chunk reads) in flight on the node at once: on PostgreSQL they use
 # the store's small asyncpg pool, which the group commit needs too, so they never take it all.
 STORE_SLOTS = 2
+# Chunk writes one upload keeps in flight while at most FEW_UPLOADS run on the node (else one).
+WRITES_AHEAD = 3
+FEW_UPLOADS = 2
 
 
 class TooLarge(ChatError):
@@ -264,7 +268,10 @@ class Files:
         held = 0
         head = b""
         size = index = 0
-        writing: asyncio.Task[None] | None = None
+        writing: deque[asyncio.Task[None]] = deque()
+        # Chunk writes in flight for this upload: a few while few uploads run (one upload gets
+        # the store's throughput), one when many do (each holds two chunks at most).
+        depth = WRITES_AHEAD if self.uploading <= FEW_UPLOADS else 1
         try:
             while True:
                 want = min(chunk_size - held, limit + 1 - size)
@@ -285,24 +292,25 @@ class Files:
                     if len(head) < SNIFF_BYTES:
                         head += data[: SNIFF_BYTES - len(head)]
                 if held >= chunk_size or (not data and held):
-                    if writing is not None:
-                        await writing
+                    while len(writing) >= depth:
+                        await writing.popleft()
                     chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                     pieces.clear()
                     held = 0
-                    writing = asyncio.get_running_loop().create_task(
-                        self._put(file_id, index, chunk)
+                    writing.append(
+                        asyncio.get_running_loop().create_task(self._put(file_id, index, chunk))
                     )
                     del chunk
                     index += 1
                 if not data:
-                    if writing is not None:
-                        await writing
+                    while writing:
+                        await writing.popleft()
                     return size, hasher.hexdigest(), head
         finally:
-            # A failed upload deletes its chunks after the last write has ended, not during it.
-            if writing is not None and not writing.done():
-                await asyncio.gather(asyncio.shield(writing), return_exceptions=True)
+            # A failed upload deletes its chunks after its last writes have ended, not during.
+            pending = [task for task in writing if not task.done()]
+            if pending:
+                await asyncio.gather(*map(asyncio.shield, pending), return_exceptions=True)
 
     async def _put(self, file_id: int, index: int, data: bytes) -> None:
         async with self._writes:
