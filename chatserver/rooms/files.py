@@ -307,10 +307,10 @@ class Files:
                         await writing.popleft()
                     return size, hasher.hexdigest(), head
         finally:
-            # A failed upload deletes its chunks after its last writes have ended, not during.
-            pending = [task for task in writing if not task.done()]
-            if pending:
-                await asyncio.gather(*map(asyncio.shield, pending), return_exceptions=True)
+            # A failed upload deletes its chunks after its last writes have ended, not during
+            # (and their outcomes are collected: a second failure is not left unretrieved).
+            if writing:
+                await asyncio.gather(*map(asyncio.shield, writing), return_exceptions=True)
 
     async def _put(self, file_id: int, index: int, data: bytes) -> None:
         async with self._writes:
