@@ -259,8 +259,8 @@ class Files:
     async def _stream(
         self, file_id: int, read: BodyReader, limit: int, full: ChatError
     ) -> tuple[int, str, bytes]:
-        """Store the body in chunks; (size, SHA-256 hex, its first bytes). A full chunk is
-        written while the next one is read (at most two chunks in memory)."""
+        """Store the body in chunks; (size, SHA-256 hex, its first bytes). Full chunks are
+        written while the next one is read (two chunks in memory, four for a lone upload)."""
         chunk_size = self.chunk_size
         idle = self._config.idle_timeout_s
         hasher = hashlib.sha256()
