@@ -49,6 +49,7 @@ from .rooms.posting import Posting
 from .rooms.presence import Presence
 from .rooms.ratelimit import RateLimiter
 from .rooms.reading import Reading, load_recent
+from .rooms.search import Search
 from .rooms.settings import RuntimeSettings
 from .rooms.writer import Writer
 from .services import Services
@@ -56,6 +57,7 @@ from .store import messages as message_store
 from .store import users as user_store
 from .store.db import Database
 from .store.migrate import check_schema, upgrade
+from .store.search import ensure_index as ensure_search_index
 from .throttle import LoginThrottle
 from .transport.connection import Connection
 from .transport.connections import Connections
@@ -164,6 +166,7 @@ class Node:
             audit,
         )
         self.reading = Reading(db, self.settings, facts, auth, hub, self.capture)
+        self.search = Search(db, config.search, facts, auth, self.capture)
         self.files = Files(
             db,
             config.files,
@@ -208,6 +211,7 @@ class Node:
             presence=self.presence,
             metrics=self.metrics,
             admission=self.pool,
+            search=self.search,
         )
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
@@ -230,6 +234,7 @@ class Node:
             await asyncio.to_thread(upgrade, self.config.database.url)
         await self.store_failover.choose()
         await check_schema(self.db)
+        await ensure_search_index(self.db, self.config.search.language)
         await ensure_admin(self.db, self.accounts, self.announce)
         await self.settings.reload()
         await self.files.sweep(at_start=True)

@@ -296,9 +296,21 @@ class Session(GovernanceOps):
     async def op_history(self, request: cmd.History) -> dict[str, Any]:
         assert self.user is not None
         messages, more = await self.services.reading.history(
-            self.user, request.room, request.before, request.after, request.limit
+            self.user, request.room, request.before, request.after, request.limit, request.around
         )
         return reply(request.id, messages=messages, more=more)
+
+    async def op_search(self, request: cmd.Search) -> dict[str, Any]:
+        assert self.user is not None and self.services.search is not None
+        hits, cursor = await self.services.search.search(
+            self.user,
+            request.query,
+            room=request.room,
+            order=request.order,
+            cursor=request.cursor,
+            limit=request.limit,
+        )
+        return reply(request.id, hits=hits, cursor=cursor)
 
     def _post_inline(self, obj: dict[str, Any]) -> bool:
         """Queue a post for the group commit without a worker task, when the right to post is

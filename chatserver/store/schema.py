@@ -215,6 +215,25 @@ file_chunks = Table(
     PrimaryKeyConstraint("file_id", "idx", name="pk_file_chunks"),
 )
 
+# -- search and topic feeds (issue 17) --------------------------------------------------------
+
+# The full-text index over messages.text is not declared here: on PostgreSQL it is the GIN
+# expression index ix_messages_search, on SQLite the FTS5 table messages_fts with its triggers
+# (migration 0011, chatserver/store/search.py).
+
+# A user's saved topic feed: a query in the search syntax (docs/protocol.md, "Search").
+feeds = Table(
+    "feeds",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("query", String(500), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    UniqueConstraint("user_id", "name", name="uq_feeds_user_id_name"),
+    sqlite_autoincrement=True,
+)
+
 # -- management (issue 4) ------------------------------------------------------------------
 
 # Every change made through the management port: who, what, when, and the state before/after.
