@@ -366,7 +366,9 @@ class Node:
                 name="the client HTTP listener",
             )
 
-        self.http = ClientHttpServer(files, self.accounts, self.auth, self.files, guard)
+        self.http = ClientHttpServer(
+            files, self.accounts, self.auth, self.files, guard, search=self.search
+        )
         try:
             host, port = await self.http.start(address, context)
         except OSError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from chatserver.client import Client
@@ -220,3 +221,36 @@ async def _rate_limited(harness: Harness) -> None:
         (await gus.request("search", query="fox")).get("error", {}).get("code") for _ in range(12)
     ]
     assert "rate_limited" in codes and codes[0] is None
+
+
+async def http_search(h: Harness, bearer: str | None, **params: str) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(h.http + "/api/v1/search", params=params, headers=headers) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def test_http_search_is_the_same_search(harness: Harness) -> None:
+    w = await world(harness)
+    rooms = w["rooms"]
+    carol = await harness.login("carol")
+    assert carol.token is not None
+    status, body = await http_search(harness, carol.token, q="zebra")
+    assert status == 200 and [h["room"] for h in body["hits"]] == [rooms["lobby"]]
+    assert body == {"hits": await hits(carol, "zebra"), "cursor": None}
+    status, body = await http_search(harness, carol.token, q="zebra", room=str(rooms["vault"]))
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    status, body = await http_search(harness, carol.token, q="zebra", room=str(rooms["club"]))
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+    status, body = await http_search(harness, carol.token, q="zebra", room="-1")
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    status, body = await http_search(harness, carol.token, q="z" * 501)
+    assert status == 413
+    status, body = await http_search(harness, None, q="zebra")
+    assert status == 401
+    status, body = await http_search(harness, "not-a-token", q="zebra")
+    assert status == 401
+    status, body = await http_search(harness, None, q="zebra", token=carol.token)
+    assert (status, body["error"]["code"]) == (400, "bad_request")  # no credentials in URLs
