@@ -119,13 +119,13 @@ class Capture:
             raise ChatError(UNAVAILABLE, "the read could not be recorded; retry later") from None
 
     async def searched(
-        self, user: User, room_id: int | None, query: str, source: str, hits: int
+        self, user: User, room_id: int | None, query: str, source: str, hits: list[list[int]]
     ) -> None:
         """Commit a SEARCH event (who searched for what, in which scope: one room, or
-        ``room_id`` None for every room the user may read) before the hits are sent."""
-        event = outbox.Event(
-            "SEARCH", room_id, user.id, {"query": query, "source": source, "hits": hits}
-        )
+        ``room_id`` None for every room the user may read; ``hits``: the [room, seq] of each
+        hit whose snippet is sent) before the hits are sent."""
+        payload = {"query": query, "source": source, "hits": len(hits), "found": hits}
+        event = outbox.Event("SEARCH", room_id, user.id, payload)
         try:
             await self._record([event])
         except Exception as exc:

@@ -171,7 +171,8 @@ class Search:
             )
             next_cursor = nxt.encode()
         if self._capture.on:
-            await self._capture.searched(user, room, text, source, len(page))
+            found = [[h["room"], h["seq"]] for h in page]
+            await self._capture.searched(user, room, text, source, found)
         return page, next_cursor
 
     async def _find(

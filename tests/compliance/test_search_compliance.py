@@ -47,9 +47,14 @@ async def test_searches_are_captured_and_exported(
             (None, root_id),
         ]
         assert [payload(r) for r in searches] == [
-            {"query": "quarterly", "source": "search", "hits": 1},
-            {"query": '"quarterly numbers" from:root', "source": "search", "hits": 1},
-            {"query": "numb*", "source": "http", "hits": 1},
+            {"query": "quarterly", "source": "search", "hits": 1, "found": [[room, 1]]},
+            {
+                "query": '"quarterly numbers" from:root',
+                "source": "search",
+                "hits": 1,
+                "found": [[room, 1]],
+            },
+            {"query": "numb*", "source": "http", "hits": 1, "found": [[room, 1]]},
         ]
         result = await export(stores.config, stores.comp, stores.content)
         (path,) = result.files
