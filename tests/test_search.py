@@ -12,6 +12,8 @@ import pytest
 from chatserver.client import Client
 from chatserver.store import admin as admin_store
 from chatserver.store.admin import MessageFilter
+from tests.admin import test_api
+from tests.admin.test_api import Api
 from tests.conftest import Harness, node_config, start_node
 from tests.rooms.test_governance import (
     EVERYONE,
@@ -21,6 +23,8 @@ from tests.rooms.test_governance import (
     new_room,
     user,
 )
+
+api = test_api.api  # the management port fixture
 
 
 @pytest.fixture
@@ -254,3 +258,30 @@ async def test_http_search_is_the_same_search(harness: Harness) -> None:
     assert status == 401
     status, body = await http_search(harness, None, q="zebra", token=carol.token)
     assert (status, body["error"]["code"]) == (400, "bad_request")  # no credentials in URLs
+
+
+async def test_administrators_search_uses_the_index_over_every_room(api: Api) -> None:
+    """The management port's search takes ``query`` (the same syntax and index), and finds
+    secret rooms too, as it always did."""
+    await api.user("alice")
+    secret = await api.room("hidden", privacy="secret")
+    lobby = await api.room("lobby", privacy="open")
+    root = await api.login("root")
+    await root.call("post", room=secret["id"], text="budget figures for 2027", cid="s1")
+    await root.call("post", room=lobby["id"], text="budgetary lunch", cid="l1")
+    await root.call("post", room=lobby["id"], text="nothing", cid="l2")
+
+    async def found(**body: Any) -> list[tuple[int, int]]:
+        out = await api.call("POST", "/api/v1/messages/search", body)
+        return [(m["room"], m["seq"]) for m in out["messages"]]
+
+    assert await found(query="budget") == [(secret["id"], 1)]
+    assert sorted(await found(query="budget*")) == [(secret["id"], 1), (lobby["id"], 1)]
+    assert await found(query="budget*", room=lobby["id"]) == [(lobby["id"], 1)]
+    assert await found(query=f"budget* in:{secret['id']}") == [(secret["id"], 1)]
+    assert await found(query="budget* from:alice") == []
+    assert await found(query='"figures for"') == [(secret["id"], 1)]
+    await api.call("POST", "/api/v1/messages/search", {"query": "on:someday"}, status=400)
+    # A user finds only the open room's message.
+    alice = await api.login("alice")
+    assert [h["room"] for h in await hits(alice, "budget*")] == [lobby["id"]]

@@ -83,8 +83,9 @@ def _day(value: str, name: str) -> int:
     return int(day.timestamp() * 1000)
 
 
-def parse(text: str, *, max_chars: int, max_terms: int) -> Query:
-    """Parse ``text``; ``bad_request`` naming the problem, ``too_large`` past the limits."""
+def parse(text: str, *, max_chars: int, max_terms: int, allow_empty: bool = False) -> Query:
+    """Parse ``text``; ``bad_request`` naming the problem, ``too_large`` past the limits.
+    A query without a word or a filter is refused unless ``allow_empty`` (it matches all)."""
     if len(text) > max_chars:
         raise ChatError(TOO_LARGE, f"a query is at most {max_chars} characters")
     terms: list[Term] = []
@@ -108,6 +109,8 @@ def parse(text: str, *, max_chars: int, max_terms: int) -> Query:
         words = tuple(w.casefold() for w in WORD.findall(raw))
         if not words:
             continue
+        if prefix and len(words[-1]) < MIN_PREFIX and allow_empty:
+            prefix = False  # the administrators' search: read as a word
         if prefix and len(words[-1]) < MIN_PREFIX:
             raise ChatError(BAD_REQUEST, f"a prefix has at least {MIN_PREFIX} characters")
         terms.append(Term(words, prefix))
@@ -138,7 +141,7 @@ def parse(text: str, *, max_chars: int, max_terms: int) -> Query:
         has is not None,
     )
     if not terms and query.sender is None and query.room is None and not query.has_file:
-        if since is None and until is None:
+        if since is None and until is None and not allow_empty:
             raise ChatError(BAD_REQUEST, "a query needs a word, a phrase or a filter")
     return query
 
