@@ -42,6 +42,7 @@ from .rooms.changes import LocalOnly, Publisher
 from .rooms.directory import Directory
 from .rooms.enforcement import Enforcement
 from .rooms.facts import Facts
+from .rooms.feeds import Feeds
 from .rooms.files import Files
 from .rooms.governance import Governance
 from .rooms.hub import Hub
@@ -167,6 +168,8 @@ class Node:
         )
         self.reading = Reading(db, self.settings, facts, auth, hub, self.capture)
         self.search = Search(db, config.search, facts, auth, self.capture)
+        self.feeds = Feeds(db, config.search, self.search, auth, self.presence, publisher)
+        hub.on_deliver = self.feeds.observe
         self.files = Files(
             db,
             config.files,
@@ -196,6 +199,7 @@ class Node:
                 metrics=self.metrics,
                 client_addresses=self.addresses,
                 audit=audit,
+                feeds_changed=self.feeds.changed,
             )
         self.services = Services(
             node_name=config.node.name,
@@ -212,6 +216,7 @@ class Node:
             metrics=self.metrics,
             admission=self.pool,
             search=self.search,
+            feeds=self.feeds,
         )
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .config import LimitsConfig
     from .metrics import Metrics
     from .rooms.directory import Directory
+    from .rooms.feeds import Feeds
     from .rooms.governance import Governance
     from .rooms.posting import Posting
     from .rooms.presence import Presence
@@ -65,3 +66,4 @@ class Services:
     metrics: Metrics
     admission: Admission | None = None  # the pool's, when pooled
     search: Search | None = None
+    feeds: Feeds | None = None

@@ -16,6 +16,7 @@ An ``EVENTS`` frame (:mod:`chatserver.pool.protocol`) carries a list of maps wit
 ``invited``        users were invited to a room (``room``, ``users``, ``by``)
 ``config``         run-time settings changed in the store (``key``, ``node``)
 ``nodes``          the pool's registry changed (a node was activated, moved to standby, drained)
+``feeds``          a user's saved topic feeds changed (``user``): re-read them from the store
 ``recheck``        never sent: queued locally when a link comes up, to re-check every
                    connected user's policy (a ``disconnect`` may have been missed)
 =================  ========================================================================
@@ -35,6 +36,7 @@ from typing import Any
 from ..rooms.changes import (
     CategoriesChanged,
     Change,
+    FeedsChanged,
     MembershipChanged,
     MessageChange,
     MessagesChanged,
@@ -92,6 +94,8 @@ def encode(event: PeerEvent) -> dict[str, Any]:
             return {"t": "config", "key": key, "node": node}
         case NodesChanged():
             return {"t": "nodes"}
+        case FeedsChanged(user=user):
+            return {"t": "feeds", "user": user}
         case Recheck():
             return {"t": "recheck"}
     raise TypeError(f"not a peer event: {event!r}")
@@ -196,6 +200,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], PeerEvent]] = {
     "invited": _invited,
     "config": _config,
     "nodes": lambda e: NodesChanged(),
+    "feeds": lambda e: FeedsChanged(_int(e["user"])),
     "recheck": lambda e: Recheck(),
 }
 

@@ -43,6 +43,7 @@ from ..protocol.events import Moved, Outgoing
 from ..rooms.audit import Audit
 from ..rooms.changes import (
     CategoriesChanged,
+    FeedsChanged,
     MembershipChanged,
     MessagesChanged,
     RoomChanged,
@@ -120,6 +121,7 @@ class Pool:
         client_addresses: dict[str, tuple[str, int]],
         on_drained: Callable[[], None] | None = None,
         audit: Audit | None = None,
+        feeds_changed: Handler | None = None,
     ) -> None:
         self.config = config
         self.settings = config.pool
@@ -153,7 +155,9 @@ class Pool:
         self._registry_read_at = 0.0
         self.inbox = Inbox(
             lambda messages: hub.deliver(messages, remote=True),
-            self._handlers(governance, enforcement, settings),
+            {**self._handlers(governance, enforcement, settings), FeedsChanged: feeds_changed}
+            if feeds_changed is not None
+            else self._handlers(governance, enforcement, settings),
             hub.deliver_from_store,
         )
         # A new link's messages are checked against the store for this long (see received()).

@@ -290,6 +290,36 @@ class Search(Request):
     limit: int | None = _optional(min_value=1)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FeedAdd(Request):
+    """Save a topic feed: a query in the search syntax whose new matches arrive live."""
+
+    OP = "feed.add"
+    name: str = _field(min_len=1, max_len=100)
+    query: str = _field(min_len=1, max_len=500)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FeedList(Request):
+    OP = "feed.list"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FeedRemove(Request):
+    OP = "feed.remove"
+    feed: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FeedHistory(Request):
+    """A page of a feed's matches, newest first (a search with its query)."""
+
+    OP = "feed.history"
+    feed: int = _field(min_value=1)
+    cursor: str | None = _optional(max_len=256)
+    limit: int | None = _optional(min_value=1)
+
+
 REQUESTS: dict[str, type[Request]] = {
     cls.OP: cls
     for cls in (
@@ -305,6 +335,10 @@ REQUESTS: dict[str, type[Request]] = {
         Post,
         History,
         Search,
+        FeedAdd,
+        FeedList,
+        FeedRemove,
+        FeedHistory,
         RoomGet,
         RoomUpdate,
         RoomMembers,

@@ -100,6 +100,13 @@ class SettingsChanged:
     node: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FeedsChanged:
+    """A user's saved topic feeds changed: nodes where the user is connected re-read them."""
+
+    user: int
+
+
 Change = (
     RoomChanged
     | CategoriesChanged
@@ -109,6 +116,7 @@ Change = (
     | UsersInvited
     | MessagesChanged
     | SettingsChanged
+    | FeedsChanged
 )
 
 

@@ -58,6 +58,10 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "user.policy": {"user": 1},
     "users": {},
     "search": {"query": "fox"},
+    "feed.add": {"name": "n", "query": "fox"},
+    "feed.list": {},
+    "feed.remove": {"feed": 1},
+    "feed.history": {"feed": 1},
 }
 
 # Every field of every op set to a valid value (History's "after" and "around" exclude "before":
@@ -127,6 +131,10 @@ FULL: dict[str, dict[str, Any]] = {
     "user.policy": {"user": 1, "persistent_chat_enabled": False},
     "users": {"query": "a"},
     "search": {"query": "fox", "room": 4, "order": "relevance", "cursor": "c", "limit": 5},
+    "feed.add": {"name": "deploys", "query": "deploy*"},
+    "feed.list": {},
+    "feed.remove": {"feed": 2},
+    "feed.history": {"feed": 2, "cursor": "c", "limit": 5},
 }
 
 CLASSES = {
@@ -254,6 +262,10 @@ def test_required_table_is_complete() -> None:
         ("group.delete", "group"),
         ("user.policy", "user"),
         ("search", "query"),
+        ("feed.add", "name"),
+        ("feed.add", "query"),
+        ("feed.remove", "feed"),
+        ("feed.history", "feed"),
     }
 
 
