@@ -285,3 +285,19 @@ async def test_administrators_search_uses_the_index_over_every_room(api: Api) ->
     # A user finds only the open room's message.
     alice = await api.login("alice")
     assert [h["room"] for h in await hits(alice, "budget*")] == [lobby["id"]]
+
+
+async def test_files_and_room_names_in_queries(harness: Harness) -> None:
+    await make_user(harness, "hana")
+    ops = await harness.room("ops team")
+    other = await harness.room("other")
+    hana = await harness.login("hana")
+    await hana.call("post", room=ops, text="the report, without a file", cid="a")
+    up = await hana.upload(harness.http, other, b"pdf bytes", name="r.pdf", text="the report")
+    found = await hits(hana, "report has:file")
+    assert [(h["room"], h["seq"]) for h in found] == [(other, up["message"]["seq"])]
+    assert found[0]["file"]["id"] == up["file"]["id"]
+    assert [h["room"] for h in await hits(hana, 'report in:"ops team"')] == [ops]
+    assert [h["room"] for h in await hits(hana, 'report in:"OPS TEAM"')] == [ops]
+    assert [h["room"] for h in await hits(hana, f"report in:{other}")] == [other]
+    assert await hits(hana, "report in:nowhere") == []
