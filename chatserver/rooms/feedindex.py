@@ -3,10 +3,10 @@ pure (no I/O).
 
 Matching a message must not cost a loop over feeds: each feed is filed under one *anchor*, a
 thing every message it matches must have — a word of its query (its longest exact word), else
-the first two letters of a prefix, else its author (``from:``), else its room (``in:``). A
-message looks up its own words, their first two letters, its sender and its room: only the feeds
-found there are checked in full (:meth:`Query.matches` and the filters). The cost per message is
-a few dictionary lookups per word, whatever the number of feeds.
+its longest prefix, else its author (``from:``), else its room (``in:``). A message looks up its
+own words, their beginnings of the lengths that prefixes have, its sender and its room: only the
+feeds found there are checked in full (:meth:`Query.matches_words` and the filters). The cost
+per message is a few dictionary lookups per word, whatever the number of feeds.
 
 Authorization is not decided here: a candidate hit is only a candidate until the feeds service
 has asked the one authorization path whether its user may read the room now.
@@ -14,12 +14,11 @@ has asked the one authorization path whether its user may read the room now.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from ..store.messages import Message
 from .query import WORD, Query
-
-PREFIX_KEY = 2  # a prefix anchor is its first two letters (query.MIN_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +36,7 @@ def anchor(query: Query) -> tuple[str, str] | None:
         return "word", max(exact, key=len)
     prefixes = [t.words[-1] for t in query.terms if t.prefix]
     if prefixes:
-        return "prefix", max(prefixes, key=len)[:PREFIX_KEY]
+        return "prefix", max(prefixes, key=len)
     if query.sender is not None:
         return "sender", query.sender.casefold()
     if query.room is not None:
@@ -56,6 +55,7 @@ class FeedIndex:
             "room": {},
         }
         self._of_user: dict[int, set[int]] = {}
+        self._prefix_lengths: Counter[int] = Counter()  # of the prefix anchors filed
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -69,6 +69,8 @@ class FeedIndex:
         self.entries[entry.feed_id] = entry
         self._keys[entry.feed_id] = key
         self._by[key[0]].setdefault(key[1], set()).add(entry.feed_id)
+        if key[0] == "prefix":
+            self._prefix_lengths[len(key[1])] += 1
         self._of_user.setdefault(entry.user_id, set()).add(entry.feed_id)
         return True
 
@@ -77,6 +79,10 @@ class FeedIndex:
         if entry is None:
             return
         kind, key = self._keys.pop(feed_id)
+        if kind == "prefix":
+            self._prefix_lengths[len(key)] -= 1
+            if not self._prefix_lengths[len(key)]:
+                del self._prefix_lengths[len(key)]
         bucket = self._by[kind][key]
         bucket.discard(feed_id)
         if not bucket:
@@ -98,16 +104,18 @@ class FeedIndex:
         filter (``in:``, a name or an id) is the caller's to check with the room it knows."""
         by = self._by
         found: set[int] = set()
-        words = {w.casefold() for w in WORD.findall(message.text)} if message.text else set()
+        tokens = [w.casefold() for w in WORD.findall(message.text)] if message.text else []
         word_index, prefix_index = by["word"], by["prefix"]
-        for word in words:
+        lengths = list(self._prefix_lengths)
+        for word in set(tokens):
             hit = word_index.get(word)
             if hit:
                 found.update(hit)
-            if prefix_index:
-                hit = prefix_index.get(word[:PREFIX_KEY])
-                if hit:
-                    found.update(hit)
+            for length in lengths:
+                if len(word) >= length:
+                    hit = prefix_index.get(word[:length])
+                    if hit:
+                        found.update(hit)
         if by["sender"]:
             found.update(by["sender"].get(message.sender_name.casefold(), ()))
         if by["room"]:
@@ -131,7 +139,7 @@ class FeedIndex:
                 continue
             if q.has_file and message.file is None:
                 continue
-            if q.terms and not q.matches(message.text):
+            if q.terms and not q.matches_words(tokens):
                 continue
             out.append(entry)
         return out

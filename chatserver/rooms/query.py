@@ -50,7 +50,10 @@ class Query:
         """Do ``text``'s words hold every term? (The filters are the caller's to check.)"""
         if not self.terms:
             return True
-        tokens = [w.casefold() for w in WORD.findall(text)]
+        return self.matches_words([w.casefold() for w in WORD.findall(text)])
+
+    def matches_words(self, tokens: list[str]) -> bool:
+        """:meth:`matches` over a text already split into case-folded words."""
         return all(_holds(term, tokens) for term in self.terms)
 
     def highlights(self, text: str) -> list[tuple[int, int]]:
@@ -67,6 +70,8 @@ class Query:
 
 def _holds(term: Term, tokens: list[str]) -> bool:
     words, n = term.words, len(term.words)
+    if n == 1 and not term.prefix:
+        return words[0] in tokens
     for i in range(len(tokens) - n + 1):
         if tokens[i : i + n - 1] == list(words[:-1]):
             last = tokens[i + n - 1]
