@@ -178,6 +178,7 @@ messages = Table(
     Column("state", String(8), nullable=False, default="", server_default=""),
     PrimaryKeyConstraint("room_id", "seq", name="pk_messages"),
     UniqueConstraint("room_id", "sender_id", "cid", name="uq_messages_room_sender_cid"),
+    Index("ix_messages_ts", "ts"),  # newest-first search (migration 0011)
 )
 
 # -- files (issue 16) ----------------------------------------------------------------------

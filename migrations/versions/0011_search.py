@@ -4,6 +4,7 @@ PostgreSQL: a GIN expression index on ``to_tsvector('simple', text)``; the serve
 more for another ``search.language`` at start-up (chatserver/store/search.py). SQLite: an FTS5
 table with external content (the messages table), kept in step by triggers, so every insert,
 replacement, removal and clear changes the index in the transaction that changes the message.
+Both: an index on messages.ts for newest-first searches of frequent words.
 
 Revision ID: 0011
 Revises: 0010
@@ -36,6 +37,9 @@ SQLITE_UP = [
 
 
 def upgrade() -> None:
+    # Newest-first search of a common word walks this backwards and stops at the page's end,
+    # instead of sorting every match (PostgreSQL picks it when the word is frequent).
+    op.create_index("ix_messages_ts", "messages", ["ts"])
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
             "CREATE INDEX ix_messages_search ON messages"
@@ -62,6 +66,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("feeds")
+    op.drop_index("ix_messages_ts", table_name="messages")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP INDEX IF EXISTS ix_messages_search")
     else:
