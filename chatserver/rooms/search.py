@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SNIPPET_CHARS = 200
 SNIPPET_LEAD = 60
-MAX_CACHED_USERS = 10_000
+MAX_CACHED_USERS = 1000  # users whose readable rooms are remembered (a dict each)
 
 
 @dataclass(frozen=True, slots=True)
