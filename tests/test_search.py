@@ -301,3 +301,32 @@ async def test_files_and_room_names_in_queries(harness: Harness) -> None:
     assert [h["room"] for h in await hits(hana, 'report in:"OPS TEAM"')] == [ops]
     assert [h["room"] for h in await hits(hana, f"report in:{other}")] == [other]
     assert await hits(hana, "report in:nowhere") == []
+
+
+async def test_the_gin_plan_after_the_walk_gives_the_same_pages(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's newest-first search falls back to the GIN plan when the walk down the ts
+    index runs out of its budget: the pages must be the same either way."""
+    from chatserver.store import search as search_store
+
+    await make_user(harness, "ivan")
+    room = await harness.room("mill")
+    ivan = await harness.login("ivan")
+    for i in range(30):
+        await ivan.call("post", room=room, text=f"grain {i} flour" + " sack" * (i % 3), cid=f"g{i}")
+
+    async def pages(query: str) -> list[int]:
+        out, cursor = [], None
+        while True:
+            page = await ivan.call("search", query=query, limit=7, cursor=cursor)
+            out += [h["seq"] for h in page["hits"]]
+            cursor = page["cursor"]
+            if cursor is None:
+                return out
+
+    queries = ["grain", '"flour sack"', "fl* sack", "grain from:ivan"]
+    walked = [await pages(q) for q in queries]
+    monkeypatch.setattr(search_store, "WALK_BUDGET_MS", 0)  # the GIN plan only
+    assert [await pages(q) for q in queries] == walked
+    assert walked[0] == list(range(30, 0, -1))
