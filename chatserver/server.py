@@ -32,6 +32,7 @@ from .accounts import Accounts
 from .admin.guard import ConnectionGuard
 from .admin.server import ManagementServer
 from .config import Config, parse_address
+from .feed_metrics import FeedsCollector
 from .metrics import Metrics
 from .pool.failover import StoreFailover
 from .protocol.errors import ChatError
@@ -245,6 +246,7 @@ class Node:
         await self.files.sweep(at_start=True)
         metrics = self.metrics
         metrics.attach(self.connections, self.hub, self.writer)
+        metrics.register(FeedsCollector(self.feeds))
         metrics.start()
         if self.config.compliance.enabled:
             from compliance.metrics import ComplianceMetrics

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from chatserver.client import Client
+from chatserver.feed_metrics import FeedsCollector
 from chatserver.rooms.feedindex import Entry, FeedIndex
 from chatserver.rooms.query import parse
 from chatserver.store.messages import Message
@@ -63,6 +64,9 @@ async def test_feed_hits_arrive_live_and_page_back(harness: Harness) -> None:
         nxt = await client.next_event("feed", timeout=scaled(5))
         assert (nxt["hit"]["room"], nxt["hit"]["seq"]) == (other, 1)
     await no_event(bob, "feed")
+    scraped = {m.name: m.samples[0].value for m in FeedsCollector(harness.node.feeds).collect()}
+    assert scraped["chatserver_feeds_indexed"] == 1
+    assert scraped["chatserver_feed_hits"] == 2  # once per message and feed, for both sessions
     # Paged back like a room: a search with the feed's query.
     page = await bob.call("feed.history", feed=feed["id"], limit=1)
     assert [(h["room"], h["seq"]) for h in page["hits"]] == [(other, 1)] and page["cursor"]

@@ -57,6 +57,7 @@ class Feeds:
         self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._pending: deque[tuple[Entry, Message]] = deque()
         self._worker: asyncio.Task[None] | None = None
+        self._dropping = False  # logged once per episode
         # Observations (metrics, tests, the benchmark).
         self.candidates = 0
         self.delivered = 0
@@ -163,6 +164,9 @@ class Feeds:
             for entry in index.candidates(message):
                 self.candidates += 1
                 if len(self._pending) >= MAX_PENDING_HITS:
+                    if not self._dropping:
+                        self._dropping = True
+                        log.warning("feed hits dropped: %d wait for their check", MAX_PENDING_HITS)
                     self.dropped += 1
                     continue
                 self._pending.append((entry, message))
@@ -179,6 +183,9 @@ class Feeds:
                     log.exception("feed %d: delivering a hit failed", entry.feed_id)
         finally:
             self._worker = None
+            if self._dropping and not self._pending:
+                self._dropping = False
+                log.warning("feed hits no longer dropped (%d so far)", self.dropped)
             if self._pending:
                 self._worker = asyncio.get_running_loop().create_task(self._work())
 
