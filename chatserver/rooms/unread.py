@@ -257,19 +257,20 @@ class Unread:
             self._publisher.publish(event)
             self.deliver_mention(event)
 
-    def deliver_mention(self, event: UsersMentioned) -> None:
-        """Send ``mention`` to the mentioned users connected here who may read the room."""
+    def deliver_mention(self, event: UsersMentioned, *, confirm: bool = False) -> None:
+        """Send ``mention`` to the mentioned users connected here who may read the room
+        (``confirm``: only those the store holds the mention of: a peer's word)."""
         here = [u for u in event.users if u in self._presence]
         if not here:
             return
-        task = asyncio.get_running_loop().create_task(self._deliver(event, here))
+        task = asyncio.get_running_loop().create_task(self._deliver(event, here, confirm))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def remote_mention(self, event: UsersMentioned) -> None:
-        self.deliver_mention(event)
+        self.deliver_mention(event, confirm=True)
 
-    async def _deliver(self, event: UsersMentioned, users: list[int]) -> None:
+    async def _deliver(self, event: UsersMentioned, users: list[int], confirm: bool) -> None:
         wire = Outgoing.event(
             MentionEvent(
                 event.room, event.seq, event.ts, event.sender_id, event.sender_name, event.excerpt
@@ -279,6 +280,14 @@ class Unread:
             members = self._presence.of(user_id)
             user = next((m.user for m in members if m.user is not None), None)
             if user is None or not await self._may_read(user, event.room):
+                continue
+            if confirm and not await marks.is_mentioned(self._db, user_id, event.room, event.seq):
+                log.warning(
+                    "pool: mention of user %d in room %d seq %d not in the store; not sent",
+                    user_id,
+                    event.room,
+                    event.seq,
+                )
                 continue
             for member in self._presence.of(user_id):
                 member.send(wire)

@@ -94,6 +94,17 @@ async def markers(db: Database, user_id: int, room_ids: list[int]) -> dict[int, 
         return {row.room_id: int(row.seq) for row in rows}
 
 
+async def is_mentioned(db: Database, user_id: int, room_id: int, seq: int) -> bool:
+    """Whether the store holds that mention (what a peer says is checked against it)."""
+    async with db.read() as conn:
+        found = await conn.execute(
+            select(mentions.c.seq).where(
+                mentions.c.user_id == user_id, mentions.c.room_id == room_id, mentions.c.seq == seq
+            )
+        )
+        return found.first() is not None
+
+
 async def mention_counts(db: Database, user_id: int, since: dict[int, int]) -> dict[int, int]:
     """How many mentions of ``user_id`` each room of ``since`` has above its seq (rooms with
     none are left out): an index range per room."""
