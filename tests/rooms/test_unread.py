@@ -181,3 +181,43 @@ async def test_mentions_in_rooms_the_user_may_not_read_give_nothing(harness: Har
     await admin.call("room.members", room=left, add={"members": [user(bob_id)]})
     listed = await rooms_by_id(bob)
     assert listed[left]["mentions"] == 2
+
+
+async def test_one_message_mentions_at_most_twenty_users(harness: Harness) -> None:
+    await make_user(harness, "alice")
+    for i in range(MAX_MENTIONS + 5):
+        await make_user(harness, f"u{i}")
+    room = await harness.room("lobby")
+    alice = await harness.login("alice")
+    text = " ".join(f"@u{i}" for i in range(MAX_MENTIONS + 5))
+    reply = await alice.call("post", room=room, text=text, cid="all")
+    counts = []
+    for i in range(MAX_MENTIONS + 5):
+        u = await harness.login(f"u{i}")
+        counts.append((await rooms_by_id(u))[room]["mentions"])
+        await u.close()
+    assert counts == [1] * MAX_MENTIONS + [0] * 5, counts
+    assert reply["seq"] == 1
+
+
+async def test_a_peers_mention_the_store_does_not_hold_is_not_sent(harness: Harness) -> None:
+    """What a peer says is checked against the store (``remote_mention`` is the handler of the
+    ``mentioned`` peer event)."""
+    from chatserver.rooms.changes import UsersMentioned
+
+    await make_user(harness, "alice")
+    bob_id = await make_user(harness, "bob")
+    room = await harness.room("lobby")
+    alice = await harness.login("alice")
+    bob = await harness.login("bob")
+    await alice.call("post", room=room, text="no mention", cid="1")
+    alice_user = alice.user
+    assert alice_user is not None
+    forged = UsersMentioned(room, 1, 0, alice_user["id"], "alice", "forged", (bob_id,))
+    await harness.node.unread.remote_mention(forged)
+    await no_event(bob, "mention", wait=0.5)
+    await alice.call("post", room=room, text="real @bob", cid="2")
+    real = UsersMentioned(room, 2, 0, alice_user["id"], "alice", "real @bob", (bob_id,))
+    await harness.node.unread.remote_mention(real)
+    assert (await bob.next_event("mention", timeout=scaled(5)))["seq"] == 2  # the local one
+    assert (await bob.next_event("mention", timeout=scaled(5)))["text"] == "real @bob"
