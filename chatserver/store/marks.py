@@ -216,23 +216,37 @@ async def insert_mentions(conn: AsyncConnection, named: list[Named]) -> list[tup
     return stored
 
 
-_INSERT_MENTIONS_PG = (
-    "INSERT INTO mentions (user_id, room_id, seq, sender_id, ts)"
-    " SELECT DISTINCT u.id, x.room, x.seq, x.sender, x.ts"
-    " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[])"
-    "   AS x(room, seq, sender, ts, name)"
-    " JOIN users u ON lower(u.name) = x.name WHERE u.id <> x.sender"
-    " ON CONFLICT DO NOTHING RETURNING user_id, room_id, seq"
+# chat_store_batch() (migration 0006) and the batch's mentions in one statement, so in one
+# transaction and one round trip: $6/$7 pair each mentioned name with its post's index (1-based,
+# as the function's out_i); only new messages mention, the sender never. Each row of the batch
+# comes back with the users its message mentions (out_mentioned).
+STORE_BATCH_WITH_MENTIONS_PG = """
+WITH b AS MATERIALIZED (
+    SELECT * FROM chat_store_batch($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5)
+), m AS (
+    INSERT INTO mentions (user_id, room_id, seq, sender_id, ts)
+    SELECT DISTINCT u.id, ($1::bigint[])[b.out_i], b.out_seq, ($2::bigint[])[b.out_i], b.out_ts
+    FROM unnest($6::int[], $7::text[]) AS x(i, name)
+    JOIN b ON b.out_i = x.i AND b.out_new
+    JOIN users u ON lower(u.name) = x.name
+    WHERE u.id <> ($2::bigint[])[b.out_i]
+    ON CONFLICT DO NOTHING
+    RETURNING user_id, room_id, seq
 )
+SELECT b.*, (
+    SELECT array_agg(m.user_id) FROM m
+    WHERE m.room_id = ($1::bigint[])[b.out_i] AND m.seq = b.out_seq
+) AS out_mentioned
+FROM b
+"""
 
 
-async def insert_mentions_pg(conn: Any, named: list[Named]) -> list[tuple[int, int, int]]:
-    """:func:`insert_mentions` on an asyncpg connection inside the batch's transaction: one
-    round trip."""
-    flat = [
-        (room, seq, sender, ts, name) for room, seq, sender, ts, names in named for name in names
-    ]
-    if not flat:
-        return []
-    rows = await conn.fetch(_INSERT_MENTIONS_PG, *(list(col) for col in zip(*flat, strict=True)))
-    return [(r["user_id"], r["room_id"], r["seq"]) for r in rows]
+def mention_args(posts: list[Any]) -> tuple[list[int], list[str]]:
+    """$6 and $7 of :data:`STORE_BATCH_WITH_MENTIONS_PG` for ``posts`` (NewPosts)."""
+    index: list[int] = []
+    names: list[str] = []
+    for i, post in enumerate(posts, 1):
+        for name in post.mentions:
+            index.append(i)
+            names.append(name)
+    return index, names

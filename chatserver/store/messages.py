@@ -12,12 +12,12 @@ duplicate check runs after the room lock is held, so it cannot race a concurrent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import bindparam, insert, select, tuple_, update
 
 from .db import Database, now_ms
-from .marks import Named, insert_mentions, insert_mentions_pg
+from .marks import STORE_BATCH_WITH_MENTIONS_PG, Named, insert_mentions, mention_args
 from .outbox import Event, record, record_pg
 from .schema import categories, files, messages, rooms, users
 
@@ -303,21 +303,31 @@ async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | Non
         [p.text for p in unique],
         now_ms(),
     )
+    statement, extra = _STORE_BATCH_PG, cast(tuple[Any, ...], ())
+    if any(p.mentions for p in unique):
+        # The mentions are inserted by the same statement (so in its transaction).
+        statement, extra = STORE_BATCH_WITH_MENTIONS_PG, mention_args(unique)
     pool = await db.pg_pool()
     async with pool.acquire() as conn:
-        if capture is None and not any(p.mentions for p in unique):
+        if capture is None:
             # Outside an explicit transaction the statement is its own: one round trip.
-            rows = await conn.fetch(_STORE_BATCH_PG, *args)
-            return _results(posts, first, unique, rows)[0]
-        async with conn.transaction():
-            rows = await conn.fetch(_STORE_BATCH_PG, *args)
-            results, new_rows = _results(posts, first, unique, rows)
-            if capture is not None:
+            rows = await conn.fetch(statement, *args, *extra)
+            results = _results(posts, first, unique, rows)[0]
+        else:
+            async with conn.transaction():
+                rows = await conn.fetch(statement, *args, *extra)
+                results, new_rows = _results(posts, first, unique, rows)
                 await record_pg(conn, capture, _chat_events(new_rows))
-            named = _named(posts, results)
-            if named:  # a second round trip only for a batch that mentions somebody
-                _attach(results, await insert_mentions_pg(conn, named))
-        return results
+    if extra:
+        _attach(
+            results,
+            [
+                (user, unique[row["out_i"] - 1].room, row["out_seq"])
+                for row in rows
+                for user in row["out_mentioned"] or ()
+            ],
+        )
+    return results
 
 
 def _results(
