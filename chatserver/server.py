@@ -330,10 +330,6 @@ class Node:
         except TimeoutError:
             log.error("in-flight posts did not finish within %.0f s", timeout)
         await asyncio.sleep(0)  # let the acknowledgement callbacks run
-        try:  # the read markers still pending (a crash loses at most the last second of them)
-            await asyncio.wait_for(self.unread.close(), timeout)
-        except Exception as exc:
-            log.error("writing the pending read markers failed: %s", exc)
         # Every subscription ends with the node: record their compliance PARTs while the store
         # is open (connections close after this).
         await self.capture.close()
@@ -350,6 +346,12 @@ class Node:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1)
+        # The read markers still pending, once no request can set one (a crash loses at most
+        # the last flush interval of them).
+        try:
+            await asyncio.wait_for(self.unread.close(), timeout)
+        except Exception as exc:
+            log.error("writing the pending read markers failed: %s", exc)
         for server in self._servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 2)

@@ -112,13 +112,20 @@ class Unread:
         await self.flush()
 
     async def _run(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self._interval)
             self._remote.appendleft({})
             try:
                 await self.flush()
             except Exception as exc:  # the store is away: keep them for the next turn
-                log.warning("writing %d read markers failed: %s", len(self._pending), exc)
+                if not failing:
+                    log.warning("writing read markers failed (kept, retried): %s", exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("writing read markers works again")
+                failing = False
 
     async def flush(self) -> None:
         """Write the pending markers in one transaction (kept for the next turn on failure)."""
