@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..protocol.errors import BAD_REQUEST, NOT_FOUND, ChatError
+from ..protocol.errors import BAD_REQUEST, NOT_FOUND, UNAVAILABLE, ChatError
 from ..protocol.events import MentionEvent, Outgoing, ReadMarker
 from ..store import marks
 from ..store.db import Database
@@ -50,6 +50,8 @@ FLUSH_INTERVAL_S = 1.0
 REMOTE_GENERATIONS = 3
 # Pages of the store read at most per ``mentions`` op (rooms not readable any more are skipped).
 MENTION_SCANS = 5
+# Markers waiting to be written at most (the store is away): then ``read`` answers unavailable.
+MAX_PENDING = 200_000
 MENTIONS_PAGE_DEFAULT = 50
 MENTIONS_PAGE_MAX = 100
 
@@ -158,6 +160,9 @@ class Unread:
             current = (await marks.markers(self._db, user.id, [room.id])).get(room.id, 0)
         if seq <= current:
             return current
+        if key not in self._pending and len(self._pending) >= MAX_PENDING:
+            log.warning("read refused: %d read markers wait to be written", len(self._pending))
+            raise ChatError(UNAVAILABLE, "read markers cannot be stored now; retry later")
         self._pending[key] = seq
         self._tell_sessions(user.id, room.id, seq, origin)
         self._publisher.publish(ReadMoved(user.id, room.id, seq))
