@@ -32,7 +32,7 @@ from .accounts import Accounts
 from .admin.guard import ConnectionGuard
 from .admin.server import ManagementServer
 from .config import Config, parse_address
-from .metrics import Metrics
+from .metrics import Metrics, UnreadCollector
 from .pool.failover import StoreFailover
 from .protocol.errors import ChatError
 from .rooms.audit import SYSTEM, Audit
@@ -247,6 +247,7 @@ class Node:
         await self.files.sweep(at_start=True)
         metrics = self.metrics
         metrics.attach(self.connections, self.hub, self.writer)
+        metrics.register(UnreadCollector(self.unread))
         metrics.start()
         if self.config.compliance.enabled:
             from compliance.metrics import ComplianceMetrics

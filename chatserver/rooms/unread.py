@@ -97,6 +97,10 @@ class Unread:
 
     # -- read markers -----------------------------------------------------------------------
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="read-markers")
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from chatserver.client import Client
+from chatserver.metrics import UnreadCollector
 from chatserver.rooms.mentions import MAX_MENTIONS, mentioned_names
 from chatserver.store import marks
 from chatserver.store.db import Database
@@ -129,6 +130,10 @@ async def test_a_storm_of_markers_is_written_coalesced_and_flushed_on_stop(
     # At most one write per (user, room) per interval, plus the one still pending.
     assert written <= 2 * (elapsed / interval + 2), (written, elapsed)
     assert written < total / 4
+    # The node's metrics say the same.
+    families = {f.name: f.samples[0].value for f in UnreadCollector(node.unread).collect()}
+    assert families["chatserver_read_markers_written"] == node.unread.markers_written
+    assert families["chatserver_read_markers_pending"] == node.unread.pending
     # A clean stop writes what is pending: nothing is lost.
     await node.stop()
     db = Database(db_url)
