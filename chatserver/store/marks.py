@@ -233,11 +233,10 @@ WITH b AS MATERIALIZED (
     ON CONFLICT DO NOTHING
     RETURNING user_id, room_id, seq
 )
-SELECT b.*, (
-    SELECT array_agg(m.user_id) FROM m
-    WHERE m.room_id = ($1::bigint[])[b.out_i] AND m.seq = b.out_seq
-) AS out_mentioned
-FROM b
+SELECT b.*, mm.users AS out_mentioned
+FROM b LEFT JOIN (
+    SELECT m.room_id, m.seq, array_agg(m.user_id) AS users FROM m GROUP BY m.room_id, m.seq
+) AS mm ON mm.room_id = ($1::bigint[])[b.out_i] AND mm.seq = b.out_seq
 """
 
 

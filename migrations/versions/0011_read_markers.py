@@ -45,10 +45,9 @@ def upgrade() -> None:
         sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("sender_id", Id, nullable=False),
         sa.Column("ts", sa.BigInteger, nullable=False),
+        # No foreign key on user_id: the storing statement takes the ids from users itself, users
+        # are never deleted, and the check cost 4 µs a row on the group commit.
         sa.PrimaryKeyConstraint("user_id", "room_id", "seq", name="pk_mentions"),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name="fk_mentions_user_id_users", ondelete="CASCADE"
-        ),
         sa.ForeignKeyConstraint(
             ["room_id"], ["rooms.id"], name="fk_mentions_room_id_rooms", ondelete="CASCADE"
         ),
