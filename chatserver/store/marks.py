@@ -1,10 +1,10 @@
 """Read markers and mentions (issue 17): one function per question, both dialects.
 
 A read marker only moves forward: :func:`save_markers` keeps the higher of the stored and the
-given seq. Mentions are written by :func:`insert_mentions` / :func:`insert_mentions_pg` inside
-the transaction that stores their messages (chatserver/store/messages.py), so a mention exists
-exactly when its message does; the mentions since a marker are a range of the primary key
-(user, room, seq).
+given seq. Mentions are written inside the transaction that stores their messages
+(chatserver/store/messages.py): by :func:`insert_mentions` on SQLite, by the statement
+:data:`STORE_BATCH_WITH_MENTIONS_PG` on PostgreSQL. So a mention exists exactly when its message
+does; the mentions since a marker are a range of the primary key (user, room, seq).
 """
 
 from __future__ import annotations
