@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .rooms.presence import Presence
     from .rooms.reading import Reading
     from .rooms.settings import RuntimeSettings
+    from .rooms.unread import Unread
 
 
 class Link(Protocol):
@@ -62,4 +63,5 @@ class Services:
     governance: Governance
     presence: Presence
     metrics: Metrics
+    unread: Unread
     admission: Admission | None = None  # the pool's, when pooled

@@ -45,16 +45,19 @@ from ..rooms.changes import (
     CategoriesChanged,
     MembershipChanged,
     MessagesChanged,
+    ReadMoved,
     RoomChanged,
     SettingsChanged,
     TokensRevoked,
     UserDisconnected,
     UsersInvited,
+    UsersMentioned,
 )
 from ..rooms.enforcement import Enforcement
 from ..rooms.governance import Governance
 from ..rooms.hub import Hub
 from ..rooms.settings import RuntimeSettings
+from ..rooms.unread import Unread
 from ..store.db import Database, dialect_of, now_ms
 from ..transport.connections import Connections
 from . import expiry, registry, trust
@@ -120,6 +123,7 @@ class Pool:
         client_addresses: dict[str, tuple[str, int]],
         on_drained: Callable[[], None] | None = None,
         audit: Audit | None = None,
+        unread: Unread | None = None,
     ) -> None:
         self.config = config
         self.settings = config.pool
@@ -129,6 +133,7 @@ class Pool:
         self._connections = connections
         self._metrics = metrics
         self._audit = audit
+        self._unread = unread
         self.name = config.node.name
         self.secret = config.pool.secret
         self._client_addresses = client_addresses
@@ -196,7 +201,7 @@ class Pool:
             if confirmed is not None:
                 await governance.apply_remote(confirmed)
 
-        return {
+        handlers: dict[type, Handler] = {
             RoomChanged: governance.apply_remote,
             CategoriesChanged: governance.apply_remote,
             MembershipChanged: governance.apply_remote,
@@ -208,6 +213,10 @@ class Pool:
             NodesChanged: nodes_changed,
             Recheck: recheck,
         }
+        if self._unread is not None:
+            handlers[ReadMoved] = self._unread.remote_read
+            handlers[UsersMentioned] = self._unread.remote_mention
+        return handlers
 
     # -- start and stop ---------------------------------------------------------------------
 
