@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .rooms.reading import Reading
     from .rooms.search import Search
     from .rooms.settings import RuntimeSettings
+    from .rooms.unread import Unread
 
 
 class Link(Protocol):
@@ -64,6 +65,7 @@ class Services:
     governance: Governance
     presence: Presence
     metrics: Metrics
+    unread: Unread
     admission: Admission | None = None  # the pool's, when pooled
     search: Search | None = None
     feeds: Feeds | None = None

@@ -46,16 +46,19 @@ from ..rooms.changes import (
     FeedsChanged,
     MembershipChanged,
     MessagesChanged,
+    ReadMoved,
     RoomChanged,
     SettingsChanged,
     TokensRevoked,
     UserDisconnected,
     UsersInvited,
+    UsersMentioned,
 )
 from ..rooms.enforcement import Enforcement
 from ..rooms.governance import Governance
 from ..rooms.hub import Hub
 from ..rooms.settings import RuntimeSettings
+from ..rooms.unread import Unread
 from ..store.db import Database, dialect_of, now_ms
 from ..transport.connections import Connections
 from . import expiry, registry, trust
@@ -122,6 +125,7 @@ class Pool:
         on_drained: Callable[[], None] | None = None,
         audit: Audit | None = None,
         feeds_changed: Handler | None = None,
+        unread: Unread | None = None,
     ) -> None:
         self.config = config
         self.settings = config.pool
@@ -131,6 +135,8 @@ class Pool:
         self._connections = connections
         self._metrics = metrics
         self._audit = audit
+        self._unread = unread
+        self._feeds_changed = feeds_changed
         self.name = config.node.name
         self.secret = config.pool.secret
         self._client_addresses = client_addresses
@@ -155,9 +161,7 @@ class Pool:
         self._registry_read_at = 0.0
         self.inbox = Inbox(
             lambda messages: hub.deliver(messages, remote=True),
-            {**self._handlers(governance, enforcement, settings), FeedsChanged: feeds_changed}
-            if feeds_changed is not None
-            else self._handlers(governance, enforcement, settings),
+            self._handlers(governance, enforcement, settings),
             hub.deliver_from_store,
         )
         # A new link's messages are checked against the store for this long (see received()).
@@ -200,7 +204,7 @@ class Pool:
             if confirmed is not None:
                 await governance.apply_remote(confirmed)
 
-        return {
+        handlers: dict[type, Handler] = {
             RoomChanged: governance.apply_remote,
             CategoriesChanged: governance.apply_remote,
             MembershipChanged: governance.apply_remote,
@@ -212,6 +216,12 @@ class Pool:
             NodesChanged: nodes_changed,
             Recheck: recheck,
         }
+        if self._unread is not None:
+            handlers[ReadMoved] = self._unread.remote_read
+            handlers[UsersMentioned] = self._unread.remote_mention
+        if self._feeds_changed is not None:
+            handlers[FeedsChanged] = self._feeds_changed
+        return handlers
 
     # -- start and stop ---------------------------------------------------------------------
 

@@ -320,6 +320,25 @@ class FeedHistory(Request):
     limit: int | None = _optional(min_value=1)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Read(Request):
+    """Move the read marker of ``room`` to ``seq`` (docs/protocol.md, "Read markers")."""
+
+    OP = "read"
+    room: int = _field(min_value=1)
+    seq: int = _field(min_value=0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mentions(Request):
+    """A page of one's mentions, newest first (docs/protocol.md, "Mentions")."""
+
+    OP = "mentions"
+    room: int | None = _optional(min_value=1)
+    cursor: str | None = _optional(max_len=64)
+    limit: int | None = _optional(min_value=1)
+
+
 REQUESTS: dict[str, type[Request]] = {
     cls.OP: cls
     for cls in (
@@ -339,6 +358,8 @@ REQUESTS: dict[str, type[Request]] = {
         FeedList,
         FeedRemove,
         FeedHistory,
+        Read,
+        Mentions,
         RoomGet,
         RoomUpdate,
         RoomMembers,

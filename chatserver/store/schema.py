@@ -178,7 +178,34 @@ messages = Table(
     Column("state", String(8), nullable=False, default="", server_default=""),
     PrimaryKeyConstraint("room_id", "seq", name="pk_messages"),
     UniqueConstraint("room_id", "sender_id", "cid", name="uq_messages_room_sender_cid"),
-    Index("ix_messages_ts", "ts"),  # newest-first search (migration 0011)
+    Index("ix_messages_ts", "ts"),  # newest-first search (migration 0012)
+)
+
+# -- read markers and mentions (issue 17) ----------------------------------------------------
+
+# The highest seq a user has read in a room (written coalesced: chatserver/rooms/unread.py).
+read_markers = Table(
+    "read_markers",
+    metadata,
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("room_id", Id, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "room_id", name="pk_read_markers"),
+)
+
+# A user named by ``@name`` in a message, written in the message's storing transaction; the
+# mentions since a read marker are a range of the primary key.
+mentions = Table(
+    "mentions",
+    metadata,
+    # No foreign key: the storing statement takes the ids from users (never deleted) itself.
+    Column("user_id", Id, nullable=False),
+    Column("room_id", Id, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("sender_id", Id, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "room_id", "seq", name="pk_mentions"),
+    Index("ix_mentions_user_id_ts", "user_id", "ts"),
 )
 
 # -- files (issue 16) ----------------------------------------------------------------------
@@ -220,7 +247,7 @@ file_chunks = Table(
 
 # The full-text index over messages.text is not declared here: on PostgreSQL it is the GIN
 # expression index ix_messages_search, on SQLite the FTS5 table messages_fts with its triggers
-# (migration 0011, chatserver/store/search.py).
+# (migration 0012, chatserver/store/search.py).
 
 # A user's saved topic feed: a query in the search syntax (docs/protocol.md, "Search").
 feeds = Table(

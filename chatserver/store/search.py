@@ -1,7 +1,7 @@
 """Full-text search over messages: one function, a fast path per dialect.
 
 PostgreSQL matches ``to_tsvector(language, text)`` against a ``tsquery`` (the GIN expression
-index ``ix_messages_search``, migration 0011; another language gets its own index from
+index ``ix_messages_search``, migration 0012; another language gets its own index from
 :func:`ensure_index`); SQLite matches the FTS5 table ``messages_fts`` (external content, kept
 in step by triggers). Either way the index changes in the transaction that stores, replaces or
 removes a message, so a removed or replaced message is not found by its old text, and a cleared
@@ -67,7 +67,7 @@ def fts5_match(q: TextQuery) -> str:
 
 
 async def ensure_index(db: Database, language: str) -> None:
-    """Make the GIN index for ``language`` if it is not ``simple`` (migration 0011's) and does
+    """Make the GIN index for ``language`` if it is not ``simple`` (migration 0012's) and does
     not exist yet (PostgreSQL only; ``language`` is checked by the configuration)."""
     if not db.is_postgres or language == "simple":
         return

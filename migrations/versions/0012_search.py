@@ -6,16 +6,16 @@ table with external content (the messages table), kept in step by triggers, so e
 replacement, removal and clear changes the index in the transaction that changes the message.
 Both: an index on messages.ts for newest-first searches of frequent words.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-06
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
