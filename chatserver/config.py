@@ -256,6 +256,25 @@ class FilesConfig(_Section):
     header_timeout_s: float = Field(10, gt=0, le=3600)
 
 
+class SearchConfig(_Section):
+    """Search and topic feeds (docs/configuration.md, ``[search]``)."""
+
+    # PostgreSQL text search configuration ('simple': no stemming, any language). Another one
+    # (e.g. 'english') gets its own index, made at start-up if missing (slow on a large store).
+    language: str = Field("simple", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # A query's length (characters) and its number of words and phrases.
+    max_query_chars: int = Field(256, ge=8, le=500)
+    max_terms: int = Field(8, ge=1, le=32)
+    # Hits per page (a request may ask for fewer).
+    page_max: int = Field(50, ge=1, le=500)
+    # Searches one user may make per second on one node (a token bucket; burst: 5).
+    per_user_per_s: float = Field(2.0, gt=0)
+    # A search's statement is cancelled after this long (answered ``unavailable``).
+    timeout_ms: int = Field(2000, ge=50, le=60_000)
+    # Saved topic feeds per user.
+    max_feeds_per_user: int = Field(20, ge=0, le=1000)
+
+
 class PoolConfig(_Section):
     # A pool is several nodes sharing one PostgreSQL store; see docs/operations.md.
     enabled: bool = False
@@ -350,6 +369,7 @@ class Config(_Section):
     files: FilesConfig = Field(default_factory=FilesConfig)
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
     login: LoginConfig = Field(default_factory=LoginConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
 
 def _env_value(text: str) -> Any:

@@ -32,6 +32,7 @@ from .accounts import Accounts
 from .admin.guard import ConnectionGuard
 from .admin.server import ManagementServer
 from .config import Config, parse_address
+from .feed_metrics import FeedsCollector
 from .metrics import Metrics, UnreadCollector
 from .pool.failover import StoreFailover
 from .protocol.errors import ChatError
@@ -42,6 +43,7 @@ from .rooms.changes import LocalOnly, Publisher
 from .rooms.directory import Directory
 from .rooms.enforcement import Enforcement
 from .rooms.facts import Facts
+from .rooms.feeds import Feeds
 from .rooms.files import Files
 from .rooms.governance import Governance
 from .rooms.hub import Hub
@@ -49,6 +51,7 @@ from .rooms.posting import Posting
 from .rooms.presence import Presence
 from .rooms.ratelimit import RateLimiter
 from .rooms.reading import Reading, load_recent
+from .rooms.search import Search
 from .rooms.settings import RuntimeSettings
 from .rooms.unread import Unread
 from .rooms.writer import Writer
@@ -57,6 +60,7 @@ from .store import messages as message_store
 from .store import users as user_store
 from .store.db import Database
 from .store.migrate import check_schema, upgrade
+from .store.search import ensure_index as ensure_search_index
 from .throttle import LoginThrottle
 from .transport.connection import Connection
 from .transport.connections import Connections
@@ -174,6 +178,9 @@ class Node:
             audit,
         )
         self.reading = Reading(db, self.settings, facts, auth, hub, self.capture)
+        self.search = Search(db, config.search, facts, auth, self.capture)
+        self.feeds = Feeds(db, config.search, self.search, auth, self.presence, publisher)
+        hub.on_deliver = self.feeds.observe
         self.files = Files(
             db,
             config.files,
@@ -203,6 +210,7 @@ class Node:
                 metrics=self.metrics,
                 client_addresses=self.addresses,
                 audit=audit,
+                feeds_changed=self.feeds.changed,
                 unread=self.unread,
             )
         self.services = Services(
@@ -220,6 +228,8 @@ class Node:
             metrics=self.metrics,
             unread=self.unread,
             admission=self.pool,
+            search=self.search,
+            feeds=self.feeds,
         )
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
@@ -242,11 +252,13 @@ class Node:
             await asyncio.to_thread(upgrade, self.config.database.url)
         await self.store_failover.choose()
         await check_schema(self.db)
+        await ensure_search_index(self.db, self.config.search.language)
         await ensure_admin(self.db, self.accounts, self.announce)
         await self.settings.reload()
         await self.files.sweep(at_start=True)
         metrics = self.metrics
         metrics.attach(self.connections, self.hub, self.writer)
+        metrics.register(FeedsCollector(self.feeds))
         metrics.register(UnreadCollector(self.unread))
         metrics.start()
         if self.config.compliance.enabled:
@@ -381,7 +393,9 @@ class Node:
                 name="the client HTTP listener",
             )
 
-        self.http = ClientHttpServer(files, self.accounts, self.auth, self.files, guard)
+        self.http = ClientHttpServer(
+            files, self.accounts, self.auth, self.files, guard, search=self.search
+        )
         try:
             host, port = await self.http.start(address, context)
         except OSError as exc:

@@ -14,10 +14,12 @@ if TYPE_CHECKING:
     from .config import LimitsConfig
     from .metrics import Metrics
     from .rooms.directory import Directory
+    from .rooms.feeds import Feeds
     from .rooms.governance import Governance
     from .rooms.posting import Posting
     from .rooms.presence import Presence
     from .rooms.reading import Reading
+    from .rooms.search import Search
     from .rooms.settings import RuntimeSettings
     from .rooms.unread import Unread
 
@@ -65,3 +67,5 @@ class Services:
     metrics: Metrics
     unread: Unread
     admission: Admission | None = None  # the pool's, when pooled
+    search: Search | None = None
+    feeds: Feeds | None = None

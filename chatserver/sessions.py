@@ -228,6 +228,8 @@ class Session(GovernanceOps):
         self.token_hash = signed.token_hash
         self.services.presence.add(user.id, self)
         self.conn.authenticated(user)
+        if self.services.feeds is not None:
+            await self.services.feeds.online(user)
         invitations = await self._gov.invitations(user)
         self.invited_rooms = {i["room"]["id"] for i in invitations}
         return reply(request.id, user=user.public(), token=signed.token, invitations=invitations)
@@ -304,9 +306,42 @@ class Session(GovernanceOps):
     async def op_history(self, request: cmd.History) -> dict[str, Any]:
         assert self.user is not None
         messages, more = await self.services.reading.history(
-            self.user, request.room, request.before, request.after, request.limit
+            self.user, request.room, request.before, request.after, request.limit, request.around
         )
         return reply(request.id, messages=messages, more=more)
+
+    async def op_search(self, request: cmd.Search) -> dict[str, Any]:
+        assert self.user is not None and self.services.search is not None
+        hits, cursor = await self.services.search.search(
+            self.user,
+            request.query,
+            room=request.room,
+            order=request.order,
+            cursor=request.cursor,
+            limit=request.limit,
+        )
+        return reply(request.id, hits=hits, cursor=cursor)
+
+    async def op_feed_add(self, request: cmd.FeedAdd) -> dict[str, Any]:
+        assert self.user is not None and self.services.feeds is not None
+        feed = await self.services.feeds.add(self.user, request.name, request.query)
+        return reply(request.id, feed=feed)
+
+    async def op_feed_list(self, request: cmd.FeedList) -> dict[str, Any]:
+        assert self.user is not None and self.services.feeds is not None
+        return reply(request.id, feeds=await self.services.feeds.saved(self.user))
+
+    async def op_feed_remove(self, request: cmd.FeedRemove) -> dict[str, Any]:
+        assert self.user is not None and self.services.feeds is not None
+        await self.services.feeds.remove(self.user, request.feed)
+        return reply(request.id)
+
+    async def op_feed_history(self, request: cmd.FeedHistory) -> dict[str, Any]:
+        assert self.user is not None and self.services.feeds is not None
+        feed, hits, cursor = await self.services.feeds.history(
+            self.user, request.feed, request.cursor, request.limit
+        )
+        return reply(request.id, feed=feed, hits=hits, cursor=cursor)
 
     async def op_read(self, request: cmd.Read) -> dict[str, Any]:
         assert self.user is not None
@@ -441,6 +476,8 @@ class Session(GovernanceOps):
         self.closed = True
         if self.user is not None:
             self.services.presence.remove(self.user.id, self)
+            if self.services.feeds is not None:
+                self.services.feeds.offline(self.user.id)
         for room in self.rooms:
             self.services.reading.leave(self, room)
         self.rooms.clear()

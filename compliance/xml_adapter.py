@@ -142,6 +142,8 @@ class _Builder:
         payload = _payload(row)
         if row.kind == "REPLACE":
             content = payload.get("new_text") or payload.get("text") or ""
+        elif row.kind == "SEARCH":  # what was searched for; the scope and hits are in details
+            content = payload.get("query") or ""
         else:
             content = payload.get("text") or ""
         attrs = {

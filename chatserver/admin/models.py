@@ -248,6 +248,14 @@ _ROOM_OR_USER: JsonDict = {
 }
 
 
+class MessageSearchIn(MessageFilterIn):
+    """The search's filter, plus ``query``: the users' search syntax (docs/protocol.md,
+    "Search") answered from the full-text index, over every room (secret and disabled ones
+    too), newest first. ``keywords`` stay substring matches (a scan), for moderation."""
+
+    query: Annotated[str, Field(min_length=1, max_length=500, pattern=NO_NUL)] | None = None
+
+
 class RemoveIn(MessageFilterIn):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_ROOM_OR_USER)
 

@@ -19,6 +19,7 @@ An ``EVENTS`` frame (:mod:`chatserver.pool.protocol`) carries a list of maps wit
 ``mentioned``      a stored message mentions users (``room``, ``seq``, ``ts``, ``sender``:
                    ``[id, name]``, ``text``: its start, ``users``)
 ``nodes``          the pool's registry changed (a node was activated, moved to standby, drained)
+``feeds``          a user's saved topic feeds changed (``user``): re-read them from the store
 ``recheck``        never sent: queued locally when a link comes up, to re-check every
                    connected user's policy (a ``disconnect`` may have been missed)
 =================  ========================================================================
@@ -38,6 +39,7 @@ from typing import Any
 from ..rooms.changes import (
     CategoriesChanged,
     Change,
+    FeedsChanged,
     MembershipChanged,
     MessageChange,
     MessagesChanged,
@@ -109,6 +111,8 @@ def encode(event: PeerEvent) -> dict[str, Any]:
             }
         case NodesChanged():
             return {"t": "nodes"}
+        case FeedsChanged(user=user):
+            return {"t": "feeds", "user": user}
         case Recheck():
             return {"t": "recheck"}
     raise TypeError(f"not a peer event: {event!r}")
@@ -230,6 +234,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], PeerEvent]] = {
     "invited": _invited,
     "config": _config,
     "nodes": lambda e: NodesChanged(),
+    "feeds": lambda e: FeedsChanged(_int(e["user"])),
     "read": lambda e: ReadMoved(_int(e["user"]), _int(e["room"]), _int(e["seq"])),
     "mentioned": _mentioned,
     "recheck": lambda e: Recheck(),

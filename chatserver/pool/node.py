@@ -43,6 +43,7 @@ from ..protocol.events import Moved, Outgoing
 from ..rooms.audit import Audit
 from ..rooms.changes import (
     CategoriesChanged,
+    FeedsChanged,
     MembershipChanged,
     MessagesChanged,
     ReadMoved,
@@ -123,6 +124,7 @@ class Pool:
         client_addresses: dict[str, tuple[str, int]],
         on_drained: Callable[[], None] | None = None,
         audit: Audit | None = None,
+        feeds_changed: Handler | None = None,
         unread: Unread | None = None,
     ) -> None:
         self.config = config
@@ -134,6 +136,7 @@ class Pool:
         self._metrics = metrics
         self._audit = audit
         self._unread = unread
+        self._feeds_changed = feeds_changed
         self.name = config.node.name
         self.secret = config.pool.secret
         self._client_addresses = client_addresses
@@ -216,6 +219,8 @@ class Pool:
         if self._unread is not None:
             handlers[ReadMoved] = self._unread.remote_read
             handlers[UsersMentioned] = self._unread.remote_mention
+        if self._feeds_changed is not None:
+            handlers[FeedsChanged] = self._feeds_changed
         return handlers
 
     # -- start and stop ---------------------------------------------------------------------

@@ -271,10 +271,53 @@ class History(Request):
     before: int | None = _optional(min_value=1)
     after: int | None = _optional(min_value=0)
     limit: int | None = _optional(min_value=1)
+    around: int | None = _optional(min_value=1)  # a page centred on this seq (a search hit)
 
     def __post_init__(self) -> None:
-        if self.before is not None and self.after is not None:
-            raise ChatError(BAD_REQUEST, "history takes before or after, not both")
+        if sum(x is not None for x in (self.before, self.after, self.around)) > 1:
+            raise ChatError(BAD_REQUEST, "history takes one of before, after and around")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Search(Request):
+    """Full-text search of the rooms the user may read (or of ``room``); docs/protocol.md."""
+
+    OP = "search"
+    query: str = _field(min_len=1, max_len=500)
+    room: int | None = _optional(min_value=1)
+    order: str | None = _optional(max_len=16)  # newest (default) | relevance
+    cursor: str | None = _optional(max_len=256)
+    limit: int | None = _optional(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FeedAdd(Request):
+    """Save a topic feed: a query in the search syntax whose new matches arrive live."""
+
+    OP = "feed.add"
+    name: str = _field(min_len=1, max_len=100)
+    query: str = _field(min_len=1, max_len=500)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FeedList(Request):
+    OP = "feed.list"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FeedRemove(Request):
+    OP = "feed.remove"
+    feed: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FeedHistory(Request):
+    """A page of a feed's matches, newest first (a search with its query)."""
+
+    OP = "feed.history"
+    feed: int = _field(min_value=1)
+    cursor: str | None = _optional(max_len=256)
+    limit: int | None = _optional(min_value=1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -310,6 +353,11 @@ REQUESTS: dict[str, type[Request]] = {
         Leave,
         Post,
         History,
+        Search,
+        FeedAdd,
+        FeedList,
+        FeedRemove,
+        FeedHistory,
         Read,
         Mentions,
         RoomGet,

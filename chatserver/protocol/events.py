@@ -153,6 +153,31 @@ class RoomRemoved(Event):
 
 
 @dataclass(slots=True)
+class FeedHit(Event):
+    """``feed``: a new message matches one of the user's saved topic feeds (``hit`` as a search
+    hit: room, seq, ts, sender, snippet, highlights)."""
+
+    EV: ClassVar[str] = "feed"
+    feed: int
+    name: str
+    hit: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "feed": self.feed, "name": self.name, "hit": self.hit}
+
+
+@dataclass(slots=True)
+class FeedsUpdated(Event):
+    """``feeds``: the user's saved feeds changed (on this or another connection or node)."""
+
+    EV: ClassVar[str] = "feeds"
+    feeds: list[dict[str, Any]]
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "feeds": self.feeds}
+
+
+@dataclass(slots=True)
 class RoomUpdated(Event):
     """``room.updated``: a joined room's settings or roles changed (``room`` as the user sees
     it)."""

@@ -118,6 +118,20 @@ class Capture:
             log.error("recording a compliance BACKCHAT failed: %s", exc)
             raise ChatError(UNAVAILABLE, "the read could not be recorded; retry later") from None
 
+    async def searched(
+        self, user: User, room_id: int | None, query: str, source: str, hits: list[list[int]]
+    ) -> None:
+        """Commit a SEARCH event (who searched for what, in which scope: one room, or
+        ``room_id`` None for every room the user may read; ``hits``: the [room, seq] of each
+        hit whose snippet is sent) before the hits are sent."""
+        payload = {"query": query, "source": source, "hits": len(hits), "found": hits}
+        event = outbox.Event("SEARCH", room_id, user.id, payload)
+        try:
+            await self._record([event])
+        except Exception as exc:
+            log.error("recording a compliance SEARCH failed: %s", exc)
+            raise ChatError(UNAVAILABLE, "the search could not be recorded; retry later") from None
+
     async def close(self) -> None:
         """The node is stopping and every subscription ends with it: record their PARTs now,
         while the store is open."""

@@ -101,6 +101,13 @@ class SettingsChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedsChanged:
+    """A user's saved topic feeds changed: nodes where the user is connected re-read them."""
+
+    user: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReadMoved:
     """``user``'s read marker in ``room`` moved to ``seq`` (their other sessions hear of it)."""
 
@@ -132,6 +139,7 @@ Change = (
     | UsersInvited
     | MessagesChanged
     | SettingsChanged
+    | FeedsChanged
     | ReadMoved
     | UsersMentioned
 )

@@ -124,6 +124,8 @@ class Hub:
         # Peers' message events the store contradicted (dropped or corrected).
         self.contradicted = 0
         self._correcting = 0  # re-reads of a seq in flight (at most MAX_CORRECTIONS)
+        # Sees every message this node accepts (stored here, or from a peer): topic feeds.
+        self.on_deliver: Callable[[list[Message]], None] | None = None
 
     # -- room state -------------------------------------------------------------------------
 
@@ -369,6 +371,8 @@ class Hub:
         ``remote``: they come from a peer, so a duplicate is compared with what was delivered.
         A room this node does not follow (or that does not exist) is skipped.
         """
+        if self.on_deliver is not None:
+            self.on_deliver(stored)
         by_room: dict[int, list[Message]] = {}
         for message in stored:
             by_room.setdefault(message.room, []).append(message)
@@ -389,8 +393,8 @@ class Hub:
             by_room.setdefault(message.room, []).append(message)
         dropped = 0
         for room_id, batch in by_room.items():
-            if room_id not in self._rooms:
-                continue  # not followed here: nothing to deliver
+            if room_id not in self._rooms and self.on_deliver is None:
+                continue  # not followed here (and no feeds to match): nothing to deliver
             low = min(m.seq for m in batch)
             span = min(max(m.seq for m in batch) - low + 1, 1000)
             found = {m.seq: m for m in await self._load_after(room_id, low - 1, span)}

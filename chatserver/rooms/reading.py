@@ -118,14 +118,29 @@ class Reading:
         return left
 
     async def history(
-        self, user: User, room_id: int, before: int | None, after: int | None, limit: int | None
+        self,
+        user: User,
+        room_id: int,
+        before: int | None,
+        after: int | None,
+        limit: int | None,
+        around: int | None = None,
     ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of history: the newest (before ``before``), the oldest after ``after``, or
+        (``around``: jumping to a search hit) up to ``limit`` messages centred on that seq, the
+        seq included; ``more`` then says whether older messages exist before the page."""
         room = await self._auth.readable_room(user, room_id)
         page_max = self._settings.chat.history_page_max
         if limit is not None and limit > page_max:
             raise ChatError(TOO_LARGE, f"limit exceeds history_page_max={page_max}")
         limit = limit or min(page_max, 50)
-        if after is not None:
+        if around is not None:
+            half = limit // 2
+            older = await message_store.latest(self._db, room.id, half + 1, before=around)
+            newer = await message_store.after(self._db, room.id, around - 1, limit - half)
+            more = len(older) > half
+            page = [m.wire() for m in (older[-half:] if half else []) + newer]
+        elif after is not None:
             found = await message_store.after(self._db, room.id, after, limit + 1)
             page, more = [m.wire() for m in found[:limit]], len(found) > limit
         else:

@@ -178,6 +178,7 @@ messages = Table(
     Column("state", String(8), nullable=False, default="", server_default=""),
     PrimaryKeyConstraint("room_id", "seq", name="pk_messages"),
     UniqueConstraint("room_id", "sender_id", "cid", name="uq_messages_room_sender_cid"),
+    Index("ix_messages_ts", "ts"),  # newest-first search (migration 0012)
 )
 
 # -- read markers and mentions (issue 17) ----------------------------------------------------
@@ -240,6 +241,25 @@ file_chunks = Table(
     Column("idx", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
     PrimaryKeyConstraint("file_id", "idx", name="pk_file_chunks"),
+)
+
+# -- search and topic feeds (issue 17) --------------------------------------------------------
+
+# The full-text index over messages.text is not declared here: on PostgreSQL it is the GIN
+# expression index ix_messages_search, on SQLite the FTS5 table messages_fts with its triggers
+# (migration 0012, chatserver/store/search.py).
+
+# A user's saved topic feed: a query in the search syntax (docs/protocol.md, "Search").
+feeds = Table(
+    "feeds",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("query", String(500), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    UniqueConstraint("user_id", "name", name="uq_feeds_user_id_name"),
+    sqlite_autoincrement=True,
 )
 
 # -- management (issue 4) ------------------------------------------------------------------

@@ -8,6 +8,8 @@
     GET    /api/v1/files/{id}           download: ``Range`` (one range), ``ETag`` /
                                         ``If-None-Match`` / ``If-Range``
     DELETE /api/v1/files/{id}           removal (uploader, room managers, administrators)
+    GET    /api/v1/search?q=…           search (``room``, ``order``, ``cursor``, ``limit``): the
+                                        ``search`` op's reply, as JSON (docs/protocol.md)
 
 Authentication is the chat protocol's session token in ``Authorization: Bearer TOKEN`` and
 nowhere else: a request with a credential in its URL (which lands in logs and histories) is
@@ -55,6 +57,7 @@ from ..protocol.errors import (
 from ..rooms.authorization import Authorization
 from ..rooms.files import NO_FILE, Files, StorageFull, Upload
 from ..rooms.media import ascii_fallback
+from ..rooms.search import Search
 from ..store import outbox
 from ..store.files import StoredFile
 from ..store.users import User
@@ -202,8 +205,10 @@ class ClientHttpServer:
         auth: Authorization,
         files: Files,
         guard: Callable[[Callable[[], asyncio.Protocol]], Guard] | None = None,
+        search: Search | None = None,
     ) -> None:
         self._config = config
+        self._search = search
         self._accounts = accounts
         self._auth = auth
         self._files = files
@@ -214,6 +219,8 @@ class ClientHttpServer:
         r.add_post("/api/v1/rooms/{room}/files", self.upload)
         r.add_get("/api/v1/files/{file}", self.download, allow_head=False)
         r.add_delete("/api/v1/files/{file}", self.delete)
+        if search is not None:
+            r.add_get("/api/v1/search", self.search, allow_head=False)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
@@ -410,3 +417,30 @@ class ClientHttpServer:
             raise ChatError(NOT_FOUND, NO_FILE)
         await self._files.remove(user, int(text))
         return web.Response(status=204)
+
+    async def search(self, request: web.Request) -> web.StreamResponse:
+        """The ``search`` op over HTTP: the same checks, limits, compliance event and reply."""
+        user = await self._user(request)
+        assert self._search is not None
+        q = request.query
+        numbers: dict[str, int | None] = {}
+        for key in ("room", "limit"):
+            value = q.get(key)
+            if value is not None and (not value.isdigit() or not 1 <= int(value) <= 2**53):
+                raise ChatError(BAD_REQUEST, f"{key} must be a positive integer")
+            numbers[key] = int(value) if value is not None else None
+        text = q.get("q", "")
+        if not text:
+            raise ChatError(BAD_REQUEST, "q is required")
+        if len(text) > 500:
+            raise ChatError(TOO_LARGE, "q is at most 500 characters")
+        hits, cursor = await self._search.search(
+            user,
+            text,
+            room=numbers["room"],
+            order=q.get("order"),
+            cursor=q.get("cursor"),
+            limit=numbers["limit"],
+            source="http",
+        )
+        return web.json_response({"hits": hits, "cursor": cursor})

@@ -59,9 +59,15 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "group.delete": {"group": 1},
     "user.policy": {"user": 1},
     "users": {},
+    "search": {"query": "fox"},
+    "feed.add": {"name": "n", "query": "fox"},
+    "feed.list": {},
+    "feed.remove": {"feed": 1},
+    "feed.history": {"feed": 1},
 }
 
-# Every field of every op set to a valid value (History's "after" excludes "before": see below).
+# Every field of every op set to a valid value (History's "after" and "around" exclude "before":
+# see below).
 FULL: dict[str, dict[str, Any]] = {
     "hello": {"protocol": 2, "client": "cli/1.0"},
     "auth": {"user": "ann", "password": "pw", "token": "tok"},
@@ -128,6 +134,11 @@ FULL: dict[str, dict[str, Any]] = {
     "group.delete": {"group": 1},
     "user.policy": {"user": 1, "persistent_chat_enabled": False},
     "users": {"query": "a"},
+    "search": {"query": "fox", "room": 4, "order": "relevance", "cursor": "c", "limit": 5},
+    "feed.add": {"name": "deploys", "query": "deploy*"},
+    "feed.list": {},
+    "feed.remove": {"feed": 2},
+    "feed.history": {"feed": 2, "cursor": "c", "limit": 5},
 }
 
 CLASSES = {
@@ -172,7 +183,8 @@ def test_tables_cover_every_op() -> None:
     for op, cls in CLASSES.items():
         assert REQUESTS[op] is cls
         assert cls.OP == op
-        assert set(FULL[op]) | ({"after"} if op == "history" else set()) == field_names(cls)
+        exclusive = {"after", "around"} if op == "history" else set()
+        assert set(FULL[op]) | exclusive == field_names(cls)
 
 
 @pytest.mark.parametrize("op", MINIMAL)
@@ -255,6 +267,11 @@ def test_required_table_is_complete() -> None:
         ("group.members", "group"),
         ("group.delete", "group"),
         ("user.policy", "user"),
+        ("search", "query"),
+        ("feed.add", "name"),
+        ("feed.add", "query"),
+        ("feed.remove", "feed"),
+        ("feed.history", "feed"),
     }
 
 
@@ -487,6 +504,9 @@ HISTORY_CASES = [
     pytest.param({"before": 10, "after": None}, True, id="before+null-after"),
     pytest.param({"before": 10, "after": 5}, False, id="both"),
     pytest.param({"before": 1, "after": 0, "limit": 5}, False, id="both+limit"),
+    pytest.param({"around": 7}, True, id="around"),
+    pytest.param({"around": 7, "before": 9}, False, id="around+before"),
+    pytest.param({"around": 7, "after": 2}, False, id="around+after"),
 ]
 
 

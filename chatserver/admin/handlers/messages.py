@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from ...rooms.changes import MessageChange, MessagesChanged
+from ...rooms.query import parse
 from ...store import admin as admin_store
+from ...store import search as search_store
 from ..context import Ctx
 from ..models import (
     ChangedOut,
     ClearIn,
     ClearOut,
     MessageFilterIn,
+    MessageSearchIn,
     MessagesOut,
     RemoveIn,
     ReplaceIn,
@@ -51,12 +54,44 @@ async def clear_room(ctx: Ctx) -> Any:
     "POST",
     "/api/v1/messages/search",
     tag="messages",
-    summary="Find messages by room, user, date range and keywords",
-    body=MessageFilterIn,
+    summary="Find messages by room, user, date range, keywords and a full-text query",
+    body=MessageSearchIn,
     response=MessagesOut,
 )
 async def search_messages(ctx: Ctx) -> Any:
-    found = await admin_store.find_messages(ctx.db, ctx.body.store(), ctx.body.limit)
+    body: MessageSearchIn = ctx.body
+    if body.query is None:
+        found = await admin_store.find_messages(ctx.db, body.store(), body.limit)
+        return {"messages": [m.public() for m in found]}
+    # The users' search index, over every room: administrators may read them all.
+    flt = body.store()
+    query = parse(body.query, max_chars=500, max_terms=32, allow_empty=True)
+    sender = flt.user_id
+    if query.sender is not None:
+        named = await search_store.user_id_by_name(ctx.db, query.sender)
+        if named is None or (sender is not None and named != sender):
+            return {"messages": []}
+        sender = named
+    bounds = [b for b in (query.since_ms, flt.since_ms) if b is not None]
+    ends = [e + 1 for e in (flt.until_ms,) if e is not None]
+    ends += [e for e in (query.until_ms,) if e is not None]
+    text_query = search_store.TextQuery(
+        tuple((t.words, t.prefix) for t in query.terms),
+        sender,
+        max(bounds) if bounds else None,
+        min(ends) if ends else None,
+        query.has_file,
+    )
+    rooms = [flt.room_id] if flt.room_id is not None else None
+    if query.room is not None:  # in: takes a room id here
+        wanted = int(query.room) if query.room.isdigit() else 0
+        rooms = [r for r in rooms or [wanted] if r == wanted]
+    hits = await search_store.search(ctx.db, text_query, rooms=rooms, limit=body.limit)
+    found = [
+        admin_store.FoundMessage(m.room, m.seq, m.ts, m.sender_id, m.sender_name, m.text, m.state)
+        for m in hits
+        if flt.matches(m.text)
+    ]
     return {"messages": [m.public() for m in found]}
 
 
