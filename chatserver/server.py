@@ -49,6 +49,7 @@ from .rooms.posting import Posting
 from .rooms.presence import Presence
 from .rooms.ratelimit import RateLimiter
 from .rooms.reading import Reading, load_recent
+from .rooms.roster import Roster
 from .rooms.settings import RuntimeSettings
 from .rooms.writer import Writer
 from .services import Services
@@ -176,6 +177,9 @@ class Node:
             publisher,
             self.governance.messages_changed,
         )
+        self.roster = Roster(
+            config.node.name, hub, self.settings, peers.send if peers is not None else None
+        )
         self.addresses: dict[str, tuple[str, int]] = {}
         self.pool: Pool | None = None
         if peers is not None:
@@ -193,6 +197,7 @@ class Node:
                 metrics=self.metrics,
                 client_addresses=self.addresses,
                 audit=audit,
+                roster=self.roster,
             )
         self.services = Services(
             node_name=config.node.name,
@@ -208,6 +213,7 @@ class Node:
             presence=self.presence,
             metrics=self.metrics,
             admission=self.pool,
+            roster=self.roster,
         )
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None

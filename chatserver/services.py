@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .rooms.posting import Posting
     from .rooms.presence import Presence
     from .rooms.reading import Reading
+    from .rooms.roster import Roster
     from .rooms.settings import RuntimeSettings
 
 
@@ -63,3 +64,4 @@ class Services:
     presence: Presence
     metrics: Metrics
     admission: Admission | None = None  # the pool's, when pooled
+    roster: Roster | None = None  # the participant roster

@@ -54,6 +54,7 @@ from ..rooms.changes import (
 from ..rooms.enforcement import Enforcement
 from ..rooms.governance import Governance
 from ..rooms.hub import Hub
+from ..rooms.roster import Roster, RosterChanged, RosterSnapshot
 from ..rooms.settings import RuntimeSettings
 from ..store.db import Database, dialect_of, now_ms
 from ..transport.connections import Connections
@@ -120,6 +121,7 @@ class Pool:
         client_addresses: dict[str, tuple[str, int]],
         on_drained: Callable[[], None] | None = None,
         audit: Audit | None = None,
+        roster: Roster | None = None,
     ) -> None:
         self.config = config
         self.settings = config.pool
@@ -129,6 +131,7 @@ class Pool:
         self._connections = connections
         self._metrics = metrics
         self._audit = audit
+        self._roster = roster
         self.name = config.node.name
         self.secret = config.pool.secret
         self._client_addresses = client_addresses
@@ -191,6 +194,12 @@ class Pool:
         async def invited(event: UsersInvited) -> None:
             await enforcement.confirm_invited(event.room, event.users)
 
+        async def roster_event(event: RosterChanged | RosterSnapshot) -> None:
+            # Applied only while the sender's link is open: a link that closed dropped its
+            # seats, and what it carried before must not bring them back.
+            if self._roster is not None and event.node in self.links:
+                self._roster.apply(event)
+
         async def messages_changed(event: MessagesChanged) -> None:
             confirmed = await self.hub.verify_changes(event)
             if confirmed is not None:
@@ -207,6 +216,8 @@ class Pool:
             SettingsChanged: reload_settings,
             NodesChanged: nodes_changed,
             Recheck: recheck,
+            RosterChanged: roster_event,
+            RosterSnapshot: roster_event,
         }
 
     # -- start and stop ---------------------------------------------------------------------
@@ -403,6 +414,8 @@ class Pool:
         self.hub.drop_idle()
         self.inbox.put(name, [CategoriesChanged(), SettingsChanged(), Recheck()])
         self.catch_up.suspect(now=True)  # the peer's commits before its side opened went nowhere
+        if self._roster is not None:
+            self._roster.link_opened()  # this node's participants, for the new peer
 
     def link_closed(self, link: PeerLink) -> None:
         name = link.peer
@@ -411,6 +424,8 @@ class Pool:
             self.publisher.frames_sent_closed += link.frames_sent
             self.catch_up.suspect()
             log.info("pool: peer link %s down", name)
+            if self._roster is not None:
+                self._roster.node_gone(name)
             if not self._stopping:
                 self._refresh.set()
 
@@ -457,9 +472,14 @@ class Pool:
         for wire in raw:
             self.events_by_type[wire["t"]] += 1
             try:
-                events.append(decode(wire))
+                event = decode(wire)
             except ValueError as exc:
                 log.warning("pool: ignoring an event from %s: %s", link.peer, exc)
+                continue
+            if isinstance(event, RosterChanged | RosterSnapshot) and event.node != link.peer:
+                log.warning("pool: ignoring roster event from %s naming %s", link.peer, event.node)
+                continue
+            events.append(event)
         assert link.peer is not None
         if events:
             # Messages are checked against the store on a link's first probation_s seconds, and

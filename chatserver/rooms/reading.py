@@ -112,6 +112,11 @@ class Reading:
             self._hub.unsubscribe(room_id, subscriber)
             raise
 
+    async def readable(self, user: User, room_id: int) -> int:
+        """The room's id if ``user`` may read it now (the one authorization path)."""
+        room = await self._auth.readable_room(user, room_id)
+        return room.id
+
     def leave(self, subscriber: Subscriber, room_id: int) -> bool:
         left = self._hub.unsubscribe(room_id, subscriber)
         self._capture.left(subscriber, room_id)

@@ -42,6 +42,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "room.get": {"room": 1},
     "room.update": {"room": 1},
     "room.members": {"room": 1},
+    "room.participants": {"room": 1},
     "room.move": {"room": 1, "category": 2},
     "room.disable": {"room": 1},
     "room.enable": {"room": 1},
@@ -80,6 +81,7 @@ FULL: dict[str, dict[str, Any]] = {
     "post": {"room": 4, "text": "hello ✓", "cid": "c-9"},
     "history": {"room": 4, "before": 100, "limit": 50},
     "room.get": {"room": 4},
+    "room.participants": {"room": 4},
     "room.update": {
         "room": 4,
         "name": "n",
@@ -236,6 +238,7 @@ def test_required_table_is_complete() -> None:
         ("room.get", "room"),
         ("room.update", "room"),
         ("room.members", "room"),
+        ("room.participants", "room"),
         ("room.move", "room"),
         ("room.move", "category"),
         ("room.disable", "room"),
