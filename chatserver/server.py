@@ -178,7 +178,10 @@ class Node:
             self.governance.messages_changed,
         )
         self.roster = Roster(
-            config.node.name, hub, self.settings, peers.send if peers is not None else None
+            config.node.name,
+            hub,
+            lambda: self.settings.chat.participant_update_limit,
+            peers.send if peers is not None else None,
         )
         self.addresses: dict[str, tuple[str, int]] = {}
         self.pool: Pool | None = None

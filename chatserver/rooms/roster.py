@@ -32,7 +32,6 @@ from typing import Any
 
 from ..protocol.events import Outgoing, ParticipantJoined, ParticipantLeft, ParticipantUpdates
 from .hub import Hub
-from .settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +84,14 @@ class Roster:
         self,
         node: str,
         hub: Hub,
-        settings: RuntimeSettings,
+        limit: Callable[[], int],
         send: Callable[[RosterEvent], None] | None = None,
     ) -> None:
+        """``limit`` reads ``participant_update_limit`` (a run-time setting); ``send`` tells
+        the pool's other nodes (``None`` on a single node)."""
         self._node = node
         self._hub = hub
-        self._settings = settings
+        self._limit = limit
         self._send = send
         self._rooms: dict[int, dict[int, _Seat]] = {}
         # node -> room -> users: what each peer said it holds.
@@ -103,7 +104,7 @@ class Roster:
 
     @property
     def limit(self) -> int:
-        return self._settings.chat.participant_update_limit
+        return self._limit()
 
     def count(self, room: int) -> int:
         return len(self._rooms.get(room, ()))
