@@ -35,6 +35,7 @@ from .config import Config, parse_address
 from .metrics import Metrics
 from .pool.failover import StoreFailover
 from .protocol.errors import ChatError
+from .rooms.addins import Addins
 from .rooms.audit import SYSTEM, Audit
 from .rooms.authorization import Authorization
 from .rooms.capture import Capture
@@ -143,7 +144,8 @@ class Node:
         self.settings = RuntimeSettings(config, db, hub, publisher)
         facts = self.facts = Facts(db)
         auth = self.auth = Authorization(config, facts)
-        enforcement = self.enforcement = Enforcement(db, facts, auth, hub, self.presence)
+        self.addins = addins = Addins(db)
+        enforcement = self.enforcement = Enforcement(db, facts, auth, hub, self.presence, addins)
         audit = self.audit = Audit(db)
         self.governance = Governance(db, facts, auth, enforcement, hub, publisher, audit)
         self.capture = Capture(db, config.node.name, enabled=config.compliance.enabled)
@@ -164,7 +166,7 @@ class Node:
             publisher,
             audit,
         )
-        self.reading = Reading(db, self.settings, facts, auth, hub, self.capture)
+        self.reading = Reading(db, self.settings, facts, auth, hub, self.capture, addins)
         self.files = Files(
             db,
             config.files,
@@ -207,7 +209,7 @@ class Node:
             limits=config.limits,
             settings=self.settings,
             accounts=self.accounts,
-            directory=Directory(db, facts),
+            directory=Directory(db, facts, addins),
             reading=self.reading,
             posting=Posting(
                 self.settings, auth, self.writer, RateLimiter(config.limits.posts_per_user_per_s)

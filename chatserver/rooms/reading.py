@@ -16,6 +16,7 @@ from ..store import messages as message_store
 from ..store.db import Database
 from ..store.messages import Message
 from ..store.users import User
+from .addins import Addins
 from .authorization import Authorization
 from .capture import Capture
 from .facts import Facts
@@ -37,7 +38,9 @@ class Reading:
         auth: Authorization,
         hub: Hub,
         capture: Capture,
+        addins: Addins | None = None,
     ) -> None:
+        self._addins = addins
         self._db = db
         self._settings = settings
         self._facts = facts
@@ -56,6 +59,9 @@ class Reading:
         right away either is seen by the check or sees the subscription when it enforces.
         """
         hub, chat = self._hub, self._settings.chat
+        addins = self._addins
+        if addins is not None:
+            await addins.fresh()  # before the room is read: no await between it and subscribing
         while True:
             generation = self._facts.generation
             room = await self._auth.readable_room(user, room_id)
@@ -78,10 +84,8 @@ class Reading:
             last_seq = state.last_seq
             if self._capture.on:
                 await self._record_join(user, subscriber, room.id, since, last_seq, page)
-            return (
-                {"room": room.id, "last_seq": last_seq, "messages": messages, "gap": gap},
-                None,
-            )
+            fields = {"room": room.id, "last_seq": last_seq, "messages": messages, "gap": gap}
+            return self._with_addin(fields, room.addin_id), None
         sub = hub.subscribe_buffered(state, subscriber)
         try:
             last = await message_store.last_seq(self._db, room.id) or 0
@@ -95,7 +99,14 @@ class Reading:
         if self._capture.on:
             await self._record_join(user, subscriber, room.id, since, snapshot, wires)
         reply = {"room": room.id, "last_seq": snapshot, "messages": wires, "gap": gap}
-        return reply, lambda: hub.release(sub, snapshot)
+        return self._with_addin(reply, room.addin_id), lambda: hub.release(sub, snapshot)
+
+    def _with_addin(self, fields: dict[str, Any], addin_id: int | None) -> dict[str, Any]:
+        """The join reply names the room's add-in, if it has one (the joiner may read it)."""
+        info = self._addins.info(addin_id) if self._addins is not None else None
+        if info is not None:
+            fields["addin_info"] = info
+        return fields
 
     async def _record_join(
         self,
