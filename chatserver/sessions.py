@@ -267,6 +267,12 @@ class Session(GovernanceOps):
     async def op_join(self, request: cmd.Join) -> dict[str, Any] | None:
         assert self.user is not None
         room = request.room
+        if room in self.invited_rooms:
+            # Spent before the reply, so that no connection of the user lists it after the
+            # reply; and only by a join that will be served (the right to read is checked).
+            await self.services.reading.readable(self.user, room)
+            self.invited_rooms.discard(room)
+            await self._gov.invitation_used(self.user, room)
         self._joining[room] = None
         try:
             fields, release = await self.services.reading.join(self.user, self, room, request.since)
@@ -286,9 +292,6 @@ class Session(GovernanceOps):
                 release()
             if entered and self.services.roster is not None:
                 self.services.roster.enter(room, self.user.id, self.user.name)
-        if room in self.invited_rooms:
-            self.invited_rooms.discard(room)
-            await self._gov.invitation_used(self.user, room)
         return None
 
     async def op_leave(self, request: cmd.Leave) -> dict[str, Any]:
