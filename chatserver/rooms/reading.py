@@ -74,31 +74,41 @@ class Reading:
         if since is None or since >= first_cached - 1:
             # Served from the cache, and subscribed in the same step: no await in between.
             messages: list[dict[str, Any]] | Packed
+            gap = cleared = False
             if since is None:
                 messages = hub.backchat(state, chat.default_chat_history)
                 page = messages.items
             else:
-                messages = page = [m for m in recent if m["seq"] > since][-page_max:]
-            gap = bool(since is not None and page and page[0]["seq"] > since + 1)
+                # The cache holds every message after ``since`` that was not removed.
+                newer = [m for m in recent if m["seq"] > since]
+                messages = page = newer[-page_max:]
+                gap = len(newer) > page_max
+                cleared = not gap and state.last_seq - since > len(page)
             hub.subscribe(state, subscriber)
             last_seq = state.last_seq
             if self._capture.on:
                 await self._record_join(user, subscriber, room.id, since, last_seq, page)
             fields = {"room": room.id, "last_seq": last_seq, "messages": messages, "gap": gap}
+            fields["cleared"] = cleared
             return self._with_addin(fields, room.addin_id), None
         sub = hub.subscribe_buffered(state, subscriber)
         try:
             last = await message_store.last_seq(self._db, room.id) or 0
-            newest = await message_store.latest(self._db, room.id, page_max, after=since)
+            newest = await message_store.latest(self._db, room.id, page_max + 1, after=since)
         except BaseException:
             hub.unsubscribe(room.id, subscriber)
             raise
+        # More than a page newer than ``since``: a gap that history fills. Otherwise every
+        # message left after ``since`` is here, and a hole is what a clear or removal took.
+        gap = len(newest) > page_max
+        newest = newest[-page_max:]
         snapshot = max(last, newest[-1].seq if newest else 0)
-        gap = bool(newest and newest[0].seq > since + 1)
+        cleared = not gap and snapshot - since > len(newest)
         wires = [m.wire() for m in newest]
         if self._capture.on:
             await self._record_join(user, subscriber, room.id, since, snapshot, wires)
         reply = {"room": room.id, "last_seq": snapshot, "messages": wires, "gap": gap}
+        reply["cleared"] = cleared
         return self._with_addin(reply, room.addin_id), lambda: hub.release(sub, snapshot)
 
     def _with_addin(self, fields: dict[str, Any], addin_id: int | None) -> dict[str, Any]:
