@@ -195,9 +195,7 @@ class Pool:
             await enforcement.confirm_invited(event.room, event.users)
 
         async def roster_event(event: RosterChanged | RosterSnapshot) -> None:
-            # Applied only while the sender's link is open: a link that closed dropped its
-            # seats, and what it carried before must not bring them back.
-            if self._roster is not None and event.node in self.links:
+            if self._roster is not None and event.node in self.links:  # not after node_gone
                 self._roster.apply(event)
 
         async def messages_changed(event: MessagesChanged) -> None:
@@ -473,13 +471,13 @@ class Pool:
             self.events_by_type[wire["t"]] += 1
             try:
                 event = decode(wire)
+                if isinstance(event, RosterChanged | RosterSnapshot) and (
+                    event.node != link.peer or self.links.get(link.peer) is not link
+                ):
+                    raise ValueError(f"a roster event naming {event.node!r} (or a replaced link)")
+                events.append(event)
             except ValueError as exc:
                 log.warning("pool: ignoring an event from %s: %s", link.peer, exc)
-                continue
-            if isinstance(event, RosterChanged | RosterSnapshot) and event.node != link.peer:
-                log.warning("pool: ignoring roster event from %s naming %s", link.peer, event.node)
-                continue
-            events.append(event)
         assert link.peer is not None
         if events:
             # Messages are checked against the store on a link's first probation_s seconds, and

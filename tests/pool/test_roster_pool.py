@@ -113,3 +113,43 @@ async def test_roster_limit_across_nodes(pg_cluster: PostgresCluster) -> None:
         assert listing["updates"] is False and listing["count"] == 4
         for client in (alice, bob, carol, dave):
             await client.close()
+
+
+async def test_a_peers_roster_events_name_only_itself(pg_cluster: PostgresCluster) -> None:
+    """An impostor holding the secret and node1's name: a roster event naming another node and
+    malformed ones are refused and logged, and reach nobody; the roster converges on the truth
+    once the real node1 has dialled again."""
+    from tests.pool.test_peer_trust import Impostor
+
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice", "bob"], ["lobby"])
+    lobby = ids["lobby"]
+    async with running_pool(url, 2) as pool:
+        n1, n2 = pool.nodes
+        alice, bob = await login(n2, "alice"), await login(n1, "bob")
+        await alice.call("join", room=lobby)
+        await bob.call("join", room=lobby)
+        assert (await next_roster_event(alice))["user"]["name"] == "bob"
+
+        impostor = Impostor("node1", pool.secret, expect="node2")
+        await impostor.connect(n2.peer)
+        assert await impostor.handshake()
+        seat = {"room": lobby, "user": 999, "name": "ghost", "joined": True}
+        impostor.send_events(
+            [
+                {"t": "roster", "node": "node3", **seat},
+                {"t": "roster", "node": "node1", **seat, "joined": "yes"},
+                {"t": "roster.all", "node": "node1", "seats": [[lobby]], "first": 1, "last": 1},
+            ]
+        )
+        await n2.wait_for(r"WARNING.*ignoring an event from node1: a roster event naming 'node3'")
+        await n2.wait_for(r"WARNING.*ignoring an event from node1: joined must be a bool")
+        await n2.wait_for(r"WARNING.*ignoring an event from node1: a seat is \[room, user, name\]")
+        impostor.close()
+        await until_participants(alice, lobby, ["alice", "bob"], 15)
+        await asyncio.sleep(0.5)
+        while not alice.events.empty():
+            event = alice.events.get_nowait()
+            assert event.get("user", {}).get("name") != "ghost", event
+        for client in (alice, bob):
+            await client.close()
