@@ -25,6 +25,7 @@ Memory: one seat per (room, user) joined here, plus the peers' seats, which are 
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ class Roster:
     def listing(self, room: int) -> dict[str, Any]:
         """The reply fields of ``room.participants`` (the caller checked the right to read)."""
         seats = self._rooms.get(room, {})
-        people = sorted(seats.items(), key=lambda item: (item[1].name, item[0]))[:MAX_LISTED]
+        people = heapq.nsmallest(MAX_LISTED, seats.items(), key=lambda i: (i[1].name, i[0]))
         return {
             "room": room,
             "participants": [{"id": uid, "name": seat.name} for uid, seat in people],
@@ -271,6 +272,9 @@ class Roster:
 
     def _announce(self, room: int, user: int, name: str, joined: bool, count: int) -> None:
         """Tell the room's subscribers here (not ``user``), unless the room is above the limit."""
+        subscribers = self._hub.subscribers(room)
+        if not subscribers:
+            return
         limit = self.limit
         event: Any
         if count > limit:
@@ -284,7 +288,7 @@ class Roster:
         else:
             event = ParticipantLeft(room, {"id": user, "name": name})
         item = Outgoing.event(event)
-        for subscriber in self._hub.subscribers(room):
+        for subscriber in subscribers:
             who = getattr(subscriber, "user", None)
             if who is not None and who.id == user and not isinstance(event, ParticipantUpdates):
                 continue
