@@ -153,3 +153,37 @@ async def test_a_peers_roster_events_name_only_itself(pg_cluster: PostgresCluste
             assert event.get("user", {}).get("name") != "ghost", event
         for client in (alice, bob):
             await client.close()
+
+
+async def test_a_silent_node_leaves_the_roster_and_comes_back(pg_cluster: PostgresCluster) -> None:
+    """SIGSTOP: no reset, the link goes silent; its users leave within link_timeout_s +
+    heartbeat_s. SIGCONT: the link opens again and the node's snapshot brings them back."""
+    import signal
+
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice", "dave"], ["lobby"])
+    lobby = ids["lobby"]
+    async with running_pool(url, 2) as pool:
+        n1, n2 = pool.nodes
+        alice, dave = await login(n1, "alice"), await login(n2, "dave")
+        await alice.call("join", room=lobby)
+        await dave.call("join", room=lobby)
+        assert (await next_roster_event(alice))["user"]["name"] == "dave"
+        bound = float(FAST["CHATSERVER_POOL_LINK_TIMEOUT_S"]) + float(
+            FAST["CHATSERVER_POOL_HEARTBEAT_S"]
+        )
+        loop = asyncio.get_running_loop()
+        stopped_at = loop.time()
+        n2.signal(signal.SIGSTOP)
+        try:
+            event = await next_roster_event(alice, timeout=bound + 5)
+            took = loop.time() - stopped_at
+            assert (event["ev"], event["user"]["name"]) == ("left", "dave")
+            assert took <= scaled(bound + 1), took
+        finally:
+            n2.signal(signal.SIGCONT)
+        event = await next_roster_event(alice, timeout=20)
+        assert (event["ev"], event["user"]["name"]) == ("joined", "dave")
+        assert await participants(alice, lobby) == ["alice", "dave"]
+        for client in (alice, dave):
+            await client.close()
