@@ -174,6 +174,9 @@ class ChatConfig(_Section):
     max_file_size_kb: int = Field(20_480, ge=1, le=1_048_576)
     participant_update_limit: int = Field(75, ge=0, le=100_000)
     room_management_url: str = ""
+    # How often the pending read markers are written (at most one write per user and room per
+    # interval; a crash loses at most the last interval's markers).
+    read_marker_flush_s: float = Field(1.0, ge=0.1, le=60)
 
 
 class LimitsConfig(_Section):

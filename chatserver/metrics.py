@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections import Counter
 
     from .rooms.hub import Hub
+    from .rooms.unread import Unread
     from .rooms.writer import Writer
 
 
@@ -282,4 +283,32 @@ class _NodeCollector(Collector):
         )
         yield GaugeMetricFamily(
             "chatserver_posts_pending", "Posts waiting for group commit", value=writer.pending
+        )
+
+
+class UnreadCollector:
+    """Read markers and mentions as metrics, read at scrape time."""
+
+    def __init__(self, unread: Unread) -> None:
+        self._unread = unread
+
+    def collect(self) -> Iterator[Any]:
+        unread = self._unread
+        yield CounterMetricFamily(
+            "chatserver_read_marker_writes",
+            "Transactions that wrote pending read markers (at most one per flush interval)",
+            value=unread.writes,
+        )
+        yield CounterMetricFamily(
+            "chatserver_read_markers_written",
+            "Read markers written (user and room pairs, coalesced)",
+            value=unread.markers_written,
+        )
+        yield GaugeMetricFamily(
+            "chatserver_read_markers_pending", "Read markers waiting to be written", unread.pending
+        )
+        yield CounterMetricFamily(
+            "chatserver_mentions_delivered",
+            "Mentioned users sent a mention event on this node",
+            value=unread.mentions_delivered,
         )

@@ -32,7 +32,7 @@ from .accounts import Accounts
 from .admin.guard import ConnectionGuard
 from .admin.server import ManagementServer
 from .config import Config, parse_address
-from .metrics import Metrics
+from .metrics import Metrics, UnreadCollector
 from .pool.failover import StoreFailover
 from .protocol.errors import ChatError
 from .rooms.addins import Addins
@@ -52,6 +52,7 @@ from .rooms.ratelimit import RateLimiter
 from .rooms.reading import Reading, load_recent
 from .rooms.roster import Roster
 from .rooms.settings import RuntimeSettings
+from .rooms.unread import Unread
 from .rooms.writer import Writer
 from .services import Services
 from .store import messages as message_store
@@ -149,12 +150,21 @@ class Node:
         audit = self.audit = Audit(db)
         self.governance = Governance(db, facts, auth, enforcement, hub, publisher, audit)
         self.capture = Capture(db, config.node.name, enabled=config.compliance.enabled)
+        self.unread = Unread(
+            db,
+            auth,
+            self.presence,
+            publisher,
+            lambda room: message_store.last_seq(db, room),
+            flush_interval_s=config.chat.read_marker_flush_s,
+        )
         self.writer = Writer(
             db,
             hub.deliver,
             publisher,
             self.capture,
             on_batch=self.metrics.observe_batch,
+            on_mentions=self.unread.mentioned,
             max_pending=config.limits.max_pending_posts,
         )
         self.accounts = Accounts(
@@ -203,6 +213,7 @@ class Node:
                 client_addresses=self.addresses,
                 audit=audit,
                 roster=self.roster,
+                unread=self.unread,
             )
         self.services = Services(
             node_name=config.node.name,
@@ -217,6 +228,7 @@ class Node:
             governance=self.governance,
             presence=self.presence,
             metrics=self.metrics,
+            unread=self.unread,
             admission=self.pool,
             roster=self.roster,
         )
@@ -246,6 +258,7 @@ class Node:
         await self.files.sweep(at_start=True)
         metrics = self.metrics
         metrics.attach(self.connections, self.hub, self.writer)
+        metrics.register(UnreadCollector(self.unread))
         metrics.start()
         if self.config.compliance.enabled:
             from compliance.metrics import ComplianceMetrics
@@ -255,6 +268,7 @@ class Node:
             self.metric_refreshers.append(compliance_metrics.refresh)
             self.closers.append(compliance_metrics.close)
         self.writer.start()
+        self.unread.start()
         self.store_failover.start()
         loop = asyncio.get_running_loop()
         listeners: list[tuple[str, str, type[Connection]]] = [
@@ -344,6 +358,12 @@ class Node:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1)
+        # The read markers still pending, once no request can set one (a crash loses at most
+        # the last flush interval of them).
+        try:
+            await asyncio.wait_for(self.unread.close(), timeout)
+        except Exception as exc:
+            log.error("writing the pending read markers failed: %s", exc)
         for server in self._servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 2)

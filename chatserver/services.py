@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .rooms.reading import Reading
     from .rooms.roster import Roster
     from .rooms.settings import RuntimeSettings
+    from .rooms.unread import Unread
 
 
 class Link(Protocol):
@@ -63,5 +64,6 @@ class Services:
     governance: Governance
     presence: Presence
     metrics: Metrics
+    unread: Unread
     admission: Admission | None = None  # the pool's, when pooled
     roster: Roster | None = None  # the participant roster

@@ -28,6 +28,7 @@ from .protocol.errors import (
 )
 from .protocol.events import Outgoing, Resync, RoomRemoved, error_reply, reply
 from .rooms.capture import acting_as
+from .rooms.unread import MENTIONS_PAGE_DEFAULT, MENTIONS_PAGE_MAX
 from .services import Link, Services
 from .store.messages import Stored
 from .store.users import User
@@ -262,6 +263,7 @@ class Session(GovernanceOps):
         rooms, cursor = await self.services.directory.list_rooms(
             self.user, request.query, request.limit, request.cursor, request.category
         )
+        await self.services.unread.annotate(self.user, rooms)
         return reply(request.id, rooms=rooms, cursor=cursor)
 
     async def op_join(self, request: cmd.Join) -> dict[str, Any] | None:
@@ -281,6 +283,12 @@ class Session(GovernanceOps):
         if self.closed:
             self.services.reading.leave(self, room)
             return None
+        try:
+            counts = await self.services.unread.counts(self.user, {room: fields["last_seq"]})
+        except BaseException:
+            self.services.reading.leave(self, room)
+            raise
+        fields["unread"], fields["mentions"] = counts.get(room, (0, 0))
         self.conn.send(Outgoing(reply(request.id, **fields)))
         if interrupted is not None:
             # Live delivery stopped while the reply was being made: say so after the reply.
@@ -319,6 +327,19 @@ class Session(GovernanceOps):
             self.user, request.room, request.before, request.after, request.limit
         )
         return reply(request.id, messages=messages, more=more)
+
+    async def op_read(self, request: cmd.Read) -> dict[str, Any]:
+        assert self.user is not None
+        seq = await self.services.unread.mark(self.user, request.room, request.seq, self)
+        return reply(request.id, room=request.room, seq=seq)
+
+    async def op_mentions(self, request: cmd.Mentions) -> dict[str, Any]:
+        assert self.user is not None
+        limit = min(request.limit or MENTIONS_PAGE_DEFAULT, MENTIONS_PAGE_MAX)
+        mentions, cursor = await self.services.unread.mention_page(
+            self.user, request.room, request.cursor, limit
+        )
+        return reply(request.id, mentions=mentions, cursor=cursor)
 
     def _post_inline(self, obj: dict[str, Any]) -> bool:
         """Queue a post for the group commit without a worker task, when the right to post is

@@ -15,6 +15,9 @@ An ``EVENTS`` frame (:mod:`chatserver.pool.protocol`) carries a list of maps wit
                    all of the user's, ``keep``: a token hash or null, ``reason``)
 ``invited``        users were invited to a room (``room``, ``users``, ``by``)
 ``config``         run-time settings changed in the store (``key``, ``node``)
+``read``           a user's read marker moved (``user``, ``room``, ``seq``)
+``mentioned``      a stored message mentions users (``room``, ``seq``, ``ts``, ``sender``:
+                   ``[id, name]``, ``text``: its start, ``users``)
 ``nodes``          the pool's registry changed (a node was activated, moved to standby, drained)
 ``roster``         a user's first connection on ``node`` joined a room, or the last left
                    (``node``, ``room``, ``user``, ``name``, ``joined``: bool)
@@ -42,11 +45,13 @@ from ..rooms.changes import (
     MembershipChanged,
     MessageChange,
     MessagesChanged,
+    ReadMoved,
     RoomChanged,
     SettingsChanged,
     TokensRevoked,
     UserDisconnected,
     UsersInvited,
+    UsersMentioned,
 )
 from ..rooms.roster import RosterChanged, RosterSnapshot
 from ..store.messages import FileRef, Message
@@ -95,6 +100,18 @@ def encode(event: PeerEvent) -> dict[str, Any]:
             return {"t": "invited", "room": room, "users": sorted(users), "by": by}
         case SettingsChanged(key=key, node=node):
             return {"t": "config", "key": key, "node": node}
+        case ReadMoved(user=user, room=room, seq=seq):
+            return {"t": "read", "user": user, "room": room, "seq": seq}
+        case UsersMentioned():
+            return {
+                "t": "mentioned",
+                "room": event.room,
+                "seq": event.seq,
+                "ts": event.ts,
+                "sender": [event.sender_id, event.sender_name],
+                "text": event.excerpt,
+                "users": list(event.users),
+            }
         case NodesChanged():
             return {"t": "nodes"}
         case Recheck():
@@ -202,6 +219,23 @@ def _revoked(e: dict[str, Any]) -> TokensRevoked:
     )
 
 
+def _mentioned(e: dict[str, Any]) -> UsersMentioned:
+    users, sender = e["users"], e["sender"]
+    if not isinstance(users, list) or len(users) > 1000:
+        raise ValueError("users must be a list")
+    if not isinstance(sender, list) or len(sender) != 2:
+        raise ValueError("sender is [id, name]")
+    return UsersMentioned(
+        _int(e["room"]),
+        _int(e["seq"]),
+        _int(e["ts"]),
+        _int(sender[0]),
+        _str(sender[1]),
+        _str(e["text"]),
+        tuple(_int(u) for u in users),
+    )
+
+
 def _config(e: dict[str, Any]) -> SettingsChanged:
     node = e.get("node")
     return SettingsChanged(_str(e.get("key", "")), _str(node) if node is not None else None)
@@ -240,6 +274,8 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], PeerEvent]] = {
     "invited": _invited,
     "config": _config,
     "nodes": lambda e: NodesChanged(),
+    "read": lambda e: ReadMoved(_int(e["user"]), _int(e["room"]), _int(e["seq"])),
+    "mentioned": _mentioned,
     "recheck": lambda e: Recheck(),
     "roster": _roster,
     "roster.all": _roster_all,

@@ -45,17 +45,20 @@ from ..rooms.changes import (
     CategoriesChanged,
     MembershipChanged,
     MessagesChanged,
+    ReadMoved,
     RoomChanged,
     SettingsChanged,
     TokensRevoked,
     UserDisconnected,
     UsersInvited,
+    UsersMentioned,
 )
 from ..rooms.enforcement import Enforcement
 from ..rooms.governance import Governance
 from ..rooms.hub import Hub
 from ..rooms.roster import Roster, RosterChanged, RosterSnapshot
 from ..rooms.settings import RuntimeSettings
+from ..rooms.unread import Unread
 from ..store.db import Database, dialect_of, now_ms
 from ..transport.connections import Connections
 from . import expiry, registry, trust
@@ -121,7 +124,8 @@ class Pool:
         client_addresses: dict[str, tuple[str, int]],
         on_drained: Callable[[], None] | None = None,
         audit: Audit | None = None,
-        roster: Roster | None = None,
+        roster: Roster,
+        unread: Unread | None = None,
     ) -> None:
         self.config = config
         self.settings = config.pool
@@ -132,6 +136,7 @@ class Pool:
         self._metrics = metrics
         self._audit = audit
         self._roster = roster
+        self._unread = unread
         self.name = config.node.name
         self.secret = config.pool.secret
         self._client_addresses = client_addresses
@@ -195,7 +200,7 @@ class Pool:
             await enforcement.confirm_invited(event.room, event.users)
 
         async def roster_event(event: RosterChanged | RosterSnapshot) -> None:
-            if self._roster is not None and event.node in self.links:  # not after node_gone
+            if event.node in self.links:  # not after node_gone
                 self._roster.apply(event)
 
         async def messages_changed(event: MessagesChanged) -> None:
@@ -203,7 +208,7 @@ class Pool:
             if confirmed is not None:
                 await governance.apply_remote(confirmed)
 
-        return {
+        handlers: dict[type, Handler] = {
             RoomChanged: governance.apply_remote,
             CategoriesChanged: governance.apply_remote,
             MembershipChanged: governance.apply_remote,
@@ -217,6 +222,10 @@ class Pool:
             RosterChanged: roster_event,
             RosterSnapshot: roster_event,
         }
+        if self._unread is not None:
+            handlers[ReadMoved] = self._unread.remote_read
+            handlers[UsersMentioned] = self._unread.remote_mention
+        return handlers
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -412,8 +421,7 @@ class Pool:
         self.hub.drop_idle()
         self.inbox.put(name, [CategoriesChanged(), SettingsChanged(), Recheck()])
         self.catch_up.suspect(now=True)  # the peer's commits before its side opened went nowhere
-        if self._roster is not None:
-            self._roster.link_opened()  # this node's participants, for the new peer
+        self._roster.link_opened()  # this node's participants, for the new peer
 
     def link_closed(self, link: PeerLink) -> None:
         name = link.peer
@@ -422,8 +430,7 @@ class Pool:
             self.publisher.frames_sent_closed += link.frames_sent
             self.catch_up.suspect()
             log.info("pool: peer link %s down", name)
-            if self._roster is not None:
-                self._roster.node_gone(name)
+            self._roster.node_gone(name)
             if not self._stopping:
                 self._refresh.set()
 
@@ -471,10 +478,8 @@ class Pool:
             self.events_by_type[wire["t"]] += 1
             try:
                 event = decode(wire)
-                if isinstance(event, RosterChanged | RosterSnapshot) and (
-                    event.node != link.peer or self.links.get(link.peer) is not link
-                ):
-                    raise ValueError(f"a roster event naming {event.node!r} (or a replaced link)")
+                if isinstance(event, RosterChanged | RosterSnapshot) and event.node != link.peer:
+                    raise ValueError(f"a roster event naming {event.node!r}")
                 events.append(event)
             except ValueError as exc:
                 log.warning("pool: ignoring an event from %s: %s", link.peer, exc)

@@ -285,6 +285,25 @@ class History(Request):
             raise ChatError(BAD_REQUEST, "history takes before or after, not both")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Read(Request):
+    """Move the read marker of ``room`` to ``seq`` (docs/protocol.md, "Read markers")."""
+
+    OP = "read"
+    room: int = _field(min_value=1)
+    seq: int = _field(min_value=0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mentions(Request):
+    """A page of one's mentions, newest first (docs/protocol.md, "Mentions")."""
+
+    OP = "mentions"
+    room: int | None = _optional(min_value=1)
+    cursor: str | None = _optional(max_len=64)
+    limit: int | None = _optional(min_value=1)
+
+
 REQUESTS: dict[str, type[Request]] = {
     cls.OP: cls
     for cls in (
@@ -299,6 +318,8 @@ REQUESTS: dict[str, type[Request]] = {
         Leave,
         Post,
         History,
+        Read,
+        Mentions,
         RoomGet,
         RoomUpdate,
         RoomMembers,

@@ -106,6 +106,41 @@ class Resync(Event):
 
 
 @dataclass(slots=True)
+class ReadMarker(Event):
+    """``read``: the user's read marker in ``room`` moved to ``seq`` (another session set it)."""
+
+    EV: ClassVar[str] = "read"
+    room: int
+    seq: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "room": self.room, "seq": self.seq}
+
+
+@dataclass(slots=True)
+class MentionEvent(Event):
+    """``mention``: message ``seq`` of ``room`` mentions the user (``text``: its start)."""
+
+    EV: ClassVar[str] = "mention"
+    room: int
+    seq: int
+    ts: int
+    sender_id: int
+    sender_name: str
+    text: str
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "ev": self.EV,
+            "room": self.room,
+            "seq": self.seq,
+            "ts": self.ts,
+            "sender": {"id": self.sender_id, "name": self.sender_name},
+            "text": self.text,
+        }
+
+
+@dataclass(slots=True)
 class RoomRemoved(Event):
     """``room.removed``: the user may no longer read ``room`` (or it is disabled or deleted)."""
 

@@ -100,6 +100,29 @@ class SettingsChanged:
     node: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReadMoved:
+    """``user``'s read marker in ``room`` moved to ``seq`` (their other sessions hear of it)."""
+
+    user: int
+    room: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsersMentioned:
+    """A stored message (``room``, ``seq``) mentions ``users``: each gets a ``mention`` event
+    wherever they are connected, if they may read the room then."""
+
+    room: int
+    seq: int
+    ts: int
+    sender_id: int
+    sender_name: str
+    excerpt: str
+    users: tuple[int, ...]
+
+
 Change = (
     RoomChanged
     | CategoriesChanged
@@ -109,6 +132,8 @@ Change = (
     | UsersInvited
     | MessagesChanged
     | SettingsChanged
+    | ReadMoved
+    | UsersMentioned
 )
 
 

@@ -19,6 +19,7 @@ from ..store.messages import NewPost, Stored
 from ..store.rooms import Room
 from ..store.users import User
 from .authorization import Authorization
+from .mentions import mentioned_names
 from .ratelimit import RateLimiter
 from .settings import RuntimeSettings
 from .writer import Writer
@@ -63,4 +64,6 @@ class Posting:
     def _submit(self, user: User, room: Room, text: str, cid: str) -> asyncio.Future[Stored]:
         if not self._rate_limiter.allow(user.id):
             raise ChatError(RATE_LIMITED, "too many posts; slow down")
-        return self._writer.submit(NewPost(room.id, user.id, user.name, cid, text))
+        return self._writer.submit(
+            NewPost(room.id, user.id, user.name, cid, text, mentioned_names(text))
+        )

@@ -34,8 +34,10 @@ class Writer:
     """Stores submitted posts in group commits; see the module docstring.
 
     ``deliver`` (the hub) and then ``publisher`` (the pool's other nodes) get each committed
-    batch's new messages; ``on_batch`` gets (posts, seconds) of each committed transaction (the
-    node's metrics); ``capture`` says whether each batch records compliance ``CHAT`` events.
+    batch's new messages; ``on_mentions`` the results of a batch whose new messages mention
+    someone (chatserver/rooms/unread.py); ``on_batch`` gets (posts, seconds) of each committed
+    transaction (the node's metrics); ``capture`` says whether each batch records compliance
+    ``CHAT`` events.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class Writer:
         capture: Capture,
         *,
         on_batch: Callable[[int, float], None] | None = None,
+        on_mentions: Callable[[list[Stored]], None] | None = None,
         max_batch: int = 1000,
         max_pending: int = 100_000,
     ) -> None:
@@ -54,6 +57,7 @@ class Writer:
         self._deliver = deliver
         self._publisher = publisher
         self._on_batch = on_batch
+        self._on_mentions = on_mentions
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._queue: deque[tuple[NewPost, asyncio.Future[Stored]]] = deque()
@@ -186,6 +190,11 @@ class Writer:
                 self._publisher.publish_messages(new)
             except Exception:
                 log.exception("publishing stored messages to the pool failed")
+            if self._on_mentions is not None and any(r.mentioned for r in results):
+                try:
+                    self._on_mentions(results)
+                except Exception:
+                    log.exception("telling mentioned users failed")
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

@@ -12,11 +12,12 @@ duplicate check runs after the room lock is held, so it cannot race a concurrent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import bindparam, insert, select, tuple_, update
 
 from .db import Database, now_ms
+from .marks import STORE_BATCH_WITH_MENTIONS_PG, Named, insert_mentions, mention_args
 from .outbox import Event, record, record_pg
 from .schema import categories, files, messages, rooms, users
 
@@ -85,6 +86,8 @@ class NewPost:
     sender_name: str
     cid: str
     text: str
+    # The lower-cased names the text mentions (chatserver/rooms/mentions.py).
+    mentions: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -93,6 +96,8 @@ class Stored:
 
     message: Message | None  # None: the room does not exist (any more)
     duplicate: bool
+    # The users the new message mentions, stored with it (chatserver/store/marks.py).
+    mentioned: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -239,7 +244,33 @@ async def _store_batch_generic(
             )
         if capture is not None and plan.new_rows:
             await record(conn, capture, _chat_events(plan.new_rows))
+        named = _named(posts, plan.results)
+        if named:
+            _attach(plan.results, await insert_mentions(conn, named))
     return plan.results
+
+
+def _named(posts: list[NewPost], results: list[Stored]) -> list[Named]:
+    """The new messages of a batch that mention somebody, for the mentions insert."""
+    return [
+        (r.message.room, r.message.seq, post.sender_id, r.message.ts, post.mentions)
+        for post, r in zip(posts, results, strict=True)
+        if post.mentions and r.message is not None and not r.duplicate
+    ]
+
+
+def _attach(results: list[Stored], stored: list[tuple[int, int, int]]) -> None:
+    """Tell each new message's result whom it mentions."""
+    if not stored:
+        return
+    by_message: dict[tuple[int, int], list[int]] = {}
+    for user, room, seq in stored:
+        by_message.setdefault((room, seq), []).append(user)
+    for r in results:
+        if r.message is not None and not r.duplicate:
+            users = by_message.get((r.message.room, r.message.seq))
+            if users:
+                r.mentioned = tuple(users)
 
 
 # The whole batch in one round trip, commit included (migration 0006 defines the function).
@@ -272,17 +303,31 @@ async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | Non
         [p.text for p in unique],
         now_ms(),
     )
+    statement, extra = _STORE_BATCH_PG, cast(tuple[Any, ...], ())
+    if any(p.mentions for p in unique):
+        # The mentions are inserted by the same statement (so in its transaction).
+        statement, extra = STORE_BATCH_WITH_MENTIONS_PG, mention_args(unique)
     pool = await db.pg_pool()
     async with pool.acquire() as conn:
         if capture is None:
             # Outside an explicit transaction the statement is its own: one round trip.
-            rows = await conn.fetch(_STORE_BATCH_PG, *args)
-            return _results(posts, first, unique, rows)[0]
-        async with conn.transaction():
-            rows = await conn.fetch(_STORE_BATCH_PG, *args)
-            results, new_rows = _results(posts, first, unique, rows)
-            await record_pg(conn, capture, _chat_events(new_rows))
-        return results
+            rows = await conn.fetch(statement, *args, *extra)
+            results = _results(posts, first, unique, rows)[0]
+        else:
+            async with conn.transaction():
+                rows = await conn.fetch(statement, *args, *extra)
+                results, new_rows = _results(posts, first, unique, rows)
+                await record_pg(conn, capture, _chat_events(new_rows))
+    if extra:
+        _attach(
+            results,
+            [
+                (user, unique[row["out_i"] - 1].room, row["out_seq"])
+                for row in rows
+                for user in row["out_mentioned"] or ()
+            ],
+        )
+    return results
 
 
 def _results(

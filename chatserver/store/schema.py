@@ -180,6 +180,33 @@ messages = Table(
     UniqueConstraint("room_id", "sender_id", "cid", name="uq_messages_room_sender_cid"),
 )
 
+# -- read markers and mentions (issue 17) ----------------------------------------------------
+
+# The highest seq a user has read in a room (written coalesced: chatserver/rooms/unread.py).
+read_markers = Table(
+    "read_markers",
+    metadata,
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("room_id", Id, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "room_id", name="pk_read_markers"),
+)
+
+# A user named by ``@name`` in a message, written in the message's storing transaction; the
+# mentions since a read marker are a range of the primary key.
+mentions = Table(
+    "mentions",
+    metadata,
+    # No foreign key: the storing statement takes the ids from users (never deleted) itself.
+    Column("user_id", Id, nullable=False),
+    Column("room_id", Id, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("sender_id", Id, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "room_id", "seq", name="pk_mentions"),
+    Index("ix_mentions_user_id_ts", "user_id", "ts"),
+)
+
 # -- files (issue 16) ----------------------------------------------------------------------
 
 # A file uploaded into a room. Its bytes are in file_chunks; the message that carries it is the
