@@ -36,6 +36,7 @@ from .feed_metrics import FeedsCollector
 from .metrics import Metrics, UnreadCollector
 from .pool.failover import StoreFailover
 from .protocol.errors import ChatError
+from .rooms.addins import Addins
 from .rooms.audit import SYSTEM, Audit
 from .rooms.authorization import Authorization
 from .rooms.capture import Capture
@@ -51,6 +52,7 @@ from .rooms.posting import Posting
 from .rooms.presence import Presence
 from .rooms.ratelimit import RateLimiter
 from .rooms.reading import Reading, load_recent
+from .rooms.roster import Roster
 from .rooms.search import Search
 from .rooms.settings import RuntimeSettings
 from .rooms.unread import Unread
@@ -116,7 +118,7 @@ class Node:
         self.config = config
         self.announce = announce
         if config.pool.enabled:
-            from .pool.node import PoolError, check_store_url
+            from .pool.checks import PoolError, check_store_url
 
             try:  # before the store is opened: an SQLite file would be created
                 check_store_url(config.database.url)
@@ -137,20 +139,24 @@ class Node:
 
             peers = PeerPublisher()
         publisher: Publisher = peers if peers is not None else LocalOnly()
+        facts = self.facts = Facts(db)
+        auth = self.auth = Authorization(config, facts)
+        self.capture = Capture(db, config.node.name, enabled=config.compliance.enabled)
+        self.search = Search(db, config.search, facts, auth, self.capture)
+        self.feeds = Feeds(db, config.search, self.search, auth, self.presence, publisher)
         self.hub = hub = Hub(
             cache_size=config.chat.default_chat_history,
             load_recent=functools.partial(load_recent, db),
             load_after=lambda room, seq, limit: message_store.after(
                 db, room, seq, limit, include_removed=True
             ),
+            on_deliver=self.feeds.observe,
         )
         self.settings = RuntimeSettings(config, db, hub, publisher)
-        facts = self.facts = Facts(db)
-        auth = self.auth = Authorization(config, facts)
-        enforcement = self.enforcement = Enforcement(db, facts, auth, hub, self.presence)
+        self.addins = addins = Addins(db)
+        enforcement = self.enforcement = Enforcement(db, facts, auth, hub, self.presence, addins)
         audit = self.audit = Audit(db)
         self.governance = Governance(db, facts, auth, enforcement, hub, publisher, audit)
-        self.capture = Capture(db, config.node.name, enabled=config.compliance.enabled)
         self.unread = Unread(
             db,
             auth,
@@ -177,10 +183,7 @@ class Node:
             publisher,
             audit,
         )
-        self.reading = Reading(db, self.settings, facts, auth, hub, self.capture)
-        self.search = Search(db, config.search, facts, auth, self.capture)
-        self.feeds = Feeds(db, config.search, self.search, auth, self.presence, publisher)
-        hub.on_deliver = self.feeds.observe
+        self.reading = Reading(db, self.settings, facts, auth, hub, self.capture, addins)
         self.files = Files(
             db,
             config.files,
@@ -192,6 +195,12 @@ class Node:
             hub.deliver,
             publisher,
             self.governance.messages_changed,
+        )
+        self.roster = Roster(
+            config.node.name,
+            hub,
+            lambda: self.settings.chat.participant_update_limit,
+            peers.send if peers is not None else None,
         )
         self.addresses: dict[str, tuple[str, int]] = {}
         self.pool: Pool | None = None
@@ -211,6 +220,7 @@ class Node:
                 client_addresses=self.addresses,
                 audit=audit,
                 feeds_changed=self.feeds.changed,
+                roster=self.roster,
                 unread=self.unread,
             )
         self.services = Services(
@@ -218,7 +228,7 @@ class Node:
             limits=config.limits,
             settings=self.settings,
             accounts=self.accounts,
-            directory=Directory(db, facts),
+            directory=Directory(db, facts, addins),
             reading=self.reading,
             posting=Posting(
                 self.settings, auth, self.writer, RateLimiter(config.limits.posts_per_user_per_s)
@@ -230,6 +240,7 @@ class Node:
             admission=self.pool,
             search=self.search,
             feeds=self.feeds,
+            roster=self.roster,
         )
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
@@ -242,7 +253,7 @@ class Node:
     async def start(self) -> None:
         context = _ssl_context(self.config)
         if self.pool is not None:
-            from .pool.node import PoolError
+            from .pool.checks import PoolError
 
             try:
                 self.pool.check()
@@ -309,7 +320,7 @@ class Node:
         if self.config.listen.management:
             await self._start_management(context)
         if self.pool is not None:
-            from .pool.node import PoolError
+            from .pool.checks import PoolError
 
             try:
                 await self.pool.start()

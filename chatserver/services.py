@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .rooms.posting import Posting
     from .rooms.presence import Presence
     from .rooms.reading import Reading
+    from .rooms.roster import Roster
     from .rooms.search import Search
     from .rooms.settings import RuntimeSettings
     from .rooms.unread import Unread
@@ -69,3 +70,4 @@ class Services:
     admission: Admission | None = None  # the pool's, when pooled
     search: Search | None = None
     feeds: Feeds | None = None
+    roster: Roster | None = None  # the participant roster

@@ -271,6 +271,12 @@ class Session(GovernanceOps):
     async def op_join(self, request: cmd.Join) -> dict[str, Any] | None:
         assert self.user is not None
         room = request.room
+        if room in self.invited_rooms:
+            # Spent before the reply, so that no connection of the user lists it after the
+            # reply; and only by a join that will be served (the right to read is checked).
+            await self.services.reading.readable(self.user, room)
+            self.invited_rooms.discard(room)
+            await self._gov.invitation_used(self.user, room)
         self._joining[room] = None
         try:
             fields, release = await self.services.reading.join(self.user, self, room, request.since)
@@ -290,18 +296,32 @@ class Session(GovernanceOps):
             # Live delivery stopped while the reply was being made: say so after the reply.
             self.conn.send(interrupted)
         else:
+            entered = room not in self.rooms
             self.rooms.add(room)
             if release is not None:
                 release()
-        if room in self.invited_rooms:
-            self.invited_rooms.discard(room)
-            await self._gov.invitation_used(self.user, room)
+            if entered and self.services.roster is not None:
+                self.services.roster.enter(room, self.user.id, self.user.name)
         return None
 
     async def op_leave(self, request: cmd.Leave) -> dict[str, Any]:
+        if request.room in self.rooms:
+            self._roster_exit(request.room)
         self.rooms.discard(request.room)
         self.services.reading.leave(self, request.room)
         return reply(request.id)
+
+    async def op_room_participants(self, request: cmd.RoomParticipants) -> dict[str, Any]:
+        assert self.user is not None
+        room = await self.services.reading.readable(self.user, request.room)
+        roster = self.services.roster
+        if roster is None:
+            raise ChatError(UNAVAILABLE, "no participant roster on this node")
+        return reply(request.id, **roster.listing(room))
+
+    def _roster_exit(self, room: int) -> None:
+        if self.services.roster is not None and self.user is not None:
+            self.services.roster.exit(room, self.user.id)
 
     async def op_history(self, request: cmd.History) -> dict[str, Any]:
         assert self.user is not None
@@ -453,6 +473,8 @@ class Session(GovernanceOps):
         self._stop(room, Outgoing.event(RoomRemoved(room, reason)))
 
     def _stop(self, room: int, event: Outgoing) -> None:
+        if room in self.rooms:
+            self._roster_exit(room)
         self.rooms.discard(room)
         self.services.reading.leave(self, room)
         if room in self._joining:
@@ -479,6 +501,7 @@ class Session(GovernanceOps):
             if self.services.feeds is not None:
                 self.services.feeds.offline(self.user.id)
         for room in self.rooms:
+            self._roster_exit(room)
             self.services.reading.leave(self, room)
         self.rooms.clear()
         self._queue = None

@@ -157,6 +157,7 @@ class Conn(asyncio.Protocol):
                     "last_seq": room.seq,
                     "messages": [],
                     "gap": False,
+                    "cleared": False,
                 }
             )
         elif op == "post":

@@ -20,6 +20,10 @@ An ``EVENTS`` frame (:mod:`chatserver.pool.protocol`) carries a list of maps wit
                    ``[id, name]``, ``text``: its start, ``users``)
 ``nodes``          the pool's registry changed (a node was activated, moved to standby, drained)
 ``feeds``          a user's saved topic feeds changed (``user``): re-read them from the store
+``roster``         a user's first connection on ``node`` joined a room, or the last left
+                   (``node``, ``room``, ``user``, ``name``, ``joined``: bool)
+``roster.all``     part of ``node``'s participant seats, sent when a link opens (``node``,
+                   ``seats``: ``[[room, user, name], …]``, ``first``, ``last``)
 ``recheck``        never sent: queued locally when a link comes up, to re-check every
                    connected user's policy (a ``disconnect`` may have been missed)
 =================  ========================================================================
@@ -51,6 +55,7 @@ from ..rooms.changes import (
     UsersInvited,
     UsersMentioned,
 )
+from ..rooms.roster import RosterChanged, RosterSnapshot
 from ..store.messages import FileRef, Message
 
 
@@ -69,7 +74,7 @@ class Recheck:
     """Re-check the policy of every user connected here (after a link came up)."""
 
 
-PeerEvent = Change | MessageStored | NodesChanged | Recheck
+PeerEvent = Change | MessageStored | NodesChanged | Recheck | RosterChanged | RosterSnapshot
 
 
 def encode(event: PeerEvent) -> dict[str, Any]:
@@ -115,6 +120,23 @@ def encode(event: PeerEvent) -> dict[str, Any]:
             return {"t": "feeds", "user": user}
         case Recheck():
             return {"t": "recheck"}
+        case RosterChanged(node=node, room=room, user=user, name=name, joined=joined):
+            return {
+                "t": "roster",
+                "node": node,
+                "room": room,
+                "user": user,
+                "name": name,
+                "joined": joined,
+            }
+        case RosterSnapshot(node=node, seats=seats, first=first, last=last):
+            return {
+                "t": "roster.all",
+                "node": node,
+                "seats": [list(s) for s in seats],
+                "first": first,
+                "last": last,
+            }
     raise TypeError(f"not a peer event: {event!r}")
 
 
@@ -223,6 +245,28 @@ def _config(e: dict[str, Any]) -> SettingsChanged:
     return SettingsChanged(_str(e.get("key", "")), _str(node) if node is not None else None)
 
 
+def _roster(e: dict[str, Any]) -> RosterChanged:
+    joined = e["joined"]
+    if not isinstance(joined, bool):
+        raise ValueError("joined must be a bool")
+    return RosterChanged(_str(e["node"]), _int(e["room"]), _int(e["user"]), _str(e["name"]), joined)
+
+
+def _roster_all(e: dict[str, Any]) -> RosterSnapshot:
+    seats = e["seats"]
+    if not isinstance(seats, list):
+        raise ValueError("seats must be a list")
+    out = []
+    for seat in seats:
+        if not isinstance(seat, list) or len(seat) != 3:
+            raise ValueError("a seat is [room, user, name]")
+        out.append((_int(seat[0]), _int(seat[1]), _str(seat[2])))
+    first, last = e["first"], e["last"]
+    if not isinstance(first, bool) or not isinstance(last, bool):
+        raise ValueError("first and last must be bools")
+    return RosterSnapshot(_str(e["node"]), tuple(out), first, last)
+
+
 _DECODERS: dict[str, Callable[[dict[str, Any]], PeerEvent]] = {
     "msg": _message,
     "room": lambda e: RoomChanged(_int(e["room"])),
@@ -238,6 +282,8 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], PeerEvent]] = {
     "read": lambda e: ReadMoved(_int(e["user"]), _int(e["room"]), _int(e["seq"])),
     "mentioned": _mentioned,
     "recheck": lambda e: Recheck(),
+    "roster": _roster,
+    "roster.all": _roster_all,
 }
 
 # The event types a peer may send (``recheck`` is only ever queued locally).

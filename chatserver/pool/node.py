@@ -57,12 +57,14 @@ from ..rooms.changes import (
 from ..rooms.enforcement import Enforcement
 from ..rooms.governance import Governance
 from ..rooms.hub import Hub
+from ..rooms.roster import Roster, RosterChanged, RosterSnapshot
 from ..rooms.settings import RuntimeSettings
 from ..rooms.unread import Unread
-from ..store.db import Database, dialect_of, now_ms
+from ..store.db import Database, now_ms
 from ..transport.connections import Connections
 from . import expiry, registry, trust
 from .catchup import CatchUp
+from .checks import PoolError, advertised, check_store_url
 from .events import EVENT_TYPES, NodesChanged, PeerEvent, Recheck, decode
 from .inbox import Handler, Inbox
 from .link import HANDSHAKE_TIMEOUT_S, PeerLink, PeerPublisher
@@ -75,35 +77,6 @@ log = logging.getLogger("chatserver.pool")
 MAX_BACKOFF_S = 2.0
 # A handshake from a name not in the last heartbeat's list reads the registry at most this often.
 REGISTRY_READ_S = 0.5
-
-
-class PoolError(Exception):
-    """The pool cannot start; the message says why."""
-
-
-def check_store_url(url: str) -> None:
-    """Refuse a store the nodes cannot share, from its URL alone (before it is opened)."""
-    if dialect_of(url) != "postgresql":
-        raise PoolError(
-            "pool.enabled needs a PostgreSQL store shared by every node: database.url is"
-            " SQLite, which one node owns alone; set database.url to postgresql://…"
-            " or turn pool.enabled off"
-        )
-
-
-def _advertised(address: str, bound: tuple[str, int] | None) -> str:
-    """``host:port`` others should use: the configured host with the bound port."""
-    if not address:
-        return ""
-    host, port = parse_address(address)
-    if bound is not None:
-        port = bound[1]
-    if host in ("0.0.0.0", "::", ""):
-        raise PoolError(
-            f"cannot advertise wildcard address {address!r}: set pool.advertise_tcp,"
-            " pool.advertise_websocket, pool.advertise_peer and pool.advertise_management"
-        )
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Pool:
@@ -125,6 +98,7 @@ class Pool:
         on_drained: Callable[[], None] | None = None,
         audit: Audit | None = None,
         feeds_changed: Handler | None = None,
+        roster: Roster,
         unread: Unread | None = None,
     ) -> None:
         self.config = config
@@ -135,6 +109,7 @@ class Pool:
         self._connections = connections
         self._metrics = metrics
         self._audit = audit
+        self._roster = roster
         self._unread = unread
         self._feeds_changed = feeds_changed
         self.name = config.node.name
@@ -199,6 +174,10 @@ class Pool:
         async def invited(event: UsersInvited) -> None:
             await enforcement.confirm_invited(event.room, event.users)
 
+        async def roster_event(event: RosterChanged | RosterSnapshot) -> None:
+            if event.node in self.links:  # not after node_gone
+                self._roster.apply(event)
+
         async def messages_changed(event: MessagesChanged) -> None:
             confirmed = await self.hub.verify_changes(event)
             if confirmed is not None:
@@ -215,6 +194,8 @@ class Pool:
             SettingsChanged: reload_settings,
             NodesChanged: nodes_changed,
             Recheck: recheck,
+            RosterChanged: roster_event,
+            RosterSnapshot: roster_event,
         }
         if self._unread is not None:
             handlers[ReadMoved] = self._unread.remote_read
@@ -312,12 +293,12 @@ class Pool:
         s = self.settings
         self.addresses = {
             "tcp": s.advertise_tcp
-            or _advertised(self.config.listen.tcp, self._client_addresses.get("tcp")),
+            or advertised(self.config.listen.tcp, self._client_addresses.get("tcp")),
             "websocket": s.advertise_websocket
-            or _advertised(self.config.listen.websocket, self._client_addresses.get("websocket")),
-            "peer": s.advertise_peer or _advertised(self.config.listen.peer, self.peer_address),
+            or advertised(self.config.listen.websocket, self._client_addresses.get("websocket")),
+            "peer": s.advertise_peer or advertised(self.config.listen.peer, self.peer_address),
             "management": s.advertise_management
-            or _advertised(self.config.listen.management, self._client_addresses.get("management")),
+            or advertised(self.config.listen.management, self._client_addresses.get("management")),
         }
         try:
             self.state = await registry.join(
@@ -417,6 +398,7 @@ class Pool:
         self.hub.drop_idle()
         self.inbox.put(name, [CategoriesChanged(), SettingsChanged(), Recheck()])
         self.catch_up.suspect(now=True)  # the peer's commits before its side opened went nowhere
+        self._roster.link_opened()  # this node's participants, for the new peer
 
     def link_closed(self, link: PeerLink) -> None:
         name = link.peer
@@ -425,6 +407,7 @@ class Pool:
             self.publisher.frames_sent_closed += link.frames_sent
             self.catch_up.suspect()
             log.info("pool: peer link %s down", name)
+            self._roster.node_gone(name)
             if not self._stopping:
                 self._refresh.set()
 
@@ -471,7 +454,10 @@ class Pool:
         for wire in raw:
             self.events_by_type[wire["t"]] += 1
             try:
-                events.append(decode(wire))
+                event = decode(wire)
+                if isinstance(event, RosterChanged | RosterSnapshot) and event.node != link.peer:
+                    raise ValueError(f"a roster event naming {event.node!r}")
+                events.append(event)
             except ValueError as exc:
                 log.warning("pool: ignoring an event from %s: %s", link.peer, exc)
         assert link.peer is not None

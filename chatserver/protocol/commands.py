@@ -123,6 +123,14 @@ class RoomUpdate(Request):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RoomParticipants(Request):
+    """Who is in the room right now (joined on any node of the pool)."""
+
+    OP = "room.participants"
+    room: int = _field(min_value=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RoomMembers(Request):
     """``add`` / ``remove``: ``{"members"|"managers"|"presenters": [principal, …]}``."""
 
@@ -363,6 +371,7 @@ REQUESTS: dict[str, type[Request]] = {
         RoomGet,
         RoomUpdate,
         RoomMembers,
+        RoomParticipants,
         RoomMove,
         RoomDisable,
         RoomEnable,

@@ -223,6 +223,44 @@ class Bye(Event):
         return {"ev": self.EV, "reason": self.reason}
 
 
+@dataclass(slots=True)
+class ParticipantJoined(Event):
+    """``joined``: ``user`` (``{id, name}``) is now in ``room`` (the participant roster)."""
+
+    EV: ClassVar[str] = "joined"
+    room: int
+    user: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "room": self.room, "user": self.user}
+
+
+@dataclass(slots=True)
+class ParticipantLeft(Event):
+    """``left``: ``user`` (``{id, name}``) is no longer in ``room``."""
+
+    EV: ClassVar[str] = "left"
+    room: int
+    user: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "room": self.room, "user": self.user}
+
+
+@dataclass(slots=True)
+class ParticipantUpdates(Event):
+    """``participants.updates``: ``room`` went above ``participant_update_limit`` participants
+    (``updates`` false: no more ``joined``/``left``) or back to it (true: read the roster again)."""
+
+    EV: ClassVar[str] = "participants.updates"
+    room: int
+    updates: bool
+    count: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"ev": self.EV, "room": self.room, "updates": self.updates, "count": self.count}
+
+
 # Every event class by its name (docs and tests check the documented list against it).
 EVENTS: dict[str, type[Event]] = {
     cls.EV: cls
@@ -236,6 +274,9 @@ EVENTS: dict[str, type[Event]] = {
         Invited,
         Moved,
         Bye,
+        ParticipantJoined,
+        ParticipantLeft,
+        ParticipantUpdates,
     )
 }
 

@@ -10,6 +10,7 @@ from ..store import rooms as room_store
 from ..store.db import Database
 from ..store.users import User
 from . import access
+from .addins import Addins
 from .facts import Facts
 
 ROOM_PAGE_DEFAULT = 50
@@ -40,9 +41,10 @@ def _decode_cursor(cursor: str) -> tuple[str, int | None]:
 
 
 class Directory:
-    def __init__(self, db: Database, facts: Facts) -> None:
+    def __init__(self, db: Database, facts: Facts, addins: Addins | None = None) -> None:
         self._db = db
         self._facts = facts
+        self._addins = addins
 
     async def list_rooms(
         self,
@@ -75,7 +77,13 @@ class Directory:
                 if room is None or cat is None or (room.disabled and not user.is_admin):
                     continue
                 if access.can_find(actor, room, cat):
-                    found.append(candidate.public())  # the page's row: a current last_seq
+                    out = candidate.public()  # the page's row: a current last_seq
+                    out["addin_info"] = None
+                    if self._addins is not None and room.addin_id is not None:
+                        if access.can_read(actor, room, cat):  # the URL only for readers
+                            await self._addins.fresh()
+                            out["addin_info"] = self._addins.info(room.addin_id)
+                    found.append(out)
                     if len(found) == limit:
                         break
             if len(page) < limit and len(found) < limit:

@@ -20,6 +20,7 @@ from ..store.db import Database
 from ..store.rooms import Room
 from ..store.users import User
 from . import access
+from .addins import Addins
 from .authorization import Authorization
 from .changes import TokensRevoked
 from .facts import Facts
@@ -29,8 +30,15 @@ from .presence import Presence
 
 class Enforcement:
     def __init__(
-        self, db: Database, facts: Facts, auth: Authorization, hub: Hub, presence: Presence
+        self,
+        db: Database,
+        facts: Facts,
+        auth: Authorization,
+        hub: Hub,
+        presence: Presence,
+        addins: Addins | None = None,
     ) -> None:
+        self._addins = addins
         self._db = db
         self._facts = facts
         self._auth = auth
@@ -52,6 +60,11 @@ class Enforcement:
         out["roles"] = sorted(access.roles(actor, room, category))
         out["can_post"] = access.can_post(actor, room, category)
         out["can_manage"] = access.can_manage(actor, room, category)
+        out["addin_info"] = None
+        if self._addins is not None and room.addin_id is not None:
+            if access.can_read(actor, room, category):  # the URL only for readers
+                await self._addins.fresh()
+                out["addin_info"] = self._addins.info(room.addin_id)
         return out
 
     async def enforce(self, room_ids: Iterable[int] | None = None, reason: str = "access") -> None:

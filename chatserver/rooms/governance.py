@@ -398,6 +398,8 @@ class Governance:
             )
         except room_store.RoomExists:
             raise ChatError(CONFLICT, f"a room named {values.get('name')!r} exists") from None
+        except room_store.AddinMissing:
+            raise ChatError(BAD_REQUEST, f"no add-in {values['addin_id']}") from None
         self._changed(RoomChanged(room_id))
         await self._live.enforce([room_id])
         await self._live.announce_room(room_id)

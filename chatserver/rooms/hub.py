@@ -114,6 +114,7 @@ class Hub:
         load_recent: LoadRecent,
         load_after: LoadAfter,
         max_idle_rooms: int = 10_000,
+        on_deliver: Callable[[list[Message]], None] | None = None,
     ) -> None:
         self.cache_size = cache_size
         self._load_recent = load_recent
@@ -125,7 +126,7 @@ class Hub:
         self.contradicted = 0
         self._correcting = 0  # re-reads of a seq in flight (at most MAX_CORRECTIONS)
         # Sees every message this node accepts (stored here, or from a peer): topic feeds.
-        self.on_deliver: Callable[[list[Message]], None] | None = None
+        self.on_deliver = on_deliver
 
     # -- room state -------------------------------------------------------------------------
 
@@ -150,7 +151,8 @@ class Hub:
         try:
             last_seq, recent = await self._load_recent(state.id, self.cache_size)
         except Exception:
-            self._rooms.pop(state.id, None)
+            if self._rooms.get(state.id) is state:
+                del self._rooms[state.id]
             raise
         state.last_seq = last_seq
         state.recent.extend(m.wire() for m in recent)
@@ -269,24 +271,27 @@ class Hub:
             if state.ready and not state.subscriptions:
                 del self._rooms[room_id]
 
-    def set_cache_size(self, size: int) -> None:
+    def set_cache_size(self, size: int) -> list[asyncio.Task[None]]:
         """Keep ``size`` recent messages per room from now on (the join backchat's length).
 
-        Idle rooms are dropped and reload on next use; rooms with subscribers keep their cache,
-        refilled from the store when it grows.
+        Rooms without subscribers (idle or still loading with the old size) are dropped and
+        reload on next use; rooms with subscribers keep their cache, refilled from the store when
+        it grows: the refills are returned, and the caller awaits them before it says the change
+        is made (a join right after it gets the new length).
         """
         if size == self.cache_size:
-            return
+            return []
         growing = size > self.cache_size
         self.cache_size = size
+        refills = []
         for room_id, state in list(self._rooms.items()):
-            if not state.subscriptions or not state.ready:
-                if not state.subscriptions and state.ready:
-                    del self._rooms[room_id]
+            if not state.subscriptions:
+                del self._rooms[room_id]  # a load in flight is retried by its waiters
                 continue
             state.recent = deque(state.recent, maxlen=size)
             if growing:
-                asyncio.get_running_loop().create_task(self._refill(state))
+                refills.append(asyncio.get_running_loop().create_task(self._refill(state)))
+        return refills
 
     async def _refill(self, state: RoomState) -> None:
         try:

@@ -16,6 +16,7 @@ from ..store import messages as message_store
 from ..store.db import Database
 from ..store.messages import Message
 from ..store.users import User
+from .addins import Addins
 from .authorization import Authorization
 from .capture import Capture
 from .facts import Facts
@@ -37,7 +38,9 @@ class Reading:
         auth: Authorization,
         hub: Hub,
         capture: Capture,
+        addins: Addins | None = None,
     ) -> None:
+        self._addins = addins
         self._db = db
         self._settings = settings
         self._facts = facts
@@ -56,6 +59,9 @@ class Reading:
         right away either is seen by the check or sees the subscription when it enforces.
         """
         hub, chat = self._hub, self._settings.chat
+        addins = self._addins
+        if addins is not None:
+            await addins.fresh()  # before the room is read: no await between it and subscribing
         while True:
             generation = self._facts.generation
             room = await self._auth.readable_room(user, room_id)
@@ -68,34 +74,49 @@ class Reading:
         if since is None or since >= first_cached - 1:
             # Served from the cache, and subscribed in the same step: no await in between.
             messages: list[dict[str, Any]] | Packed
+            gap = cleared = False
             if since is None:
                 messages = hub.backchat(state, chat.default_chat_history)
                 page = messages.items
             else:
-                messages = page = [m for m in recent if m["seq"] > since][-page_max:]
-            gap = bool(since is not None and page and page[0]["seq"] > since + 1)
+                # The cache holds every message after ``since`` that was not removed.
+                newer = [m for m in recent if m["seq"] > since]
+                messages = page = newer[-page_max:]
+                gap = len(newer) > page_max
+                cleared = not gap and state.last_seq - since > len(page)
             hub.subscribe(state, subscriber)
             last_seq = state.last_seq
             if self._capture.on:
                 await self._record_join(user, subscriber, room.id, since, last_seq, page)
-            return (
-                {"room": room.id, "last_seq": last_seq, "messages": messages, "gap": gap},
-                None,
-            )
+            fields = {"room": room.id, "last_seq": last_seq, "messages": messages, "gap": gap}
+            fields["cleared"] = cleared
+            return self._with_addin(fields, room.addin_id), None
         sub = hub.subscribe_buffered(state, subscriber)
         try:
             last = await message_store.last_seq(self._db, room.id) or 0
-            newest = await message_store.latest(self._db, room.id, page_max, after=since)
+            newest = await message_store.latest(self._db, room.id, page_max + 1, after=since)
         except BaseException:
             hub.unsubscribe(room.id, subscriber)
             raise
+        # More than a page newer than ``since``: a gap that history fills. Otherwise every
+        # message left after ``since`` is here, and a hole is what a clear or removal took.
+        gap = len(newest) > page_max
+        newest = newest[-page_max:]
         snapshot = max(last, newest[-1].seq if newest else 0)
-        gap = bool(newest and newest[0].seq > since + 1)
+        cleared = not gap and snapshot - since > len(newest)
         wires = [m.wire() for m in newest]
         if self._capture.on:
             await self._record_join(user, subscriber, room.id, since, snapshot, wires)
         reply = {"room": room.id, "last_seq": snapshot, "messages": wires, "gap": gap}
-        return reply, lambda: hub.release(sub, snapshot)
+        reply["cleared"] = cleared
+        return self._with_addin(reply, room.addin_id), lambda: hub.release(sub, snapshot)
+
+    def _with_addin(self, fields: dict[str, Any], addin_id: int | None) -> dict[str, Any]:
+        """The join reply names the room's add-in, if it has one (the joiner may read it)."""
+        info = self._addins.info(addin_id) if self._addins is not None else None
+        if info is not None:
+            fields["addin_info"] = info
+        return fields
 
     async def _record_join(
         self,
@@ -111,6 +132,11 @@ class Reading:
         except ChatError:
             self._hub.unsubscribe(room_id, subscriber)
             raise
+
+    async def readable(self, user: User, room_id: int) -> int:
+        """The room's id if ``user`` may read it now (the one authorization path)."""
+        room = await self._auth.readable_room(user, room_id)
+        return room.id
 
     def leave(self, subscriber: Subscriber, room_id: int) -> bool:
         left = self._hub.unsubscribe(room_id, subscriber)

@@ -9,6 +9,7 @@ pool's other nodes (:class:`~chatserver.rooms.changes.SettingsChanged`), which r
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ..config import ChatConfig, Config
@@ -51,6 +52,8 @@ class RuntimeSettings:
         self.stored = await admin_store.load_settings(self._db)
         effective = self.effective()
         self.chat = self._config.chat.model_copy(update=effective)
-        self._hub.set_cache_size(effective["default_chat_history"])
+        refills = self._hub.set_cache_size(effective["default_chat_history"])
+        if refills:  # answered only once joins serve the new backchat length
+            await asyncio.gather(*refills)
         if publish:
             self._publisher.publish(SettingsChanged())

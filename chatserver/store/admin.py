@@ -178,6 +178,9 @@ async def update_addin(db: Database, addin_id: int, **values: Any) -> bool:
 
 async def delete_addin(db: Database, addin_id: int) -> bool:
     async with db.write() as conn:
+        # Lock the row first: a room update setting this add-in (which locks it too) has either
+        # committed, and is counted below, or waits and then finds no add-in.
+        await conn.execute(select(addins.c.id).where(addins.c.id == addin_id).with_for_update())
         used = await conn.execute(
             select(func.count()).select_from(rooms).where(rooms.c.addin_id == addin_id)
         )

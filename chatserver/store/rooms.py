@@ -11,7 +11,7 @@ from sqlalchemy import BigInteger, delete, func, insert, literal, select, update
 from . import outbox
 from .db import Database, now_ms
 from .principals import Principal, change_grants, principal
-from .schema import invitations, room_principals, rooms
+from .schema import addins, invitations, room_principals, rooms
 
 ROLES = ("member", "manager", "presenter")
 PRIVACY = ("open", "closed", "secret")
@@ -60,6 +60,10 @@ class Room:
             managers=frozenset(roles.get("manager", ())),
             presenters=frozenset(roles.get("presenter", ())),
         )
+
+
+class AddinMissing(Exception):
+    """``update_room`` was given an ``addin_id`` no add-in has."""
 
 
 class RoomExists(Exception):
@@ -326,8 +330,17 @@ async def update_room(
     db: Database, room_id: int, *, clash: Clash = any_room, **values: Any
 ) -> None:
     """Change the room's columns; a new ``name`` raises :class:`RoomExists` if another room of
-    that name ``clash``-es (see :func:`create_room`)."""
+    that name ``clash``-es (see :func:`create_room`); an ``addin_id`` that is not an add-in's
+    raises :class:`AddinMissing` (the add-in's row is locked until the commit, so a concurrent
+    ``delete_addin`` either runs first or sees the room using it)."""
     async with db.write() as conn:
+        addin_id = values.get("addin_id")
+        if addin_id is not None:
+            found = await conn.execute(
+                select(addins.c.id).where(addins.c.id == addin_id).with_for_update()
+            )
+            if found.first() is None:
+                raise AddinMissing(addin_id)
         if "name" in values and await _name_taken(
             db, conn, values["name"], clash, other_than=room_id
         ):

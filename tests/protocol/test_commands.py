@@ -44,6 +44,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "room.get": {"room": 1},
     "room.update": {"room": 1},
     "room.members": {"room": 1},
+    "room.participants": {"room": 1},
     "room.move": {"room": 1, "category": 2},
     "room.disable": {"room": 1},
     "room.enable": {"room": 1},
@@ -90,6 +91,7 @@ FULL: dict[str, dict[str, Any]] = {
     "read": {"room": 4, "seq": 12},
     "mentions": {"room": 4, "cursor": "1.2.3", "limit": 10},
     "room.get": {"room": 4},
+    "room.participants": {"room": 4},
     "room.update": {
         "room": 4,
         "name": "n",
@@ -254,6 +256,7 @@ def test_required_table_is_complete() -> None:
         ("room.get", "room"),
         ("room.update", "room"),
         ("room.members", "room"),
+        ("room.participants", "room"),
         ("room.move", "room"),
         ("room.move", "category"),
         ("room.disable", "room"),

@@ -981,6 +981,12 @@ class GovernanceMachine(RuleBasedStateMachine):
                 elif kind == "room.updated":
                     r = self.room_index(event["room"]["id"])
                     assert (actor, r) in self.subs, f"{actor} is not in room {r}: {event}"
+                elif kind in ("joined", "left", "participants.updates"):
+                    # The roster only reaches the room's readers (one who lost the room in
+                    # this step may hear of others leaving it before its own removal).
+                    r = self.room_index(event["room"])
+                    assert (actor, r) in self.subs | lost, f"LEAK: {actor} got {event}"
+                    self.world.tally[f"roster {kind}"] += 1
                 elif kind != "invited":  # checked by the tests above
                     raise AssertionError(f"unexpected event for {actor}: {event}")
         due = {(u, key) for key, users in self.due.items() for u in users}
