@@ -32,7 +32,7 @@ from .accounts import Accounts
 from .admin.server import ManagementServer
 from .config import Config, parse_address
 from .metrics import Metrics
-from .protocol.errors import ChatError
+from .protocol.errors import CONFLICT, ChatError
 from .rooms.audit import SYSTEM, Audit
 from .rooms.authorization import Authorization
 from .rooms.capture import Capture
@@ -83,7 +83,11 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
 
 
 async def ensure_admin(db: Database, accounts: Accounts, announce: Callable[[str], None]) -> None:
-    """Create the user ``admin`` when the store has no administrator, and say its password once."""
+    """Create the user ``admin`` when the store has no administrator, and say its password once.
+
+    Nodes started together on a fresh store all see no administrator: one insert wins (the name
+    is unique), and the others, refused, look again and find the administrator it made.
+    """
     if await user_store.count_admins(db):
         return
     password = os.environ.get("CHATSERVER_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
@@ -91,7 +95,12 @@ async def ensure_admin(db: Database, accounts: Accounts, announce: Callable[[str
         await accounts.add_user(
             "admin", password, by=SYSTEM, is_admin=True, display_name="Administrator"
         )
-    except ChatError:
+    except ChatError as exc:
+        if exc.code != CONFLICT:
+            raise
+        if await user_store.count_admins(db):
+            announce("administrator 'admin' was created by another node starting at the same time")
+            return
         raise StartupError(
             "the store has no administrator and the name 'admin' belongs to an ordinary user;"
             " add one with `chatserver user add NAME --admin`"
@@ -106,7 +115,11 @@ class Node:
     def __init__(self, config: Config, *, announce: Callable[[str], None] = print) -> None:
         self.config = config
         self.announce = announce
-        db = self.db = Database(config.database.url)
+        db = self.db = Database(
+            config.database.url,
+            timeout_s=config.database.timeout_s,
+            keepalive_s=config.database.keepalive_s,
+        )
         self.metrics = Metrics()
         self.presence = Presence()
         self.connections = Connections(config.limits, config.listen.websocket_origins)

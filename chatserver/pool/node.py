@@ -56,6 +56,7 @@ from ..rooms.governance import Governance
 from ..rooms.hub import Hub
 from ..rooms.settings import RuntimeSettings
 from ..store.db import Database, now_ms
+from ..store.health import describe
 from ..transport.connections import Connections
 from . import registry
 from .catchup import SAFETY_POLL_ROUNDS, CatchUp
@@ -415,7 +416,7 @@ class Pool:
             try:
                 await self._beat()
             except Exception as exc:
-                log.warning("pool: heartbeat failed: %s", exc)
+                log.warning("pool: heartbeat failed: %s", describe(exc))
 
     async def _keepalive(self) -> None:
         """Ping every link and close the silent ones, every ``heartbeat_s``.
@@ -499,7 +500,7 @@ class Pool:
                 await self.catch_up.run()
             except Exception as exc:
                 self._link_lost = True  # try again next interval
-                log.warning("pool: catch-up failed: %s", exc)
+                log.warning("pool: catch-up failed: %s", describe(exc))
 
     async def view(self) -> dict[str, Any]:
         """The pool's nodes as the management API shows them (``GET /api/v1/pool``)."""

@@ -11,6 +11,9 @@ Nothing is acknowledged before its transaction commits (ARCHITECTURE invariant 1
 fails for one bad row is stored again in halves, down to the post that fails alone, which gets
 ``unavailable``; every other post of the batch is stored. A batch that fails because the store is
 unreachable fails all its posts with ``unavailable`` (the client retries with the same cid).
+
+Failures are logged once per change of state: the first failed batch, then (when a batch is
+stored again) how long it lasted and how many batches and posts failed meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable
 
 from ..protocol.errors import UNAVAILABLE, ChatError
 from ..store.db import Database
+from ..store.health import describe, unreachable
 from ..store.messages import Message, NewPost, Stored, store_batch
 from .capture import Capture
 from .changes import Publisher
@@ -65,6 +69,10 @@ class Writer:
         self.last_batch_size = 0
         self.last_batch_seconds = 0.0
         self.failed_batches = 0
+        # Failures since the last stored batch (logged when storing works again).
+        self._failing_since: float | None = None
+        self._failed_batches_now = 0
+        self._failed_posts_now = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="writer")
@@ -142,6 +150,18 @@ class Writer:
         self._queue = waiting
         return taken
 
+    def _failed(self, posts: int, exc: Exception) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            self._failed_batches_now = self._failed_posts_now = 0
+            log.error(
+                "storing posts failed (%s); they are answered `unavailable` until a batch is"
+                " stored again",
+                describe(exc),
+            )
+        self._failed_batches_now += 1
+        self._failed_posts_now += posts
+
     async def _commit(self, batch: list[tuple[NewPost, asyncio.Future[Stored]]]) -> None:
         started = time.perf_counter()
         try:
@@ -150,7 +170,7 @@ class Writer:
             )
         except Exception as exc:
             self.failed_batches += 1
-            if len(batch) > 1 and not _store_unreachable(exc):
+            if len(batch) > 1 and not unreachable(exc):
                 # One bad row must not fail everyone's posts: store the halves apart, down to
                 # the row that fails alone (seq order within a room is kept: the first half's
                 # posts were submitted first).
@@ -161,7 +181,7 @@ class Writer:
                 await self._commit(batch[:half])
                 await self._commit(batch[half:])
                 return
-            log.error("storing a batch of %d posts failed: %s", len(batch), exc)
+            self._failed(len(batch), exc)
             error = ChatError(
                 UNAVAILABLE, "the message could not be stored; retry with the same cid"
             )
@@ -171,6 +191,15 @@ class Writer:
             return
         self.last_batch_size = len(batch)
         self.last_batch_seconds = time.perf_counter() - started
+        if self._failing_since is not None:
+            log.warning(
+                "posts are stored again after %.1f s; %d batches (%d posts) failed meanwhile"
+                " and were answered `unavailable`",
+                time.monotonic() - self._failing_since,
+                self._failed_batches_now,
+                self._failed_posts_now,
+            )
+            self._failing_since = None
         if self._on_batch is not None:
             self._on_batch(len(batch), self.last_batch_seconds)
         new = [r.message for r in results if r.message is not None and not r.duplicate]
@@ -189,11 +218,3 @@ class Writer:
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
-
-
-def _store_unreachable(exc: Exception) -> bool:
-    """The store itself failed (not one row): retrying row by row would only fail slower."""
-    return (
-        isinstance(exc, OSError | TimeoutError | ConnectionError)
-        or "connection" in str(exc).lower()
-    )

@@ -4,7 +4,10 @@
   committed transaction survives power loss. Write transactions begin ``IMMEDIATE`` so two writers
   queue on the lock instead of failing to upgrade a read lock.
 - PostgreSQL through asyncpg. The group-commit fast path also keeps a small asyncpg pool of its own
-  (:meth:`Database.pg_pool`), for statements SQLAlchemy cannot express as cheaply.
+  (:meth:`Database.pg_pool`), for statements SQLAlchemy cannot express as cheaply. With
+  ``timeout_s`` (a node's ``database.timeout_s``) every use of a connection of either pool is
+  bounded, a stuck one is dropped, and a store that fails raises :class:`StoreUnavailable`
+  (:mod:`chatserver.store.health`); every connection has TCP keepalive.
 """
 
 from __future__ import annotations
@@ -17,9 +20,23 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import BigInteger, ColumnElement, event, literal, literal_column
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .health import (
+    BoundedPgPool,
+    Deadline,
+    StoreHealth,
+    StoreUnavailable,
+    as_unavailable,
+    keepalive_class,
+    raise_failed,
+    unreachable,
+)
+
+__all__ = ["Database", "StoreUnavailable", "now_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +84,29 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
+# The store's clock in epoch ms, read inside a statement (PostgreSQL): times that several nodes
+# compare (message times, session expiry) come from one clock, whatever the nodes' clocks say.
+PG_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    """The store. ``timeout_s`` bounds each use of a PostgreSQL connection (None: unbounded, for
+    the command-line tools); ``keepalive_s`` is the TCP keepalive of every connection."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        timeout_s: float | None = None,
+        keepalive_s: float = 10.0,
+    ) -> None:
         self.url = url
         self.dialect = dialect_of(url)
-        self._pg_pool: Any = None
+        self.timeout_s = timeout_s
+        self.keepalive_s = keepalive_s
+        self.health = StoreHealth()
+        self._pg_pool: BoundedPgPool | None = None
         self._pg_pool_made: asyncio.Task[None] | None = None
         if self.dialect == "sqlite":
             path = sqlite_path(url)
@@ -81,27 +116,88 @@ class Database:
             _configure_sqlite(self.engine)
         else:
             self.engine = create_async_engine(
-                sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size
+                sqlalchemy_url(url),
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=timeout_s if timeout_s is not None else 30,
+                connect_args=self._connect_args(),
             )
+            _configure_postgres(self.engine)
 
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
+    def _connect_args(self) -> dict[str, Any]:
+        """asyncpg's connect arguments for both pools: the connect timeout and keepalive."""
+        return {
+            "timeout": self.timeout_s if self.timeout_s is not None else 60,
+            "connection_class": keepalive_class(self.keepalive_s),
+        }
+
+    def now_ms(self) -> ColumnElement[int]:
+        """The store's clock in epoch ms, as an SQL expression (SQLite: this machine's, which is
+        the store's)."""
+        if self.is_postgres:
+            return literal_column(PG_NOW_MS, BigInteger)
+        return literal(now_ms())
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+        async with self._connection() as conn:
             yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that commits when the block exits normally and rolls back otherwise."""
-        async with self.engine.connect() as conn:
+        async with self._connection() as conn:
             conn = await conn.execution_options(chat_write=True)
             async with conn.begin():
                 yield conn
 
-    async def pg_pool(self) -> Any:
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection of the engine's pool, its use bounded by ``timeout_s`` on PostgreSQL
+        (see :mod:`chatserver.store.health`)."""
+        timeout = self.timeout_s
+        if timeout is None or not self.is_postgres:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        started = time.monotonic()
+        conn = self.engine.connect()
+        try:
+            async with asyncio.timeout(timeout):
+                await conn.start()
+                driver: Any = (await conn.get_raw_connection()).driver_connection
+        except Exception as exc:
+            raise_failed(
+                as_unavailable(exc, expired=False, timeout_s=timeout, health=self.health), exc
+            )
+        deadline = Deadline(max(0.001, timeout - (time.monotonic() - started)), driver.terminate)
+        try:
+            yield conn
+        except Exception as exc:
+            error = as_unavailable(
+                exc, expired=deadline.expired, timeout_s=timeout, health=self.health
+            )
+            if error is not exc and not driver.is_closed():
+                driver.terminate()  # not given back to the pool as it is
+            raise_failed(error, exc)
+        else:
+            self.health.succeeded()
+        finally:
+            try:
+                if driver.is_closed() and not conn.invalidated:
+                    await conn.invalidate()  # dropped from the pool, no rollback tried
+                await conn.close()  # still under the deadline: a stuck rollback is cut short
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+            finally:
+                deadline.cancel()
+
+    async def pg_pool(self) -> BoundedPgPool:
         """An asyncpg pool on the same database, for the PostgreSQL fast paths: the group
         commit (two batches in flight) and the reads every node makes per room (the room and its
         roles, its newest messages, the pool's catch-up of last_seq)."""
@@ -116,15 +212,27 @@ class Database:
             except Exception:
                 self._pg_pool_made = None
                 raise
+        assert self._pg_pool is not None
         return self._pg_pool
 
     async def _make_pg_pool(self) -> None:
         import asyncpg
 
         dsn = make_url(self.url.replace("postgres://", "postgresql://", 1))
-        self._pg_pool = await asyncpg.create_pool(
-            dsn.render_as_string(hide_password=False), min_size=1, max_size=6, reset=_keep_session
-        )
+        try:
+            pool = await asyncpg.create_pool(
+                dsn.render_as_string(hide_password=False),
+                min_size=1,
+                max_size=6,
+                reset=_keep_session,
+                **self._connect_args(),
+            )
+        except Exception as exc:
+            raise_failed(
+                as_unavailable(exc, expired=False, timeout_s=self.timeout_s, health=self.health),
+                exc,
+            )
+        self._pg_pool = BoundedPgPool(pool, self.timeout_s, self.health)
 
     async def close(self) -> None:
         if self._pg_pool_made is not None and not self._pg_pool_made.done():
@@ -147,6 +255,15 @@ async def _keep_session(_conn: Any) -> None:
     """The asyncpg pool's reset on release, which does nothing: the fast paths never change
     session state (no SET, LISTEN, advisory locks or cursors), and asyncpg still rolls back a
     transaction left open. The default reset is one more round trip for every statement."""
+
+
+def _configure_postgres(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # A pooled connection the server or the network closed meanwhile (asyncpg saw it go):
+        # the pool drops it and takes another, so the request does not fail on it.
+        if dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("the pooled connection was closed")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -259,7 +259,7 @@ async def test_closing_does_not_wait_forever_for_a_connection_never_released(
     monkeypatch.setattr(db_module, "PG_POOL_CLOSE_TIMEOUT_S", 0.5)
     db = Database(db_url)
     pool = await db.pg_pool()
-    held = await pool.acquire()  # as if its holder were cancelled before releasing it
+    held = await pool.pool.acquire()  # as if its holder were cancelled before releasing it
     raw = held._con  # the connection behind the pool's proxy
     await asyncio.wait_for(db.close(), 5)  # without the bound, close() waits for it forever
     assert raw.is_closed()
