@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from ..protocol.errors import UNAVAILABLE, ChatError
 from ..store.db import Database
-from ..store.health import describe, unreachable
+from ..store.health import StoreUnavailable, describe, unreachable
 from ..store.messages import Message, NewPost, Stored, store_batch
 from .capture import Capture
 from .changes import Publisher
@@ -114,9 +114,16 @@ class Writer:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                if in_flight and not self._db.health.available:
+                    # The store is away: the batch in flight finds out when it is back, and
+                    # what waits behind it is answered now instead of a bound later.
+                    self._reject_queued()
+                    break
                 batch: list[tuple[NewPost, asyncio.Future[Stored]]] = []
                 if len(in_flight) < limit:
-                    batch = self._take(set().union(*in_flight.values()))
+                    # While the store is away, one post at a time finds out when it is back.
+                    size = self._max_batch if self._db.health.available else 1
+                    batch = self._take(set().union(*in_flight.values()), size)
                 if not batch:  # at the limit, or everything queued waits for a batch in flight
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -130,16 +137,18 @@ class Writer:
                     await asyncio.wait(in_flight)
                 return
 
-    def _take(self, held: set[tuple[int, int]]) -> list[tuple[NewPost, asyncio.Future[Stored]]]:
-        """The next batch: up to ``max_batch`` queued posts, in order, leaving the (room,
-        sender) pairs of ``held`` (and looking at most 4 times ``max_batch`` posts deep)."""
+    def _take(
+        self, held: set[tuple[int, int]], size: int
+    ) -> list[tuple[NewPost, asyncio.Future[Stored]]]:
+        """The next batch: up to ``size`` queued posts, in order, leaving the (room, sender)
+        pairs of ``held`` (and looking at most 4 times ``max_batch`` posts deep)."""
         queue = self._queue
         if not held:
-            return [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+            return [queue.popleft() for _ in range(min(len(queue), size))]
         taken: list[tuple[NewPost, asyncio.Future[Stored]]] = []
         waiting: deque[tuple[NewPost, asyncio.Future[Stored]]] = deque()
         budget = 4 * self._max_batch
-        while queue and len(taken) < self._max_batch and budget:
+        while queue and len(taken) < size and budget:
             item = queue.popleft()
             budget -= 1
             if (item[0].room, item[0].sender_id) in held:
@@ -149,6 +158,12 @@ class Writer:
         waiting.extend(queue)
         self._queue = waiting
         return taken
+
+    def _reject_queued(self) -> None:
+        batch = list(self._queue)
+        self._queue.clear()
+        self._failed(len(batch), StoreUnavailable("the store is unavailable"))
+        _reject(batch)
 
     def _failed(self, posts: int, exc: Exception) -> None:
         if self._failing_since is None:
@@ -182,12 +197,7 @@ class Writer:
                 await self._commit(batch[half:])
                 return
             self._failed(len(batch), exc)
-            error = ChatError(
-                UNAVAILABLE, "the message could not be stored; retry with the same cid"
-            )
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            _reject(batch)
             return
         self.last_batch_size = len(batch)
         self.last_batch_seconds = time.perf_counter() - started
@@ -218,3 +228,10 @@ class Writer:
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+def _reject(batch: list[tuple[NewPost, asyncio.Future[Stored]]]) -> None:
+    error = ChatError(UNAVAILABLE, "the message could not be stored; retry with the same cid")
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)

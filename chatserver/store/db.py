@@ -222,7 +222,9 @@ class Database:
         try:
             pool = await asyncpg.create_pool(
                 dsn.render_as_string(hide_password=False),
-                min_size=1,
+                # No floor: asyncpg would restore it with a traceback per attempt while the
+                # store is away; connections are made on demand instead.
+                min_size=0,
                 max_size=6,
                 reset=_keep_session,
                 **self._connect_args(),

@@ -21,6 +21,7 @@ peer vanished is found by the kernel instead of by the next request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -169,6 +170,14 @@ def set_keepalive(sock: Any, idle_s: float) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
+def _terminate(conn: Any) -> None:
+    """Close a pool's connection at once (a no-op when it is closed, or already gone back to the
+    pool because it closed)."""
+    with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+        if not conn.is_closed():
+            conn.terminate()
+
+
 def raise_failed(error: BaseException, cause: BaseException) -> NoReturn:
     """Raise ``error`` (what :meth:`BoundedPgPool._failed` made of ``cause``)."""
     if error is cause:
@@ -199,13 +208,12 @@ class BoundedPgPool:
         deadline = None
         if timeout is not None:
             left = max(0.001, timeout - (time.monotonic() - started))
-            deadline = Deadline(left, conn.terminate)
+            deadline = Deadline(left, lambda: _terminate(conn))
         try:
             yield conn
         except Exception as exc:
             if (deadline is not None and deadline.expired) or unreachable(exc):
-                if not conn.is_closed():
-                    conn.terminate()  # a broken or stuck connection is not given back
+                _terminate(conn)  # a broken or stuck connection is not given back
                 raise_failed(self._failed(exc, deadline), exc)
             raise
         else:
