@@ -172,14 +172,21 @@ class Database:
                 driver: Any = (await conn.get_raw_connection()).driver_connection
         except Exception as exc:
             raise_failed(
-                as_unavailable(exc, expired=False, timeout_s=timeout, health=self.health), exc
+                as_unavailable(
+                    exc, expired=False, timeout_s=timeout, health=self.health, started=started
+                ),
+                exc,
             )
         deadline = Deadline(max(0.001, timeout - (time.monotonic() - started)), driver.terminate)
         try:
             yield conn
         except Exception as exc:
             error = as_unavailable(
-                exc, expired=deadline.expired, timeout_s=timeout, health=self.health
+                exc,
+                expired=deadline.expired,
+                timeout_s=timeout,
+                health=self.health,
+                started=started,
             )
             if error is not exc and not driver.is_closed():
                 driver.terminate()  # not given back to the pool as it is
@@ -219,6 +226,7 @@ class Database:
         import asyncpg
 
         dsn = make_url(self.url.replace("postgres://", "postgresql://", 1))
+        started = time.monotonic()
         try:
             pool = await asyncpg.create_pool(
                 dsn.render_as_string(hide_password=False),
@@ -231,7 +239,13 @@ class Database:
             )
         except Exception as exc:
             raise_failed(
-                as_unavailable(exc, expired=False, timeout_s=self.timeout_s, health=self.health),
+                as_unavailable(
+                    exc,
+                    expired=False,
+                    timeout_s=self.timeout_s,
+                    health=self.health,
+                    started=started,
+                ),
                 exc,
             )
         self._pg_pool = BoundedPgPool(pool, self.timeout_s, self.health)

@@ -91,10 +91,15 @@ class StoreHealth:
         self.failures = 0  # uses that failed since the store became unavailable
         self.outages = 0  # times it became unavailable (a metric)
         self.failed_total = 0
+        self._last_ok = 0.0  # monotonic time of the last use that succeeded
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, started: float | None = None) -> None:
+        """A use that began at ``started`` (monotonic) failed. When another use succeeded since
+        it began, the store is back (or never left): it is counted, and changes nothing."""
         self.failures += 1
         self.failed_total += 1
+        if started is not None and started < self._last_ok:
+            return
         if self.available:
             self.available = False
             self.down_since = time.monotonic()
@@ -106,6 +111,7 @@ class StoreHealth:
             )
 
     def succeeded(self) -> None:
+        self._last_ok = time.monotonic()
         if not self.available:
             self.available = True
             log.warning(
@@ -204,7 +210,7 @@ class BoundedPgPool:
         try:
             conn = await self.pool.acquire(timeout=timeout)
         except Exception as exc:
-            raise_failed(self._failed(exc, None), exc)
+            raise_failed(self._failed(exc, None, started), exc)
         deadline = None
         if timeout is not None:
             left = max(0.001, timeout - (time.monotonic() - started))
@@ -214,7 +220,7 @@ class BoundedPgPool:
         except Exception as exc:
             if (deadline is not None and deadline.expired) or unreachable(exc):
                 _terminate(conn)  # a broken or stuck connection is not given back
-                raise_failed(self._failed(exc, deadline), exc)
+                raise_failed(self._failed(exc, deadline, started), exc)
             raise
         else:
             self.health.succeeded()
@@ -237,23 +243,33 @@ class BoundedPgPool:
     def terminate(self) -> None:
         self.pool.terminate()
 
-    def _failed(self, exc: BaseException, deadline: Deadline | None) -> BaseException:
+    def _failed(
+        self, exc: BaseException, deadline: Deadline | None, started: float
+    ) -> BaseException:
         expired = deadline is not None and deadline.expired
-        return as_unavailable(exc, expired=expired, timeout_s=self.timeout_s, health=self.health)
+        return as_unavailable(
+            exc, expired=expired, timeout_s=self.timeout_s, health=self.health, started=started
+        )
 
 
 def as_unavailable(
-    exc: BaseException, *, expired: bool, timeout_s: float | None, health: StoreHealth
+    exc: BaseException,
+    *,
+    expired: bool,
+    timeout_s: float | None,
+    health: StoreHealth,
+    started: float,
 ) -> BaseException:
-    """What a failed use of the store raises: :class:`StoreUnavailable` when the store failed
-    (recorded in ``health``), else ``exc`` itself (a statement's own error)."""
+    """What a failed use of the store (begun at ``started``, monotonic) raises:
+    :class:`StoreUnavailable` when the store failed (recorded in ``health``), else ``exc``
+    itself (a statement's own error)."""
     if isinstance(exc, StoreUnavailable):
-        health.failed(exc)
+        health.failed(exc, started)
         return exc
     if expired or (isinstance(exc, TimeoutError) and timeout_s is not None):
-        health.failed(TimeoutError(f"no answer within {timeout_s:g} s"))
+        health.failed(TimeoutError(f"no answer within {timeout_s:g} s"), started)
         return StoreUnavailable(f"the store did not answer within {timeout_s:g} s; try again later")
     if unreachable(exc):
-        health.failed(exc)
+        health.failed(exc, started)
         return StoreUnavailable()
     return exc

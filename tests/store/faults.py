@@ -24,6 +24,9 @@ class StoreProxy:
     - ``freeze()``: no byte passes either way and nothing closes (a partition, or a stalled
       server); bytes already read are held, and passed on at ``thaw()``. New connections are
       accepted and frozen too.
+    - ``freeze(drop=True)``: the same, but the bytes are dropped (a firewall dropping packets
+      whose retransmission comes too late): a statement sent meanwhile never gets its answer,
+      even after ``thaw()``; only a new connection works again.
     - ``cut()``: every connection is closed and new ones are closed at once, until ``heal()``.
     """
 
@@ -32,6 +35,7 @@ class StoreProxy:
         self.flowing = asyncio.Event()
         self.flowing.set()
         self.refusing = False
+        self.dropping = False
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.accepted = 0
@@ -61,6 +65,8 @@ class StoreProxy:
         async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             try:
                 while data := await r.read(65536):
+                    if self.dropping:
+                        continue
                     await self.flowing.wait()
                     if w.is_closing():
                         break
@@ -74,10 +80,14 @@ class StoreProxy:
 
         await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
 
-    def freeze(self) -> None:
-        self.flowing.clear()
+    def freeze(self, drop: bool = False) -> None:
+        if drop:
+            self.dropping = True
+        else:
+            self.flowing.clear()
 
     def thaw(self) -> None:
+        self.dropping = False
         self.flowing.set()
 
     def cut(self) -> None:

@@ -18,6 +18,9 @@ import aiohttp
 import pytest
 
 from chatserver.client import Client
+from chatserver.pool.local import LocalPool
+from chatserver.store import users as user_store
+from chatserver.store.db import Database
 from chatserver.testing import PostgresCluster
 from tests.conftest import PASSWORD, scaled
 from tests.pool.test_pool import new_database, seed
@@ -54,7 +57,16 @@ async def _readyz(http: aiohttp.ClientSession) -> tuple[int, dict[str, Any], flo
     return response.status, body, time.monotonic() - started
 
 
-@pytest.mark.parametrize("fault", ["freeze", "cut"])
+async def _until_ready(http: aiohttp.ClientSession) -> None:
+    async with asyncio.timeout(scaled(10)):
+        while True:
+            status, _, _ = await _readyz(http)
+            if status == 200:
+                return
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("fault", ["freeze", "drop", "cut"])
 async def test_a_node_cut_from_its_store_answers_and_recovers(
     pg_cluster: PostgresCluster, fault: str
 ) -> None:
@@ -86,7 +98,10 @@ async def test_a_node_cut_from_its_store_answers_and_recovers(
             mark = len(node.lines)
 
             # -- the fault ----------------------------------------------------------------
-            proxy.freeze() if fault == "freeze" else proxy.cut()
+            if fault == "cut":
+                proxy.cut()
+            else:
+                proxy.freeze(drop=fault == "drop")
 
             async def post(cid: str) -> dict[str, Any]:
                 return await alice.request("post", room=lobby, text=cid, cid=cid)
@@ -100,7 +115,7 @@ async def test_a_node_cut_from_its_store_answers_and_recovers(
             async def readyz_until_503() -> list[tuple[int, float]]:
                 seen: list[tuple[int, float]] = []
                 while not seen or seen[-1][0] == 200:
-                    status, body, took = await _readyz(http)
+                    status, _, took = await _readyz(http)
                     seen.append((status, took))
                     await asyncio.sleep(0.2)
                 return seen
@@ -122,9 +137,7 @@ async def test_a_node_cut_from_its_store_answers_and_recovers(
                 "readyz": timed(readyz_until_503()),
                 "burst": timed(posts_meanwhile()),
             }
-            results = dict(
-                zip(requests, await asyncio.gather(*requests.values()), strict=True)
-            )
+            results = dict(zip(requests, await asyncio.gather(*requests.values()), strict=True))
             for name in ("post", "history", "join", "auth"):
                 reply, took = results[name]
                 assert reply.get("error", {}).get("code") == "unavailable", (name, reply)
@@ -152,7 +165,7 @@ async def test_a_node_cut_from_its_store_answers_and_recovers(
             )
 
             # -- the store returns --------------------------------------------------------
-            proxy.thaw() if fault == "freeze" else proxy.heal()
+            proxy.heal() if fault == "cut" else proxy.thaw()
             healed = time.monotonic()
             first_ack = None
             async with asyncio.timeout(scaled(30)):
@@ -174,9 +187,7 @@ async def test_a_node_cut_from_its_store_answers_and_recovers(
             texts = [m["text"] for m in page["messages"]]
             assert texts.count("during") == 1 and texts[0] == "before", texts
             assert again["seq"] == seqs["during"], (again, page)
-            async with asyncio.timeout(scaled(10)):
-                while (await _readyz(http))[0] != 200:
-                    await asyncio.sleep(0.2)
+            await _until_ready(http)
             # the other room, and a new sign-in, work again
             await alice.call("join", room=other)
             bob = await Client.connect_tcp(*node.tcp)
@@ -223,9 +234,7 @@ async def test_readyz_answers_within_a_second_while_the_store_is_frozen(
             assert all(took <= scaled(1) for _, took, _ in answers), answers
             assert answers[-1][0] == 503 and answers[-1][2].startswith("unreachable"), answers
             proxy.thaw()
-            async with asyncio.timeout(scaled(10)):
-                while (await _readyz(http))[0] != 200:
-                    await asyncio.sleep(0.2)
+            await _until_ready(http)
     finally:
         await proxy.close()
         await node.stop()
@@ -236,7 +245,7 @@ async def test_nodes_started_together_on_a_fresh_store_agree_on_one_administrato
 ) -> None:
     """Three pooled nodes started at once on a fresh store, three times: every node starts, one
     creates ``admin``, and the administrator can sign in with CHATSERVER_ADMIN_PASSWORD."""
-    from chatserver.pool.local import LocalPool, NodeProcess
+    from chatserver.pool.local import NodeProcess
 
     for trial in range(3):
         url = await new_database(pg_cluster)
@@ -258,10 +267,14 @@ async def test_nodes_started_together_on_a_fresh_store_agree_on_one_administrato
             assert len(created) == 1, (trial, created)
             client = await Client.connect_tcp(*nodes[0].tcp)
             try:
-                reply = await client.login("admin", PASSWORD)
-                assert reply["user"]["is_admin"] is True
+                await client.login("admin", PASSWORD)
             finally:
                 await client.close()
+            db = Database(url)
+            try:
+                assert await user_store.count_admins(db) == 1
+            finally:
+                await db.close()
         finally:
             await pool.stop()
 
@@ -345,3 +358,38 @@ async def test_a_node_ten_minutes_slow_clears_and_expires_on_the_stores_clock(
             await client.close()
         await slow.stop()
         await right.stop()
+
+
+async def test_the_pool_heartbeat_recovers_within_seconds_of_a_freeze(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """A pooled node's heartbeat is written again within seconds of its store returning (it
+    does not wait on a connection whose statement was lost in the partition)."""
+    from chatserver.pool import registry
+    from tests.pool.test_pool import FAST
+
+    url = await new_database(pg_cluster)
+    proxy = StoreProxy(("127.0.0.1", pg_cluster.port))
+    await proxy.start()
+    pool = LocalPool(proxy.url(url), env={**FAST, "CHATSERVER_DATABASE_TIMEOUT_S": str(TIMEOUT_S)})
+    db = Database(url)
+    try:
+        await pool.start(1)
+        proxy.freeze(drop=True)
+        await asyncio.sleep(scaled(TIMEOUT_S * 2))
+        proxy.thaw()
+        thawed = time.monotonic()
+        async with asyncio.timeout(scaled(20)):
+            while True:
+                rows, now = await registry.list_nodes_at(db)
+                ages = [now - r.heartbeat_ms for r in rows if r.name == "node1"]
+                if ages and ages[0] < 1000:
+                    break
+                await asyncio.sleep(0.1)
+        recovered = time.monotonic() - thawed
+        print(f"\nheartbeat written again {recovered:.2f} s after the freeze was lifted")
+        assert recovered <= scaled(10), recovered
+    finally:
+        await db.close()
+        await pool.stop()
+        await proxy.close()
