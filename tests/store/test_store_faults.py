@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import text
 
 from chatserver.client import Client
 from chatserver.pool.local import LocalPool
@@ -392,4 +393,73 @@ async def test_the_pool_heartbeat_recovers_within_seconds_of_a_freeze(
     finally:
         await db.close()
         await pool.stop()
+        await proxy.close()
+
+
+# -- one Database, in this process ----------------------------------------------------------
+
+
+def _socket_options(sock: Any) -> tuple[int, int, int]:
+    import socket
+
+    return (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+    )
+
+
+async def test_every_store_connection_has_tcp_keepalive(pg_cluster: PostgresCluster) -> None:
+    """Both pools' connections: SO_KEEPALIVE, the idle time from ``keepalive_s``, and
+    TCP_USER_TIMEOUT (the kernel drops a connection whose data goes unacknowledged)."""
+    url = await new_database(pg_cluster)
+    db = Database(url, timeout_s=5, keepalive_s=7)
+    try:
+        async with db.read() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            engine_side = _socket_options(driver._transport.get_extra_info("socket"))
+        pool = await db.pg_pool()
+        async with pool.acquire() as raw:
+            fast_side = _socket_options(raw._con._transport.get_extra_info("socket"))
+    finally:
+        await db.close()
+    assert engine_side == fast_side == (1, 7, 14_000), (engine_side, fast_side)
+
+
+async def test_a_use_of_a_lost_store_fails_within_its_bound_and_the_connection_is_replaced(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """Statements whose bytes are lost: both pools raise ``unavailable`` at ``timeout_s``; once
+    the network is back, the next use works at once on a new connection."""
+    from chatserver.store.health import StoreUnavailable
+
+    url = await new_database(pg_cluster)
+    proxy = StoreProxy(("127.0.0.1", pg_cluster.port))
+    await proxy.start()
+    db = Database(proxy.url(url), timeout_s=1)
+    try:
+        pool = await db.pg_pool()
+        async with db.read() as conn:  # one connection in each pool, idle in it
+            await conn.execute(text("SELECT 1"))
+        await pool.fetch("SELECT 1")
+        proxy.freeze(drop=True)
+
+        async def engine_read() -> None:
+            async with db.read() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        for use in (engine_read, lambda: pool.fetch("SELECT 1")):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="did not answer within 1 s"):
+                await asyncio.wait_for(use(), scaled(5))
+            assert time.monotonic() - started <= scaled(2)
+        assert not db.health.available
+        proxy.thaw()
+        (_, took) = await timed(engine_read())
+        (rows, took_fast) = await timed(pool.fetch("SELECT 2 AS two"))
+        assert rows[0]["two"] == 2
+        assert took <= scaled(1) and took_fast <= scaled(1), (took, took_fast)
+        assert db.health.available
+    finally:
+        await db.close()
         await proxy.close()
