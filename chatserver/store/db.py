@@ -30,6 +30,7 @@ from .health import (
     Deadline,
     StoreHealth,
     StoreUnavailable,
+    acquire_failed,
     as_unavailable,
     keepalive_class,
     raise_failed,
@@ -172,10 +173,7 @@ class Database:
                 driver: Any = (await conn.get_raw_connection()).driver_connection
         except Exception as exc:
             raise_failed(
-                as_unavailable(
-                    exc, expired=False, timeout_s=timeout, health=self.health, started=started
-                ),
-                exc,
+                acquire_failed(exc, timeout_s=timeout, health=self.health, started=started), exc
             )
         deadline = Deadline(max(0.001, timeout - (time.monotonic() - started)), driver.terminate)
         try:

@@ -184,6 +184,17 @@ def _terminate(conn: Any) -> None:
             conn.terminate()
 
 
+def acquire_failed(
+    exc: BaseException, *, timeout_s: float | None, health: StoreHealth, started: float
+) -> BaseException:
+    """What failing to get a connection raises. Not getting one in time (every connection busy,
+    or a slow connect) is ``unavailable`` but does not mark the store down: busy is not down, and
+    the uses holding the connections say whether the store answers."""
+    if isinstance(exc, TimeoutError | sa_exc.TimeoutError):
+        return StoreUnavailable(f"no store connection within {timeout_s:g} s; try again later")
+    return as_unavailable(exc, expired=False, timeout_s=timeout_s, health=health, started=started)
+
+
 def raise_failed(error: BaseException, cause: BaseException) -> NoReturn:
     """Raise ``error`` (what :meth:`BoundedPgPool._failed` made of ``cause``)."""
     if error is cause:
@@ -210,7 +221,10 @@ class BoundedPgPool:
         try:
             conn = await self.pool.acquire(timeout=timeout)
         except Exception as exc:
-            raise_failed(self._failed(exc, None, started), exc)
+            raise_failed(
+                acquire_failed(exc, timeout_s=timeout, health=self.health, started=started),
+                exc,
+            )
         deadline = None
         if timeout is not None:
             left = max(0.001, timeout - (time.monotonic() - started))
