@@ -123,15 +123,34 @@ class StoreHealth:
             self.failures = 0
 
 
+# A deadline that fires this much late means the node itself stood still (SIGSTOP, a long
+# pause): the store's answers may be waiting in the socket, unread.
+STALL_S = 1.0
+
+
 class Deadline:
-    """A timer that terminates a connection when one use of it takes longer than its bound."""
+    """A timer that terminates a connection when one use of it takes longer than its bound.
+
+    When it fires late because the node stood still, the store was not given its time: it
+    waits once more, as long again, before it terminates the connection.
+    """
 
     def __init__(self, timeout_s: float, terminate: Callable[[], None]) -> None:
         self.expired = False
         self._terminate = terminate
-        self._handle = asyncio.get_running_loop().call_later(timeout_s, self._fire)
+        self._timeout_s = timeout_s
+        self._extended = False
+        self._loop = asyncio.get_running_loop()
+        self._due = self._loop.time() + timeout_s
+        self._handle = self._loop.call_at(self._due, self._fire)
 
     def _fire(self) -> None:
+        now = self._loop.time()
+        if now - self._due > STALL_S and not self._extended:
+            self._extended = True
+            self._due = now + self._timeout_s
+            self._handle = self._loop.call_at(self._due, self._fire)
+            return
         self.expired = True
         try:
             self._terminate()

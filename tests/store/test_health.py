@@ -87,3 +87,25 @@ def test_a_failure_begun_before_the_last_success_changes_nothing() -> None:
     assert health.available
     health.failed(TimeoutError(), time.monotonic())
     assert not health.available
+
+
+async def test_a_deadline_the_node_slept_through_waits_once_more() -> None:
+    """A node stopped (SIGSTOP) past a deadline: the answer may be in the socket, unread; the
+    connection is given as long again before it is terminated."""
+    import asyncio
+
+    from chatserver.store.health import Deadline
+
+    fired: list[float] = []
+    started = time.monotonic()
+    deadline = Deadline(0.1, lambda: fired.append(time.monotonic() - started))
+    time.sleep(1.3)  # noqa: ASYNC251 -- the loop stands still past the deadline (> STALL_S)
+    await asyncio.sleep(0.05)
+    assert not fired and not deadline.expired
+    await asyncio.sleep(0.2)
+    assert deadline.expired and len(fired) == 1
+
+    on_time: list[bool] = []
+    prompt = Deadline(0.05, lambda: on_time.append(True))
+    await asyncio.sleep(0.2)
+    assert prompt.expired and on_time == [True]
