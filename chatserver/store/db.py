@@ -170,7 +170,9 @@ class Database:
         try:
             async with asyncio.timeout(timeout):
                 await conn.start()
-                driver: Any = (await conn.get_raw_connection()).driver_connection
+            # (no I/O: the connection was just checked out, and no greenlet is needed to read it)
+            assert conn.sync_connection is not None
+            driver: Any = conn.sync_connection.connection.driver_connection
         except Exception as exc:
             raise_failed(
                 acquire_failed(exc, timeout_s=timeout, health=self.health, started=started), exc
