@@ -463,3 +463,94 @@ async def test_a_use_of_a_lost_store_fails_within_its_bound_and_the_connection_i
     finally:
         await db.close()
         await proxy.close()
+
+
+# -- a long outage under load (--run-slow) --------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["drop", "cut"])
+async def test_a_thirty_second_store_outage_under_a_posting_load(
+    pg_cluster: PostgresCluster, fault: str
+) -> None:
+    """Four clients post all through a 30 s outage (default ``timeout_s``), retrying each post
+    with its cid after ``unavailable``: every request is answered within the bound, every
+    acknowledged post is stored once with no gap, and the outage makes a handful of log lines."""
+    timeout = 5.0
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice"], ["lobby"])
+    lobby = ids["lobby"]
+    proxy = StoreProxy(("127.0.0.1", pg_cluster.port))
+    await proxy.start()
+    node = await start_single(node_env(proxy.url(url)))
+    clients: list[Client] = []
+    acked: dict[str, int] = {}
+    ack_times: list[float] = []
+    slowest = 0.0
+    refused = 0
+    stop = asyncio.Event()
+
+    async def poster(i: int, client: Client) -> None:
+        nonlocal slowest, refused
+        k = 0
+        while not stop.is_set():
+            cid = f"{i}-{k}"
+            async with asyncio.timeout(scaled(2 * timeout + 5)):  # silence fails the test
+                reply, took = await timed(client.request("post", room=lobby, text=cid, cid=cid))
+            slowest = max(slowest, took)
+            if reply.get("ok"):
+                acked[cid] = reply["seq"]
+                ack_times.append(time.monotonic())
+                k += 1
+            else:
+                assert reply["error"]["code"] == "unavailable", reply
+                refused += 1
+                await asyncio.sleep(0.05)
+
+    try:
+        for _ in range(4):
+            client = await Client.connect_tcp(*node.tcp)
+            await client.login("alice", PASSWORD)
+            clients.append(client)
+        tasks = [asyncio.ensure_future(poster(i, c)) for i, c in enumerate(clients)]
+        await asyncio.sleep(3)
+        mark = len(node.lines)
+        proxy.cut() if fault == "cut" else proxy.freeze(drop=True)
+        await asyncio.sleep(30)
+        proxy.heal() if fault == "cut" else proxy.thaw()
+        healed = time.monotonic()
+        await asyncio.sleep(scaled(10))
+        stop.set()
+        await asyncio.gather(*tasks)
+        first_ack = min(t for t in ack_times if t >= healed) - healed
+        outage_log = node.lines[mark:]
+        print(
+            f"\n{fault} 30 s under load: {len(acked)} posts acknowledged, {refused} answered"
+            f" `unavailable`, slowest answer {slowest:.2f} s, first ack {first_ack:.2f} s after"
+            f" the store returned, {len(outage_log)} log lines:\n" + "".join(outage_log)
+        )
+        assert first_ack <= scaled(10), first_ack
+        assert slowest <= scaled(2 * timeout + 3), slowest
+        assert len(lines_with(node, "store unavailable", mark)) == 1
+        errors = errors_and_tracebacks(node, mark)
+        assert len(errors) <= 1 and all("storing posts failed" in e for e in errors), errors
+        reader = clients[0]
+        seen: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = await reader.call("history", room=lobby, after=after, limit=500)
+            seen.extend(page["messages"])
+            if not page["more"]:
+                break
+            after = seen[-1]["seq"]
+        seqs = [m["seq"] for m in seen]
+        assert seqs == list(range(1, len(seqs) + 1))  # no gap
+        texts = [m["text"] for m in seen]
+        assert len(texts) == len(set(texts))  # nothing twice
+        assert set(acked) <= set(texts) and all(acked[m["text"]] == m["seq"] for m in seen)
+    finally:
+        stop.set()
+        for client in clients:
+            await client.close()
+        await proxy.close()
+        await node.stop()
