@@ -7,6 +7,7 @@ import asyncio
 import gc
 import getpass
 import logging
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -96,6 +97,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _redact(url: str) -> str:
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)  # the parameter form (store/dsn.py)
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         credentials, host = rest.rsplit("@", 1)

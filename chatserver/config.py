@@ -27,9 +27,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from .store.dsn import parse as parse_database_url
 
 ENV_PREFIX = "CHATSERVER_"
 
@@ -106,13 +109,27 @@ class DatabaseConfig(_Section):
     # PostgreSQL: TCP keepalive on every store connection: the first probe after this many idle
     # seconds, then every third of it; three unanswered probes drop the connection.
     keepalive_s: float = Field(10.0, ge=1, le=3600)
+    # The backup store (a PostgreSQL replica at another site) the pool fails over onto with
+    # `chatserver pool failover`; empty: none (docs/operations.md, "Disaster recovery").
+    backup_url: str = ""
+    # How often a node with a backup_url looks at the other store's pool state.
+    failover_check_s: float = Field(2.0, gt=0, le=600)
 
-    @field_validator("url")
+    @field_validator("url", "backup_url")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
-            raise ValueError("must start with sqlite:// or postgresql://")
+    def _usable(cls, value: str, info: ValidationInfo) -> str:
+        if value or info.field_name == "url":
+            parse_database_url(value)  # the parser every connection uses (store/dsn.py)
         return value
+
+    @model_validator(mode="after")
+    def _backup_is_postgres(self) -> DatabaseConfig:
+        if self.backup_url and not (
+            parse_database_url(self.url).is_postgres
+            and parse_database_url(self.backup_url).is_postgres
+        ):
+            raise ValueError("backup_url: a backup store needs PostgreSQL for url and backup_url")
+        return self
 
 
 class ListenConfig(_Section):
@@ -254,6 +271,12 @@ class ComplianceConfig(_Section):
     add_room_details: bool = False
     add_user_details: bool = False
     attachments_manifest: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable(cls, value: str) -> str:
+        parse_database_url(value)
+        return value
 
 
 class LoginConfig(_Section):

@@ -32,6 +32,7 @@ from .accounts import Accounts
 from .admin.server import ManagementServer
 from .config import Config, parse_address
 from .metrics import Metrics
+from .pool.failover import StoreFailover
 from .protocol.errors import CONFLICT, ChatError
 from .rooms.audit import SYSTEM, Audit
 from .rooms.authorization import Authorization
@@ -119,6 +120,10 @@ class Node:
             config.database.url,
             timeout_s=config.database.timeout_s,
             keepalive_s=config.database.keepalive_s,
+        )
+        # Normal on database.url, or failed over onto database.backup_url (pool/failover.py).
+        self.store_failover = StoreFailover(
+            db, config.database.url, config.database.backup_url, config.database.failover_check_s
         )
         self.metrics = Metrics()
         self.presence = Presence()
@@ -212,6 +217,7 @@ class Node:
                 raise StartupError(str(exc)) from None
         if self.db.dialect == "sqlite":
             await asyncio.to_thread(upgrade, self.config.database.url)
+        await self.store_failover.choose()
         await check_schema(self.db)
         await ensure_admin(self.db, self.accounts, self.announce)
         await self.settings.reload()
@@ -226,6 +232,7 @@ class Node:
             self.metric_refreshers.append(compliance_metrics.refresh)
             self.closers.append(compliance_metrics.close)
         self.writer.start()
+        self.store_failover.start()
         loop = asyncio.get_running_loop()
         listeners: list[tuple[str, str, type[Connection]]] = [
             ("tcp", self.config.listen.tcp, TcpConnection),
@@ -308,6 +315,7 @@ class Node:
                 pass
         if self.pool is not None:
             await self.pool.stop()
+        await self.store_failover.stop()
         for close in self.closers:
             await close()
         await self.db.close()

@@ -26,6 +26,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from chatserver.config import Config
+from chatserver.pool.failover import StoreFailover
 from chatserver.store.db import Database, now_ms
 from chatserver.store.schema import compliance_outbox
 
@@ -149,10 +150,19 @@ async def run(
 
     content = Database(config.database.url, pool_size=2)
     comp = Database(config.compliance.database_url, pool_size=2)
+    # The outbox is in the store the pool is on: follow `pool failover` as the nodes do.
+    failover = StoreFailover(
+        content,
+        config.database.url,
+        config.database.backup_url,
+        config.database.failover_check_s,
+    )
     pause = poll_s
     prepared = False
     last_export = 0.0
     try:
+        await failover.choose()
+        failover.start()
         while not stop.is_set():
             try:
                 if not prepared:
@@ -178,6 +188,7 @@ async def run(
             except TimeoutError:
                 pass
     finally:
+        await failover.stop()
         await content.close()
         await comp.close()
 

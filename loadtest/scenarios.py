@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from chatserver.store.dsn import parse
 from chatserver.testing import free_port
 
 from .lean import connect
@@ -131,7 +132,7 @@ async def ingest_ceiling(
     url: str, duration: float, text_bytes: int, batch: int = 1000
 ) -> dict[str, Any]:
     """asyncpg inserting message rows in ``batch``-row ``unnest`` transactions, one connection."""
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(**parse(url).asyncpg_args())  # store/dsn.py
     try:
         await conn.execute("DROP TABLE IF EXISTS loadtest_ceiling")
         await conn.execute("CREATE TABLE loadtest_ceiling (LIKE messages INCLUDING ALL)")

@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 
 from chatserver.passwords import hash_password
+from chatserver.store.dsn import parse
 from chatserver.testing import PostgresCluster, free_port
 
 ADMIN_PASSWORD = "loadtest-admin"
@@ -332,7 +333,7 @@ async def provision(
     prefix = prefix or f"lt{secrets.token_hex(3)}"
     now = int(time.time() * 1000)
     pw = hash_password(USER_PASSWORD)
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(**parse(url).asyncpg_args())  # store/dsn.py
     try:
         async with conn.transaction():
             user_ids = await conn.fetch(

@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from chatserver.store.db import sqlalchemy_url
+from chatserver.store.dsn import parse
 from chatserver.store.schema import metadata
 
 config = context.config
@@ -24,7 +24,8 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 
 
 async def _main() -> None:
-    engine = create_async_engine(sqlalchemy_url(config.attributes["url"]))
+    target = parse(config.attributes["url"])  # the node's parser: the same hosts, the primary
+    engine = create_async_engine(target.engine_url(), connect_args=target.connect_args())
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

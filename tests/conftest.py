@@ -24,7 +24,7 @@ from chatserver.client import Client
 from chatserver.config import Config, load_config
 from chatserver.server import Node
 from chatserver.store.migrate import upgrade
-from chatserver.testing import PostgresCluster
+from chatserver.testing import PostgresCluster, ReplicaCluster
 
 DIALECTS = [
     d for d in os.environ.get("CHATSERVER_TEST_DIALECTS", "sqlite,postgresql").split(",") if d
@@ -129,6 +129,22 @@ def pg_cluster() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def pg_pair() -> Iterator[tuple[PostgresCluster, ReplicaCluster]]:
+    """A fresh primary and its synchronous streaming replica (``pg_basebackup -R``), for tests
+    that crash the primary and promote the replica; ``await replica.wait_streaming()`` before
+    relying on the replication being synchronous."""
+    primary = PostgresCluster().start()
+    replica: ReplicaCluster | None = None
+    try:
+        replica = ReplicaCluster(primary, synchronous=True).start()
+        yield primary, replica
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
 
 
 _db_numbers = itertools.count(1)

@@ -7,6 +7,7 @@ table, and that every route of the table has a command.
 from __future__ import annotations
 
 from argparse import Namespace
+from collections.abc import Callable
 from typing import Any
 
 from ..cli_common import fail
@@ -394,6 +395,13 @@ def _nodes(a: Namespace, result: Any) -> Any:
     return result["nodes"]
 
 
+def _state_body(state: str) -> Callable[[Namespace, Any], dict[str, Any]]:
+    def body(a: Namespace, api: Any) -> dict[str, Any]:
+        return {"state": state, "promote": a.promote, "reason": a.reason}
+
+    return body
+
+
 SETTINGS_HELP = (
     "set KEY=VALUE… (default_chat_history, max_file_size_kb, participant_update_limit,"
     " room_management_url)"
@@ -465,6 +473,28 @@ OPERATIONS = [
         "tell a node's clients to move to the active nodes, then stop it",
         "POST /api/v1/pool/nodes/{node_name}/drain",
         output=_nodes,
+    ),
+    Command("pool", "state", "show the pool's store state", "GET /api/v1/pool/state"),
+    *(
+        Command(
+            "pool",
+            verb,
+            help,
+            "PUT /api/v1/pool/state",
+            body=_state_body(state),
+            arguments=(
+                arg(
+                    "--promote",
+                    action="store_true",
+                    help="promote the target store if it is still a standby",
+                ),
+                arg("--reason", default="", help="recorded with the state and audited"),
+            ),
+        )
+        for verb, state, help in (
+            ("failover", "failed_over", "fail the pool over onto database.backup_url"),
+            ("failback", "normal", "bring the pool back onto database.url"),
+        )
     ),
     Command(
         "audit",

@@ -383,6 +383,27 @@ class SwapIn(In):
     standby: NodeName
 
 
+class PoolStateIn(In):
+    state: Literal["normal", "failed_over"] = Field(
+        description="failed_over: onto database.backup_url; normal: back onto database.url"
+    )
+    promote: bool = Field(
+        False,
+        description="Promote the target store if it is still a standby (pg_promote), after"
+        " fencing the other store and waiting until the standby has replayed its WAL",
+    )
+    reason: str = Field("", max_length=500)
+
+
+class PoolStateOut(BaseModel):
+    state: Literal["normal", "failed_over"]
+    since_ms: int = Field(description="When it was recorded, by the store's clock (0: never)")
+    by: str
+    reason: str
+    store: Literal["main", "backup"] = Field(description="The store this node uses now")
+    backup: bool = Field(description="Whether this node has a database.backup_url")
+
+
 class AuditOut(BaseModel):
     id: int
     ts: int

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ..accounts import Accounts
     from ..config import Config
     from ..metrics import Metrics
+    from ..pool.failover import StoreFailover
     from ..pool.node import Pool
     from ..rooms.audit import Audit
     from ..rooms.authorization import Authorization
@@ -76,6 +77,11 @@ class NodeControl(Protocol):
     @property
     def pool(self) -> Pool | None:
         """The pool this node is in, or None on a single node."""
+        ...
+
+    @property
+    def store_failover(self) -> StoreFailover:
+        """Which store the node uses: normal, or failed over onto the backup store."""
         ...
 
     @property

@@ -4,6 +4,9 @@
   nodes on 127.0.0.1, 127.0.0.2, …), until Ctrl-C.
 - ``pool nodes`` / ``activate`` / ``swap`` / ``drain``: the registry of the pool whose store the
   configuration names (``database.url``), through :mod:`chatserver.pool.control`.
+- ``pool state`` / ``failover`` / ``failback``: the pool's store state (normal on
+  ``database.url``, failed over onto ``database.backup_url``), through
+  :mod:`chatserver.pool.failover`; the running nodes follow within ``failover_check_s``.
 """
 
 from __future__ import annotations
@@ -184,6 +187,71 @@ def cmd_drain(args: argparse.Namespace) -> None:
     _with_db(args, lambda db, config: drain(db, args.name))
 
 
+# -- store state ----------------------------------------------------------------------------
+
+
+def _store_state(args: argparse.Namespace, state: str | None) -> None:
+    from ..cli_common import cli_actor
+    from ..config import ConfigError, load_config
+    from ..store.db import Database
+    from ..store.poolstate import FailoverError
+    from .failover import StoreFailover, record_cli_change
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not config.database.backup_url:
+        _fail("no backup store: set database.backup_url (or CHATSERVER_DATABASE_BACKUP_URL)")
+
+    async def main() -> dict[str, Any]:
+        db = Database(config.database.url)
+        failover = StoreFailover(db, config.database.url, config.database.backup_url, 1.0)
+        try:
+            await failover.choose()
+            before = failover.view()
+            if state is None:
+                return before.public()
+            by = cli_actor()
+            await failover.set_state(
+                "failed_over" if state == "failed_over" else "normal",
+                by=by,
+                reason=args.reason,
+                promote=args.promote,
+            )
+            after = failover.view()
+            await record_cli_change(db, by, before, after)
+            return after.public()
+        finally:
+            await db.close()
+
+    try:
+        result = _run(main())
+    except FailoverError as exc:
+        _fail(str(exc), 1)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    where = "database.url" if result["store"] == "main" else "database.backup_url"
+    print(
+        f"pool state {result['state']} on {where}"
+        + (f" since {result['since_ms']} by {result['by']}" if result["since_ms"] else "")
+        + (f": {result['reason']}" if result["reason"] else "")
+    )
+
+
+def cmd_state(args: argparse.Namespace) -> None:
+    _store_state(args, None)
+
+
+def cmd_failover(args: argparse.Namespace) -> None:
+    _store_state(args, "failed_over")
+
+
+def cmd_failback(args: argparse.Namespace) -> None:
+    _store_state(args, "normal")
+
+
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
@@ -225,3 +293,21 @@ def register(
     drain = registry_command("drain", "tell a node's clients to move, then stop the node")
     drain.add_argument("name")
     drain.set_defaults(func=cmd_drain)
+
+    state = actions.add_parser("state", parents=[common], help="show the pool's store state")
+    state.add_argument("--json", action="store_true")
+    state.set_defaults(func=cmd_state)
+    for name, func, help in (
+        ("failover", cmd_failover, "fail the pool over onto database.backup_url"),
+        ("failback", cmd_failback, "bring the pool back onto database.url"),
+    ):
+        change = actions.add_parser(name, parents=[common], help=help)
+        change.add_argument(
+            "--promote",
+            action="store_true",
+            help="promote the target store if it is a standby (after fencing the other store and"
+            " waiting until the standby has replayed its WAL)",
+        )
+        change.add_argument("--reason", default="", help="recorded with the state and audited")
+        change.add_argument("--json", action="store_true")
+        change.set_defaults(func=func)

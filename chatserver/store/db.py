@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, event, literal, literal_column
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .connect import connect
+from .dsn import StoreUrl, parse
 from .health import (
     BoundedPgPool,
     Deadline,
@@ -63,26 +64,13 @@ def contains_pattern(text: str) -> str:
     return f"%{text}%"
 
 
-def sqlalchemy_url(url: str) -> str:
-    """Map a configured URL (``sqlite:///…``, ``postgresql://…``) to its async driver URL."""
-    if url.startswith("sqlite://"):
-        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    if url.startswith("postgresql://"):
-        return "postgresql+asyncpg://" + url[len("postgresql://") :]
-    raise ValueError(f"unsupported database URL {url!r}")
-
-
 def dialect_of(url: str) -> str:
-    return "sqlite" if url.startswith("sqlite") else "postgresql"
+    return parse(url).dialect
 
 
 def sqlite_path(url: str) -> Path | None:
-    database = make_url(sqlalchemy_url(url)).database
-    if not database or database == ":memory:":
-        return None
-    return Path(database)
+    database = parse(url).database
+    return Path(database) if database is not None and parse(url).dialect == "sqlite" else None
 
 
 # The store's clock in epoch ms, read inside a statement (PostgreSQL): times that several nodes
@@ -103,38 +91,71 @@ class Database:
         keepalive_s: float = 10.0,
     ) -> None:
         self.url = url
-        self.dialect = dialect_of(url)
+        # Raises UrlError (a ValueError) with the reason for a URL that cannot be used.
+        self.target: StoreUrl = parse(url)
+        self.dialect = self.target.dialect
         self.timeout_s = timeout_s
         self.keepalive_s = keepalive_s
         self.health = StoreHealth()
         self._pg_pool: BoundedPgPool | None = None
         self._pg_pool_made: asyncio.Task[None] | None = None
+        self._pool_size = pool_size
         if self.dialect == "sqlite":
             path = sqlite_path(url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(sqlalchemy_url(url))
+            self.engine: AsyncEngine = create_async_engine(self.target.engine_url())
             _configure_sqlite(self.engine)
         else:
-            self.engine = create_async_engine(
-                sqlalchemy_url(url),
-                pool_size=pool_size,
-                max_overflow=pool_size,
-                pool_timeout=timeout_s if timeout_s is not None else 30,
-                connect_args=self._connect_args(),
-            )
-            _configure_postgres(self.engine)
+            self.engine = self._pg_engine()
+
+    def _pg_engine(self) -> AsyncEngine:
+        # Hosts, ports and target_session_attrs are the asyncpg pool's too (dsn.py).
+        engine = create_async_engine(
+            self.target.engine_url(),
+            connect_args=self._connect_args(self.target.connect_args()),
+            pool_size=self._pool_size,
+            max_overflow=self._pool_size,
+            pool_timeout=self._acquire_s() or 30,
+        )
+        _configure_postgres(engine)
+        return engine
+
+    def _connect_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``args`` (the URL's) with the connect timeout (unless the URL sets one) and the
+        keepalive connection class, for both pools."""
+        return {
+            "timeout": self.timeout_s if self.timeout_s is not None else 60,
+            "connection_class": keepalive_class(self.keepalive_s),
+            **args,
+        }
+
+    def _acquire_s(self) -> float | None:
+        """The bound on getting a connection: ``timeout_s`` for each host of the URL (a
+        multi-host URL's hosts are tried in turn, each within its limit: store/connect.py)."""
+        if self.timeout_s is None:
+            return None
+        return self.timeout_s * max(1, len(self.target.hosts))
+
+    async def switch(self, url: str) -> None:
+        """Use another PostgreSQL store from now on (the pool's failover onto its backup store,
+        pool/failover.py): new connections go to ``url``; the connections to the old one are
+        closed (those in use when they are returned, the asyncpg pool's within a bound)."""
+        target = parse(url)
+        if not (self.is_postgres and target.is_postgres):
+            raise ValueError("only a PostgreSQL store can switch to another PostgreSQL store")
+        if self._pg_pool_made is not None and not self._pg_pool_made.done():
+            await asyncio.wait([self._pg_pool_made])
+        old_engine, old_pool = self.engine, self._pg_pool
+        self.url, self.target = url, target
+        self.engine = self._pg_engine()
+        self._pg_pool, self._pg_pool_made = None, None
+        await _close_pg_pool(old_pool)
+        await old_engine.dispose()
 
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
-
-    def _connect_args(self) -> dict[str, Any]:
-        """asyncpg's connect arguments for both pools: the connect timeout and keepalive."""
-        return {
-            "timeout": self.timeout_s if self.timeout_s is not None else 60,
-            "connection_class": keepalive_class(self.keepalive_s),
-        }
 
     def now_ms(self) -> ColumnElement[int]:
         """The store's clock in epoch ms, as an SQL expression (SQLite: this machine's, which is
@@ -168,7 +189,7 @@ class Database:
         started = time.monotonic()
         conn = self.engine.connect()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self._acquire_s()):
                 await conn.start()
             # (no I/O: the connection was just checked out, and no greenlet is needed to read it)
             assert conn.sync_connection is not None
@@ -177,7 +198,7 @@ class Database:
             raise_failed(
                 acquire_failed(exc, timeout_s=timeout, health=self.health, started=started), exc
             )
-        deadline = Deadline(max(0.001, timeout - (time.monotonic() - started)), driver.terminate)
+        deadline = Deadline(timeout, driver.terminate)
         try:
             yield conn
         except Exception as exc:
@@ -225,46 +246,44 @@ class Database:
     async def _make_pg_pool(self) -> None:
         import asyncpg
 
-        dsn = make_url(self.url.replace("postgres://", "postgresql://", 1))
         started = time.monotonic()
         try:
             pool = await asyncpg.create_pool(
-                dsn.render_as_string(hide_password=False),
+                **self._connect_args(self.target.asyncpg_args()),
+                connect=connect,  # a time limit per host (store/connect.py)
                 # No floor: asyncpg would restore it with a traceback per attempt while the
                 # store is away; connections are made on demand instead.
                 min_size=0,
                 max_size=6,
                 reset=_keep_session,
-                **self._connect_args(),
             )
         except Exception as exc:
             raise_failed(
-                as_unavailable(
-                    exc,
-                    expired=False,
-                    timeout_s=self.timeout_s,
-                    health=self.health,
-                    started=started,
-                ),
+                acquire_failed(exc, timeout_s=self.timeout_s, health=self.health, started=started),
                 exc,
             )
-        self._pg_pool = BoundedPgPool(pool, self.timeout_s, self.health)
+        self._pg_pool = BoundedPgPool(pool, self.timeout_s, self._acquire_s(), self.health)
 
     async def close(self) -> None:
         if self._pg_pool_made is not None and not self._pg_pool_made.done():
             await asyncio.wait([self._pg_pool_made])
         self._pg_pool_made = None
-        if self._pg_pool is not None:
-            pool, self._pg_pool = self._pg_pool, None
-            try:
-                # close() waits for every connection to come back; one held by a task that
-                # was cancelled mid-release never does (seen when a node was stopped in a
-                # join storm), so the wait is bounded.
-                await asyncio.wait_for(pool.close(), PG_POOL_CLOSE_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("closing the asyncpg pool timed out; terminating its connections")
-                pool.terminate()
+        pool, self._pg_pool = self._pg_pool, None
+        await _close_pg_pool(pool)
         await self.engine.dispose()
+
+
+async def _close_pg_pool(pool: Any) -> None:
+    if pool is None:
+        return
+    try:
+        # close() waits for every connection to come back; one held by a task that was
+        # cancelled mid-release never does (seen when a node was stopped in a join storm), so
+        # the wait is bounded.
+        await asyncio.wait_for(pool.close(), PG_POOL_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("closing the asyncpg pool timed out; terminating its connections")
+        pool.terminate()
 
 
 async def _keep_session(_conn: Any) -> None:

@@ -51,6 +51,8 @@ _ASYNCPG_UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.exceptions.OperatorInterventionError,  # 57: admin / crash shutdown, cannot connect now
     asyncpg.exceptions.TooManyConnectionsError,
+    # No host of a multi-host URL is the primary (mid-failover, before the promotion).
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
 )
 
 
@@ -228,9 +230,12 @@ class BoundedPgPool:
     ``execute``.
     """
 
-    def __init__(self, pool: Any, timeout_s: float | None, health: StoreHealth) -> None:
+    def __init__(
+        self, pool: Any, timeout_s: float | None, acquire_s: float | None, health: StoreHealth
+    ) -> None:
         self.pool = pool
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # the bound on one use, once the connection is got
+        self.acquire_s = acquire_s  # the bound on getting it
         self.health = health
 
     @asynccontextmanager
@@ -238,16 +243,15 @@ class BoundedPgPool:
         timeout = self.timeout_s
         started = time.monotonic()
         try:
-            conn = await self.pool.acquire(timeout=timeout)
+            conn = await self.pool.acquire(timeout=self.acquire_s)
         except Exception as exc:
             raise_failed(
-                acquire_failed(exc, timeout_s=timeout, health=self.health, started=started),
+                acquire_failed(exc, timeout_s=self.acquire_s, health=self.health, started=started),
                 exc,
             )
         deadline = None
         if timeout is not None:
-            left = max(0.001, timeout - (time.monotonic() - started))
-            deadline = Deadline(left, lambda: _terminate(conn))
+            deadline = Deadline(timeout, lambda: _terminate(conn))
         try:
             yield conn
         except Exception as exc:

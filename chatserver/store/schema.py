@@ -247,3 +247,16 @@ pool_nodes = Table(
     Column("started_ms", BigInteger, nullable=False),
     Column("heartbeat_ms", BigInteger, nullable=False),
 )
+
+# The pool's store state (issue 15): "normal" on database.url, or "failed_over" onto
+# database.backup_url. One row (id 1), written into the store the pool moves to; the newest of the
+# two stores' rows says which one the nodes use (pool/failover.py).
+pool_state = Table(
+    "pool_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),  # normal | failed_over
+    Column("since_ms", BigInteger, nullable=False),  # the store's clock
+    Column("by", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+)

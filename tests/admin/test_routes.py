@@ -223,6 +223,10 @@ async def test_every_command_calls_its_route(
     await run("pool", "activate", "test-node", fails=not_pooled)
     await run("pool", "swap", "test-node", "other", fails=not_pooled)
     await run("pool", "drain", "test-node", fails=not_pooled)
+    await run("pool", "state")
+    no_backup = "409 conflict"  # no database.backup_url
+    await run("pool", "failover", "--promote", fails=no_backup)
+    await run("pool", "failback", fails=no_backup)
     await run("audit", "list", "--target", f"room:{rid}")
     await run("compliance", "show")
     await run("rooms", "delete", rid)

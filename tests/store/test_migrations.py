@@ -18,7 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from chatserver.store.db import sqlalchemy_url
+from chatserver.store.dsn import parse
 from chatserver.store.migrate import head_revision, upgrade
 from chatserver.store.schema import metadata
 from chatserver.testing import PostgresCluster
@@ -87,7 +87,8 @@ async def test_migrations_produce_schema_py(
     dialect: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     url = await _fresh_database(dialect, request, tmp_path)
-    engine = create_async_engine(sqlalchemy_url(url))
+    target = parse(url)
+    engine = create_async_engine(target.engine_url(), connect_args=target.connect_args())
     try:
         async with engine.connect() as conn:
             revision, diffs = await conn.run_sync(_compare)

@@ -1,4 +1,5 @@
-"""The pool's nodes: the view, the active list, swapping, draining (see ``pool/control.py``)."""
+"""The pool's nodes: the view, the active list, swapping, draining (see ``pool/control.py``);
+the pool's store state: normal, or failed over onto the backup store (``pool/failover.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ...pool import control
 from ...protocol.errors import BAD_REQUEST, CONFLICT, NOT_FOUND, ChatError
 from ..context import Ctx
-from ..models import ActiveIn, PoolOut, SwapIn
+from ..models import ActiveIn, PoolOut, PoolStateIn, PoolStateOut, SwapIn
 from ..routing import Router
 
 if TYPE_CHECKING:
@@ -96,4 +97,51 @@ async def drain_node(ctx: Ctx) -> Any:
     name = str(ctx.params["node_name"])
     return await _pool_change(
         ctx, "pool.drain", f"node:{name}", lambda pool: control.drain(ctx.db, name, pool=pool)
+    )
+
+
+@router.route(
+    "GET",
+    "/api/v1/pool/state",
+    tag="pool",
+    summary="The pool's store state: normal, or failed over onto the backup store",
+    response=PoolStateOut,
+)
+async def get_pool_state(ctx: Ctx) -> Any:
+    return ctx.node.store_failover.view().public()
+
+
+def _failover_refused(exc: Exception) -> ChatError:
+    return ChatError(CONFLICT, str(exc))
+
+
+@router.route(
+    "PUT",
+    "/api/v1/pool/state",
+    tag="pool",
+    summary="Fail the pool over onto database.backup_url (failed_over), or back (normal)",
+    body=PoolStateIn,
+    response=PoolStateOut,
+)
+async def set_pool_state(ctx: Ctx) -> Any:
+    """Refused (409) with what to do when the target store is a standby (unless ``promote``),
+    unreachable, or the pool is already in that state. The audit entry is written into the
+    store the pool is on afterwards; the other nodes follow within
+    ``database.failover_check_s``."""
+    from ...store.poolstate import FailoverError
+
+    b: PoolStateIn = ctx.body
+    failover = ctx.node.store_failover
+
+    async def view() -> dict[str, Any]:
+        return failover.view().public()  # not read from a store that may be down
+
+    return await ctx.change(
+        "pool.state",
+        "pool",
+        load=view,
+        change=lambda _: failover.set_state(
+            b.state, by=ctx.actor_label, reason=b.reason, promote=b.promote
+        ),
+        refusals={FailoverError: _failover_refused},
     )
