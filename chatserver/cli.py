@@ -39,7 +39,10 @@ async def _serve(config: Config) -> None:
     from .store.health import StoreUnavailable
     from .store.migrate import SchemaError
 
-    node = Node(config)
+    try:
+        node = Node(config)
+    except StartupError as exc:
+        _fail(str(exc))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0

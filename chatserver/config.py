@@ -245,6 +245,8 @@ class PoolConfig(_Section):
     advertise_websocket: str = ""
     # The peer address other nodes dial (default: listen.peer with its bound port).
     advertise_peer: str = ""
+    # The management address shown in the registry (default: listen.management, bound port).
+    advertise_management: str = ""
     # With [tls] configured, the peer port speaks TLS too; peers' certificates are checked
     # against peer_ca (default: the node's own tls.certificate, for a pool sharing one).
     peer_tls: bool = True
@@ -254,6 +256,8 @@ class PoolConfig(_Section):
     link_timeout_s: float = Field(3.0, gt=0, le=600)
     # A node whose heartbeat is older than this is treated as gone.
     dead_after_s: float = Field(10.0, gt=0, le=3600)
+    # When an active node is expired, a standby takes its place (see docs/operations.md).
+    auto_promote: bool = False
     # Rooms with local subscribers are compared with the store this often, and what a lost peer
     # event or a down link kept from them is delivered: the bound on delivery delay during a
     # partition (see docs/operations.md).

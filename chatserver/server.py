@@ -116,6 +116,13 @@ class Node:
     def __init__(self, config: Config, *, announce: Callable[[str], None] = print) -> None:
         self.config = config
         self.announce = announce
+        if config.pool.enabled:
+            from .pool.node import PoolError, check_store_url
+
+            try:  # before the store is opened: an SQLite file would be created
+                check_store_url(config.database.url)
+            except PoolError as exc:
+                raise StartupError(str(exc)) from None
         db = self.db = Database(
             config.database.url,
             timeout_s=config.database.timeout_s,
@@ -183,6 +190,7 @@ class Node:
                 connections=self.connections,
                 metrics=self.metrics,
                 client_addresses=self.addresses,
+                audit=audit,
             )
         self.services = Services(
             node_name=config.node.name,
@@ -330,6 +338,7 @@ class Node:
             host, port = await self.management.start(address, context)
         except OSError as exc:
             raise StartupError(f"listen.management: cannot listen on {address}: {exc}") from None
+        self.addresses["management"] = (host, port)
         scheme = "https" if context else "http"
         self.announce(f"management API on {scheme}://{host}:{port}/ (see /openapi.json)")
         if context is None and not ipaddress.ip_address(host).is_loopback:

@@ -93,7 +93,8 @@ async def _up(args: argparse.Namespace) -> None:
             for node in pool.describe():
                 print(
                     f"  {node['node']:8} {node['state']:8} tcp {node['tcp']:21}"
-                    f" {node['websocket']:27} peer {node['peer']}"
+                    f" {node['websocket']:27} peer {node['peer']:21}"
+                    f" management {node['management']}"
                 )
             print("chatserver: Ctrl-C stops every node", flush=True)
             watch = [asyncio.ensure_future(n.proc.wait()) for n in pool.nodes if n.proc]
@@ -156,6 +157,7 @@ def _with_db(
     for node in result["nodes"]:
         print(
             f"{node['name']:16} {node['state']:9} tcp {node['tcp']:21} peer {node['peer']:21}"
+            f" management {node['management'] or '-':21}"
             f" heartbeat {node['heartbeat_age_s']:.1f} s ago"
         )
 

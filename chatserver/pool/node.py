@@ -11,12 +11,14 @@
                                                     │
                      Pool.received ─► Inbox (inbox.py) ─► hub.deliver / handler table
 
-    heartbeat task: upsert own row, read the registry, expire stale rows, dial missing links,
-                    follow state changes (standby, draining)
+    heartbeat task: upsert own row, read the registry, expire stale rows (expiry.py: not one
+                    this node still hears; a standby may take an active one's place), dial
+                    missing links, follow state changes (standby, draining)
     keep-alive task: ping links, close silent ones (no store access: a busy store must not
                     make a node look dead to its peers)
-    catch-up task:  CatchUp (catchup.py), every catchup_interval_s while a peer link is down or
-                    after one was lost, else every SAFETY_POLL_ROUNDS intervals
+    catch-up task:  CatchUp.loop (catchup.py): every catchup_interval_s while a peer link is
+                    down, at once and for two intervals after a link opened or a node
+                    (re)appeared in the registry, else every SAFETY_POLL_ROUNDS intervals
 
 The events and their encoding are in :mod:`chatserver.pool.events`; what each type does on
 arrival is :meth:`Pool._handlers` (most go to
@@ -41,6 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..config import Config, parse_address
 from ..metrics import Metrics
 from ..protocol.events import Moved, Outgoing
+from ..rooms.audit import Audit
 from ..rooms.changes import (
     CategoriesChanged,
     MembershipChanged,
@@ -55,11 +58,11 @@ from ..rooms.enforcement import Enforcement
 from ..rooms.governance import Governance
 from ..rooms.hub import Hub
 from ..rooms.settings import RuntimeSettings
-from ..store.db import Database, now_ms
+from ..store.db import Database, dialect_of, now_ms
 from ..store.health import describe
 from ..transport.connections import Connections
-from . import registry
-from .catchup import SAFETY_POLL_ROUNDS, CatchUp
+from . import expiry, registry
+from .catchup import CatchUp
 from .events import EVENT_TYPES, NodesChanged, PeerEvent, Recheck, decode
 from .inbox import Handler, Inbox
 from .link import HANDSHAKE_TIMEOUT_S, PeerLink, PeerPublisher
@@ -73,6 +76,16 @@ MAX_BACKOFF_S = 2.0
 
 class PoolError(Exception):
     """The pool cannot start; the message says why."""
+
+
+def check_store_url(url: str) -> None:
+    """Refuse a store the nodes cannot share, from its URL alone (before it is opened)."""
+    if dialect_of(url) != "postgresql":
+        raise PoolError(
+            "pool.enabled needs a PostgreSQL store shared by every node: database.url is"
+            " SQLite, which one node owns alone; set database.url to postgresql://…"
+            " or turn pool.enabled off"
+        )
 
 
 def is_loopback(address: str) -> bool:
@@ -95,7 +108,7 @@ def _advertised(address: str, bound: tuple[str, int] | None) -> str:
     if host in ("0.0.0.0", "::", ""):
         raise PoolError(
             f"cannot advertise wildcard address {address!r}: set pool.advertise_tcp,"
-            " pool.advertise_websocket and pool.advertise_peer"
+            " pool.advertise_websocket, pool.advertise_peer and pool.advertise_management"
         )
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -117,6 +130,7 @@ class Pool:
         metrics: Metrics,
         client_addresses: dict[str, tuple[str, int]],
         on_drained: Callable[[], None] | None = None,
+        audit: Audit | None = None,
     ) -> None:
         self.config = config
         self.settings = config.pool
@@ -125,6 +139,7 @@ class Pool:
         self.hub = hub
         self._connections = connections
         self._metrics = metrics
+        self._audit = audit
         self.name = config.node.name
         self.secret = config.pool.secret
         self._client_addresses = client_addresses
@@ -139,6 +154,7 @@ class Pool:
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh = asyncio.Event()
         self._stopping = False
+        self._joined = False
         self.addresses: dict[str, str] = {}
         self.peer_address: tuple[str, int] | None = None
         self.catch_up = CatchUp(db, hub)
@@ -147,9 +163,6 @@ class Pool:
         self.events_received = 0
         self.events_by_type: dict[str, int] = dict.fromkeys(sorted(EVENT_TYPES), 0)
         self.frames_received: dict[str, int] = {PING: 0, EVENTS: 0}
-        # Set when a peer link is lost (and at start): the next catch-up interval polls the
-        # store even if every link is up again by then.
-        self._link_lost = True
 
     def _handlers(
         self, governance: Governance, enforcement: Enforcement, settings: RuntimeSettings
@@ -186,12 +199,7 @@ class Pool:
 
     def check(self) -> None:
         """Refuse configurations that cannot work, before anything starts."""
-        if not self.db.is_postgres:
-            raise PoolError(
-                "pool.enabled needs a PostgreSQL store shared by every node: database.url is"
-                " SQLite, which one node owns alone; set database.url to postgresql://…"
-                " or turn pool.enabled off"
-            )
+        check_store_url(self.db.url)
         if not self.config.listen.peer:
             raise PoolError("pool.enabled needs listen.peer (the TCP 8011 peer port)")
         if not self.secret and not is_loopback(self.config.listen.peer):
@@ -261,7 +269,8 @@ class Pool:
             "websocket": s.advertise_websocket
             or _advertised(self.config.listen.websocket, self._client_addresses.get("websocket")),
             "peer": s.advertise_peer or _advertised(self.config.listen.peer, self.peer_address),
-            "management": "",
+            "management": s.advertise_management
+            or _advertised(self.config.listen.management, self._client_addresses.get("management")),
         }
         try:
             self.state = await registry.join(
@@ -275,12 +284,15 @@ class Pool:
             )
         except registry.NameTaken as exc:
             raise PoolError(str(exc)) from None
+        self._joined = True
         self._metrics.register(PoolCollector(self))
         await self._beat()
         self._tasks = [
             loop.create_task(self._heartbeats(), name="pool-heartbeat"),
             loop.create_task(self._keepalive(), name="pool-keepalive"),
-            loop.create_task(self._catch_up_loop(), name="pool-catch-up"),
+            loop.create_task(
+                self.catch_up.loop(s.catchup_interval_s, self._all_linked), name="pool-catch-up"
+            ),
         ]
         log.info("pool: node %s joined as %s, peer port %s", self.name, self.state, bound[1])
 
@@ -298,6 +310,8 @@ class Pool:
             link.close()
         if links:
             await asyncio.wait([link.closed for link in links], timeout=2)
+        if not self._joined:
+            return
         try:
             await registry.leave(self.db, self.name, self.started_ms)
         except Exception as exc:  # the store may be gone; the row expires by itself
@@ -347,13 +361,14 @@ class Pool:
         # run-time settings) and re-check the policy of every user connected here.
         self.hub.drop_idle()
         self.inbox.put(name, [CategoriesChanged(), SettingsChanged(), Recheck()])
+        self.catch_up.suspect(now=True)  # the peer's commits before its side opened went nowhere
 
     def link_closed(self, link: PeerLink) -> None:
         name = link.peer
         if name is not None and self.links.get(name) is link:
             del self.links[name]
             self.publisher.frames_sent_closed += link.frames_sent
-            self._link_lost = True
+            self.catch_up.suspect()
             log.info("pool: peer link %s down", name)
             if not self._stopping:
                 self._refresh.set()
@@ -443,17 +458,25 @@ class Pool:
                     link.ping()
 
     async def _beat(self) -> None:
-        db = self.db
-        dead_after_ms = int(self.settings.dead_after_s * 1000)
+        db, s = self.db, self.settings
+        dead_after_ms = int(s.dead_after_s * 1000)
         state, rows, now = await registry.heartbeat(
-            db, self.name, self.addresses, state=self.state, started_ms=self.started_ms
+            db,
+            self.name,
+            self.addresses,
+            state=self.state,
+            started_ms=self.started_ms,
+            max_active=s.max_active,
+            dead_after_ms=dead_after_ms,
         )
-        stale = [r.name for r in rows if now - r.heartbeat_ms > dead_after_ms]
-        if stale:
-            gone = await registry.expire(db, dead_after_ms)
-            if gone:
-                log.info("pool: expired stale nodes %s", ", ".join(gone))
+        stale, heard = expiry.judge(rows, now, self.links, s)  # a heard node is kept
+        if stale and (await expiry.expire(db, s, stale, heard, self._audit)).promoted:
+            self.announce_nodes()  # the standby hears it now, not at its next heartbeat
+        known = {r.name for r in self.nodes}
         self.nodes = [r for r in rows if r.name not in stale]
+        if any(r.name not in known and r.name != self.name for r in self.nodes):
+            # It may have committed while no link carried it (stopped, expired, resumed).
+            self.catch_up.suspect(now=True)
         self._follow_state(state)
         live = {r.name: r for r in self.nodes if r.name != self.name}
         for name, link in list(self.links.items()):
@@ -483,24 +506,6 @@ class Pool:
 
     def _all_linked(self) -> bool:
         return all(row.name in self.links for row in self.nodes if row.name != self.name)
-
-    async def _catch_up_loop(self) -> None:
-        # While every peer is linked (and none was lost since the last poll), messages arrive
-        # over the links and the store is polled only every SAFETY_POLL_ROUNDS intervals: a node
-        # follows tens of thousands of rooms, and each poll reads all their last_seqs.
-        quiet = 0
-        while True:
-            await asyncio.sleep(self.settings.catchup_interval_s)
-            if not self._link_lost and self._all_linked() and quiet < SAFETY_POLL_ROUNDS:
-                quiet += 1
-                continue
-            quiet = 0
-            self._link_lost = False
-            try:
-                await self.catch_up.run()
-            except Exception as exc:
-                self._link_lost = True  # try again next interval
-                log.warning("pool: catch-up failed: %s", describe(exc))
 
     async def view(self) -> dict[str, Any]:
         """The pool's nodes as the management API shows them (``GET /api/v1/pool``)."""

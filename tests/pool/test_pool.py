@@ -14,7 +14,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import pytest
 
 from chatserver.client import Client, PoolClient, RequestFailed
 from chatserver.passwords import hash_password
+from chatserver.pool.catchup import SUSPECT_ROUNDS
 from chatserver.pool.local import LocalPool, NodeProcess
 from chatserver.pool.protocol import Command, PeerProtocol, encode_frame, proof
 from chatserver.store import rooms as room_store
@@ -32,6 +33,7 @@ from chatserver.testing import PostgresCluster
 from tests.conftest import PASSWORD, scaled
 
 _numbers = itertools.count(1)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Fast failure detection for tests (production defaults: 1 s heartbeat, 3 s link timeout, 10 s).
 FAST = {
     "CHATSERVER_POOL_HEARTBEAT_S": "0.3",
@@ -361,6 +363,54 @@ async def test_a_stalled_store_does_not_close_peer_links(pg_cluster: PostgresClu
             assert not [line for line in later if "silent" in line or "link" in line], later
 
 
+async def test_a_store_stall_longer_than_dead_after_expires_nobody(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """No node can write its heartbeat for twice dead_after_s, but the peer links stay healthy:
+    nobody is expired, no link closes, and every post (also those sent during the stall) is
+    delivered on every node afterwards."""
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["writer"], ["lobby"])
+    room = ids["lobby"]
+    dead_after = float(FAST["CHATSERVER_POOL_DEAD_AFTER_S"])
+    async with running_pool(url, 2) as pool:
+        subs = [await login(node, "writer") for node in pool.nodes]
+        posters = [await login(node, "writer") for node in pool.nodes]
+        try:
+            for sub in subs:
+                await sub.call("join", room=room)
+            await posters[0].call("post", room=room, text="before", cid="before")
+            marks = [len(node.lines) for node in pool.nodes]
+            stopped = cluster_processes(pg_cluster)
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                calls = [
+                    asyncio.ensure_future(p.request("post", room=room, text=f"d{i}", cid=f"d{i}"))
+                    for i, p in enumerate(posters)
+                ]
+                await asyncio.sleep(2 * dead_after)
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            replies = await asyncio.wait_for(asyncio.gather(*calls), scaled(30))
+            # Acknowledged, or refused as unavailable (never stored): either is honest.
+            acked = [r for r in replies if "error" not in r]
+            assert all(r["error"]["code"] == "unavailable" for r in replies if "error" in r)
+            await asyncio.sleep(dead_after)  # every node has beaten (and judged) again
+            last = (await posters[1].call("post", room=room, text="after", cid="after"))["seq"]
+            assert last == 2 + len(acked)
+            for sub in subs:
+                got = await messages_until(sub, room, last)
+                assert [m["seq"] for m in got] == list(range(1, last + 1))
+            for node, mark in zip(pool.nodes, marks, strict=True):
+                later = node.lines[mark:]
+                assert not [line for line in later if "expired" in line or "link" in line], later
+        finally:
+            for c in [*subs, *posters]:
+                await c.close()
+
+
 # -- SIGSTOP --------------------------------------------------------------------------------
 
 
@@ -420,6 +470,91 @@ async def test_sigstop_20_s_then_sigcont(pg_cluster: PostgresCluster) -> None:
     ids = await seed(url, ["writer"], ["lobby"])
     async with running_pool(url, 3, CHATSERVER_POOL_DEAD_AFTER_S="10") as pool:
         await stop_and_continue(pool, ids["lobby"], stopped_s=20)
+
+
+async def posts_made_while_stopped(pool: LocalPool, room: int, stopped_s: float) -> float:
+    """Clients of node3 post while it is SIGSTOPped (the frames wait in its socket buffers);
+    after SIGCONT each post must reach the subscribers on node1 and node2 within the delivery
+    bound after its acknowledgement. Returns the longest delay seen."""
+    n1, n2, n3 = pool.nodes[:3]
+    interval = float(pool.extra["CHATSERVER_POOL_CATCHUP_INTERVAL_S"])
+    subs = {n.name: await login(n, "writer") for n in (n1, n2)}
+    posters = [await login(n3, "writer") for _ in range(2)]
+    arrived: dict[str, dict[str, float]] = {name: {} for name in subs}
+    acked: dict[str, float] = {}
+    progress = asyncio.Event()
+
+    async def record(name: str, sub: Client) -> None:
+        while True:
+            event = await sub.events.get()
+            if event["ev"] == "message" and event["room"] == room:
+                arrived[name][event["cid"]] = time.monotonic()
+                progress.set()
+
+    async def until(done: Callable[[], bool], timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not done():
+                progress.clear()
+                await progress.wait()
+
+    recorders = [asyncio.ensure_future(record(name, sub)) for name, sub in subs.items()]
+    try:
+        for sub in subs.values():
+            await sub.call("join", room=room)
+        await posters[0].call("post", room=room, text="before", cid="before")
+        await until(lambda: all("before" in got for got in arrived.values()), scaled(5))
+        n3.signal(signal.SIGSTOP)
+        calls = []
+        for k in range(20):  # spread over the stop, without waiting for replies
+            cid = f"stopped{k}"
+            call = asyncio.ensure_future(posters[k % 2].call("post", room=room, text=cid, cid=cid))
+            call.add_done_callback(lambda _f, cid=cid: acked.setdefault(cid, time.monotonic()))
+            calls.append(call)
+            await asyncio.sleep(stopped_s / 20)
+        n3.signal(signal.SIGCONT)
+        replies = await asyncio.wait_for(asyncio.gather(*calls), scaled(20))
+        assert len({r["seq"] for r in replies}) == len(calls)
+        bound = interval + scaled(0.5)
+        await until(lambda: all(len(got) > len(calls) for got in arrived.values()), scaled(60))
+        delays = {
+            (name, cid): got[cid] - acked[cid] for name, got in arrived.items() for cid in acked
+        }
+        worst = max(delays.values())
+        print(
+            f"\nstopped {stopped_s} s: posts acknowledged after SIGCONT reached the other nodes"
+            f" at most {worst:.3f} s later (bound {bound:.2f} s)"
+        )
+        late = {key: round(d, 3) for key, d in delays.items() if d > bound}
+        assert not late, f"delivered later than {bound:.2f} s after the ack: {late}"
+        return worst
+    finally:
+        for task in recorders:
+            task.cancel()
+        for c in [*subs.values(), *posters]:
+            await c.close()
+
+
+@pytest.mark.slow
+async def test_posts_made_while_stopped_are_delivered_within_the_bound(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """Stopped longer than link_timeout_s (1.5 s) and than a dial's handshake timeout (5 s),
+    not as long as dead_after_s: the peers closed their links but still list the node."""
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["writer"], ["lobby"])
+    async with running_pool(url, 3, CHATSERVER_POOL_DEAD_AFTER_S="30") as pool:
+        await posts_made_while_stopped(pool, ids["lobby"], stopped_s=8)
+
+
+async def test_posts_made_while_stopped_and_expired_are_delivered_within_the_bound(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """Stopped longer than dead_after_s (3 s) and than a dial's handshake timeout (5 s): the
+    peers expired the node meanwhile and stopped dialling it."""
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["writer"], ["lobby"])
+    async with running_pool(url, 3) as pool:
+        await posts_made_while_stopped(pool, ids["lobby"], stopped_s=9)
 
 
 # -- peer link cut --------------------------------------------------------------------------
@@ -680,9 +815,38 @@ async def test_a_node_refuses_pool_settings_that_cannot_work(tmp_path: Any) -> N
     from chatserver.server import StartupError
     from tests.conftest import node_config, start_node
 
-    config = node_config(f"sqlite:///{tmp_path}/chat.db", pool={"enabled": True})
+    config = node_config(f"sqlite:///{tmp_path}/var/chat.db", pool={"enabled": True})
     with pytest.raises(StartupError, match="PostgreSQL"):
         await start_node(config)
+    assert not (tmp_path / "var").exists()
+
+
+async def test_a_pool_on_sqlite_is_refused_before_the_store_is_touched(tmp_path: Path) -> None:
+    """``chatserver run`` with pool.enabled and the default SQLite URL: the start-up error, exit
+    code 2, and neither ./var/chat.db nor a registry error."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
+    env.update(
+        CHATSERVER_POOL_ENABLED="true",
+        CHATSERVER_LISTEN_PEER="127.0.0.1:0",
+        PYTHONPATH=ROOT,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chatserver",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), scaled(30))
+    assert proc.returncode == 2, (out, err)
+    assert b"chatserver: pool.enabled needs a PostgreSQL store" in err
+    assert b"registry" not in out + err and b"Traceback" not in out + err
+    assert os.listdir(tmp_path) == []
 
 
 async def test_a_public_peer_port_needs_a_secret(pg_cluster: PostgresCluster) -> None:
@@ -754,10 +918,135 @@ async def test_standby_swap_and_drain(pg_cluster: PostgresCluster) -> None:
 
         states = {n["name"]: n["state"] for n in json.loads(out)["nodes"]}
         assert states == {"node1": "standby", "node3": "active"}
+        code, out, err = await chatserver("pool", "nodes", env=env)
+        assert code == 0, err
+        assert f"management {n3.env['CHATSERVER_LISTEN_MANAGEMENT']}" in out, out
         for c in (moving, on2):
             await c.close()
         for c2 in (staying, on3):
             await c2.close()
+
+
+async def chatserver_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    from tests.test_cli import chatserver
+
+    return await chatserver(*args, env=env)
+
+
+async def audit_log(node: NodeProcess, action: str) -> list[dict[str, Any]]:
+    """The audit entries of ``action``, oldest first, through ``node``'s management API."""
+    import base64
+
+    import aiohttp
+
+    base = "http://" + node.env["CHATSERVER_LISTEN_MANAGEMENT"]
+    auth = "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as http:
+        async with http.get(f"{base}/api/v1/audit?limit=50&action={action}") as response:
+            assert response.status == 200, await response.text()
+            return list(reversed(await response.json()))
+
+
+async def test_auto_promote_replaces_a_dead_active_node_with_one_standby(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """max_active 2, two standbys, pool.auto_promote on: kill -9 an active node and exactly one
+    standby becomes active within dead_after_s + 2 heartbeat_s, serves clients, and the change
+    is audited as the system's."""
+    url = await new_database(pg_cluster)
+    await seed(url, ["alice"], [])
+    env = {"CHATSERVER_POOL_MAX_ACTIVE": "2", "CHATSERVER_POOL_AUTO_PROMOTE": "true"}
+    async with running_pool(url, 4, **env) as pool:
+        n1, n2, n3, n4 = pool.nodes
+        assert ["joined as standby" in "".join(n.lines) for n in pool.nodes] == [
+            False,
+            False,
+            True,
+            True,
+        ]
+        marks = [len(n.lines) for n in pool.nodes]
+        killed = time.monotonic()
+        await n1.kill()
+        bound = float(FAST["CHATSERVER_POOL_DEAD_AFTER_S"]) + 2 * float(
+            FAST["CHATSERVER_POOL_HEARTBEAT_S"]
+        )
+        await n3.wait_for(r"is now active", bound + scaled(2), start=marks[2])
+        took = time.monotonic() - killed
+        print(f"\nstandby active {took:.2f} s after kill -9 of an active node (bound {bound} s)")
+        assert took <= bound + scaled(0.5)
+        client = await login(n3, "alice")  # it takes clients now
+        await client.close()
+        await asyncio.sleep(2 * bound)  # every node has seen the death by now
+        assert not [line for line in n4.lines[marks[3] :] if "is now" in line]
+        raw = await Client.connect_tcp(*n4.tcp)
+        refused = await raw.request("hello", protocol=1)
+        assert refused["error"]["code"] == "unavailable"
+        assert {n["node"] for n in refused["active"]} == {"node2", "node3"}
+        await raw.close()
+        promotions = [line for n in (n2, n3, n4) for line in n.lines if "promoted standby" in line]
+        assert len(promotions) == 1 and "node3" in promotions[0], promotions
+        entries = await audit_log(n2, "pool.promote")
+        assert [(e["actor"], e["target"]) for e in entries] == [("system", "node:node3")]
+        before = {n["name"]: n["state"] for n in entries[0]["before"]["nodes"]}
+        after = {n["name"]: n["state"] for n in entries[0]["after"]["nodes"]}
+        assert before == {
+            "node1": "active",
+            "node2": "active",
+            "node3": "standby",
+            "node4": "standby",
+        }
+        assert after == {"node2": "active", "node3": "active", "node4": "standby"}
+
+
+async def test_an_expired_active_node_that_comes_back_finds_its_place_taken(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """SIGSTOP an active node past dead_after_s: a standby takes its place; resumed, it
+    re-registers as standby (never more than max_active active) and keeps working."""
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice"], ["lobby"])
+    env = {"CHATSERVER_POOL_MAX_ACTIVE": "2", "CHATSERVER_POOL_AUTO_PROMOTE": "true"}
+    async with running_pool(url, 3, **env) as pool:
+        n1, n2, n3 = pool.nodes
+        on1 = await login(n1, "alice")
+        on2 = await login(n2, "alice")
+        try:
+            await on2.call("join", room=ids["lobby"])
+            marks = [len(n.lines) for n in pool.nodes]
+            n1.signal(signal.SIGSTOP)
+            await n3.wait_for(r"is now active", scaled(10), start=marks[2])
+            n1.signal(signal.SIGCONT)
+            await n1.wait_for(r"is now standby \(was active\)", scaled(10), start=marks[0])
+            await wait_mesh(pool.nodes)
+            code, out, err = await chatserver_cli("pool", "nodes", "--json", env=n2.env)
+            assert code == 0, err
+            states = {n["name"]: n["state"] for n in json.loads(out)["nodes"]}
+            assert states == {"node1": "standby", "node2": "active", "node3": "active"}
+            # Its client stays, and what it posts reaches the others.
+            reply = await on1.call("post", room=ids["lobby"], text="still here", cid="h")
+            assert (await messages_until(on2, ids["lobby"], reply["seq"]))[-1]["cid"] == "h"
+        finally:
+            await on1.close()
+            await on2.close()
+
+
+async def test_without_auto_promote_a_standby_stays_standby(pg_cluster: PostgresCluster) -> None:
+    url = await new_database(pg_cluster)
+    async with running_pool(url, 3, CHATSERVER_POOL_MAX_ACTIVE="2") as pool:
+        n1, n2, n3 = pool.nodes
+        mark = len(n3.lines)
+        await n1.kill()
+        waits = [  # whichever notices first expires it
+            asyncio.ensure_future(n.wait_for(r"expired stale nodes node1", scaled(10)))
+            for n in (n2, n3)
+        ]
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        assert any(task.exception() is None for task in done)
+        await asyncio.sleep(1)
+        assert not [line for line in n3.lines[mark:] if "is now" in line]
+        assert await audit_log(n2, "pool.promote") == []
 
 
 async def test_pool_control_through_the_management_api(pg_cluster: PostgresCluster) -> None:
@@ -838,6 +1127,12 @@ async def test_pool_control_through_the_management_api(pg_cluster: PostgresClust
             code, out, err = await chatserver("admin", "pool", "show", "--json", env=env)
             assert code == 0, err
             assert {n["name"]: n["state"] for n in json.loads(out)}["node1"] == "active"
+            # Each node's row names its management address (advertised like the others).
+            assert {n["name"]: n["management"] for n in json.loads(out)} == {
+                "node1": n1.env["CHATSERVER_LISTEN_MANAGEMENT"]
+            }
+            code, out, err = await chatserver("admin", "pool", "show", env=env)
+            assert code == 0 and n1.env["CHATSERVER_LISTEN_MANAGEMENT"] in out, out
 
 
 # -- chatserver pool up ---------------------------------------------------------------------
@@ -847,6 +1142,8 @@ async def test_pool_up_starts_postgresql_and_nodes_and_stops_on_ctrl_c() -> None
     import re
     import sys
     import tempfile
+
+    import aiohttp
 
     # As root, PostgreSQL runs as "postgres", which must be able to reach the data directory.
     data = Path(tempfile.mkdtemp(prefix="chatserver-pool-up-"))
@@ -880,6 +1177,12 @@ async def test_pool_up_starts_postgresql_and_nodes_and_stops_on_ctrl_c() -> None
                 lines.append(line)
         text = "".join(lines)
         nodes = re.findall(r"(node\d)\s+(active|standby)\s+tcp ([\d.]+):(\d+)", text)
+        management = re.findall(r"(node\d)\s+.* management ([\d.]+:\d+)$", text, re.M)
+        assert [n for n, _ in management] == ["node1", "node2", "node3"]
+        for _, address in management:  # each is a management API that answers
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://{address}/healthz") as response:
+                    assert response.status == 200
         assert [(n, s) for n, s, _, _ in nodes] == [
             ("node1", "active"),
             ("node2", "active"),
@@ -967,10 +1270,15 @@ async def test_admin_changes_on_one_node_reach_every_node(pg_cluster: PostgresCl
                 assert "chatserver_pool_links 1.0" in metrics
                 assert 'chatserver_pool_events_received_total{type="msg"} 4.0' in metrics
                 assert 'chatserver_pool_state{state="active"} 1.0' in metrics
-                # With every peer linked the catch-up does not poll the store every interval.
+                # With every peer linked the catch-up does not poll the store every interval
+                # (once the intervals that follow the links' opening at start are over).
+                interval = float(FAST["CHATSERVER_POOL_CATCHUP_INTERVAL_S"])
+                await asyncio.sleep((SUSPECT_ROUNDS + 1) * interval)
+                async with http.get(api2 + "/metrics") as response:
+                    metrics = await response.text()
                 polls = re.compile(r"^chatserver_pool_catch_up_polls_total (\S+)$", re.M)
                 before = float(polls.search(metrics).group(1))  # type: ignore[union-attr]
-                await asyncio.sleep(3.5 * float(FAST["CHATSERVER_POOL_CATCHUP_INTERVAL_S"]))
+                await asyncio.sleep(3.5 * interval)
                 async with http.get(api2 + "/metrics") as response:
                     later = float(polls.search(await response.text()).group(1))  # type: ignore[union-attr]
                 assert later - before <= 1  # at most the every-15-intervals safety poll
