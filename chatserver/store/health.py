@@ -4,7 +4,8 @@ line per change of state.
 ::
 
     a use of a store connection (db.read(), db.write(), the asyncpg fast paths)
-      │  waiting for a free connection, connecting      ── bounded by timeout_s
+      │  waiting for a free connection, connecting      ── bounded by timeout_s (per host of
+      │                                                    a multi-host URL)
       │  every statement until the connection is given back
       │        └── a timer: at timeout_s the connection is terminated (closed, not politely:
       │            a frozen network would hold a polite close, or the rollback, forever), so
