@@ -237,8 +237,10 @@ class ManagementConfig(_Section):
 class PoolConfig(_Section):
     # A pool is several nodes sharing one PostgreSQL store; see docs/operations.md.
     enabled: bool = False
-    # Proves each peer on connect (challenge-response); required unless the peer port is loopback.
+    # Proves each peer on connect (challenge-response): at least 32 random characters, the same
+    # on every node; required. Or a file holding it (secret_file), to keep it out of this file.
     secret: str = ""
+    secret_file: str = ""
     max_active: int = Field(4, ge=1, le=64)
     # The client address other nodes and clients are told (default: listen.tcp).
     advertise_tcp: str = ""

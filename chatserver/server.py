@@ -255,8 +255,16 @@ class Node:
                 return factory(self.connections, self.services)
 
             try:
+                # A connection that never finishes its TLS handshake is closed within the
+                # unauthenticated connection's deadline (asyncio's default would hold it 60 s).
                 server = await loop.create_server(
-                    protocol_factory, host, port, ssl=context, reuse_address=True, backlog=4096
+                    protocol_factory,
+                    host,
+                    port,
+                    ssl=context,
+                    ssl_handshake_timeout=self.config.limits.auth_timeout_s if context else None,
+                    reuse_address=True,
+                    backlog=4096,
                 )
             except OSError as exc:
                 raise StartupError(f"listen.{name}: cannot listen on {address}: {exc}") from None

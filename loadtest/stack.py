@@ -139,7 +139,7 @@ class Stack:
         node_gc_threshold: int = 0,
     ) -> None:
         self.pool_size = nodes
-        self.pool_secret = secrets.token_hex(16)
+        self.pool_secret = secrets.token_hex(32)
         self.target = target
         self.database_url = database_url
         self.fsync = fsync

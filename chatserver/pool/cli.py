@@ -90,6 +90,7 @@ async def _up(args: argparse.Namespace) -> None:
         if not stop.is_set():
             print(f"chatserver: pool of {len(pool.nodes)} nodes on {_redact(url)}")
             print(f"chatserver: administrator 'admin', password {password}")
+            print("chatserver: a fresh 256-bit pool secret was given to every node")
             for node in pool.describe():
                 print(
                     f"  {node['node']:8} {node['state']:8} tcp {node['tcp']:21}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import Any, Protocol, cast
 
@@ -22,7 +23,8 @@ from ..rooms.changes import Change
 from ..store.db import now_ms
 from ..store.messages import Message
 from .events import MessageStored, PeerEvent, encode
-from .protocol import CLOSED, Command, PeerProtocol
+from .protocol import ADMIT, CLOSED, Command, PeerProtocol
+from .trust import Admission, Refusals
 
 log = logging.getLogger("chatserver.pool")
 
@@ -38,6 +40,14 @@ class LinkOwner(Protocol):
 
     name: str
     secret: str
+    admission: Admission
+    refusals: Refusals
+
+    async def admit(self, name: str) -> str | None:
+        """Why a node of this name may not link here, or ``None`` if it may."""
+        ...
+
+    def tls_failed(self, address: str, exc: BaseException) -> None: ...
 
     def link_opened(self, link: PeerLink) -> None: ...
 
@@ -47,9 +57,21 @@ class LinkOwner(Protocol):
 
 
 class PeerLink(asyncio.Protocol):
-    """One authenticated (or authenticating) TCP link to another node."""
+    """One authenticated (or authenticating) TCP link to another node.
 
-    def __init__(self, owner: LinkOwner, role: str, expect: str | None = None) -> None:
+    An acceptor's link holds a slot of the pool's :class:`~chatserver.pool.trust.Admission` until
+    it is authenticated or closed; with ``tls`` it runs the server side of TLS first, inside the
+    same handshake deadline (:data:`HANDSHAKE_TIMEOUT_S`), and a failed TLS handshake is reported to
+    the owner (``tls_failed``).
+    """
+
+    def __init__(
+        self,
+        owner: LinkOwner,
+        role: str,
+        expect: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.pool = owner
         self.proto = PeerProtocol(role, owner.name, owner.secret, expect=expect)
         self.transport: asyncio.Transport | None = None
@@ -59,8 +81,17 @@ class PeerLink(asyncio.Protocol):
         self.opened = False
         self.closed = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
+        self._tls = tls
+        self._sslobj: ssl.SSLObject | None = None
+        self._handshaking = True  # (TLS only) until the TLS handshake completes
+        self._tls_spoke = False  # (TLS only) bytes arrived, and no failure was reported yet
+        self._host: str | None = None  # set while this link holds an admission slot
+        self._admitting: asyncio.Task[None] | None = None
+        self._reported = False  # a failure of this link was logged and counted
         self.address = "?"
         self.frames_sent = 0  # EVENTS frames sent on this link
+        # Until then (time.monotonic()), messages received here are checked against the store.
+        self.trusted_after = float("inf")
 
     @property
     def peer(self) -> str | None:
@@ -70,27 +101,123 @@ class PeerLink(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._too_slow)
+        if self.proto.role == "acceptor" and self._host is None and not self.opened:
+            host = str(peer[0]) if isinstance(peer, tuple) else self.address
+            if not self.pool.admission.enter(host):
+                self.pool.refusals.record(
+                    "too_many",
+                    f"peer {self.address}: refused, too many unauthenticated peer connections"
+                    " (from this address or in all)",
+                )
+                self.transport.abort()
+                return
+            self._host = host
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(HANDSHAKE_TIMEOUT_S, self._too_slow)
+        if self._tls is not None and self._sslobj is None:
+            # Server-side TLS in memory (ssl.SSLObject), so its failures reach the log with their
+            # reason (asyncio's own TLS logs them at debug only) and the deadline covers it.
+            self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self._sslobj = self._tls.wrap_bio(self._tls_in, self._tls_out, server_side=True)
+            return
         self._write()
+
+    def _tls_received(self, data: bytes) -> bytes | None:
+        """Decrypt ``data``; ``None`` once the TLS layer failed (reported, connection aborted)."""
+        assert self._sslobj is not None and self.transport is not None
+        self._tls_in.write(data)
+        self._tls_spoke = not self._reported
+        plain = bytearray()
+        try:
+            if self._handshaking:
+                self._sslobj.do_handshake()
+                self._handshaking = False
+                self._write()  # a connector's HELLO may already wait
+            while chunk := self._sslobj.read(65536):
+                plain += chunk
+        except ssl.SSLWantReadError:
+            pass
+        except (ssl.SSLError, ValueError) as exc:
+            self._tls_flush()
+            if self._handshaking and not self._reported:
+                self.pool.tls_failed(self.address, exc)
+            self._reported = True
+            self._tls_spoke = False
+            self.transport.abort()
+            return None
+        self._tls_flush()
+        return bytes(plain)
+
+    def _tls_flush(self) -> None:
+        pending = self._tls_out.read()
+        if pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(pending)
 
     def _too_slow(self) -> None:
         if not self.proto.is_open and self.transport is not None:
-            log.warning("peer %s: no handshake within %.0f s", self.address, HANDSHAKE_TIMEOUT_S)
+            self._reported = True
+            self._tls_spoke = False
+            what = (
+                "TLS handshake" if self._sslobj is not None and self._handshaking else "handshake"
+            )
+            self.pool.refusals.record(
+                "timeout",
+                f"peer {self.address}: no {what} within {HANDSHAKE_TIMEOUT_S:.0f} s",
+            )
             self.transport.abort()
+
+    def _release(self) -> None:
+        """Give back the admission slot (idempotent); the link is authenticated or gone."""
+        if self._host is not None:
+            self.pool.admission.leave(self._host)
+            self._host = None
+        if self._timer is not None:
+            self._timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
+        if self._sslobj is not None:
+            plain = self._tls_received(data)
+            if not plain:
+                return
+            data = plain
         commands = self.proto.receive_data(data)
+        if self.proto.state == ADMIT and self._admitting is None:
+            name = self.proto.peer
+            assert name is not None
+            self._admitting = asyncio.get_running_loop().create_task(self._admit(name))
+        self._after_input(commands)
+
+    async def _admit(self, name: str) -> None:
+        try:
+            refusal = await self.pool.admit(name)
+        except Exception as exc:  # the registry could not be read: refuse, the peer redials
+            refusal = f"cannot check node {name!r} against the registry: {exc}"
+        if self.proto.state != ADMIT:
+            return
+        if refusal is None:
+            self.proto.admit()
+        else:
+            self.proto.fail(refusal, "unregistered")
+        self._after_input([])
+
+    def _after_input(self, commands: list[Command]) -> None:
         if self.proto.is_open and not self.opened:
             self.opened = True
-            if self._timer is not None:
-                self._timer.cancel()
+            self._release()
             self.pool.link_opened(self)
         self._write()
         for command in commands:
             self.pool.received(self, command)
         if self.proto.state == CLOSED and self.transport is not None:
-            if not self.opened or self.proto.close_reason:
+            if not self.opened:
+                self.pool.refusals.record(
+                    self.proto.close_code or "protocol",
+                    f"peer {self.peer or '?'} at {self.address}: handshake refused:"
+                    f" {self.proto.close_reason}",
+                )
+            elif self.proto.close_reason:
                 log.warning("peer %s: %s", self.peer or self.address, self.proto.close_reason)
             self.transport.close()
 
@@ -98,15 +225,26 @@ class PeerLink(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._sslobj is not None and self._handshaking and self._tls_spoke:
+            # (a connection that closes without a byte is a port probe, not a TLS failure)
+            closed = "the peer closed the connection during the TLS handshake (does it trust"
+            closed += " this node's certificate? its log says)"
+            self.pool.tls_failed(self.address, ConnectionError(closed))
+        self._release()
+        if self._admitting is not None:
+            self._admitting.cancel()
         self.pool.link_closed(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
     def _write(self) -> None:
+        if self._sslobj is not None and self._handshaking:
+            return  # written once the TLS handshake is done
         data = self.proto.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
+            if self._sslobj is not None:
+                self._sslobj.write(data)
+                data = self._tls_out.read()
             self.transport.write(data)
             if self.transport.get_write_buffer_size() > MAX_LINK_BACKLOG:
                 log.warning("peer %s: not keeping up; dropping the link", self.peer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -143,7 +144,7 @@ class LocalPool:
         echo: bool = False,
     ) -> None:
         self.database_url = database_url
-        self.secret = secret or os.urandom(16).hex()
+        self.secret = secret or secrets.token_hex(32)  # 256 bits (pool.secret needs 128)
         self.addresses = addresses
         self.extra = dict(env or {})
         self.echo = echo

@@ -28,17 +28,14 @@ arrival is :meth:`Pool._handlers` (most go to
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import random
 import signal
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..config import Config, parse_address
 from ..metrics import Metrics
@@ -61,17 +58,20 @@ from ..rooms.settings import RuntimeSettings
 from ..store.db import Database, dialect_of, now_ms
 from ..store.health import describe
 from ..transport.connections import Connections
-from . import expiry, registry
+from . import expiry, registry, trust
 from .catchup import CatchUp
 from .events import EVENT_TYPES, NodesChanged, PeerEvent, Recheck, decode
 from .inbox import Handler, Inbox
 from .link import HANDSHAKE_TIMEOUT_S, PeerLink, PeerPublisher
+from .metrics import PoolCollector
 from .protocol import EVENTS, PING, Command
 from .registry import ACTIVE, DRAINING, STANDBY, NodeRow
 
 log = logging.getLogger("chatserver.pool")
 
 MAX_BACKOFF_S = 2.0
+# A handshake from a name not in the last heartbeat's list reads the registry at most this often.
+REGISTRY_READ_S = 0.5
 
 
 class PoolError(Exception):
@@ -86,16 +86,6 @@ def check_store_url(url: str) -> None:
             " SQLite, which one node owns alone; set database.url to postgresql://…"
             " or turn pool.enabled off"
         )
-
-
-def is_loopback(address: str) -> bool:
-    host, _ = parse_address(address)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _advertised(address: str, bound: tuple[str, int] | None) -> str:
@@ -158,7 +148,18 @@ class Pool:
         self.addresses: dict[str, str] = {}
         self.peer_address: tuple[str, int] | None = None
         self.catch_up = CatchUp(db, hub)
-        self.inbox = Inbox(hub.deliver, self._handlers(governance, enforcement, settings))
+        self.admission = trust.Admission()
+        self.refusals = trust.Refusals()
+        self._registry_read: asyncio.Task[list[NodeRow]] | None = None
+        self._registry_read_at = 0.0
+        self.inbox = Inbox(
+            lambda messages: hub.deliver(messages, remote=True),
+            self._handlers(governance, enforcement, settings),
+            hub.deliver_from_store,
+        )
+        # A new link's messages are checked against the store for this long (see received()).
+        self.probation_s = config.pool.dead_after_s + 2 * config.pool.heartbeat_s
+        self._unbeating: set[str] = set()  # peers heard over a link, their heartbeat stale
         # Observations (metrics, tests, the management API).
         self.events_received = 0
         self.events_by_type: dict[str, int] = dict.fromkeys(sorted(EVENT_TYPES), 0)
@@ -179,17 +180,31 @@ class Pool:
             await enforcement.recheck_policies()
             await enforcement.recheck_tokens()
 
+        # Events that act (end sessions, change what subscribers see) are re-checked against
+        # the store first; the others only drop caches that are then re-read from it.
         async def tokens_revoked(event: TokensRevoked) -> None:
-            enforcement.revoked(event)
+            await enforcement.confirm_revoked(event)
+
+        async def disconnected(event: UserDisconnected) -> None:
+            if not await enforcement.confirm_disabled(event.user, "disabled"):
+                log.info("pool: user %d not disconnected: the store shows no reason", event.user)
+
+        async def invited(event: UsersInvited) -> None:
+            await enforcement.confirm_invited(event.room, event.users)
+
+        async def messages_changed(event: MessagesChanged) -> None:
+            confirmed = await self.hub.verify_changes(event)
+            if confirmed is not None:
+                await governance.apply_remote(confirmed)
 
         return {
             RoomChanged: governance.apply_remote,
             CategoriesChanged: governance.apply_remote,
             MembershipChanged: governance.apply_remote,
-            UserDisconnected: governance.apply_remote,
+            UserDisconnected: disconnected,
             TokensRevoked: tokens_revoked,
-            UsersInvited: governance.apply_remote,
-            MessagesChanged: governance.apply_remote,
+            UsersInvited: invited,
+            MessagesChanged: messages_changed,
             SettingsChanged: reload_settings,
             NodesChanged: nodes_changed,
             Recheck: recheck,
@@ -202,27 +217,42 @@ class Pool:
         check_store_url(self.db.url)
         if not self.config.listen.peer:
             raise PoolError("pool.enabled needs listen.peer (the TCP 8011 peer port)")
-        if not self.secret and not is_loopback(self.config.listen.peer):
-            raise PoolError(
-                f"listen.peer {self.config.listen.peer} is not a loopback address:"
-                " set pool.secret (the same on every node) so peers can prove who they are"
+        try:
+            self.secret = trust.load_secret(self.settings)
+        except trust.SecretError as exc:
+            raise PoolError(str(exc)) from None
+
+    # -- who may link (trust.py) ------------------------------------------------------------
+
+    async def admit(self, name: str) -> str | None:
+        """Why a node named ``name`` may not link to this one, or ``None``: it must be in the
+        registry (the list of the last heartbeat, else a fresh read), and only the node whose
+        name sorts first dials (see :meth:`_beat`)."""
+        if name > self.name:
+            return f"node {name!r} does not dial node {self.name!r} (the lower name dials)"
+        if any(row.name == name for row in self.nodes):
+            return None
+        if name in await self._registered():
+            return None
+        return f"node {name!r} is not registered in this pool"
+
+    async def _registered(self) -> set[str]:
+        """The names in the registry, read at most once per REGISTRY_READ_S (the read is
+        shared by every handshake waiting for it: unknown names cannot flood the store)."""
+        now = time.monotonic()
+        if self._registry_read is None or (
+            self._registry_read.done() and now - self._registry_read_at > REGISTRY_READ_S
+        ):
+            self._registry_read_at = now
+            self._registry_read = asyncio.get_running_loop().create_task(
+                registry.list_nodes(self.db)
             )
+        rows = await asyncio.shield(self._registry_read)
+        return {row.name for row in rows}
 
-    def _server_tls(self) -> ssl.SSLContext | None:
-        if not (self.config.tls.enabled and self.settings.peer_tls):
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.config.tls.certificate, self.config.tls.key or None)
-        return context
-
-    def _client_tls(self) -> ssl.SSLContext | None:
-        if not (self.config.tls.enabled and self.settings.peer_tls):
-            return None
-        context = ssl.create_default_context(
-            cafile=self.settings.peer_ca or self.config.tls.certificate
-        )
-        context.check_hostname = False  # peers are known by their proof, not their host name
-        return context
+    def tls_failed(self, address: str, exc: BaseException) -> None:
+        reason, text = trust.tls_reason(exc, self.config)
+        self.refusals.record(reason, f"peer {address}: {text}")
 
     async def _previous_is_dead(self) -> bool:
         """Is a registered process with this node's name gone (crashed, not yet expired)?
@@ -245,15 +275,19 @@ class Pool:
 
     async def start(self) -> None:
         self.check()
+        if self.config.tls.enabled and self.settings.peer_tls:
+            warning = trust.certificate_warning(self.config.tls.certificate)
+            if warning:
+                log.warning("pool: %s", warning)
         takeover = await self._previous_is_dead()
         loop = asyncio.get_running_loop()
         host, port = parse_address(self.config.listen.peer)
+        tls = trust.server_context(self.config)  # the files were checked by the node's start
         try:
             self._server = await loop.create_server(
-                lambda: PeerLink(self, "acceptor"),
+                lambda: PeerLink(self, "acceptor", tls=tls),
                 host,
                 port,
-                ssl=self._server_tls(),
                 reuse_address=True,
             )
         except OSError as exc:
@@ -353,8 +387,16 @@ class Pool:
         assert name is not None
         old = self.links.get(name)
         if old is not None and old is not link:
+            log.warning(
+                "pool: peer link %s (%s) replaces the open one from %s (a restart, or an"
+                " impostor holding the pool secret)",
+                name,
+                link.address,
+                old.address,
+            )
             old.close()
         self.links[name] = link
+        link.trusted_after = time.monotonic() + self.probation_s
         self._backoff.pop(name, None)
         log.info("pool: peer link %s up (%s)", name, link.address)
         # Events may have been missed while the link was down: re-read what caches hold (rights,
@@ -384,13 +426,18 @@ class Pool:
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                    tls = trust.client_context(self.config)
                     _transport, link = await loop.create_connection(
                         lambda: PeerLink(self, "connector", expect=name),
                         host,
                         port,
-                        ssl=self._client_tls(),
+                        ssl=tls,
+                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None,
                     )
-            except (OSError, TimeoutError, ssl.SSLError) as exc:
+            except ssl.SSLError as exc:
+                self.tls_failed(f"{name} at {row.peer}", exc)
+                return
+            except (OSError, TimeoutError) as exc:
                 log.debug("pool: cannot reach %s at %s: %s", name, row.peer, exc)
                 return
             await link.closed
@@ -416,7 +463,16 @@ class Pool:
                 log.warning("pool: ignoring an event from %s: %s", link.peer, exc)
         assert link.peer is not None
         if events:
-            self.inbox.put(link.peer, events)
+            # Messages are checked against the store on a link's first probation_s seconds, and
+            # while the peer's heartbeat is stale (a node that cannot write the store commits
+            # nothing): an impostor using the name of a node that died, or displacing a live
+            # one, is on such a link.
+            verify = time.monotonic() < link.trusted_after or link.peer in self._unbeating
+            closing = link.transport is None or link.transport.is_closing()
+            if not self.inbox.put(link.peer, events, verify=verify) and not closing:
+                log.warning("pool: events from %s pile up unapplied; closing the link", link.peer)
+                self.catch_up.suspect(now=True)
+                link.close()
 
     # -- membership -------------------------------------------------------------------------
 
@@ -470,6 +526,7 @@ class Pool:
             dead_after_ms=dead_after_ms,
         )
         stale, heard = expiry.judge(rows, now, self.links, s)  # a heard node is kept
+        self._unbeating = set(heard)  # ... but what its link carries is checked (received())
         if stale and (await expiry.expire(db, s, stale, heard, self._audit)).promoted:
             self.announce_nodes()  # the standby hears it now, not at its next heartbeat
         known = {r.name for r in self.nodes}
@@ -518,47 +575,3 @@ class Pool:
             out["linked"] = row.name in self.links
             nodes.append(out)
         return {"pooled": True, "nodes": nodes}
-
-
-class PoolCollector:
-    """Prometheus series of the pool, read at scrape time (bounded labels: event types, states)."""
-
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-
-    def collect(self) -> Iterator[Metric]:
-        pool = self.pool
-        links = GaugeMetricFamily("chatserver_pool_links", "Open peer links")
-        links.add_metric([], len(pool.links))
-        yield links
-        state = GaugeMetricFamily("chatserver_pool_state", "This node's state", labels=["state"])
-        for name in (ACTIVE, STANDBY, DRAINING):
-            state.add_metric([name], 1.0 if pool.state == name else 0.0)
-        yield state
-        sent = CounterMetricFamily("chatserver_pool_frames_sent", "EVENTS frames sent to peers")
-        sent.add_metric([], pool.publisher.frames_sent)
-        yield sent
-        frames = CounterMetricFamily(
-            "chatserver_pool_frames_received", "Frames received from peers", labels=["command"]
-        )
-        for name, count in sorted(pool.frames_received.items()):
-            frames.add_metric([name], count)
-        yield frames
-        events = CounterMetricFamily(
-            "chatserver_pool_events_received", "Events received from peers", labels=["type"]
-        )
-        for name, count in pool.events_by_type.items():
-            events.add_metric([name], count)
-        yield events
-        caught = CounterMetricFamily(
-            "chatserver_pool_caught_up_messages", "Messages delivered from the store by catch-up"
-        )
-        caught.add_metric([], pool.catch_up.caught_up)
-        yield caught
-        polls = CounterMetricFamily(
-            "chatserver_pool_catch_up_polls",
-            "Catch-up polls of the store (while a peer link is down, after one was lost, and"
-            " every few intervals otherwise)",
-        )
-        polls.add_metric([], pool.catch_up.polls)
-        yield polls

@@ -7,19 +7,25 @@ accumulates in :meth:`~PeerProtocol.data_to_send`. It never raises into the tran
 frame, a failed proof or a command out of place moves it to ``CLOSED`` with a reason, after
 queueing an ``ERROR`` frame for the other side.
 
-Handshake (both sides prove they know ``[pool] secret``; the secret never crosses the wire, and
-both nonces are fresh, so a recorded handshake cannot be replayed)::
+Handshake (both sides prove they know ``[pool] secret``; the secret never crosses the wire, both
+nonces are fresh, so a recorded handshake cannot be replayed; and the connector proves itself
+first, so a process that dials a node learns nothing from which the secret could be guessed)::
 
     connector                                        acceptor
     HELLO {node, nonce: Nc, version}        ──►
-                                            ◄──      CHALLENGE {node, nonce: Na,
-                                                                proof: H("acceptor")}
-    (checks the acceptor's proof)
+                                                     (the application admits the name:
+                                                      registered in the pool, else ERROR)
+                                            ◄──      CHALLENGE {node, nonce: Na}
     AUTH {proof: H("connector")}            ──►
                                                      (checks the connector's proof)
-                                            ◄──      READY {}
+                                            ◄──      READY {proof: H("acceptor")}
+    (checks the acceptor's proof)
 
     H(role) = HMAC-SHA256(secret, role | Nc | Na | connector name | acceptor name)
+
+Before ``OPEN`` a frame may be at most :data:`MAX_HANDSHAKE_FRAME_BYTES` long (announcing more
+closes the link from the 4-byte header, before any of it is buffered); after it,
+``max_frame_bytes``.
 
 Until ``READY`` neither side accepts anything but the next handshake command, so an
 unauthenticated peer can neither read nor announce anything. After it, either side may send
@@ -42,9 +48,10 @@ import msgpack
 
 from .events import EVENT_TYPES
 
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_HANDSHAKE_FRAME_BYTES = 4096
 NONCE_BYTES = 32
 
 # Commands, and who may send each one in which state.
@@ -58,8 +65,10 @@ ERROR = "ERROR"
 
 # States of one side of a link.
 START = "start"  # connector: HELLO to send; acceptor: waiting for HELLO
+ADMIT = "admit"  # acceptor got HELLO: the application decides whether the name may link
 AWAIT_CHALLENGE = "await_challenge"  # connector sent HELLO
 AWAIT_AUTH = "await_auth"  # acceptor sent CHALLENGE
+AWAIT_READY = "await_ready"  # connector sent AUTH
 OPEN = "open"
 CLOSED = "closed"
 
@@ -68,7 +77,7 @@ _EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("acceptor", START): frozenset({HELLO}),
     ("connector", AWAIT_CHALLENGE): frozenset({CHALLENGE, ERROR}),
     ("acceptor", AWAIT_AUTH): frozenset({AUTH}),
-    ("connector", AWAIT_AUTH): frozenset({READY, ERROR}),
+    ("connector", AWAIT_READY): frozenset({READY, ERROR}),
     ("connector", OPEN): frozenset({PING, EVENTS, ERROR}),
     ("acceptor", OPEN): frozenset({PING, EVENTS, ERROR}),
 }
@@ -100,7 +109,10 @@ class PeerProtocol:
 
     ``role`` is ``"connector"`` (dialled out) or ``"acceptor"``. ``expect`` (connector only) is the
     name the registry gave the node being dialled: an acceptor that answers with another name is
-    refused. After ``OPEN``, :meth:`receive_data` returns ``PING`` and ``EVENTS`` commands only.
+    refused. An acceptor that received a valid ``HELLO`` waits in ``ADMIT`` until the application
+    calls :meth:`admit` (or :meth:`fail`). After ``OPEN``, :meth:`receive_data` returns ``PING`` and
+    ``EVENTS`` commands only. A failure leaves ``close_reason`` (a sentence) and ``close_code``
+    (one of a few words, for metrics: see :data:`chatserver.pool.trust.REASONS`).
     """
 
     def __init__(
@@ -111,6 +123,7 @@ class PeerProtocol:
         *,
         expect: str | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        handshake_frame_bytes: int = MAX_HANDSHAKE_FRAME_BYTES,
         nonce: bytes | None = None,
     ) -> None:
         assert role in ("connector", "acceptor")
@@ -121,7 +134,9 @@ class PeerProtocol:
         self.peer: str | None = None
         self.state = START
         self.close_reason: str | None = None
+        self.close_code: str | None = None
         self.max_frame_bytes = max_frame_bytes
+        self.handshake_frame_bytes = handshake_frame_bytes
         self._nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
         self._their_nonce = b""
         self._buffer = bytearray()
@@ -148,13 +163,21 @@ class PeerProtocol:
         assert self.state == OPEN
         self._send(EVENTS, events=events)
 
-    def fail(self, reason: str) -> None:
-        """Close the link, telling the other side why (if the link ever opened)."""
+    def fail(self, reason: str, code: str = "protocol") -> None:
+        """Close the link, telling the other side why."""
         if self.state == CLOSED:
             return
         self._send(ERROR, message=reason)
         self.state = CLOSED
         self.close_reason = reason
+        self.close_code = code
+
+    def admit(self) -> None:
+        """The application accepts the name in ``HELLO``: send the challenge."""
+        if self.state != ADMIT:
+            return
+        self._send(CHALLENGE, node=self.node, nonce=self._nonce)
+        self.state = AWAIT_AUTH
 
     @property
     def is_open(self) -> bool:
@@ -170,8 +193,10 @@ class PeerProtocol:
         out: list[Command] = []
         while self.state != CLOSED and len(self._buffer) >= HEADER.size:
             (size,) = HEADER.unpack_from(self._buffer)
-            if size > self.max_frame_bytes:
-                self.fail(f"frame of {size} bytes exceeds {self.max_frame_bytes}")
+            limit = self.max_frame_bytes if self.state == OPEN else self.handshake_frame_bytes
+            if size > limit:
+                self.fail(f"frame of {size} bytes exceeds {limit}", "frame_too_large")
+                self._buffer.clear()
                 break
             if len(self._buffer) < HEADER.size + size:
                 break
@@ -204,6 +229,7 @@ class PeerProtocol:
         if command.name == ERROR:
             self.state = CLOSED
             self.close_reason = f"peer said: {command.fields.get('message')}"
+            self.close_code = "peer_refused"
             return None
         handler = getattr(self, "_on_" + command.name.lower())
         return handler(command)  # type: ignore[no-any-return]
@@ -211,12 +237,20 @@ class PeerProtocol:
     def _valid_nonce(self, value: Any) -> bool:
         return isinstance(value, bytes) and len(value) == NONCE_BYTES
 
+    def _proof(self, role: str) -> bytes:
+        assert self.peer is not None
+        if self.role == "connector":
+            conn, acc, nonce_c, nonce_a = self.node, self.peer, self._nonce, self._their_nonce
+        else:
+            conn, acc, nonce_c, nonce_a = self.peer, self.node, self._their_nonce, self._nonce
+        return proof(self.secret, role, nonce_c, nonce_a, conn, acc)
+
     def _on_hello(self, command: Command) -> None:
         node, nonce = command.fields.get("node"), command.fields.get("nonce")
         if command.fields.get("version") != VERSION:
-            self.fail(f"this node speaks peer protocol version {VERSION}")
+            self.fail(f"this node speaks peer protocol version {VERSION}", "version")
             return
-        if not isinstance(node, str) or not node or not self._valid_nonce(nonce):
+        if not isinstance(node, str) or not node or len(node) > 200 or not self._valid_nonce(nonce):
             self.fail("HELLO needs a node name and a 32-byte nonce")
             return
         if node == self.node:
@@ -224,46 +258,36 @@ class PeerProtocol:
             return
         assert isinstance(nonce, bytes)
         self.peer, self._their_nonce = node, nonce
-        mine = proof(self.secret, "acceptor", nonce, self._nonce, node, self.node)
-        self._send(CHALLENGE, node=self.node, nonce=self._nonce, proof=mine)
-        self.state = AWAIT_AUTH
+        self.state = ADMIT  # the application calls admit() or fail()
 
     def _on_challenge(self, command: Command) -> None:
         node, nonce = command.fields.get("node"), command.fields.get("nonce")
-        theirs = command.fields.get("proof")
-        if (
-            not isinstance(node, str)
-            or not self._valid_nonce(nonce)
-            or not isinstance(theirs, bytes)
-        ):
-            self.fail("CHALLENGE needs a node name, a 32-byte nonce and a proof")
+        if not isinstance(node, str) or not self._valid_nonce(nonce):
+            self.fail("CHALLENGE needs a node name and a 32-byte nonce")
             return
         assert isinstance(nonce, bytes)
         if self.expect is not None and node != self.expect:
-            self.fail(f"expected node {self.expect!r}, reached {node!r}")
-            return
-        wanted = proof(self.secret, "acceptor", self._nonce, nonce, self.node, node)
-        if not hmac.compare_digest(wanted, theirs):
-            self.fail("the acceptor's proof is wrong (different pool secret?)")
+            self.fail(f"expected node {self.expect!r}, reached {node!r}", "wrong_node")
             return
         self.peer, self._their_nonce = node, nonce
-        mine = proof(self.secret, "connector", self._nonce, nonce, self.node, node)
-        self._send(AUTH, proof=mine)
-        self.state = AWAIT_AUTH
+        self._send(AUTH, proof=self._proof("connector"))
+        self.state = AWAIT_READY
 
     def _on_auth(self, command: Command) -> None:
         theirs = command.fields.get("proof")
-        assert self.peer is not None
-        wanted = proof(
-            self.secret, "connector", self._their_nonce, self._nonce, self.peer, self.node
-        )
+        wanted = self._proof("connector")
         if not isinstance(theirs, bytes) or not hmac.compare_digest(wanted, theirs):
-            self.fail("authentication failed")
+            self.fail("authentication failed", "bad_proof")
             return
-        self._send(READY)
+        self._send(READY, proof=self._proof("acceptor"))
         self.state = OPEN
 
     def _on_ready(self, command: Command) -> None:
+        theirs = command.fields.get("proof")
+        wanted = self._proof("acceptor")
+        if not isinstance(theirs, bytes) or not hmac.compare_digest(wanted, theirs):
+            self.fail("the acceptor's proof is wrong (different pool secret?)", "bad_proof")
+            return
         self.state = OPEN
 
     def _on_ping(self, command: Command) -> Command:

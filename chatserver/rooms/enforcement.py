@@ -13,6 +13,7 @@ from typing import Any
 
 from ..protocol.events import Invited, Outgoing, RoomUpdated
 from ..store import messages as message_store
+from ..store import rooms as room_store
 from ..store import users as user_store
 from ..store.categories import Category
 from ..store.db import Database
@@ -105,6 +106,22 @@ class Enforcement:
                 view = await self.room_view(member.user, room, category)
                 member.send(Outgoing.event(Invited(view, by)))
 
+    async def confirm_invited(self, room_id: int, users: Iterable[int]) -> int:
+        """A peer's ``invited``: tell those of ``users`` connected here whom the store shows
+        invited to the room, naming the inviter the store holds; returns how many."""
+        told = 0
+        for uid in users:
+            if not self._presence.of(uid):
+                continue
+            pending = await room_store.pending_invitations(self._db, uid)
+            inviter = next((by for room, by, _ in pending if room == room_id), -1)
+            if inviter == -1:
+                continue
+            who = await user_store.get_user(self._db, inviter) if inviter is not None else None
+            await self.invited(room_id, [uid], who.public() if who is not None else None)
+            told += 1
+        return told
+
     def disconnect(self, user_id: int, reason: str) -> int:
         """Close every connection of the user on this node; returns how many."""
         members = self._presence.of(user_id)
@@ -118,6 +135,29 @@ class Enforcement:
         for member in ending:
             member.disconnect(change.reason)
         return len(ending)
+
+    async def confirm_revoked(self, change: TokensRevoked) -> int:
+        """A peer's ``revoked``: close the sessions here that it names *and* whose token the
+        store no longer holds (a peer cannot end a session the store still knows)."""
+        named = [m for m in self._presence.of(change.user) if change.ends(m.token_hash)]
+        hashes = {m.token_hash for m in named if m.token_hash is not None}
+        if not hashes:
+            return 0
+        live = await user_store.live_token_hashes(self._db, hashes)
+        ending = [m for m in named if m.token_hash is not None and m.token_hash not in live]
+        for member in ending:
+            member.disconnect(change.reason)
+        return len(ending)
+
+    async def confirm_disabled(self, user_id: int, reason: str) -> int:
+        """A peer's ``disconnect``: close the user's sessions here only if the store says the
+        user may no longer chat (gone, or the persistent-chat policy off)."""
+        if not self._presence.of(user_id):
+            return 0
+        user = await user_store.get_user(self._db, user_id)
+        if user is not None and self._auth.policy_enabled(user):
+            return 0
+        return self.disconnect(user_id, reason)
 
     async def recheck_tokens(self) -> None:
         """Close the sessions connected here whose token was revoked (after a peer link was

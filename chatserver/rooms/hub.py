@@ -9,6 +9,16 @@ these rules (ARCHITECTURE invariant 4):
 - a message beyond ``last_seq + 1`` reveals a gap: the room stops delivering, reads the missing
   messages from the store, then delivers everything in order.
 
+Messages from peers (``remote``) are a peer's word, checked against the store whenever
+something about them is unexpected, never on the fast path:
+
+- a gap is repaired from the store, and message events beyond what the store holds (a forged seq
+  far ahead) are dropped and logged; the room's subscribers are not told to resync;
+- a duplicate whose sender, text or client id differs from what was delivered for that seq is a
+  conflict: the seq is re-read from the store, and the cache and the subscribers corrected;
+- :meth:`deliver_from_store` delivers the store's version of what a peer claims (for links the
+  pool does not trust yet), and :meth:`verify_changes` keeps only the edits the store confirms.
+
 Fan-out wraps each message in one :class:`Outgoing`, encoded once per wire format and shared by
 all subscribers.
 
@@ -29,12 +39,14 @@ from typing import Any, Protocol
 from ..protocol.codec import Packed
 from ..protocol.events import MessageChanged, MessagePosted, Outgoing, RoomCleared
 from ..store.messages import Message
-from .changes import MessageChange
+from .changes import MessageChange, MessagesChanged
 
 log = logging.getLogger(__name__)
 
 # A subscription that waits for its snapshot buffers at most this many events, then resyncs.
 MAX_BUFFERED_EVENTS = 10_000
+# Re-reads of a seq whose events differ, in flight at once (more differing events are dropped).
+MAX_CORRECTIONS = 16
 
 
 class Subscriber(Protocol):
@@ -109,6 +121,9 @@ class Hub:
         self._rooms: OrderedDict[int, RoomState] = OrderedDict()
         self._max_idle_rooms = max_idle_rooms
         self.delivered = 0
+        # Peers' message events the store contradicted (dropped or corrected).
+        self.contradicted = 0
+        self._correcting = 0  # re-reads of a seq in flight (at most MAX_CORRECTIONS)
 
     # -- room state -------------------------------------------------------------------------
 
@@ -348,8 +363,12 @@ class Hub:
 
     # -- delivery ---------------------------------------------------------------------------
 
-    def deliver(self, stored: list[Message]) -> None:
-        """Fan out committed messages; ``stored`` is in ``seq`` order within each room."""
+    def deliver(self, stored: list[Message], *, remote: bool = False) -> None:
+        """Fan out committed messages; ``stored`` is in ``seq`` order within each room.
+
+        ``remote``: they come from a peer, so a duplicate is compared with what was delivered.
+        A room this node does not follow (or that does not exist) is skipped.
+        """
         by_room: dict[int, list[Message]] = {}
         for message in stored:
             by_room.setdefault(message.room, []).append(message)
@@ -357,13 +376,40 @@ class Hub:
             state = self._rooms.get(room_id)
             if state is not None:
                 if state.ready:
-                    self._deliver_room(state, batch)
+                    self._deliver_room(state, batch, remote)
                 else:
                     state.pending.extend(batch)
 
-    def _deliver_room(self, state: RoomState, batch: list[Message]) -> None:
+    async def deliver_from_store(self, claimed: list[Message]) -> int:
+        """Deliver the store's version of the messages a peer claims were stored: for each
+        claimed seq the store holds, its stored message. Returns how many claims the store
+        contradicted (no such seq, or another message there)."""
+        by_room: dict[int, list[Message]] = {}
+        for message in claimed:
+            by_room.setdefault(message.room, []).append(message)
+        dropped = 0
+        for room_id, batch in by_room.items():
+            if room_id not in self._rooms:
+                continue  # not followed here: nothing to deliver
+            low = min(m.seq for m in batch)
+            span = min(max(m.seq for m in batch) - low + 1, 1000)
+            found = {m.seq: m for m in await self._load_after(room_id, low - 1, span)}
+            good: list[Message] = []
+            for message in batch:
+                stored = found.get(message.seq)
+                if stored is None or not _same(stored.wire(), message):
+                    dropped += 1
+                if stored is not None and (not good or good[-1].seq < stored.seq):
+                    good.append(stored)  # the seq is taken: what the store holds there
+            self.deliver(good)
+        self.contradicted += dropped
+        return dropped
+
+    def _deliver_room(self, state: RoomState, batch: list[Message], remote: bool = False) -> None:
         for index, message in enumerate(batch):
             if message.seq <= state.last_seq:
+                if remote:
+                    self._compare(state, message)
                 continue
             if message.seq > state.last_seq + 1:
                 # A gap: fetch what is missing before delivering anything after it.
@@ -399,7 +445,23 @@ class Hub:
         try:
             while state.last_seq < target:
                 missing = await self._load_after(state.id, state.last_seq, 1000)
-                if not missing or missing[0].seq != state.last_seq + 1:
+                if not missing:
+                    # The store holds nothing after last_seq: the events beyond it were never
+                    # stored (a peer's forgery or bug). Drop them; the subscribers lose nothing.
+                    beyond = [m for m in state.pending if m.seq > state.last_seq]
+                    state.pending = [m for m in state.pending if m.seq <= state.last_seq]
+                    self.contradicted += len(beyond)
+                    log.warning(
+                        "room %d: dropped %d message events (seq %d to %d) the store does not"
+                        " have (it ends at %d)",
+                        state.id,
+                        len(beyond),
+                        min(m.seq for m in beyond),
+                        max(m.seq for m in beyond),
+                        state.last_seq,
+                    )
+                    break
+                if missing[0].seq != state.last_seq + 1:
                     raise RuntimeError(f"store has no message {state.last_seq + 1}")
                 self._deliver_ready(state, missing)
         except Exception:
@@ -416,3 +478,99 @@ class Hub:
             self._deliver_room(state, batch)
         finally:
             state.ready = False
+
+    # -- peers' word against the store -------------------------------------------------------
+
+    def _compare(self, state: RoomState, message: Message) -> None:
+        """A peer's event for a seq already delivered: if it differs from what the cache holds
+        for that seq, one of the two was not the stored message: re-read it."""
+        for wire in reversed(state.recent):
+            seq = wire["seq"]
+            if seq < message.seq:
+                return  # not in the cache (never kept, or older): nothing to compare with
+            if seq == message.seq:
+                if not _same(wire, message):
+                    if self._correcting >= MAX_CORRECTIONS:
+                        return  # a flood of them: the cache is checked by those in flight
+                    log.warning(
+                        "room %d: a peer's event for seq %d differs from the one delivered;"
+                        " reading it from the store",
+                        state.id,
+                        message.seq,
+                    )
+                    self._correcting += 1
+                    asyncio.get_running_loop().create_task(self._correct(state, message.seq))
+                return
+
+    async def _correct(self, state: RoomState, seq: int) -> None:
+        try:
+            found = await self._load_after(state.id, seq - 1, 1)
+        except Exception as exc:
+            log.warning("room %d: cannot re-read seq %d: %s", state.id, seq, exc)
+            return
+        finally:
+            self._correcting -= 1
+        stored = found[0] if found and found[0].seq == seq else None
+        for index, wire in enumerate(state.recent):
+            if wire["seq"] != seq:
+                continue
+            if stored is not None and _same(wire, stored):
+                self.contradicted += 1  # the later event was the false one; nothing delivered
+                return
+            self.contradicted += 1
+            if stored is None or stored.removed:
+                del state.recent[index]
+                change = MessageChange(seq, "removed", "")
+            else:
+                state.recent[index] = stored.wire()
+                change = MessageChange(seq, "replaced", stored.text)
+            log.warning(
+                "room %d: seq %d delivered here was not the stored message; corrected",
+                state.id,
+                seq,
+            )
+            item = Outgoing.event(MessageChanged(state.id, seq, change.state, change.text))
+            for sub in list(state.subscriptions.values()):
+                if sub.buffer is None and sub.floor >= seq:
+                    sub.subscriber.send(item)
+            return
+
+    async def verify_changes(self, change: MessagesChanged) -> MessagesChanged | None:
+        """A peer's ``edit`` as the store has it: each changed seq with its stored state and
+        text (seqs the store shows unchanged are left out), and the clear only if the store
+        holds no message at or below ``cleared_through``. ``None`` if nothing is confirmed."""
+        changes: list[MessageChange] = []
+        if change.changes:
+            low = min(c.seq for c in change.changes)
+            span = min(max(c.seq for c in change.changes) - low + 1, 1000)
+            found = {m.seq: m for m in await self._load_after(change.room, low - 1, span)}
+            for claimed in change.changes:
+                stored = found.get(claimed.seq)
+                if stored is None or stored.state not in ("replaced", "removed"):
+                    continue
+                changes.append(MessageChange(stored.seq, stored.state, stored.text))
+        cleared = change.cleared_through
+        if cleared is not None:
+            first = await self._load_after(change.room, 0, 1)
+            if first and first[0].seq <= cleared and not first[0].removed:
+                cleared = None
+        dropped = len(change.changes) - len(changes) + (cleared != change.cleared_through)
+        if dropped:
+            self.contradicted += dropped
+            log.warning(
+                "room %d: ignored %d edits from a peer that the store does not show",
+                change.room,
+                dropped,
+            )
+        if not changes and cleared is None:
+            return None
+        return MessagesChanged(change.room, tuple(changes), cleared)
+
+
+def _same(wire: dict[str, Any], message: Message) -> bool:
+    """Is ``wire`` (a delivered message) the same message as ``message``?"""
+    return (
+        wire["sender"]["id"] == message.sender_id
+        and wire["cid"] == message.cid
+        and (wire["text"] == message.text or bool(wire.get("state") or message.state))
+    )

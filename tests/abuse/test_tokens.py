@@ -258,6 +258,7 @@ async def test_revocation_closes_sessions_on_every_node_of_a_pool(pg_cluster: An
     url = await pg_cluster.create_database("abuse_tokens_pool", template="postgres")
     pool = {
         "enabled": True,
+        "secret": "tokens-test-pool-secret-0123456789abcdef",
         "heartbeat_s": 0.2,
         "link_timeout_s": 2,
         "catchup_interval_s": 1,

@@ -25,7 +25,7 @@ from chatserver.client import Client, PoolClient, RequestFailed
 from chatserver.passwords import hash_password
 from chatserver.pool.catchup import SUSPECT_ROUNDS
 from chatserver.pool.local import LocalPool, NodeProcess
-from chatserver.pool.protocol import Command, PeerProtocol, encode_frame, proof
+from chatserver.pool.protocol import Command, PeerProtocol
 from chatserver.store import rooms as room_store
 from chatserver.store import users as user_store
 from chatserver.store.db import Database
@@ -748,73 +748,6 @@ class FrameReader:
         return out
 
 
-async def test_bad_secret_and_replayed_handshake_are_refused(pg_cluster: PostgresCluster) -> None:
-    url = await new_database(pg_cluster)
-    ids = await seed(url, ["carol"], ["lobby"])
-    lobby = ids["lobby"]
-    pool = LocalPool(url, env=FAST, secret="the pool secret")
-    try:
-        (n1,) = await pool.start(1)
-        carol = await login(n1, "carol")
-        await carol.call("join", room=lobby)
-        forged = {
-            "t": "msg",
-            "m": {
-                "room": lobby,
-                "seq": 1,
-                "ts": 1,
-                "sender": {"id": 1, "name": "admin"},
-                "text": "forged",
-                "cid": "x",
-                "kept": True,
-            },
-        }
-
-        # 1. The right secret: a handshake completes (the control case).
-        spy = PeerProtocol("connector", "node9", "the pool secret", expect="node1")
-        hello = spy.data_to_send()
-        reader, writer = await asyncio.open_connection(*n1.peer)
-        writer.write(hello)
-        frames = FrameReader()
-        challenge = frames.feed(await reader.read(65536))
-        spy.receive_data(encode_frame({"cmd": challenge[0].name, **challenge[0].fields}))
-        auth = spy.data_to_send()
-        writer.write(auth)
-        ready = frames.feed(await asyncio.wait_for(reader.read(65536), 5))
-        assert [c.name for c in ready] == ["READY"]
-        writer.close()
-
-        # 2. A replay of that handshake's frames: a new challenge, so the old proof fails.
-        got, closed = await handshake(n1.peer, [hello, auth])
-        assert [c.name for c in got] == ["CHALLENGE", "ERROR"] and closed
-        assert "authentication failed" in got[1].fields["message"]
-
-        # 3. A peer with the wrong secret: its proof is refused.
-        intruder = PeerProtocol("connector", "node8", "not the secret")
-        reader, writer = await asyncio.open_connection(*n1.peer)
-        writer.write(intruder.data_to_send())
-        challenge = FrameReader().feed(await reader.read(65536))[0]
-        nonce = challenge.fields["nonce"]
-        wrong = proof("not the secret", "connector", intruder._nonce, nonce, "node8", "node1")
-        writer.write(encode_frame({"cmd": "AUTH", "proof": wrong}))
-        answer = FrameReader().feed(await asyncio.wait_for(reader.read(65536), 5))
-        assert [c.name for c in answer] == ["ERROR"]
-        assert not await asyncio.wait_for(reader.read(65536), 5)  # closed
-        writer.close()
-
-        # 4. Events without a handshake change nothing and get nothing.
-        got, closed = await handshake(
-            n1.peer, [encode_frame({"cmd": "EVENTS", "events": [forged]})]
-        )
-        assert [c.name for c in got] == ["ERROR"] and closed
-        await asyncio.sleep(0.5)
-        assert carol.events.empty()
-        assert await history(carol, lobby) == []
-        await carol.close()
-    finally:
-        await pool.stop()
-
-
 async def test_a_node_refuses_pool_settings_that_cannot_work(tmp_path: Any) -> None:
     from chatserver.server import StartupError
     from tests.conftest import node_config, start_node
@@ -851,16 +784,6 @@ async def test_a_pool_on_sqlite_is_refused_before_the_store_is_touched(tmp_path:
     assert b"chatserver: pool.enabled needs a PostgreSQL store" in err
     assert b"registry" not in out + err and b"Traceback" not in out + err
     assert os.listdir(tmp_path) == []
-
-
-async def test_a_public_peer_port_needs_a_secret(pg_cluster: PostgresCluster) -> None:
-    from chatserver.server import StartupError
-    from tests.conftest import node_config, start_node
-
-    url = await new_database(pg_cluster)
-    config = node_config(url, pool={"enabled": True}, listen={"peer": "0.0.0.0:0"})
-    with pytest.raises(StartupError, match=r"pool\.secret"):
-        await start_node(config)
 
 
 # -- active and standby ---------------------------------------------------------------------

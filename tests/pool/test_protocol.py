@@ -6,6 +6,9 @@ import msgpack
 import pytest
 
 from chatserver.pool.protocol import (
+    ADMIT,
+    AUTH,
+    CHALLENGE,
     CLOSED,
     EVENTS,
     OPEN,
@@ -14,7 +17,7 @@ from chatserver.pool.protocol import (
     encode_frame,
 )
 
-SECRET = "pool secret"
+SECRET = "pool secret " + "0123456789abcdef" * 2
 
 
 def link(
@@ -31,6 +34,8 @@ def link(
                     assert dst.receive_data(data[i : i + 1]) == []
             else:
                 assert dst.receive_data(data) == []
+            if a.state == ADMIT:
+                a.admit()
     return c, a
 
 
@@ -50,6 +55,7 @@ def test_the_secret_never_crosses_the_wire() -> None:
             data = src.data_to_send()
             wire += data
             dst.receive_data(data)
+            a.admit()
     assert c.is_open and SECRET.encode() not in wire
 
 
@@ -65,21 +71,27 @@ def test_a_replayed_handshake_fails_against_a_fresh_challenge() -> None:
     a = PeerProtocol("acceptor", "node2", SECRET)
     hello = c.data_to_send()
     a.receive_data(hello)
+    a.admit()
     c.receive_data(a.data_to_send())
     auth = c.data_to_send()
     a.receive_data(auth)
     assert a.is_open
     replay = PeerProtocol("acceptor", "node2", SECRET)
-    replay.receive_data(hello + auth)
+    replay.receive_data(hello)
+    replay.admit()
+    replay.receive_data(auth)
     assert replay.state == CLOSED and replay.close_reason == "authentication failed"
+    assert replay.close_code == "bad_proof"
 
 
 def test_the_acceptor_must_be_the_expected_node() -> None:
     c = PeerProtocol("connector", "node1", SECRET, expect="node3")
     a = PeerProtocol("acceptor", "node2", SECRET)
     a.receive_data(c.data_to_send())
+    a.admit()
     c.receive_data(a.data_to_send())
     assert c.state == CLOSED and "node3" in (c.close_reason or "")
+    assert c.close_code == "wrong_node"
 
 
 def test_nothing_but_the_handshake_before_it_completes() -> None:
@@ -127,3 +139,62 @@ def test_a_node_does_not_link_to_itself() -> None:
     a = PeerProtocol("acceptor", "node1", SECRET)
     a.receive_data(c.data_to_send())
     assert a.state == CLOSED
+
+
+def test_the_acceptor_proves_nothing_before_the_connector_has() -> None:
+    """A process that dials a node with a guessed (or no) secret gets a bare nonce, nothing
+    computed from the secret: it cannot test guesses offline. The acceptor's proof comes only
+    in READY, after the connector's proof checked out."""
+    a = PeerProtocol("acceptor", "node2", SECRET)
+    intruder = PeerProtocol("connector", "node1", "", expect="node2")
+    a.receive_data(intruder.data_to_send())
+    assert a.state == ADMIT and a.data_to_send() == b""  # nothing until the name is admitted
+    a.admit()
+    challenge = a.data_to_send()
+    fields = msgpack.unpackb(challenge[4:], raw=False)
+    assert fields["cmd"] == CHALLENGE and set(fields) == {"cmd", "node", "nonce"}
+    intruder.receive_data(challenge)
+    a.receive_data(intruder.data_to_send())  # AUTH with a proof made with the empty secret
+    out = a.data_to_send()
+    assert a.state == CLOSED and a.close_code == "bad_proof"
+    assert b"READY" not in out and b"proof" not in out
+
+
+def test_the_connector_checks_the_acceptors_proof_in_ready() -> None:
+    c = PeerProtocol("connector", "node1", SECRET, expect="node2")
+    a = PeerProtocol("acceptor", "node2", SECRET)
+    a.receive_data(c.data_to_send())
+    a.admit()
+    c.receive_data(a.data_to_send())
+    a.receive_data(c.data_to_send())
+    assert a.is_open
+    ready = msgpack.unpackb(a.data_to_send()[4:], raw=False)
+    ready["proof"] = bytes(32)
+    c.receive_data(encode_frame(ready))
+    assert c.state == CLOSED and c.close_code == "bad_proof"
+
+
+def test_a_refused_name_gets_an_error_and_no_challenge() -> None:
+    a = PeerProtocol("acceptor", "node2", SECRET)
+    a.receive_data(PeerProtocol("connector", "node0", SECRET).data_to_send())
+    a.fail("node 'node0' is not registered in this pool", "unregistered")
+    out = a.data_to_send()
+    assert b"ERROR" in out and b"CHALLENGE" not in out and a.close_code == "unregistered"
+
+
+def test_anything_while_the_name_is_checked_closes_the_link() -> None:
+    a = PeerProtocol("acceptor", "node2", SECRET)
+    a.receive_data(PeerProtocol("connector", "node1", SECRET).data_to_send())
+    a.receive_data(encode_frame({"cmd": AUTH, "proof": bytes(32)}))
+    assert a.state == CLOSED
+
+
+def test_before_the_handshake_frames_are_small() -> None:
+    a = PeerProtocol("acceptor", "node2", SECRET)
+    assert a.receive_data((16 * 1024 * 1024).to_bytes(4, "big") + b"\0" * 1000) == []
+    assert a.state == CLOSED and a.close_code == "frame_too_large"
+    c, a = link()  # once open, the normal limit
+    c.send_events([{"t": "room", "room": n} for n in range(2000)])
+    frame = c.data_to_send()
+    assert len(frame) > 4096
+    assert [x.name for x in a.receive_data(frame)] == [EVENTS]

@@ -169,3 +169,120 @@ async def test_the_backchat_is_encoded_once_until_the_cache_changes() -> None:
     edited = hub.backchat(state, 3)
     assert edited is not after_post
     assert [m["text"] for m in edited.items] == ["text 3", "[redacted]", "text 5"]
+
+
+# -- a peer's word against the store (issue 15) -----------------------------------------------
+
+
+class Watcher(Recorder):
+    """Keeps every event (messages and corrections)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict[str, Any]] = []
+
+    def send(self, item: Outgoing) -> None:
+        self.events.append(item.obj)
+        if item.obj.get("ev") == "message":
+            self.seqs.append(item.obj["seq"])
+
+
+def forged(seq: int, room: int = 1) -> Message:
+    return Message(room, seq, 1, 1, "admin", "forged", "x")
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_seq_far_ahead_the_store_does_not_have_is_dropped_without_resync() -> None:
+    store = Store()
+    store.add(1, 2)
+    hub = make_hub(store)
+    state = await hub.room(1)
+    sub = Watcher()
+    hub.subscribe(state, sub)
+    store.add(3)  # a real message whose event has not arrived yet
+    hub.deliver([forged(1_000_000)], remote=True)
+    await settle()
+    assert sub.resyncs == [] and sub.seqs == [3]  # repaired from the store, forgery dropped
+    assert state.ready and state.last_seq == 3 and hub.contradicted == 1
+    hub.deliver(store.add(4), remote=True)  # live delivery goes on
+    assert sub.seqs == [3, 4]
+    assert all(e.get("text") != "forged" for e in sub.events)
+
+
+async def test_a_forgery_inside_a_gap_loses_to_the_store() -> None:
+    store = Store()
+    store.add(1)
+    hub = make_hub(store)
+    state = await hub.room(1)
+    sub = Watcher()
+    hub.subscribe(state, sub)
+    store.add(2, 3)
+    hub.deliver([forged(3)], remote=True)  # seq 3 exists: the store's version is delivered
+    await settle()
+    assert sub.seqs == [2, 3]
+    assert [e["text"] for e in sub.events] == ["text 2", "text 3"]
+    assert state.recent[-1]["text"] == "text 3"
+
+
+async def test_a_duplicate_that_differs_is_re_read_and_subscribers_corrected() -> None:
+    store = Store()
+    store.add(1)
+    hub = make_hub(store)
+    state = await hub.room(1)
+    sub = Watcher()
+    hub.subscribe(state, sub)
+    hub.deliver([forged(2)], remote=True)  # an impostor's next seq, delivered (trusted link)
+    store.add(2)  # the real message 2 is committed and announced
+    hub.deliver([msg(2)], remote=True)
+    await settle()
+    assert sub.events[-1] == {
+        "ev": "message.changed",
+        "room": 1,
+        "seq": 2,
+        "state": "replaced",
+        "text": "text 2",
+    }
+    assert state.recent[-1] == msg(2).wire()  # later joiners' backchat has the stored one
+    # A duplicate that matches, and a false duplicate of a correct delivery, change nothing.
+    before = list(sub.events)
+    hub.deliver([msg(2)], remote=True)
+    hub.deliver([forged(2)], remote=True)
+    await settle()
+    assert sub.events == before and state.recent[-1] == msg(2).wire()
+
+
+async def test_deliver_from_store_delivers_only_what_the_store_confirms() -> None:
+    store = Store()
+    store.add(1)
+    hub = make_hub(store)
+    state = await hub.room(1)
+    sub = Watcher()
+    hub.subscribe(state, sub)
+    store.add(2)
+    dropped = await hub.deliver_from_store([forged(2), forged(3), forged(7, room=99)])
+    assert dropped == 2 and sub.seqs == [2]
+    assert sub.events[0]["text"] == "text 2"
+    dropped = await hub.deliver_from_store([msg(2)])  # a true claim: delivered once
+    assert dropped == 0 and sub.seqs == [2]
+
+
+async def test_edits_from_a_peer_are_taken_from_the_store() -> None:
+    from chatserver.rooms.changes import MessageChange, MessagesChanged
+
+    store = Store()
+    store.add(1, 2, 3)
+    hub = make_hub(store)
+    await hub.room(1)
+    store.messages[1][1] = Message(1, 2, 1002, 7, "u", "[redacted]", "c2", state="replaced")
+    claim = MessagesChanged(
+        1,
+        (MessageChange(2, "replaced", "what the peer says"), MessageChange(3, "removed", "")),
+        cleared_through=3,
+    )
+    confirmed = await hub.verify_changes(claim)
+    assert confirmed == MessagesChanged(1, (MessageChange(2, "replaced", "[redacted]"),), None)
+    assert await hub.verify_changes(MessagesChanged(1, (MessageChange(1, "removed", ""),))) is None
