@@ -376,6 +376,7 @@ async def test_the_pool_heartbeat_recovers_within_seconds_of_a_freeze(
     db = Database(url)
     try:
         await pool.start(1)
+        mark = len(pool.nodes[0].lines)
         proxy.freeze(drop=True)
         await asyncio.sleep(scaled(TIMEOUT_S * 2))
         proxy.thaw()
@@ -390,6 +391,10 @@ async def test_the_pool_heartbeat_recovers_within_seconds_of_a_freeze(
         recovered = time.monotonic() - thawed
         print(f"\nheartbeat written again {recovered:.2f} s after the freeze was lifted")
         assert recovered <= scaled(10), recovered
+        # one log line when the beats start failing, one when they work again
+        node = pool.nodes[0]
+        await node.wait_for("heartbeat written again", scaled(5), start=mark)
+        assert len(lines_with(node, "heartbeat failed", mark)) == 1, node.lines[mark:]
     finally:
         await db.close()
         await pool.stop()
