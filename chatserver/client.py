@@ -152,6 +152,23 @@ class Client:
         self.user = reply["user"]
         return reply
 
+    async def upload(self, http: str, room: int, source: Any, **options: Any) -> dict[str, Any]:
+        """Upload a file (bytes or a path) into ``room`` over the node's HTTP listener
+        (``http``: ``http://host:port``), with this session's token; see
+        :func:`chatserver.client_files.upload`."""
+        from . import client_files
+
+        assert self.token is not None, "sign in first"
+        return await client_files.upload(http, self.token, room, source, **options)
+
+    async def download(self, http: str, file_id: int, dest: Any = None, **options: Any) -> Any:
+        """A file's bytes (or, with ``dest``, the path written); see
+        :func:`chatserver.client_files.download`."""
+        from . import client_files
+
+        assert self.token is not None, "sign in first"
+        return await client_files.download(http, self.token, file_id, dest, **options)
+
     async def next_event(self, ev: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
         """The next event (of kind ``ev``, skipping others), or ``TimeoutError``."""
         async with asyncio.timeout(timeout):

@@ -137,12 +137,14 @@ class ListenConfig(_Section):
     websocket: str = "127.0.0.1:5080"
     management: str = "127.0.0.1:8012"
     peer: str = "127.0.0.1:8011"
+    # The client HTTP listener (files; docs/protocol.md, "Files"); empty switches it off.
+    http: str = "127.0.0.1:5081"
     # Browser origins (scheme://host[:port]) allowed to open a WebSocket, besides a page served
     # from the address the browser connects to; "*" allows any. A handshake without Origin (not a
     # browser) is always allowed. See docs/security.md.
     websocket_origins: tuple[str, ...] = ()
 
-    @field_validator("tcp", "websocket", "management", "peer")
+    @field_validator("tcp", "websocket", "management", "peer", "http")
     @classmethod
     def _address(cls, value: str) -> str:
         if value:  # an empty string switches the listener off
@@ -232,6 +234,30 @@ class ManagementConfig(_Section):
     body_timeout_s: float = Field(30, gt=0, le=3600)
     # A connection idle this long after a response is closed.
     keepalive_timeout_s: float = Field(15, gt=0, le=3600)
+
+
+class FilesConfig(_Section):
+    """Files in rooms (docs/configuration.md, ``[files]``); the size limit of one file is
+    ``chat.max_file_size_kb`` (a run-time setting)."""
+
+    # Bytes of all ready files of one room, in MiB; 0: no quota.
+    room_quota_mb: int = Field(1024, ge=0, le=1_048_576)
+    # Uploads one user may start per minute on one node (a token bucket).
+    uploads_per_user_per_min: float = Field(30, gt=0)
+    # Uploads in progress on one node at once; more are answered 503.
+    max_concurrent_uploads: int = Field(32, ge=1, le=10_000)
+    # Uploads in progress of one user on one node; more are answered 429.
+    max_uploads_per_user: int = Field(4, ge=1, le=10_000)
+    # An upload's body must keep arriving: each read waits at most this long.
+    idle_timeout_s: float = Field(30, gt=0, le=3600)
+    # Size of a stored chunk (KiB): what one upload or download holds in memory at a time.
+    chunk_kb: int = Field(256, ge=4, le=16_384)
+    # Pending uploads of any node older than this are swept (a node sweeps its own at start).
+    pending_timeout_s: int = Field(3600, ge=60, le=7 * 86_400)
+    # Connections the client HTTP listener holds at once; more are answered 503 and closed.
+    max_connections: int = Field(1024, ge=1, le=100_000)
+    # A request's head must arrive within this; an idle keep-alive connection closes after it.
+    header_timeout_s: float = Field(10, gt=0, le=3600)
 
 
 class PoolConfig(_Section):
@@ -325,6 +351,7 @@ class Config(_Section):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     management: ManagementConfig = Field(default_factory=ManagementConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
+    files: FilesConfig = Field(default_factory=FilesConfig)
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
     login: LoginConfig = Field(default_factory=LoginConfig)
 

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from .accounts import Accounts
+from .admin.guard import ConnectionGuard
 from .admin.server import ManagementServer
 from .config import Config, parse_address
 from .metrics import Metrics
@@ -41,6 +42,7 @@ from .rooms.changes import LocalOnly, Publisher
 from .rooms.directory import Directory
 from .rooms.enforcement import Enforcement
 from .rooms.facts import Facts
+from .rooms.files import Files
 from .rooms.governance import Governance
 from .rooms.hub import Hub
 from .rooms.posting import Posting
@@ -57,6 +59,7 @@ from .store.migrate import check_schema, upgrade
 from .throttle import LoginThrottle
 from .transport.connection import Connection
 from .transport.connections import Connections
+from .transport.http import ClientHttpServer, FilesCollector
 from .transport.tcp import TcpConnection
 from .transport.websocket import WebSocketConnection
 
@@ -174,6 +177,18 @@ class Node:
             audit,
         )
         self.reading = Reading(db, self.settings, facts, auth, hub, self.capture)
+        self.files = Files(
+            db,
+            config.files,
+            config.node.name,
+            self.settings,
+            facts,
+            auth,
+            self.capture,
+            hub.deliver,
+            publisher,
+            self.governance.messages_changed,
+        )
         self.addresses: dict[str, tuple[str, int]] = {}
         self.pool: Pool | None = None
         if peers is not None:
@@ -211,6 +226,7 @@ class Node:
         self._stopping: asyncio.Task[None] | None = None
         self.listening = False
         self.management: ManagementServer | None = None
+        self.http: ClientHttpServer | None = None
         self.metric_refreshers: list[Callable[[], Awaitable[None]]] = []
         self.closers: list[Callable[[], Awaitable[None]]] = []
 
@@ -229,6 +245,7 @@ class Node:
         await check_schema(self.db)
         await ensure_admin(self.db, self.accounts, self.announce)
         await self.settings.reload()
+        await self.files.sweep(at_start=True)
         metrics = self.metrics
         metrics.attach(self.connections, self.hub, self.writer)
         metrics.start()
@@ -273,6 +290,8 @@ class Node:
             self.addresses[name] = (bound[0], bound[1])
             scheme = {"tcp": "tcp", "websocket": "ws"}[name] + ("s" if context else "")
             self.announce(f"listening for {name} clients on {scheme}://{bound[0]}:{bound[1]}/")
+        if self.config.listen.http:
+            await self._start_http(context)
         self.listening = True
         if self.config.listen.management:
             await self._start_management(context)
@@ -287,6 +306,7 @@ class Node:
             assert pool.peer_address is not None
             host, port = pool.peer_address
             self.announce(f"pool: listening for peers on {host}:{port}, joined as {pool.state}")
+        self.files.start_sweeping()
         log.info("node %s started on %s", self.config.node.name, self.db.dialect)
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -299,6 +319,8 @@ class Node:
         self.listening = False
         if self.management is not None:
             await self.management.stop()
+        if self.http is not None:
+            await self.http.stop()
         await self.metrics.stop()
         for server in self._servers:
             server.close()
@@ -332,10 +354,35 @@ class Node:
         if self.pool is not None:
             await self.pool.stop()
         await self.store_failover.stop()
+        await self.files.close()
         for close in self.closers:
             await close()
         await self.db.close()
         log.info("node %s stopped", self.config.node.name)
+
+    # -- client HTTP (files) ------------------------------------------------------------------
+
+    async def _start_http(self, context: ssl.SSLContext | None) -> None:
+        address = self.config.listen.http
+        files = self.config.files
+
+        def guard(factory: Callable[[], asyncio.Protocol]) -> ConnectionGuard:
+            return ConnectionGuard(
+                factory,
+                max_connections=files.max_connections,
+                header_timeout_s=files.header_timeout_s,
+                name="the client HTTP listener",
+            )
+
+        self.http = ClientHttpServer(files, self.accounts, self.auth, self.files, guard)
+        try:
+            host, port = await self.http.start(address, context)
+        except OSError as exc:
+            raise StartupError(f"listen.http: cannot listen on {address}: {exc}") from None
+        self.addresses["http"] = (host, port)
+        self.metrics.register(FilesCollector(self.files, self.http))
+        scheme = "https" if context else "http"
+        self.announce(f"listening for HTTP clients (files) on {scheme}://{host}:{port}/")
 
     # -- management ---------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ async def measure(transport: str, count: int) -> float:
         CHATSERVER_DATABASE_URL=f"sqlite:///{data}/chat.db",
         CHATSERVER_LISTEN_TCP=f"127.0.0.1:{port}",
         CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{ws_port}",
+        CHATSERVER_LISTEN_HTTP="",
         CHATSERVER_ADMIN_PASSWORD=PASSWORD,
         CHATSERVER_LIMITS_AUTH_TIMEOUT_S="3600",
         # Every connection resumes the same administrator's token.

@@ -56,6 +56,7 @@ async def run(args: argparse.Namespace) -> None:
         env = stack._env(
             CHATSERVER_LISTEN_TCP=f"127.0.0.1:{port}",
             CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{ws_port}",
+            CHATSERVER_LISTEN_HTTP="",
         )
         proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
             [sys.executable, "-c", WRAPPER, str(out / "snap")],

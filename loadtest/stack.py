@@ -184,6 +184,7 @@ class Stack:
             CHATSERVER_DATABASE_URL=self.database_url,
             CHATSERVER_ADMIN_PASSWORD=ADMIN_PASSWORD,
             CHATSERVER_LISTEN_MANAGEMENT="",
+            CHATSERVER_LISTEN_HTTP="",
             CHATSERVER_LISTEN_PEER="",
             # The generator logs thousands of users in at once from a few 127.0.0.x addresses:
             # the per-address limit on connections still logging in would cap the benchmark.

@@ -170,6 +170,7 @@ def node_config(db_url: str, **sections: dict[str, object]) -> Config:
         "CHATSERVER_LISTEN_TCP": "127.0.0.1:0",
         "CHATSERVER_LISTEN_WEBSOCKET": "127.0.0.1:0",
         "CHATSERVER_LISTEN_MANAGEMENT": "127.0.0.1:0",
+        "CHATSERVER_LISTEN_HTTP": "127.0.0.1:0",
     }
     for section, values in sections.items():
         for key, value in values.items():
@@ -205,6 +206,12 @@ class Harness:
         client = await self.connect(transport)
         await client.login(name, PASSWORD)
         return client
+
+    @property
+    def http(self) -> str:
+        """The node's client HTTP listener (files), as ``http://host:port``."""
+        host, port = self.node.addresses["http"]
+        return f"http://{host}:{port}"
 
     async def room(self, name: str = "lobby") -> int:
         from chatserver.store.rooms import create_room

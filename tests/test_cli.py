@@ -23,6 +23,7 @@ def env_for(tmp_path: Path, url: str | None = None, **extra: str) -> dict[str, s
         CHATSERVER_LISTEN_TCP=f"127.0.0.1:{free_port()}",
         CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{free_port()}",
         CHATSERVER_LISTEN_MANAGEMENT=f"127.0.0.1:{free_port()}",
+        CHATSERVER_LISTEN_HTTP=f"127.0.0.1:{free_port()}",
     )
     env.update(extra)
     return env

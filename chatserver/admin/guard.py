@@ -55,8 +55,10 @@ class ConnectionGuard:
         *,
         max_connections: int,
         header_timeout_s: float,
+        name: str = "the management port",
     ) -> None:
         self._factory = factory
+        self.name = name
         self.max_connections = max_connections
         self.header_timeout_s = header_timeout_s
         # aiohttp's protocol of each open connection -> its guard
@@ -65,8 +67,7 @@ class ConnectionGuard:
         self.timed_out = 0  # connections closed for a late request head
         self._full = _response(
             "503 Service Unavailable",
-            f"the management port holds its maximum of {max_connections} connections;"
-            " try again later",
+            f"{name} holds its maximum of {max_connections} connections; try again later",
             "Retry-After: 1",
         )
         self._late = _response(
@@ -109,7 +110,8 @@ class _Guarded(asyncio.Protocol):
             guard.refused += 1
             if guard.refused == 1 or guard.refused % 1000 == 0:
                 log.warning(
-                    "management port: %d connections refused, over max_connections %d",
+                    "%s: %d connections refused, over max_connections %d",
+                    guard.name,
                     guard.refused,
                     guard.max_connections,
                 )

@@ -44,7 +44,7 @@ from ..rooms.changes import (
     UserDisconnected,
     UsersInvited,
 )
-from ..store.messages import Message
+from ..store.messages import FileRef, Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +124,19 @@ def _message(e: dict[str, Any]) -> MessageStored:
             cid=_str(m["cid"]),
             kept=bool(m.get("kept", True)),
             state=_str(m.get("state", "")),
+            file=_file(m.get("file")),
         )
+    )
+
+
+def _file(f: Any) -> FileRef | None:
+    """The file a message event carries (``m.file``), if any."""
+    if f is None:
+        return None
+    if not isinstance(f, dict):
+        raise ValueError("a message's file must be a map")
+    return FileRef(
+        _int(f["id"]), _str(f["name"]), _int(f["size"]), _str(f["media_type"]), _str(f["sha256"])
     )
 
 

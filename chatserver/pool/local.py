@@ -154,12 +154,11 @@ class LocalPool:
         base = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
         if self.addresses == "hosts":
             host = f"127.0.0.{index}"
-            ports = {"tcp": 5041, "websocket": 5080, "peer": 8011, "management": 8012}
+            ports = {"tcp": 5041, "websocket": 5080, "peer": 8011, "management": 8012, "http": 5081}
         else:
             host = "127.0.0.1"
-            ports = dict(
-                zip(("tcp", "websocket", "peer", "management"), free_ports(4), strict=True)
-            )
+            names = ("tcp", "websocket", "peer", "management", "http")
+            ports = dict(zip(names, free_ports(len(names)), strict=True))
         base.update(
             CHATSERVER_NODE_NAME=f"node{index}",
             CHATSERVER_DATABASE_URL=self.database_url,

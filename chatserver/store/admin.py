@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import outbox
 from .db import LIKE_ESCAPE, Database, contains_pattern, now_ms
+from .files import remove_covered
 from .schema import addins, audit_log, groups, messages, room_principals, rooms, settings, users
 
 # -- audit log ------------------------------------------------------------------------------
@@ -337,6 +338,12 @@ async def change_messages(
                 .where(messages.c.room_id == m.room_id, messages.c.seq == m.seq)
                 .values(state=state, text=text if state == "replaced" else "")
             )
+        if state == "removed":  # the files those messages carried go with them
+            by_room: dict[int, list[int]] = {}
+            for m in found:
+                by_room.setdefault(m.room_id, []).append(m.seq)
+            for room_id, seqs in by_room.items():
+                await remove_covered(conn, room_id, seqs)
         if compliance_node is not None and found:
             kind = "REPLACE" if state == "replaced" else "REMOVE"
             await outbox.record(
@@ -386,6 +393,8 @@ async def clear_room(
             .values(state="removed", text="")
         )
         count = int(result.rowcount)
+        if count:
+            await remove_covered(conn, room_id, None)
         if count and compliance_node is not None:
             await outbox.record(
                 conn,

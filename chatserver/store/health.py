@@ -227,8 +227,8 @@ def raise_failed(error: BaseException, cause: BaseException) -> NoReturn:
 class BoundedPgPool:
     """The asyncpg pool of the fast paths, with every use bounded as the module docstring says.
 
-    It offers what the callers use of :class:`asyncpg.Pool`: ``acquire()``, ``fetch`` and
-    ``execute``.
+    It offers what the callers use of :class:`asyncpg.Pool`: ``acquire()``, ``fetch``,
+    ``fetchval`` and ``execute``.
     """
 
     def __init__(
@@ -270,6 +270,10 @@ class BoundedPgPool:
     async def fetch(self, query: str, *args: Any) -> list[Any]:
         async with self.acquire() as conn:
             return list(await conn.fetch(query, *args))
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.acquire() as conn:
+            return await conn.fetchval(query, *args)
 
     async def execute(self, query: str, *args: Any) -> str:
         async with self.acquire() as conn:

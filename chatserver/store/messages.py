@@ -18,7 +18,28 @@ from sqlalchemy import bindparam, insert, select, tuple_, update
 
 from .db import PG_NOW_MS, Database, now_ms
 from .outbox import Event, record, record_pg
-from .schema import categories, messages, rooms, users
+from .schema import categories, files, messages, rooms, users
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """The file a message carries (docs/protocol.md, "Files"): what a reader needs to show it
+    and download it (``GET /api/v1/files/{id}`` on the client HTTP listener)."""
+
+    id: int
+    name: str
+    size: int
+    media_type: str
+    sha256: str
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "size": self.size,
+            "media_type": self.media_type,
+            "sha256": self.sha256,
+        }
 
 
 # Message, NewPost and Stored are made for every post: plain (not frozen) dataclasses, because a
@@ -34,10 +55,11 @@ class Message:
     cid: str
     kept: bool = True  # False: live only (the room's category has chat history off)
     state: str = ""  # "" | "replaced" | "removed" (see schema.messages)
+    file: FileRef | None = None  # the file the message carries (an upload)
 
     def wire(self) -> dict[str, Any]:
         """The message as every reply and event carries it."""
-        wire = {
+        wire: dict[str, Any] = {
             "room": self.room,
             "seq": self.seq,
             "ts": self.ts,
@@ -47,6 +69,8 @@ class Message:
         }
         if self.state:
             wire["state"] = self.state
+        if self.file is not None and self.state != "removed":
+            wire["file"] = self.file.wire()
         return wire
 
     @property
@@ -312,16 +336,44 @@ def _results(
 
 
 def _select_messages() -> Any:
-    return select(
-        messages.c.room_id,
-        messages.c.seq,
-        messages.c.ts,
-        messages.c.sender_id,
-        users.c.name.label("sender_name"),
-        messages.c.text,
-        messages.c.cid,
-        messages.c.state,
-    ).join(users, users.c.id == messages.c.sender_id)
+    return (
+        select(
+            messages.c.room_id,
+            messages.c.seq,
+            messages.c.ts,
+            messages.c.sender_id,
+            users.c.name.label("sender_name"),
+            messages.c.text,
+            messages.c.cid,
+            messages.c.state,
+            files.c.id.label("file_id"),
+            files.c.name.label("file_name"),
+            files.c.size.label("file_size"),
+            files.c.media_type.label("file_media_type"),
+            files.c.sha256.label("file_sha256"),
+        )
+        .join(users, users.c.id == messages.c.sender_id)
+        .outerjoin(
+            files,
+            (files.c.room_id == messages.c.room_id)
+            & (files.c.seq == messages.c.seq)
+            & (files.c.state == "ready"),
+        )
+    )
+
+
+def file_ref(row: Any) -> FileRef | None:
+    """The file of a row read with the file_* columns of :func:`_select_messages` (or the same
+    names from a raw query), if it has one."""
+    if row["file_id"] is None:
+        return None
+    return FileRef(
+        row["file_id"],
+        row["file_name"],
+        row["file_size"],
+        row["file_media_type"],
+        row["file_sha256"],
+    )
 
 
 def _message(row: Any) -> Message:
@@ -334,6 +386,7 @@ def _message(row: Any) -> Message:
         row.text,
         row.cid,
         state=row.state,
+        file=file_ref(row._mapping),
     )
 
 
@@ -388,10 +441,14 @@ async def window(db: Database, room: int, limit: int) -> tuple[int, list[Message
     # there. The LEFT JOIN keeps the room's row when it has no messages.
     pool = await db.pg_pool()
     rows = await pool.fetch(
-        "SELECT r.last_seq, m.seq, m.ts, m.sender_id, m.sender_name, m.text, m.cid, m.state"
+        "SELECT r.last_seq, m.seq, m.ts, m.sender_id, m.sender_name, m.text, m.cid, m.state,"
+        " m.file_id, m.file_name, m.file_size, m.file_media_type, m.file_sha256"
         " FROM rooms r LEFT JOIN LATERAL ("
-        "   SELECT m.seq, m.ts, m.sender_id, u.name AS sender_name, m.text, m.cid, m.state"
+        "   SELECT m.seq, m.ts, m.sender_id, u.name AS sender_name, m.text, m.cid, m.state,"
+        "   f.id AS file_id, f.name AS file_name, f.size AS file_size,"
+        "   f.media_type AS file_media_type, f.sha256 AS file_sha256"
         "   FROM messages m JOIN users u ON u.id = m.sender_id"
+        "   LEFT JOIN files f ON f.room_id = m.room_id AND f.seq = m.seq AND f.state = 'ready'"
         "   WHERE m.room_id = r.id AND m.state <> 'removed' ORDER BY m.seq DESC LIMIT $2"
         " ) m ON true WHERE r.id = $1 ORDER BY m.seq DESC",
         room,
@@ -409,6 +466,7 @@ async def window(db: Database, room: int, limit: int) -> tuple[int, list[Message
             r["text"],
             r["cid"],
             state=r["state"],
+            file=file_ref(r),
         )
         for r in reversed(rows)
         if r["seq"] is not None

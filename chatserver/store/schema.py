@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -177,6 +178,41 @@ messages = Table(
     Column("state", String(8), nullable=False, default="", server_default=""),
     PrimaryKeyConstraint("room_id", "seq", name="pk_messages"),
     UniqueConstraint("room_id", "sender_id", "cid", name="uq_messages_room_sender_cid"),
+)
+
+# -- files (issue 16) ----------------------------------------------------------------------
+
+# A file uploaded into a room. Its bytes are in file_chunks; the message that carries it is the
+# room's message (room_id, seq). An upload in progress is "pending" (invisible; the node that
+# receives it is named, so a restarted node sweeps what it left), then "ready" once its message
+# is committed, and "removed" when deleted (the row stays, for the record; its chunks go).
+files = Table(
+    "files",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("room_id", Id, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("uploader_id", Id, ForeignKey("users.id"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("media_type", String(127), nullable=False, default="application/octet-stream"),
+    Column("size", BigInteger, nullable=False, default=0),
+    Column("sha256", String(64), nullable=False, default=""),
+    Column("chunk_size", Integer, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("state", String(8), nullable=False, default="pending"),  # pending | ready | removed
+    Column("node", String(128), nullable=False, default=""),
+    Column("seq", BigInteger, nullable=True),  # the message's seq, once ready
+    Index("ix_files_room_id_seq", "room_id", "seq"),
+    Index("ix_files_state_created_ms", "state", "created_ms"),
+    sqlite_autoincrement=True,  # a deleted file's id never names another file
+)
+
+file_chunks = Table(
+    "file_chunks",
+    metadata,
+    Column("file_id", Id, ForeignKey("files.id", ondelete="CASCADE"), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("file_id", "idx", name="pk_file_chunks"),
 )
 
 # -- management (issue 4) ------------------------------------------------------------------

@@ -75,6 +75,7 @@ class NodeProcess:
         self.tcp = _address(env["CHATSERVER_LISTEN_TCP"])
         self.websocket = _address(env["CHATSERVER_LISTEN_WEBSOCKET"])
         self.management = "http://{}:{}".format(*_address(env["CHATSERVER_LISTEN_MANAGEMENT"]))
+        self.http = "http://{}:{}".format(*_address(env["CHATSERVER_LISTEN_HTTP"]))
 
     @staticmethod
     def environment(directory: Path, url: str | None = None, **extra: str) -> dict[str, str]:
@@ -88,6 +89,7 @@ class NodeProcess:
             CHATSERVER_LISTEN_TCP=f"127.0.0.1:{free_port()}",
             CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{free_port()}",
             CHATSERVER_LISTEN_MANAGEMENT=f"127.0.0.1:{free_port()}",
+            CHATSERVER_LISTEN_HTTP=f"127.0.0.1:{free_port()}",
             CHATSERVER_ADMIN_PASSWORD=PASSWORD,
             # glibc serves allocations of 128 KiB and more with mmap, and returns them at free;
             # but after the first such block is freed it raises that threshold to the block's

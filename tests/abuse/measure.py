@@ -73,6 +73,7 @@ class NodeProcess:
             CHATSERVER_LISTEN_TCP=f"127.0.0.1:{free_port()}",
             CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{free_port()}",
             CHATSERVER_LISTEN_MANAGEMENT=f"127.0.0.1:{free_port()}",
+            CHATSERVER_LISTEN_HTTP=f"127.0.0.1:{free_port()}",
             CHATSERVER_ADMIN_PASSWORD=PASSWORD,
             CHATSERVER_LIMITS_POSTS_PER_USER_PER_S="1000000",
             **extra,

@@ -158,6 +158,7 @@ def node_env(url: str) -> dict[str, str]:
         CHATSERVER_LISTEN_TCP=f"127.0.0.1:{free_port()}",
         CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{free_port()}",
         CHATSERVER_LISTEN_MANAGEMENT=f"127.0.0.1:{free_port()}",
+        CHATSERVER_LISTEN_HTTP=f"127.0.0.1:{free_port()}",
         # the probe posts too; its rate must not be what answers
         CHATSERVER_LIMITS_POSTS_PER_USER_PER_S="1000000",
     )

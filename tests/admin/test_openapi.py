@@ -47,6 +47,7 @@ def management(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         CHATSERVER_LISTEN_TCP=f"127.0.0.1:{free_port()}",
         CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{free_port()}",
         CHATSERVER_LISTEN_MANAGEMENT="127.0.0.1:0",
+        CHATSERVER_LISTEN_HTTP="127.0.0.1:0",
         CHATSERVER_ADMIN_PASSWORD="openapi-admin-password",
         CHATSERVER_MANAGEMENT_TOKEN=TOKEN,
         # schemathesis sends hundreds of invalid credentials from one address and expects 401

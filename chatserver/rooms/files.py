@@ -1,0 +1,429 @@
+"""Files in rooms: upload, download and removal, with the same rights as posting and reading.
+
+Every transport calls these (today the client HTTP listener, :mod:`chatserver.transport.http`);
+the bytes move through :mod:`chatserver.store.files`. The checks, in the order they run:
+
+upload    the text and name, the right to post (:class:`Authorization`), the category's
+          ``file_upload`` switch, uploads in progress on the node, the user's upload rate, the
+          room's quota; then the body is read chunk by chunk, never more than the smaller of
+          ``max_file_size_kb`` and what the quota leaves (the reader stops there: the caller
+          gets :class:`TooLarge` or :class:`StorageFull` without the rest being read), hashed
+          while it streams, compared with the checksum the client expects, and only then is the
+          file made visible, with its message, in one transaction. Anything that fails or is
+          cancelled on the way (the client went away) deletes what was stored.
+download  the file and the right to read its room, looked up the same way whatever the
+          outcome: a file of a room the caller may not read answers exactly like a file that
+          does not exist (``not_found``, same message, the same store reads).
+remove    the right to read (else ``not_found``), then the uploader, a room manager or an
+          administrator; the message becomes a tombstone (``message.changed`` to the room).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import cast
+
+from ..config import FilesConfig
+from ..protocol.errors import (
+    BAD_REQUEST,
+    FORBIDDEN,
+    NOT_FOUND,
+    RATE_LIMITED,
+    TOO_LARGE,
+    UNAVAILABLE,
+    ChatError,
+)
+from ..protocol.text import check_text
+from ..store import files as file_store
+from ..store.db import Database, now_ms
+from ..store.files import StoredFile
+from ..store.messages import Message, last_seq
+from ..store.rooms import NO_ROOM
+from ..store.users import User
+from .authorization import Authorization
+from .capture import Capture
+from .changes import MessageChange, MessagesChanged, Publisher
+from .facts import Facts
+from .media import SNIFF_BYTES, file_name, sniff
+from .ratelimit import RateLimiter
+from .settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+NO_FILE = "no such file"  # the one answer for a missing file and one the caller may not read
+# Chunk writes (and, apart, chunk reads) in flight on the node at once: on PostgreSQL they use
+# the store's small asyncpg pool, which the group commit needs too, so they never take it all.
+STORE_SLOTS = 2
+# Chunk writes one upload keeps in flight while at most FEW_UPLOADS run on the node (else one).
+WRITES_AHEAD = 3
+FEW_UPLOADS = 2
+
+
+class TooLarge(ChatError):
+    """The upload passes ``max_file_size_kb``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(TOO_LARGE, f"the file exceeds max_file_size_kb={limit // 1024}")
+
+
+class StorageFull(ChatError):
+    """The upload passes what the room's quota leaves."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(TOO_LARGE, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """What a client sends with an upload's bytes."""
+
+    room: int
+    name: str
+    text: str = ""
+    sha256: str | None = None  # the checksum the client expects (hex), if any
+    size: int | None = None  # the size the client declares (Content-Length), if any
+
+
+# Reads up to n bytes of the body; b"" at its end; ConnectionError when it is cut off.
+BodyReader = Callable[[int], Awaitable[bytes]]
+
+
+class Files:
+    def __init__(
+        self,
+        db: Database,
+        config: FilesConfig,
+        node: str,
+        settings: RuntimeSettings,
+        facts: Facts,
+        auth: Authorization,
+        capture: Capture,
+        deliver: Callable[[list[Message]], None],
+        publisher: Publisher,
+        messages_changed: Callable[[MessagesChanged], None],
+    ) -> None:
+        self._db = db
+        self._config = config
+        self._node = node
+        self._settings = settings
+        self._facts = facts
+        self._auth = auth
+        self._capture = capture
+        self._deliver = deliver
+        self._publisher = publisher
+        self._messages_changed = messages_changed
+        per_min = config.uploads_per_user_per_min
+        self._rate = RateLimiter(per_min / 60, burst=max(per_min, 1.0))
+        self.chunk_size = config.chunk_kb * 1024
+        self._writes = asyncio.Semaphore(STORE_SLOTS)
+        self._reads = asyncio.Semaphore(STORE_SLOTS)
+        self.uploading = 0
+        self._by_user: dict[int, int] = {}  # uploads in progress per user
+        self._sweeper: asyncio.Task[None] | None = None
+        # Observations (metrics, tests).
+        self.uploaded = 0
+        self.uploaded_bytes = 0
+        self.refused = 0
+        self.downloads = 0
+
+    # -- upload -----------------------------------------------------------------------------
+
+    async def upload(self, user: User, upload: Upload, read: BodyReader) -> Message:
+        """Store the file ``read`` yields and its message; see the module docstring."""
+        chat = self._settings.chat
+        check_text(upload.text, "text")
+        if len(upload.text) > chat.max_message_chars:
+            raise ChatError(TOO_LARGE, f"text exceeds max_message_chars={chat.max_message_chars}")
+        name = file_name(upload.name)
+        expected = _expected_sha256(upload.sha256)
+        _room, category, _actor = await self._auth.check(user, upload.room, "post")
+        if not category.file_upload:
+            raise self._refuse(
+                user,
+                upload.room,
+                ChatError(FORBIDDEN, "file uploads are switched off in this room's category"),
+            )
+        if self.uploading >= self._config.max_concurrent_uploads:
+            raise self._refuse(
+                user, upload.room, ChatError(UNAVAILABLE, "too many uploads in progress; retry")
+            )
+        mine = self._by_user.get(user.id, 0)
+        if mine >= self._config.max_uploads_per_user:
+            raise self._refuse(
+                user,
+                upload.room,
+                ChatError(
+                    RATE_LIMITED,
+                    f"{mine} uploads of yours are in progress; finish one first",
+                ),
+            )
+        if not self._rate.allow(user.id):
+            raise self._refuse(
+                user, upload.room, ChatError(RATE_LIMITED, "too many uploads; slow down")
+            )
+        # The slot is taken before the next await, so concurrent requests cannot all pass.
+        self.uploading += 1
+        self._by_user[user.id] = mine + 1
+        try:
+            return await self._limited(user, upload, name, expected, read)
+        finally:
+            self.uploading -= 1
+            left = self._by_user.pop(user.id, 1) - 1
+            if left:
+                self._by_user[user.id] = left
+
+    async def _limited(
+        self, user: User, upload: Upload, name: str, expected: str | None, read: BodyReader
+    ) -> Message:
+        """The size limit and the quota, then the upload."""
+        max_size = self._settings.chat.max_file_size_kb * 1024
+        quota = self._config.room_quota_mb * 1024 * 1024 or None
+        limit, full = max_size, cast(ChatError, TooLarge(max_size))
+        if quota is not None:
+            left = quota - await file_store.room_usage(self._db, upload.room)
+            if left < limit:
+                limit = max(left, 0)
+                full = StorageFull(
+                    f"the room's files would pass its quota of {self._config.room_quota_mb} MiB"
+                    f" ({max(left, 0)} bytes left)"
+                )
+        if upload.size is not None and upload.size > limit:
+            raise self._refuse(user, upload.room, full)
+        return await self._store(
+            user, upload.room, name, upload.text, expected, read, (limit, full, quota)
+        )
+
+    async def _store(
+        self,
+        user: User,
+        room: int,
+        name: str,
+        text: str,
+        expected: str | None,
+        read: BodyReader,
+        limits: tuple[int, ChatError, int | None],
+    ) -> Message:
+        limit, full, quota = limits
+        file_id = await file_store.begin(self._db, room, user.id, name, self.chunk_size, self._node)
+        try:
+            try:
+                size, digest, head = await self._stream(file_id, read, limit, full)
+                if expected is not None and digest != expected:
+                    raise ChatError(
+                        BAD_REQUEST,
+                        f"the file's SHA-256 is {digest}, not the {expected} the client sent",
+                    )
+                message = await file_store.finish(
+                    self._db,
+                    file_id,
+                    media_type=sniff(head),
+                    size=size,
+                    sha256=digest,
+                    text=text,
+                    sender_name=user.name,
+                    quota=quota,
+                    capture=self._capture.node,
+                )
+            except file_store.QuotaExceeded as exc:
+                raise StorageFull(f"the room's files would pass its quota ({exc})") from None
+            except file_store.UploadLost as exc:
+                # (a deleted room takes its pending uploads with it)
+                if exc.room_gone or await last_seq(self._db, room) is None:
+                    raise ChatError(NOT_FOUND, f"no room {room}") from None
+                raise ChatError(
+                    UNAVAILABLE,
+                    "the upload outlasted files.pending_timeout_s and was swept; upload again",
+                ) from None
+        except BaseException as exc:
+            # Nothing of a failed upload stays (the client went away, too large, …); shielded,
+            # so a cancelled request still cleans up.
+            await asyncio.shield(self._abandon(file_id))
+            if isinstance(exc, ChatError):
+                self._refuse(user, room, exc)
+            raise
+        self.uploaded += 1
+        self.uploaded_bytes += size
+        log.info("file %d (%d bytes) uploaded to room %d by user %d", file_id, size, room, user.id)
+        for tell in (self._deliver, self._publisher.publish_messages):
+            try:
+                tell([message])
+            except Exception:
+                log.exception("delivering file %d's message failed", file_id)
+        return message
+
+    async def _stream(
+        self, file_id: int, read: BodyReader, limit: int, full: ChatError
+    ) -> tuple[int, str, bytes]:
+        """Store the body in chunks; (size, SHA-256 hex, its first bytes). Full chunks are
+        written while the next one is read (two chunks in memory, four for a lone upload)."""
+        chunk_size = self.chunk_size
+        idle = self._config.idle_timeout_s
+        hasher = hashlib.sha256()
+        pieces: list[bytes] = []  # the chunk being read, as it came (joined once, when full)
+        held = 0
+        head = b""
+        size = index = 0
+        writing: deque[asyncio.Task[None]] = deque()
+        # Chunk writes in flight for this upload: a few while few uploads run (one upload gets
+        # the store's throughput), one when many do (each holds two chunks at most).
+        depth = WRITES_AHEAD if self.uploading <= FEW_UPLOADS else 1
+        try:
+            while True:
+                want = min(chunk_size - held, limit + 1 - size)
+                try:
+                    async with asyncio.timeout(idle):
+                        data = await read(max(want, 1))
+                except TimeoutError:
+                    raise ChatError(BAD_REQUEST, f"the body stalled for {idle:g} s") from None
+                except ConnectionError as exc:
+                    raise ChatError(BAD_REQUEST, f"the body was cut off ({exc})") from None
+                size += len(data)
+                if size > limit:
+                    raise full
+                if data:
+                    hasher.update(data)
+                    pieces.append(data)
+                    held += len(data)
+                    if len(head) < SNIFF_BYTES:
+                        head += data[: SNIFF_BYTES - len(head)]
+                if held >= chunk_size or (not data and held):
+                    while len(writing) >= depth:
+                        await writing.popleft()
+                    chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                    pieces.clear()
+                    held = 0
+                    writing.append(
+                        asyncio.get_running_loop().create_task(self._put(file_id, index, chunk))
+                    )
+                    del chunk
+                    index += 1
+                if not data:
+                    while writing:
+                        await writing.popleft()
+                    return size, hasher.hexdigest(), head
+        finally:
+            # A failed upload deletes its chunks after its last writes have ended, not during
+            # (and their outcomes are collected: a second failure is not left unretrieved).
+            if writing:
+                await asyncio.gather(*map(asyncio.shield, writing), return_exceptions=True)
+
+    async def _put(self, file_id: int, index: int, data: bytes) -> None:
+        async with self._writes:
+            await file_store.put_chunk(self._db, file_id, index, data)
+
+    async def _abandon(self, file_id: int) -> None:
+        try:
+            await file_store.abandon(self._db, file_id)
+        except Exception as exc:  # the start-up sweep takes it later
+            log.error("removing abandoned upload %d failed: %s", file_id, exc)
+
+    def _refuse(self, user: User, room: int, exc: ChatError) -> ChatError:
+        self.refused += 1
+        log.warning("upload by user %d to room %d refused: %s", user.id, room, exc.message)
+        return exc
+
+    async def sweep(self, *, at_start: bool) -> int:
+        """Delete pending uploads left by a killed node (this one's at its start)."""
+        older = now_ms() - self._config.pending_timeout_s * 1000
+        swept = await file_store.sweep(
+            self._db, node=self._node if at_start else None, older_than_ms=older
+        )
+        if swept:
+            log.warning("swept %d unfinished upload(s) a stopped node left behind", swept)
+        return swept
+
+    def start_sweeping(self) -> None:
+        """Sweep other nodes' abandoned uploads every quarter of ``pending_timeout_s`` (a node
+        that never restarts leaves its own to the others)."""
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_every())
+
+    async def _sweep_every(self) -> None:
+        interval = max(60.0, self._config.pending_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep(at_start=False)
+            except Exception as exc:
+                log.error("sweeping unfinished uploads failed: %s", exc)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+
+    # -- download ---------------------------------------------------------------------------
+
+    async def find(self, user: User, file_id: int) -> StoredFile:
+        """The file, if ``user`` may read its room; ``not_found`` otherwise, exactly as for a
+        file that does not exist: one read of the file, then the room's authorization (a
+        missing file asks about a room that does not exist, which reads the store as a room
+        not cached does; a refused cached room reads it too)."""
+        found = await file_store.get(self._db, file_id)
+        room_id = found.room if found is not None else NO_ROOM
+        cached = self._facts.cached_room(room_id) is not None
+        try:
+            await self._auth.check(user, room_id, "read")
+        except ChatError as exc:
+            if exc.code == FORBIDDEN and cached:
+                await self._facts.read_missing_room()
+            raise ChatError(NOT_FOUND, NO_FILE) from None
+        if found is None:  # pragma: no cover - NO_ROOM never exists
+            raise ChatError(NOT_FOUND, NO_FILE)
+        return found
+
+    async def downloading(self, user: User, found: StoredFile) -> None:
+        """Record the FILEDOWNLOAD (compliance on) before the bytes are sent."""
+        self.downloads += 1
+        node = self._capture.node
+        if node is None:
+            return
+        try:
+            await file_store.record_download(self._db, node, user.id, found)
+        except Exception as exc:
+            log.error("recording a compliance FILEDOWNLOAD failed: %s", exc)
+            raise ChatError(
+                UNAVAILABLE, "the download could not be recorded; retry later"
+            ) from None
+
+    async def content(self, found: StoredFile, start: int, end: int) -> AsyncIterator[bytes]:
+        """The bytes ``start`` … ``end`` (inclusive) of the file, a chunk at a time."""
+        size = found.chunk_size
+        first, last = start // size, end // size
+        index = first
+        async for data in file_store.chunks(self._db, found.id, first, last, self._reads):
+            lo = start - index * size if index == first else 0
+            hi = end - index * size + 1 if index == last else len(data)
+            yield data[lo:hi]
+            index += 1
+
+    # -- removal ----------------------------------------------------------------------------
+
+    async def remove(self, user: User, file_id: int) -> None:
+        found = await self.find(user, file_id)
+        if found.uploader_id != user.id:
+            try:
+                await self._auth.check(user, found.room, "manage")
+            except ChatError:
+                raise ChatError(
+                    FORBIDDEN, "only the uploader, a room manager or an administrator may"
+                ) from None
+        seq = await file_store.remove(self._db, file_id, by=user.name, capture=self._capture.node)
+        if seq is None:
+            raise ChatError(NOT_FOUND, NO_FILE)
+        log.info("file %d of room %d removed by user %d", file_id, found.room, user.id)
+        self._messages_changed(MessagesChanged(found.room, (MessageChange(seq, "removed"),), None))
+
+
+def _expected_sha256(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
+        raise ChatError(BAD_REQUEST, "the expected SHA-256 must be 64 hexadecimal digits")
+    return value

@@ -1,0 +1,235 @@
+"""Files over the client HTTP listener on PostgreSQL storage (issue 16's numbers).
+
+    python -m loadtest.files [--mb 20] [--concurrent 50] [--sqlite]
+
+Starts a throwaway PostgreSQL cluster and ``chatserver run`` on it, then measures:
+
+1. one upload and one download of an ``--mb`` MB file over loopback, in MB/s, and the same bytes
+   copied into and out of the same database with asyncpg alone (rows of the node's chunk size
+   in a table of the same shape: the ceiling the store sets);
+2. ``--concurrent`` uploads of that file at once: the node's RSS growth (VmHWM - RSS before)
+   and, meanwhile, the delivery latency of chat posts between two other users (p50 / p99).
+
+Nothing is asserted: the numbers are printed (the issue's targets: ≥ 100 MB/s each way;
+≤ 64 MB of RSS for 50 x 20 MB; chat p99 ≤ 50 ms during the transfers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from chatserver.client import Client
+from chatserver.client_files import download, upload
+from chatserver.store.migrate import upgrade
+from chatserver.testing import PostgresCluster, free_port
+
+PASSWORD = "files-benchmark-password"
+MB = 1_000_000
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _status(pid: int, key: str) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(rf"{key}:\s+(\d+)", text)
+    return int(found.group(1)) if found else 0  # KiB
+
+
+async def _raw_asyncpg(url: str, data: bytes, chunk: int) -> tuple[float, float]:
+    """MB/s writing ``data`` as bytea rows of ``chunk`` bytes into a table of file_chunks'
+    shape (a logged table, uncompressed storage, one statement per row committed as the node
+    does: without waiting for the WAL flush) and reading them back, with asyncpg alone."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "CREATE TABLE raw_chunks (file_id bigint, idx int, data bytea,"
+            " PRIMARY KEY (file_id, idx));"
+            " ALTER TABLE raw_chunks ALTER COLUMN data SET STORAGE EXTERNAL"
+        )
+        started = time.perf_counter()
+        for index in range(0, len(data), chunk):
+            await conn.execute(
+                "WITH a AS (SELECT set_config('synchronous_commit', 'off', true))"
+                " INSERT INTO raw_chunks SELECT 1, $1, $2 FROM a",
+                index // chunk,
+                data[index : index + chunk],
+            )
+        write = len(data) / MB / (time.perf_counter() - started)
+        started = time.perf_counter()
+        got = 0
+        for index in range(0, (len(data) + chunk - 1) // chunk):
+            row = await conn.fetchval(
+                "SELECT data FROM raw_chunks WHERE file_id = 1 AND idx = $1", index
+            )
+            got += len(row)
+        assert got == len(data)
+        read = len(data) / MB / (time.perf_counter() - started)
+        await conn.execute("DROP TABLE raw_chunks")
+    finally:
+        await conn.close()
+    return write, read
+
+
+async def _chat_latency(port: int, room: int, stop: asyncio.Event) -> list[float]:
+    sender = await Client.connect_tcp("127.0.0.1", port)
+    reader = await Client.connect_tcp("127.0.0.1", port)
+    await sender.login("poster", PASSWORD)
+    await reader.login("listener", PASSWORD)
+    await reader.call("join", room=room)
+    out: list[float] = []
+    n = 0
+    try:
+        while not stop.is_set():
+            n += 1
+            started = time.perf_counter()
+            await sender.call("post", room=room, text=f"ping {n}", cid=f"p{n}")
+            while True:
+                event = await reader.next_event("message", timeout=30)
+                if event.get("cid") == f"p{n}":
+                    break
+            out.append(time.perf_counter() - started)
+            await asyncio.sleep(0.02)
+    finally:
+        await sender.close()
+        await reader.close()
+    return out
+
+
+async def run(args: argparse.Namespace) -> None:
+    workdir = tempfile.mkdtemp(prefix="chatserver-files-")
+    cluster = None
+    if args.sqlite:
+        url = f"sqlite:///{workdir}/chat.db"
+    else:
+        cluster = PostgresCluster().start()
+        url = cluster.url()
+    upgrade(url)
+    port, http_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        CHATSERVER_DATABASE_URL=url,
+        CHATSERVER_LISTEN_TCP=f"127.0.0.1:{port}",
+        CHATSERVER_LISTEN_WEBSOCKET="",
+        CHATSERVER_LISTEN_MANAGEMENT="",
+        CHATSERVER_LISTEN_HTTP=f"127.0.0.1:{http_port}",
+        CHATSERVER_ADMIN_PASSWORD=PASSWORD,
+        CHATSERVER_CHAT_MAX_FILE_SIZE_KB=str(args.mb * MB // 1024 + 64),
+        CHATSERVER_FILES_ROOM_QUOTA_MB="0",
+        CHATSERVER_FILES_CHUNK_KB=os.environ.get("CHATSERVER_FILES_CHUNK_KB", "256"),
+        CHATSERVER_LIMITS_POSTS_PER_USER_PER_S="1000",
+        CHATSERVER_FILES_UPLOADS_PER_USER_PER_MIN="100000",
+        CHATSERVER_FILES_MAX_CONCURRENT_UPLOADS=str(max(args.concurrent, 1)),
+        CHATSERVER_FILES_MAX_UPLOADS_PER_USER=str(max(args.concurrent, 1)),
+        MALLOC_MMAP_THRESHOLD_="131072",
+        PYTHONPATH=ROOT,  # this checkout's server
+    )
+    # The node is another process, started once; blocking on its first lines is fine here.
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "chatserver", "run", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=workdir,
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    results: dict[str, Any] = {"store": "sqlite" if args.sqlite else "postgresql"}
+    try:
+        assert proc.stdout is not None
+        while "HTTP clients" not in proc.stdout.readline():
+            if proc.poll() is not None:
+                raise SystemExit("the node did not start")
+        admin = await Client.connect_tcp("127.0.0.1", port)
+        await admin.login("admin", PASSWORD)
+        room = (await admin.call("room.create", name="files", privacy="open"))["room"]["id"]
+        chat = (await admin.call("room.create", name="chat", privacy="open"))["room"]["id"]
+        assert admin.token is not None
+        token = admin.token
+        data = os.urandom(args.mb * MB)
+
+        # The client's own SHA-256 of the file (~50 ms here) is left out of the upload's time.
+        started = time.perf_counter()
+        reply = await upload(base, token, room, data, name="big.bin", check=False)
+        results["upload_MBps"] = args.mb / (time.perf_counter() - started)
+        started = time.perf_counter()
+        got = await download(base, token, reply["file"]["id"])
+        results["download_MBps"] = args.mb / (time.perf_counter() - started)
+        assert got == data
+        del got
+        if not args.sqlite:
+            assert cluster is not None
+            write, read = await _raw_asyncpg(cluster.url(), data, 256 * 1024)
+            results["asyncpg_write_MBps"], results["asyncpg_read_MBps"] = write, read
+            results["upload_vs_asyncpg"] = results["upload_MBps"] / write
+            results["download_vs_asyncpg"] = results["download_MBps"] / read
+
+        if args.concurrent:
+            await _users(url)
+            before = _status(proc.pid, "VmRSS")
+            stop = asyncio.Event()
+            latency = asyncio.create_task(_chat_latency(port, chat, stop))
+            await asyncio.sleep(1)
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    upload(base, token, room, data, name=f"c{i}.bin", check=False)
+                    for i in range(args.concurrent)
+                )
+            )
+            elapsed = time.perf_counter() - started
+            stop.set()
+            samples = await latency
+            peak = _status(proc.pid, "VmHWM")
+            results["concurrent"] = args.concurrent
+            results["concurrent_MBps"] = args.concurrent * args.mb / elapsed
+            results["rss_before_MiB"] = before / 1024
+            results["rss_growth_MiB"] = (peak - before) / 1024
+            if samples:
+                samples.sort()
+                results["chat_p50_ms"] = statistics.median(samples) * 1000
+                results["chat_p99_ms"] = samples[int(len(samples) * 0.99) - 1] * 1000
+                results["chat_samples"] = len(samples)
+        await admin.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        if cluster is not None:
+            cluster.stop()
+    for key, value in results.items():
+        print(f"{key:22} {value:.1f}" if isinstance(value, float) else f"{key:22} {value}")
+
+
+async def _users(url: str) -> None:
+    from chatserver.passwords import hash_password
+    from chatserver.store import users as user_store
+    from chatserver.store.db import Database
+
+    db = Database(url)
+    try:
+        password_hash = await asyncio.to_thread(hash_password, PASSWORD)
+        for name in ("poster", "listener"):
+            await user_store.create_user(db, name, password_hash)
+    finally:
+        await db.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m loadtest.files", description=__doc__)
+    p.add_argument("--mb", type=int, default=20, help="file size in MB (10^6 bytes)")
+    p.add_argument("--concurrent", type=int, default=50, help="concurrent uploads (0: skip)")
+    p.add_argument("--sqlite", action="store_true", help="SQLite storage instead")
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
