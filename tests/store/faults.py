@@ -110,13 +110,14 @@ class StoreProxy:
 
 def node_env(url: str, name: str = "node1", **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSERVER_")}
-    tcp, websocket, management = free_ports(3)
+    tcp, websocket, management, http = free_ports(4)
     env.update(
         CHATSERVER_NODE_NAME=name,
         CHATSERVER_DATABASE_URL=url,
         CHATSERVER_LISTEN_TCP=f"127.0.0.1:{tcp}",
         CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{websocket}",
         CHATSERVER_LISTEN_MANAGEMENT=f"127.0.0.1:{management}",
+        CHATSERVER_LISTEN_HTTP=f"127.0.0.1:{http}",  # the client HTTP listener (files)
         CHATSERVER_MANAGEMENT_TOKEN=STATIC,
         CHATSERVER_ADMIN_PASSWORD=PASSWORD,
         CHATSERVER_LIMITS_POSTS_PER_USER_PER_S="100000",
