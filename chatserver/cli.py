@@ -36,6 +36,7 @@ def _run_loop(main: Awaitable[Any]) -> Any:
 
 async def _serve(config: Config) -> None:
     from .server import Node, StartupError
+    from .store.health import StoreUnavailable
     from .store.migrate import SchemaError
 
     try:
@@ -61,9 +62,10 @@ async def _serve(config: Config) -> None:
     except (SchemaError, StartupError) as exc:
         await node.stop()
         _fail(str(exc))
-    except (OSError, SQLAlchemyError) as exc:
+    except (OSError, SQLAlchemyError, StoreUnavailable) as exc:
         await node.stop()
-        _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(exc)}", 1)
+        cause = exc.__cause__ if isinstance(exc, StoreUnavailable) and exc.__cause__ else exc
+        _fail(f"cannot use the store at {_redact(config.database.url)}: {_reason(cause)}", 1)
     # The objects made at start-up live as long as the process: take them out of the cyclic
     # collector's sight, and collect less often. A node holds many long-lived objects (a
     # connection and its session each keep dozens); with the default thresholds a busy node

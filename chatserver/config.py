@@ -102,6 +102,13 @@ class NodeConfig(_Section):
 
 class DatabaseConfig(_Section):
     url: str = "sqlite:///var/chat.db"
+    # PostgreSQL: the bound on one use of a store connection (waiting for a free one, connecting,
+    # and every statement until it is given back). A use that takes longer has its connection
+    # dropped and fails with ``unavailable`` (see docs/operations.md, "When the store fails").
+    timeout_s: float = Field(5.0, gt=0, le=600)
+    # PostgreSQL: TCP keepalive on every store connection: the first probe after this many idle
+    # seconds, then every third of it; three unanswered probes drop the connection.
+    keepalive_s: float = Field(10.0, ge=1, le=3600)
     # The backup store (a PostgreSQL replica at another site) the pool fails over onto with
     # `chatserver pool failover`; empty: none (docs/operations.md, "Disaster recovery").
     backup_url: str = ""

@@ -35,7 +35,7 @@ from .config import Config, parse_address
 from .feed_metrics import FeedsCollector
 from .metrics import Metrics, UnreadCollector
 from .pool.failover import StoreFailover
-from .protocol.errors import ChatError
+from .protocol.errors import CONFLICT, ChatError
 from .rooms.addins import Addins
 from .rooms.audit import SYSTEM, Audit
 from .rooms.authorization import Authorization
@@ -94,7 +94,11 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
 
 
 async def ensure_admin(db: Database, accounts: Accounts, announce: Callable[[str], None]) -> None:
-    """Create the user ``admin`` when the store has no administrator, and say its password once."""
+    """Create the user ``admin`` when the store has no administrator, and say its password once.
+
+    Nodes started together on a fresh store all see no administrator: one insert wins (the name
+    is unique), and the others, refused, look again and find the administrator it made.
+    """
     if await user_store.count_admins(db):
         return
     password = os.environ.get("CHATSERVER_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
@@ -102,7 +106,12 @@ async def ensure_admin(db: Database, accounts: Accounts, announce: Callable[[str
         await accounts.add_user(
             "admin", password, by=SYSTEM, is_admin=True, display_name="Administrator"
         )
-    except ChatError:
+    except ChatError as exc:
+        if exc.code != CONFLICT:
+            raise
+        if await user_store.count_admins(db):
+            announce("administrator 'admin' was created by another node starting at the same time")
+            return
         raise StartupError(
             "the store has no administrator and the name 'admin' belongs to an ordinary user;"
             " add one with `chatserver user add NAME --admin`"
@@ -124,7 +133,11 @@ class Node:
                 check_store_url(config.database.url)
             except PoolError as exc:
                 raise StartupError(str(exc)) from None
-        db = self.db = Database(config.database.url)
+        db = self.db = Database(
+            config.database.url,
+            timeout_s=config.database.timeout_s,
+            keepalive_s=config.database.keepalive_s,
+        )
         # Normal on database.url, or failed over onto database.backup_url (pool/failover.py).
         self.store_failover = StoreFailover(
             db, config.database.url, config.database.backup_url, config.database.failover_check_s

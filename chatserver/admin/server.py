@@ -44,11 +44,11 @@ from ..protocol.errors import (
     RetryLater,
 )
 from ..store import outbox
-from ..store.migrate import SchemaError, check_schema
 from ..store.users import User
 from ..throttle import Source
 from .context import Ctx
 from .guard import ConnectionGuard, GuardCollector
+from .probe import StoreProbe
 from .routes import ROUTES, openapi_document
 from .routing import NAME_PARAM, NAME_RULE, Route
 
@@ -109,6 +109,7 @@ class ManagementServer:
         self.guard: ConnectionGuard | None = None
         self.address: tuple[str, int] | None = None
         self._openapi: bytes | None = None
+        self.probe = StoreProbe(node.db)
         self._add_routes()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -116,6 +117,7 @@ class ManagementServer:
     async def start(self, address: str, ssl_context: Any) -> tuple[str, int]:
         host, port = parse_address(address)
         limits = self.limits
+        await self.probe.start()
         self._runner = web.AppRunner(
             self.app,
             access_log=None,
@@ -145,6 +147,7 @@ class ManagementServer:
         return self.address
 
     async def stop(self) -> None:
+        await self.probe.stop()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -338,13 +341,7 @@ class ManagementServer:
         checks: dict[str, Any] = {
             "accepting": self.node.connections.accepting and self.node.listening
         }
-        try:
-            await asyncio.wait_for(check_schema(self.node.db), 5)
-            checks["store"] = "ok"
-        except SchemaError as exc:
-            checks["store"] = f"not migrated: {exc}"
-        except Exception as exc:  # unreachable, timed out, …
-            checks["store"] = f"unreachable: {type(exc).__name__}"
+        checks["store"] = self.probe.state()  # the background probe's last result (probe.py)
         ready = checks["accepting"] and checks["store"] == "ok"
         return web.json_response({"ready": ready, **checks}, status=200 if ready else 503)
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from ..rooms.hub import Hub
 from ..store import messages as message_store
 from ..store.db import Database
+from ..store.health import describe
 from . import registry
 
 log = logging.getLogger("chatserver.pool")
@@ -75,7 +76,7 @@ class CatchUp:
                 await self.run()
             except Exception as exc:
                 self._suspect_rounds = max(self._suspect_rounds, 1)  # try again next interval
-                log.warning("pool: catch-up failed: %s", exc)
+                log.warning("pool: catch-up failed: %s", describe(exc))
 
     async def run(self) -> int:
         """Deliver what the store has beyond the hub, for every room whose cache is loaded here

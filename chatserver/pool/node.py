@@ -61,6 +61,7 @@ from ..rooms.roster import Roster, RosterChanged, RosterSnapshot
 from ..rooms.settings import RuntimeSettings
 from ..rooms.unread import Unread
 from ..store.db import Database, now_ms
+from ..store.health import describe
 from ..transport.connections import Connections
 from . import expiry, registry, trust
 from .catchup import CatchUp
@@ -477,6 +478,7 @@ class Pool:
 
     async def _heartbeats(self) -> None:
         interval = self.settings.heartbeat_s
+        failed = 0
         while True:
             try:
                 await asyncio.wait_for(self._refresh.wait(), interval)
@@ -486,7 +488,13 @@ class Pool:
             try:
                 await self._beat()
             except Exception as exc:
-                log.warning("pool: heartbeat failed: %s", exc)
+                failed += 1
+                if failed == 1:  # one line per change of state, not one per beat
+                    log.warning("pool: heartbeat failed: %s (retrying)", describe(exc))
+                continue
+            if failed:
+                log.warning("pool: heartbeat written again after %d failed attempts", failed)
+                failed = 0
 
     async def _keepalive(self) -> None:
         """Ping every link and close the silent ones, every ``heartbeat_s``.

@@ -11,6 +11,9 @@ Nothing is acknowledged before its transaction commits (ARCHITECTURE invariant 1
 fails for one bad row is stored again in halves, down to the post that fails alone, which gets
 ``unavailable``; every other post of the batch is stored. A batch that fails because the store is
 unreachable fails all its posts with ``unavailable`` (the client retries with the same cid).
+
+Failures are logged once per change of state: the first failed batch, then (when a batch is
+stored again) how long it lasted and how many batches and posts failed meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable
 
 from ..protocol.errors import UNAVAILABLE, ChatError
 from ..store.db import Database
+from ..store.health import StoreUnavailable, describe, unreachable
 from ..store.messages import Message, NewPost, Stored, store_batch
 from .capture import Capture
 from .changes import Publisher
@@ -69,6 +73,10 @@ class Writer:
         self.last_batch_size = 0
         self.last_batch_seconds = 0.0
         self.failed_batches = 0
+        # Failures since the last stored batch (logged when storing works again).
+        self._failing_since: float | None = None
+        self._failed_batches_now = 0
+        self._failed_posts_now = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="writer")
@@ -110,9 +118,16 @@ class Writer:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                if in_flight and not self._db.health.available:
+                    # The store is away: the batch in flight finds out when it is back, and
+                    # what waits behind it is answered now instead of a bound later.
+                    self._reject_queued()
+                    break
                 batch: list[tuple[NewPost, asyncio.Future[Stored]]] = []
                 if len(in_flight) < limit:
-                    batch = self._take(set().union(*in_flight.values()))
+                    # While the store is away, one post at a time finds out when it is back.
+                    size = self._max_batch if self._db.health.available else 1
+                    batch = self._take(set().union(*in_flight.values()), size)
                 if not batch:  # at the limit, or everything queued waits for a batch in flight
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -126,16 +141,18 @@ class Writer:
                     await asyncio.wait(in_flight)
                 return
 
-    def _take(self, held: set[tuple[int, int]]) -> list[tuple[NewPost, asyncio.Future[Stored]]]:
-        """The next batch: up to ``max_batch`` queued posts, in order, leaving the (room,
-        sender) pairs of ``held`` (and looking at most 4 times ``max_batch`` posts deep)."""
+    def _take(
+        self, held: set[tuple[int, int]], size: int
+    ) -> list[tuple[NewPost, asyncio.Future[Stored]]]:
+        """The next batch: up to ``size`` queued posts, in order, leaving the (room, sender)
+        pairs of ``held`` (and looking at most 4 times ``max_batch`` posts deep)."""
         queue = self._queue
         if not held:
-            return [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+            return [queue.popleft() for _ in range(min(len(queue), size))]
         taken: list[tuple[NewPost, asyncio.Future[Stored]]] = []
         waiting: deque[tuple[NewPost, asyncio.Future[Stored]]] = deque()
         budget = 4 * self._max_batch
-        while queue and len(taken) < self._max_batch and budget:
+        while queue and len(taken) < size and budget:
             item = queue.popleft()
             budget -= 1
             if (item[0].room, item[0].sender_id) in held:
@@ -146,6 +163,24 @@ class Writer:
         self._queue = waiting
         return taken
 
+    def _reject_queued(self) -> None:
+        batch = list(self._queue)
+        self._queue.clear()
+        self._failed(len(batch), StoreUnavailable("the store is unavailable"))
+        _reject(batch)
+
+    def _failed(self, posts: int, exc: Exception) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            self._failed_batches_now = self._failed_posts_now = 0
+            log.error(
+                "storing posts failed (%s); they are answered `unavailable` until a batch is"
+                " stored again",
+                describe(exc),
+            )
+        self._failed_batches_now += 1
+        self._failed_posts_now += posts
+
     async def _commit(self, batch: list[tuple[NewPost, asyncio.Future[Stored]]]) -> None:
         started = time.perf_counter()
         try:
@@ -154,7 +189,7 @@ class Writer:
             )
         except Exception as exc:
             self.failed_batches += 1
-            if len(batch) > 1 and not _store_unreachable(exc):
+            if len(batch) > 1 and not unreachable(exc):
                 # One bad row must not fail everyone's posts: store the halves apart, down to
                 # the row that fails alone (seq order within a room is kept: the first half's
                 # posts were submitted first).
@@ -165,16 +200,20 @@ class Writer:
                 await self._commit(batch[:half])
                 await self._commit(batch[half:])
                 return
-            log.error("storing a batch of %d posts failed: %s", len(batch), exc)
-            error = ChatError(
-                UNAVAILABLE, "the message could not be stored; retry with the same cid"
-            )
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            self._failed(len(batch), exc)
+            _reject(batch)
             return
         self.last_batch_size = len(batch)
         self.last_batch_seconds = time.perf_counter() - started
+        if self._failing_since is not None:
+            log.warning(
+                "posts are stored again after %.1f s; %d batches (%d posts) failed meanwhile"
+                " and were answered `unavailable`",
+                time.monotonic() - self._failing_since,
+                self._failed_batches_now,
+                self._failed_posts_now,
+            )
+            self._failing_since = None
         if self._on_batch is not None:
             self._on_batch(len(batch), self.last_batch_seconds)
         new = [r.message for r in results if r.message is not None and not r.duplicate]
@@ -200,11 +239,8 @@ class Writer:
                 future.set_result(result)
 
 
-def _store_unreachable(exc: Exception) -> bool:
-    """The store itself failed (not one row): retrying row by row would only fail slower."""
-    return (
-        isinstance(exc, OSError | TimeoutError | ConnectionError)
-        or "connection" in str(exc).lower()
-        # No host of a multi-host URL is the primary (mid-failover, before the promotion).
-        or "target attribute" in str(exc)
-    )
+def _reject(batch: list[tuple[NewPost, asyncio.Future[Stored]]]) -> None:
+    error = ChatError(UNAVAILABLE, "the message could not be stored; retry with the same cid")
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)

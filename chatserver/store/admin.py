@@ -375,40 +375,48 @@ async def clear_room(
 ) -> tuple[int, int]:
     """Remove every message of the room posted at or before ``until_ms``.
 
-    Returns (messages removed, the highest seq removed or 0).
+    Returns (messages removed, ``through_seq``, or 0 when nothing was removed). The bound is a
+    seq: the highest seq posted at or before ``until_ms``, and every message up to it is removed
+    in the same transaction, so what the announcement ``through_seq`` tells clients to drop is
+    exactly what the store no longer serves, even where message times and seqs disagree (times
+    from two nodes' clocks, or two commits that overtook each other).
     """
-    cond = (messages.c.room_id == room_id) & (messages.c.ts <= until_ms)
+    in_room = messages.c.room_id == room_id
     async with db.write() as conn:
-        row = (
+        top = (
             await conn.execute(
-                select(func.count(), func.max(messages.c.seq)).where(
-                    cond, messages.c.state != "removed"
-                )
+                select(func.max(messages.c.seq)).where(in_room, messages.c.ts <= until_ms)
             )
-        ).first()
-        count, top = (int(row[0]), int(row[1] or 0)) if row is not None else (0, 0)
+        ).scalar_one_or_none()
+        if not top:
+            return 0, 0
+        result = await conn.execute(
+            update(messages)
+            .where(in_room, messages.c.seq <= top, messages.c.state != "removed")
+            .values(state="removed", text="")
+        )
+        count = int(result.rowcount)
         if count:
-            await conn.execute(update(messages).where(cond).values(state="removed", text=""))
             await remove_covered(conn, room_id, None)
-            if compliance_node is not None:
-                await outbox.record(
-                    conn,
-                    compliance_node,
-                    [
-                        outbox.Event(
-                            "CLEAR",
-                            room_id,
-                            None,
-                            {
-                                "until_ms": until_ms,
-                                "removed": count,
-                                "through_seq": top,
-                                "by": actor,
-                            },
-                        )
-                    ],
-                )
-    return count, top
+        if count and compliance_node is not None:
+            await outbox.record(
+                conn,
+                compliance_node,
+                [
+                    outbox.Event(
+                        "CLEAR",
+                        room_id,
+                        None,
+                        {
+                            "until_ms": until_ms,
+                            "removed": count,
+                            "through_seq": top,
+                            "by": actor,
+                        },
+                    )
+                ],
+            )
+    return (count, int(top)) if count else (0, 0)
 
 
 # -- administrators' room queries -----------------------------------------------------------

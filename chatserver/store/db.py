@@ -4,7 +4,10 @@
   committed transaction survives power loss. Write transactions begin ``IMMEDIATE`` so two writers
   queue on the lock instead of failing to upgrade a read lock.
 - PostgreSQL through asyncpg. The group-commit fast path also keeps a small asyncpg pool of its own
-  (:meth:`Database.pg_pool`), for statements SQLAlchemy cannot express as cheaply.
+  (:meth:`Database.pg_pool`), for statements SQLAlchemy cannot express as cheaply. With
+  ``timeout_s`` (a node's ``database.timeout_s``) every use of a connection of either pool is
+  bounded, a stuck one is dropped, and a store that fails raises :class:`StoreUnavailable`
+  (:mod:`chatserver.store.health`); every connection has TCP keepalive.
 """
 
 from __future__ import annotations
@@ -17,11 +20,25 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import BigInteger, ColumnElement, event, literal, literal_column
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .connect import connect
 from .dsn import StoreUrl, parse
+from .health import (
+    BoundedPgPool,
+    Deadline,
+    StoreHealth,
+    StoreUnavailable,
+    acquire_failed,
+    as_unavailable,
+    keepalive_class,
+    raise_failed,
+    unreachable,
+)
+
+__all__ = ["Database", "StoreUnavailable", "now_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +73,31 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database) if database is not None and parse(url).dialect == "sqlite" else None
 
 
+# The store's clock in epoch ms, read inside a statement (PostgreSQL): times that several nodes
+# compare (message times, session expiry) come from one clock, whatever the nodes' clocks say.
+PG_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    """The store. ``timeout_s`` bounds each use of a PostgreSQL connection (None: unbounded, for
+    the command-line tools); ``keepalive_s`` is the TCP keepalive of every connection."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        timeout_s: float | None = None,
+        keepalive_s: float = 10.0,
+    ) -> None:
         self.url = url
         # Raises UrlError (a ValueError) with the reason for a URL that cannot be used.
         self.target: StoreUrl = parse(url)
         self.dialect = self.target.dialect
-        self._pg_pool: Any = None
+        self.timeout_s = timeout_s
+        self.keepalive_s = keepalive_s
+        self.health = StoreHealth()
+        self._pg_pool: BoundedPgPool | None = None
         self._pg_pool_made: asyncio.Task[None] | None = None
         self._pool_size = pool_size
         if self.dialect == "sqlite":
@@ -76,12 +111,31 @@ class Database:
 
     def _pg_engine(self) -> AsyncEngine:
         # Hosts, ports and target_session_attrs are the asyncpg pool's too (dsn.py).
-        return create_async_engine(
+        engine = create_async_engine(
             self.target.engine_url(),
-            connect_args=self.target.connect_args(),
+            connect_args=self._connect_args(self.target.connect_args()),
             pool_size=self._pool_size,
             max_overflow=self._pool_size,
+            pool_timeout=self._acquire_s() or 30,
         )
+        _configure_postgres(engine)
+        return engine
+
+    def _connect_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``args`` (the URL's) with the connect timeout (unless the URL sets one) and the
+        keepalive connection class, for both pools."""
+        return {
+            "timeout": self.timeout_s if self.timeout_s is not None else 60,
+            "connection_class": keepalive_class(self.keepalive_s),
+            **args,
+        }
+
+    def _acquire_s(self) -> float | None:
+        """The bound on getting a connection: ``timeout_s`` for each host of the URL (a
+        multi-host URL's hosts are tried in turn, each within its limit: store/connect.py)."""
+        if self.timeout_s is None:
+            return None
+        return self.timeout_s * max(1, len(self.target.hosts))
 
     async def switch(self, url: str) -> None:
         """Use another PostgreSQL store from now on (the pool's failover onto its backup store,
@@ -103,20 +157,75 @@ class Database:
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
+    def now_ms(self) -> ColumnElement[int]:
+        """The store's clock in epoch ms, as an SQL expression (SQLite: this machine's, which is
+        the store's)."""
+        if self.is_postgres:
+            return literal_column(PG_NOW_MS, BigInteger)
+        return literal(now_ms())
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+        async with self._connection() as conn:
             yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that commits when the block exits normally and rolls back otherwise."""
-        async with self.engine.connect() as conn:
+        async with self._connection() as conn:
             conn = await conn.execution_options(chat_write=True)
             async with conn.begin():
                 yield conn
 
-    async def pg_pool(self) -> Any:
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection of the engine's pool, its use bounded by ``timeout_s`` on PostgreSQL
+        (see :mod:`chatserver.store.health`)."""
+        timeout = self.timeout_s
+        if timeout is None or not self.is_postgres:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        started = time.monotonic()
+        conn = self.engine.connect()
+        try:
+            async with asyncio.timeout(self._acquire_s()):
+                await conn.start()
+            # (no I/O: the connection was just checked out, and no greenlet is needed to read it)
+            assert conn.sync_connection is not None
+            driver: Any = conn.sync_connection.connection.driver_connection
+        except Exception as exc:
+            raise_failed(
+                acquire_failed(exc, timeout_s=timeout, health=self.health, started=started), exc
+            )
+        deadline = Deadline(timeout, driver.terminate)
+        try:
+            yield conn
+        except Exception as exc:
+            error = as_unavailable(
+                exc,
+                expired=deadline.expired,
+                timeout_s=timeout,
+                health=self.health,
+                started=started,
+            )
+            if error is not exc and not driver.is_closed():
+                driver.terminate()  # not given back to the pool as it is
+            raise_failed(error, exc)
+        else:
+            self.health.succeeded()
+        finally:
+            try:
+                if driver.is_closed() and not conn.invalidated:
+                    await conn.invalidate()  # dropped from the pool, no rollback tried
+                await conn.close()  # still under the deadline: a stuck rollback is cut short
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+            finally:
+                deadline.cancel()
+
+    async def pg_pool(self) -> BoundedPgPool:
         """An asyncpg pool on the same database, for the PostgreSQL fast paths: the group
         commit (two batches in flight) and the reads every node makes per room (the room and its
         roles, its newest messages, the pool's catch-up of last_seq)."""
@@ -131,18 +240,29 @@ class Database:
             except Exception:
                 self._pg_pool_made = None
                 raise
+        assert self._pg_pool is not None
         return self._pg_pool
 
     async def _make_pg_pool(self) -> None:
         import asyncpg
 
-        self._pg_pool = await asyncpg.create_pool(
-            **self.target.asyncpg_args(),
-            connect=connect,  # a time limit per host (store/connect.py)
-            min_size=1,
-            max_size=6,
-            reset=_keep_session,
-        )
+        started = time.monotonic()
+        try:
+            pool = await asyncpg.create_pool(
+                **self._connect_args(self.target.asyncpg_args()),
+                connect=connect,  # a time limit per host (store/connect.py)
+                # No floor: asyncpg would restore it with a traceback per attempt while the
+                # store is away; connections are made on demand instead.
+                min_size=0,
+                max_size=6,
+                reset=_keep_session,
+            )
+        except Exception as exc:
+            raise_failed(
+                acquire_failed(exc, timeout_s=self.timeout_s, health=self.health, started=started),
+                exc,
+            )
+        self._pg_pool = BoundedPgPool(pool, self.timeout_s, self._acquire_s(), self.health)
 
     async def close(self) -> None:
         if self._pg_pool_made is not None and not self._pg_pool_made.done():
@@ -170,6 +290,15 @@ async def _keep_session(_conn: Any) -> None:
     """The asyncpg pool's reset on release, which does nothing: the fast paths never change
     session state (no SET, LISTEN, advisory locks or cursors), and asyncpg still rolls back a
     transaction left open. The default reset is one more round trip for every statement."""
+
+
+def _configure_postgres(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # A pooled connection the server or the network closed meanwhile (asyncpg saw it go):
+        # the pool drops it and takes another, so the request does not fail on it.
+        if dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("the pooled connection was closed")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -185,7 +185,8 @@ async def finish(
         room_id, uploader = int(pending.room_id), int(pending.uploader_id)
         locked = (
             await conn.execute(
-                select(rooms.c.last_seq, categories.c.chat_history)
+                # the message's time on the store's clock, as posts' (store/messages.py)
+                select(rooms.c.last_seq, categories.c.chat_history, db.now_ms().label("now"))
                 .join(categories, categories.c.id == rooms.c.category_id)
                 .where(rooms.c.id == room_id)
                 .with_for_update(of=rooms)
@@ -204,7 +205,7 @@ async def finish(
             )
             if used + size > quota:
                 raise QuotaExceeded(used, quota)
-        seq, ts, kept = int(locked.last_seq) + 1, now_ms(), bool(locked.chat_history)
+        seq, ts, kept = int(locked.last_seq) + 1, int(locked.now), bool(locked.chat_history)
         cid = f"file:{file_id}"
         if kept:
             await conn.execute(

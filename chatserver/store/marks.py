@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .db import Database
+from .db import PG_NOW_MS, Database
 from .schema import mentions, messages, read_markers, rooms, users
 
 
@@ -220,9 +220,10 @@ async def insert_mentions(conn: AsyncConnection, named: list[Named]) -> list[tup
 # transaction and one round trip: $6/$7 pair each mentioned name with its post's index (1-based,
 # as the function's out_i); only new messages mention, the sender never. Each row of the batch
 # comes back with the users its message mentions (out_mentioned).
-STORE_BATCH_WITH_MENTIONS_PG = """
+STORE_BATCH_WITH_MENTIONS_PG = f"""
 WITH b AS MATERIALIZED (
-    SELECT * FROM chat_store_batch($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5)
+    SELECT * FROM chat_store_batch($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+        coalesce($5::bigint, {PG_NOW_MS}))
 ), m AS (
     INSERT INTO mentions (user_id, room_id, seq, sender_id, ts)
     SELECT DISTINCT u.id, ($1::bigint[])[b.out_i], b.out_seq, ($2::bigint[])[b.out_i], b.out_ts

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from sqlalchemy import bindparam, insert, select, tuple_, update
 
-from .db import Database, now_ms
+from .db import PG_NOW_MS, Database, now_ms
 from .marks import STORE_BATCH_WITH_MENTIONS_PG, Named, insert_mentions, mention_args
 from .outbox import Event, record, record_pg
 from .schema import categories, files, messages, rooms, users
@@ -177,21 +177,22 @@ def _chat_events(new_rows: list[Message]) -> list[Event]:
 
 
 async def store_batch(
-    db: Database, posts: list[NewPost], *, capture: str | None = None
+    db: Database, posts: list[NewPost], *, capture: str | None = None, ts: int | None = None
 ) -> list[Stored]:
     """Store a batch of posts in one transaction; the results are in the order of ``posts``.
 
     With ``capture`` (the node's name), a compliance ``CHAT`` event for every new message is
     written to the outbox in the same transaction, in the order of ``posts``.
     SQLite numbers the posts with ``_plan``; PostgreSQL with ``chat_store_batch()``.
+    The new messages' time is ``ts`` when given (tests), else the store's clock.
     """
     if db.is_postgres:
-        return await _store_batch_pg(db, posts, capture)
-    return await _store_batch_generic(db, posts, capture)
+        return await _store_batch_pg(db, posts, capture, ts)
+    return await _store_batch_generic(db, posts, capture, ts)
 
 
 async def _store_batch_generic(
-    db: Database, posts: list[NewPost], capture: str | None
+    db: Database, posts: list[NewPost], capture: str | None, ts: int | None
 ) -> list[Stored]:
     room_ids = sorted({p.room for p in posts})
     keys = list({(p.room, p.sender_id, p.cid) for p in posts})
@@ -219,7 +220,7 @@ async def _store_batch_generic(
             ).where(tuple_(messages.c.room_id, messages.c.sender_id, messages.c.cid).in_(keys))
         ):
             existing[(row.room_id, row.sender_id, row.cid)] = (row.seq, row.ts, row.text)
-        plan = _plan(posts, last_seqs, keeps, existing, now_ms())
+        plan = _plan(posts, last_seqs, keeps, existing, now_ms() if ts is None else ts)
         if plan.kept_rows:
             await conn.execute(
                 insert(messages),
@@ -274,12 +275,17 @@ def _attach(results: list[Stored], stored: list[tuple[int, int, int]]) -> None:
 
 
 # The whole batch in one round trip, commit included (migration 0006 defines the function).
+# The messages' time is the store's clock, not this node's: every node's messages are on one
+# clock, which ``room clear --until`` and searches by date compare with.
 _STORE_BATCH_PG = (
-    "SELECT * FROM chat_store_batch($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5)"
+    "SELECT * FROM chat_store_batch($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
+    f" coalesce($5::bigint, {PG_NOW_MS}))"
 )
 
 
-async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | None) -> list[Stored]:
+async def _store_batch_pg(
+    db: Database, posts: list[NewPost], capture: str | None, ts: int | None
+) -> list[Stored]:
     """``store_batch`` on PostgreSQL: PostgreSQL's half of a rule implemented twice.
 
     The numbering runs server-side in ``chat_store_batch()`` (migration 0006), not in
@@ -301,7 +307,7 @@ async def _store_batch_pg(db: Database, posts: list[NewPost], capture: str | Non
         [p.sender_id for p in unique],
         [p.cid for p in unique],
         [p.text for p in unique],
-        now_ms(),
+        ts,
     )
     statement, extra = _STORE_BATCH_PG, cast(tuple[Any, ...], ())
     if any(p.mentions for p in unique):

@@ -142,9 +142,13 @@ def token_hash(token: str) -> str:
 
 
 async def create_session(db: Database, user_id: int, ttl_s: int) -> str:
-    """A new random session token for ``user_id``; only its hash is stored."""
+    """A new random session token for ``user_id``; only its hash is stored.
+
+    Its creation and expiry are on the store's clock, as is the check of :func:`user_for_token`:
+    a token lasts ``ttl_s`` on every node, whatever their clocks say.
+    """
     token = secrets.token_urlsafe(32)
-    created = now_ms()
+    created = db.now_ms()
     async with db.write() as conn:
         # Expired sessions of this user go when a new one is made, so the table stays bounded.
         await conn.execute(
@@ -167,7 +171,10 @@ async def user_for_token(db: Database, token: str) -> User | None:
             await conn.execute(
                 select(users)
                 .join(sessions, sessions.c.user_id == users.c.id)
-                .where(sessions.c.token_hash == token_hash(token), sessions.c.expires_ms > now_ms())
+                .where(
+                    sessions.c.token_hash == token_hash(token),
+                    sessions.c.expires_ms > db.now_ms(),
+                )
             )
         ).first()
     return _user(row) if row else None

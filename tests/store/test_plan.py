@@ -11,7 +11,7 @@ database, and each post's outcome, the rooms' ``last_seq``, the stored rows and 
 ``CHAT`` events must be the same on both — and the same as a small model of the rule written
 straight from the documentation (``model`` below), so that a shared mistake fails too.
 
-The clock is fixed per batch (``messages.now_ms`` patched), so ``ts`` is compared exactly.
+The clock is fixed per batch (``store_batch``'s ``ts``), so ``ts`` is compared exactly.
 
 Hypothesis is synchronous while the databases live on the test's event loop: as in
 test_governance, the property runs in a worker thread (asyncio.to_thread) and hands each
@@ -179,7 +179,7 @@ def model(scenario: Scenario) -> Observed:
 
 @dataclass
 class Clock:
-    """Stands in for ``messages.now_ms``: the test sets the time of each batch."""
+    """The time of each batch (``store_batch``'s ``ts``), set by the test."""
 
     now: int = TS0
 
@@ -245,7 +245,9 @@ class Site:
                 ]
                 clock.now = TS0 + n
                 capture = NODE if step.capture else None
-                results = await message_store.store_batch(self.db, posts, capture=capture)
+                results = await message_store.store_batch(
+                    self.db, posts, capture=capture, ts=clock.now
+                )
                 assert len(results) == len(posts)
                 observed.outcomes.append([outcome(r, room_of, sender_of) for r in results])
         async with self.db.read() as conn:
@@ -333,7 +335,6 @@ async def sites(
     cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
     pg_url = await cluster.create_database(f"plan_{next(_numbers)}", template="postgres")
     clock = Clock()
-    monkeypatch.setattr(message_store, "now_ms", clock)
     pair = Sites(await Site.open(sqlite_url), await Site.open(pg_url), clock)
     try:
         yield pair

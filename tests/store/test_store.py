@@ -259,7 +259,7 @@ async def test_closing_does_not_wait_forever_for_a_connection_never_released(
     monkeypatch.setattr(db_module, "PG_POOL_CLOSE_TIMEOUT_S", 0.5)
     db = Database(db_url)
     pool = await db.pg_pool()
-    held = await pool.acquire()  # as if its holder were cancelled before releasing it
+    held = await pool.pool.acquire()  # as if its holder were cancelled before releasing it
     raw = held._con  # the connection behind the pool's proxy
     await asyncio.wait_for(db.close(), 5)  # without the bound, close() waits for it forever
     assert raw.is_closed()
@@ -309,3 +309,24 @@ async def test_rooms_loaded_on_a_node_share_their_principal_objects(db: Database
     members = [next(iter(room.members)) for room in loaded if room is not None]
     assert len(members) == 3 and members[0].id == user.id
     assert members[0] is members[1] is members[2]
+
+
+async def test_clear_removes_everything_up_to_the_seq_it_announces(db: Database) -> None:
+    """Message times need not follow seqs (times written by nodes whose clocks disagree, or two
+    commits that overtook each other): ``clear`` removes every message up to the highest seq
+    posted at or before the date, and that seq is the ``through_seq`` it returns, so a client
+    that drops what is at or below it drops exactly what the store no longer serves."""
+    from chatserver.store import admin as admin_store
+
+    user = await user_store.create_user(db, "u", "x")
+    room = (await room_store.create_room(db, "r")).id
+    for cid, ts in (("a", 1000), ("b", 5000), ("c", 2000), ("d", 6000)):
+        await message_store.store_batch(db, [NewPost(room, user.id, "u", cid, cid)], ts=ts)
+    removed, through = await admin_store.clear_room(
+        db, room, 3000, compliance_node=None, actor="test"
+    )
+    assert (removed, through) == (3, 3)  # "b" (seq 2, a later time) goes with its seq
+    left = await message_store.after(db, room, 0, 10)
+    assert [(m.seq, m.text) for m in left] == [(4, "d")]
+    # clearing again up to the same date changes nothing, and announces nothing
+    assert await admin_store.clear_room(db, room, 3000, compliance_node=None, actor="t") == (0, 0)
