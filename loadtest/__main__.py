@@ -4,8 +4,8 @@ Scenarios: ingest, fanout, connections, join, reference and pool (``--nodes N`` 
 By default the tool starts what it measures: a throwaway PostgreSQL cluster and one node
 (``python -m chatserver run``); ``--target HOST:PORT --database-url URL`` measures a running node
 instead. Results go to ``--out`` (default ``loadtest/out/``, ignored by git, so a run leaves the
-tree clean): ``SCENARIO.json``, ``SCENARIO.md`` and ``SCENARIO.png``. The runs behind the published
-numbers are kept in dated folders under ``loadtest/results/`` (see loadtest/RESULTS.md). See
+tree clean): ``SCENARIO.json``, ``SCENARIO.md`` and ``SCENARIO.png``. Raw output is not tracked: the
+published numbers, with their commands and commits, are in loadtest/RESULTS.md. See
 loadtest/README.md.
 """
 
@@ -23,7 +23,7 @@ from . import report
 from .scenarios import SCENARIOS
 from .stack import Stack
 
-# Where a run writes when --out is not given: ignored by git (.gitignore), never loadtest/results/.
+# Where a run writes when --out is not given: ignored by git (.gitignore).
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
 

@@ -1,7 +1,7 @@
 """Where ``python -m loadtest`` writes when ``--out`` is not given: a folder git ignores.
 
-``loadtest/results/`` is tracked (the runs behind the published numbers); a run that wrote there
-by default dirtied the tree every time.
+Raw benchmark output is never tracked (loadtest/RESULTS.md carries the numbers with their
+commands and commits); a run that wrote into the tree by default dirtied it every time.
 """
 
 from __future__ import annotations
