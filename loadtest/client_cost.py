@@ -10,7 +10,7 @@ in a subprocess, and measures this process's CPU time (``time.process_time``) fo
   queue it, a consumer task takes it) vs ``Lean`` in count mode (one decode per read).
 
 The ratio is why the load generator uses its own lean protocol (loadtest/README.md). Its output
-is not kept in loadtest/results/: run it to see the ratio on the machine at hand.
+is not kept (raw output is not tracked): run it to see the ratio on the machine at hand.
 """
 
 from __future__ import annotations
