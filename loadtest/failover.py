@@ -112,6 +112,8 @@ class SiteLink:
                     dst.close()
                     return
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if dst.is_closing():  # cut() aborted it while the bytes were in flight
+                    return
                 dst.write(data)
                 await dst.drain()
 
@@ -121,8 +123,8 @@ class SiteLink:
                 queue.put_nowait((time.monotonic() + self.delay_s, data))
             queue.put_nowait((0.0, b""))
             await sender
-        except (OSError, asyncio.CancelledError):
-            pass
+        except (OSError, RuntimeError, asyncio.CancelledError):
+            pass  # RuntimeError: uvloop refuses a write on a transport cut() just aborted
         finally:
             sender.cancel()
 
