@@ -435,6 +435,8 @@ class Node:
         self.metrics.register(FilesCollector(self.files, self.http))
         scheme = "https" if context else "http"
         self.announce(f"listening for HTTP clients (files) on {scheme}://{host}:{port}/")
+        shown = "localhost" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+        self.announce(f"web client: open {scheme}://{shown}:{port}/ in a browser")
 
     def _websocket_listeners(self) -> list[tuple[str, int]]:
         """Where the web client's WebSocket connects: this node's listener, then the other

@@ -362,3 +362,31 @@ def test_narrow_screen_in_dark_mode(browser: Any, node: tuple[WebNode, dict[str,
     assert background == "rgb(21, 24, 28)", background  # the dark palette
     shot(page, "narrow-dark")
     context.close()
+
+
+def test_first_run_open_the_printed_url_sign_in_as_admin_create_a_room_and_chat(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The README's promise: run, open the printed URL, sign in with the printed administrator
+    password, create a room and chat, with no other step."""
+    url = f"sqlite:///{tmp_path}/first.db"
+    env = node_env("first", url)
+    del env["CHATSERVER_ADMIN_PASSWORD"]
+    web = WebNode("first", env).start()
+    try:
+        password = web.wait_for(r"created administrator 'admin' with password: (\S+)").group(1)
+        printed = web.wait_for(r"web client: open (http://\S+) in a browser").group(1)
+        assert printed == web.url
+        page, watch = open_page(browser, printed)
+        sign_in(page, "admin", password)
+        page.click(".create summary")
+        page.fill("#create-name", "my first room")
+        page.click("#create-form button[type=submit]")
+        page.wait_for_selector("#room-name >> text=my first room")
+        post(page, "it works")
+        page.wait_for_selector(".msg .text >> text=it works")
+        shot(page, "first-run")
+        assert not watch.errors and not watch.dialogs
+        page.context.close()
+    finally:
+        web.stop()

@@ -565,8 +565,7 @@ async function flushOutbox() {
       const post = state.outbox[0];
       try {
         const reply = await request("post", { room: post.room, text: post.text, cid: post.cid });
-        state.outbox.shift();
-        saveOutbox();
+        dropPost(post); // by cid: its message event may have taken it out already
         const data = roomData(post.room);
         if (reply.seq > data.marker && data.marker >= reply.seq - 1) {
           data.wantMarker = reply.seq;
@@ -581,8 +580,7 @@ async function flushOutbox() {
           await new Promise((r) => setTimeout(r, Math.max(1000 / rate, 250)));
           continue;
         }
-        state.outbox.shift();
-        saveOutbox();
+        dropPost(post);
         if (post.room === state.current) {
           showError($("composer-error"), err);
           if (!$("composer-text").value) $("composer-text").value = post.text;
@@ -594,6 +592,11 @@ async function flushOutbox() {
     state.sending = false;
   }
   if (state.current !== null) renderRoom();
+}
+
+function dropPost(post) {
+  state.outbox = state.outbox.filter((p) => !(p.room === post.room && p.cid === post.cid));
+  saveOutbox();
 }
 
 function autosize() {
