@@ -142,7 +142,12 @@ def test_backchat_then_scroll_back_without_gaps(
             break
         page.wait_for_timeout(100)
     assert seqs(page, ids["history"]) == list(range(1, HISTORY + 1))  # nothing missing, no double
-    page.locator(".msg .text", has_text="old 1").first.wait_for()
+    for _ in range(50):  # the first message is drawn at the top
+        page.eval_on_selector("#messages", "el => { el.scrollTop = 0; }")
+        if page.locator('.msg[data-seq="1"]').count():
+            break
+        page.wait_for_timeout(100)
+    assert page.locator('.msg[data-seq="1"] .text').inner_text() == "old 1"
     rendered = page.locator(".msg[data-seq]").count()
     assert 0 < rendered < HISTORY / 2, rendered  # virtualized: only the rows near the viewport
     assert not watch.errors and not watch.dialogs
@@ -322,9 +327,11 @@ def test_stored_xss_renders_as_text(
     # A right-to-left override stays inside its message.
     post(page, "\u202eevil reversed")
     page.wait_for_selector(".msg .text >> text=evil reversed")
-    assert page.eval_on_selector_all(
-        ".msg .text", "els => els.every(e => getComputedStyle(e).unicodeBidi === 'isolate')"
+    bidi = page.eval_on_selector_all(
+        ".msg .text, .msg .who, .room-button .name",
+        "els => els.map(e => getComputedStyle(e).unicodeBidi)",
     )
+    assert bidi and set(bidi) == {"isolate"}, bidi
     page.wait_for_timeout(300)  # an onerror would fire by now
     assert not watch.dialogs and not watch.errors
     page.context.close()
@@ -360,6 +367,8 @@ def test_narrow_screen_in_dark_mode(browser: Any, node: tuple[WebNode, dict[str,
     assert page.evaluate("document.documentElement.scrollWidth") <= 320
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(21, 24, 28)", background  # the dark palette
+    assert page.evaluate("document.querySelector('.top').offsetHeight") <= 48  # one row
+    page.wait_for_timeout(300)  # the drawer's slide
     shot(page, "narrow-dark")
     context.close()
 
