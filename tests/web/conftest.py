@@ -173,6 +173,23 @@ def post_many(node: WebNode, user: str, room: int, texts: list[str]) -> None:
     in_thread(run)
 
 
+def as_user(node: WebNode, user: str, *calls: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Protocol calls by ``user`` (TCP), in order; their replies."""
+    from chatserver.client import Client
+
+    host, port = node.env["CHATSERVER_LISTEN_TCP"].rsplit(":", 1)
+
+    async def run() -> list[dict[str, Any]]:
+        client = await Client.connect_tcp(host, int(port))
+        try:
+            await client.login(user, PASSWORD)
+            return [await client.call(op, **fields) for op, fields in calls]
+        finally:
+            await client.close()
+
+    return in_thread(run)
+
+
 def seed(
     url: str,
     users: list[str | tuple[str, str]],

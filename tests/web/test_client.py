@@ -18,6 +18,7 @@ import pytest
 from chatserver.store.migrate import upgrade
 from tests.web.conftest import (
     WebNode,
+    as_user,
     node_env,
     open_page,
     open_room,
@@ -399,3 +400,74 @@ def test_first_run_open_the_printed_url_sign_in_as_admin_create_a_room_and_chat(
         page.context.close()
     finally:
         web.stop()
+
+
+def test_invitation_roster_feeds_and_add_in(
+    browser: Any, node: tuple[WebNode, dict[str, int]]
+) -> None:
+    web, ids = node
+    page, watch = open_page(browser, web.url)
+    sign_in(page, "bob")
+    # A feed: saved, then its matches arrive live.
+    page.click("#open-feeds")
+    page.fill("#feed-name", "deploys")
+    page.fill("#feed-query", "deploy")
+    page.click("#feed-form button[type=submit]")
+    page.locator("#feed-list li", has_text="deploys").wait_for()
+    post_many(web, "alice", ids["random"], ["we deploy at noon"])
+    page.locator("#feed-hits button", has_text="deploy at noon").click()
+    page.wait_for_selector(".msg.jumped .text >> text=we deploy at noon")
+    # An invitation: the administrator adds bob to a closed room; it appears, and opens.
+    (created,) = as_user(web, "admin", ("room.create", {"name": "club", "privacy": "closed"}))
+    club = created["room"]["id"]
+    as_user(
+        web,
+        "admin",
+        ("room.members", {"room": club, "add": {"members": [{"kind": "user", "id": ids["bob"]}]}}),
+    )
+    invitation = page.locator("#invitation-list li", has_text="club")
+    invitation.wait_for()
+    invitation.get_by_role("button", name="Open").click()
+    page.wait_for_selector("#room-name >> text=club")
+    # The roster: bob is there.
+    page.click("#show-roster")
+    page.locator("#roster-list li", has_text="bob").wait_for()
+    assert "1 person is here" in page.inner_text("#roster-count")
+    # An add-in in a sandboxed frame (no allow-same-origin).
+    from chatserver.store.admin import create_addin
+
+    addin = in_thread_db(web, lambda db: create_addin(db, "board", "https://addin.invalid/x"))
+    as_user(web, "admin", ("room.update", {"room": club, "addin": addin["id"]}))
+    page.locator("#show-addin:not([hidden])").click()
+    frame = page.locator("#panel-addin iframe")
+    assert frame.get_attribute("sandbox") == "allow-scripts allow-forms allow-popups"
+    assert frame.get_attribute("src") == "https://addin.invalid/x"
+    shot(page, "panels")
+    assert not watch.dialogs
+    page.context.close()
+
+
+def in_thread_db(web: WebNode, work: Any) -> Any:
+    from chatserver.store.db import Database
+    from tests.web.conftest import in_thread
+
+    async def run() -> Any:
+        db = Database(web.env["CHATSERVER_DATABASE_URL"])
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return in_thread(run)
+
+
+def test_the_page_weighs_under_300_kb_compressed() -> None:
+    import gzip
+
+    from chatserver.web.client import load_static
+
+    files = load_static()
+    assert {"index.html", "app.js", "conn.js", "list.js", "text.js", "files.js"} <= set(files)
+    total = sum(len(gzip.compress(f.body, 9)) for f in files.values())
+    print(f"web client: {len(files)} files, {total} bytes gzip-compressed")
+    assert total < 300 * 1024

@@ -643,6 +643,10 @@ function onEvent(ev) {
       roomData(ev.room.id).addin = ev.room.addin_info || null;
       renderRooms();
       if (state.current === ev.room.id) renderRoom();
+      if (ev.room.addin && !ev.room.addin_info && !ev.retried) {
+        // A new add-in reaches the server's copy within 2 s (protocol.md, 8.2): ask again then.
+        setTimeout(() => request("room.get", { room: ev.room.id }).then((r) => onEvent({ ev: "room.updated", room: r.room, retried: true }), () => {}), 2500);
+      }
       return undefined;
     }
     case "room.removed":
