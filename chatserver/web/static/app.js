@@ -4,8 +4,11 @@
 
 import { ChatError, Connection } from "./conn.js";
 import { VirtualList } from "./list.js";
-import { appendHighlighted, appendText, el, formatSize, formatTime, safeUrl } from "./text.js";
+import { appendText, el, formatSize, formatTime, safeUrl } from "./text.js";
 import { Uploads } from "./files.js";
+import { makeEvents } from "./events.js";
+import { makePanels } from "./panels.js";
+import { RoomData } from "./roomdata.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "chat.token";
@@ -36,50 +39,6 @@ const state = {
   sending: false,
 };
 window.chatState = state; // for the browser tests and debugging
-
-class RoomData {
-  constructor(id) {
-    this.id = id;
-    this.msgs = new Map();
-    this.seqs = [];
-    this.lastSeq = 0;
-    this.marker = 0;
-    this.tail = true; // the window reaches the room's newest message
-    this.oldest = false; // nothing older than seqs[0]
-    this.loadingOlder = false;
-    this.loadingNewer = false;
-    this.jumped = null;
-  }
-  get lo() { return this.seqs.length ? this.seqs[0] : null; }
-  get hi() { return this.seqs.length ? this.seqs[this.seqs.length - 1] : null; }
-  add(msg) {
-    if (this.msgs.has(msg.seq)) {
-      this.msgs.set(msg.seq, msg);
-      return false;
-    }
-    this.msgs.set(msg.seq, msg);
-    const seqs = this.seqs;
-    if (!seqs.length || msg.seq > seqs[seqs.length - 1]) {
-      seqs.push(msg.seq);
-    } else {
-      let lo = 0;
-      let hi = seqs.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1;
-        if (seqs[mid] < msg.seq) lo = mid + 1;
-        else hi = mid;
-      }
-      seqs.splice(lo, 0, msg.seq);
-    }
-    if (msg.seq > this.lastSeq) this.lastSeq = msg.seq;
-    return true;
-  }
-  reset() {
-    this.msgs.clear();
-    this.seqs = [];
-  }
-  get unread() { return Math.max(0, this.lastSeq - this.marker); }
-}
 
 function roomData(id) {
   let data = state.roomData.get(id);
@@ -112,7 +71,7 @@ function setState(name, detail) {
 
 async function connect(credentials) {
   const urls = await nodeUrls();
-  const conn = new Connection(urls, { event: onEvent, state: setState, ready: onReady, ended: onEnded });
+  const conn = new Connection(urls, { event: (ev) => onEvent(ev), state: setState, ready: onReady, ended: onEnded });
   state.conn = conn;
   try {
     await conn.start(credentials);
@@ -605,289 +564,40 @@ function autosize() {
   box.style.height = `${Math.min(box.scrollHeight, 160)}px`;
 }
 
-// -- events --------------------------------------------------------------------------------
+// -- events (events.js) -------------------------------------------------------------------
 
-function onEvent(ev) {
-  switch (ev.ev) {
-    case "message": return onMessage(ev);
-    case "read": {
-      const data = roomData(ev.room);
-      data.marker = Math.max(data.marker, ev.seq);
-      if (data.marker >= data.lastSeq) data.mentions = 0;
-      return renderRooms();
-    }
-    case "mention": {
-      const data = roomData(ev.room);
-      if (ev.seq > data.marker) data.mentions = (data.mentions || 0) + 1;
-      state.mentions.unshift(ev);
-      if (state.panel === "mentions") renderMentions();
-      return renderRooms();
-    }
-    case "feed":
-      state.feedHits.unshift({ ...ev.hit, feedName: ev.name });
-      state.feedHits.length = Math.min(state.feedHits.length, 100);
-      if (state.panel === "feeds") renderFeeds();
-      return undefined;
-    case "feeds":
-      state.feeds = ev.feeds;
-      if (state.panel === "feeds") renderFeeds();
-      return undefined;
-    case "invited":
-      state.invitations = state.invitations.filter((i) => i.room.id !== ev.room.id);
-      state.invitations.push({ room: ev.room, by: ev.by, ts: Date.now() });
-      renderInvitations();
-      return loadRooms();
-    case "room.updated": {
-      const old = state.rooms.get(ev.room.id);
-      state.rooms.set(ev.room.id, { ...old, ...ev.room });
-      roomData(ev.room.id).addin = ev.room.addin_info || null;
-      renderRooms();
-      if (state.current === ev.room.id) renderRoom();
-      if (ev.room.addin && !ev.room.addin_info && !ev.retried) {
-        // A new add-in reaches the server's copy within 2 s (protocol.md, 8.2): ask again then.
-        setTimeout(() => request("room.get", { room: ev.room.id }).then((r) => onEvent({ ev: "room.updated", room: r.room, retried: true }), () => {}), 2500);
-      }
-      return undefined;
-    }
-    case "room.removed":
-      state.joined.delete(ev.room);
-      saveJoined();
-      state.roomData.delete(ev.room);
-      if (state.current === ev.room) state.current = null;
-      return loadRooms().then(renderRoom);
-    case "resync":
-      state.joined.delete(ev.room);
-      return join(ev.room).catch(() => {});
-    case "message.changed": {
-      const data = roomData(ev.room);
-      if (ev.state === "removed") {
-        data.msgs.delete(ev.seq);
-        data.seqs = data.seqs.filter((s) => s !== ev.seq);
-      } else if (data.msgs.has(ev.seq)) {
-        data.msgs.set(ev.seq, { ...data.msgs.get(ev.seq), text: ev.text, state: ev.state });
-        list.refresh(`m${ev.seq}`);
-      }
-      if (state.current === ev.room) renderRoom();
-      return undefined;
-    }
-    case "room.cleared": {
-      const data = roomData(ev.room);
-      for (const seq of data.seqs) if (seq <= ev.through_seq) data.msgs.delete(seq);
-      data.seqs = data.seqs.filter((s) => data.msgs.has(s));
-      if (state.current === ev.room) renderRoom();
-      return undefined;
-    }
-    case "joined":
-    case "left":
-      if (state.roster && state.roster.room === ev.room) {
-        const others = state.roster.participants.filter((p) => p.id !== ev.user.id);
-        if (ev.ev === "joined") others.push(ev.user);
-        state.roster.count += ev.ev === "joined" ? 1 : -1;
-        state.roster.participants = others.sort((a, b) => a.name.localeCompare(b.name));
-        renderRoster();
-      }
-      return undefined;
-    case "participants.updates":
-      if (state.panel === "roster" && state.current === ev.room) showRoster();
-      return undefined;
-    case "moved":
-      addPoolNodes(ev.active);
-      return undefined;
-    default:
-      return undefined;
-  }
-}
+const { onEvent } = makeEvents({
+  state,
+  roomData,
+  renderRooms,
+  renderRoom,
+  renderInvitations: (...args) => renderInvitations(...args),
+  loadRooms,
+  join,
+  queueLookups,
+  sendRead,
+  saveOutbox,
+  saveJoined,
+  request,
+  list,
+  addPoolNodes,
+  renderMentions: (...args) => renderMentions(...args),
+  renderFeeds: (...args) => renderFeeds(...args),
+  renderRoster: (...args) => renderRoster(...args),
+  showRoster: (...args) => showRoster(...args),
+});
 
-function onMessage(msg) {
-  const data = roomData(msg.room);
-  if (!data.tail) {
-    data.lastSeq = Math.max(data.lastSeq, msg.seq);
-  } else {
-    data.add(msg);
-    queueLookups(msg.room, [msg]);
-  }
-  const mine = state.me && msg.sender.id === state.me.id;
-  if (mine) {
-    const before = state.outbox.length;
-    state.outbox = state.outbox.filter((p) => !(p.room === msg.room && p.cid === msg.cid));
-    if (state.outbox.length !== before) saveOutbox();
-    if (data.marker === msg.seq - 1) {
-      data.wantMarker = msg.seq;
-      sendRead(data);
-    }
-  }
-  if (state.current === msg.room) renderRoom();
-  renderRooms();
-}
+// -- the side panel and invitations (panels.js) ---------------------------------------------
 
-// -- invitations ---------------------------------------------------------------------------
-
-function renderInvitations() {
-  const items = state.invitations.map((inv) =>
-    el(
-      "li",
-      {},
-      el("bdi", {}, inv.room.name),
-      inv.by ? el("span", { class: "muted" }, " from ", el("bdi", {}, inv.by.display_name)) : null,
-      el("button", { type: "button", onclick: () => acceptInvitation(inv) }, "Open"),
-      el("button", { type: "button", onclick: () => dismissInvitation(inv) }, "Dismiss"),
-    ),
-  );
-  $("invitation-list").replaceChildren(...items);
-  $("invitations").hidden = !items.length;
-}
-
-async function acceptInvitation(inv) {
-  state.invitations = state.invitations.filter((i) => i !== inv);
-  renderInvitations();
-  if (!state.rooms.has(inv.room.id)) state.rooms.set(inv.room.id, inv.room);
-  await openRoom(inv.room.id);
-}
-
-async function dismissInvitation(inv) {
-  state.invitations = state.invitations.filter((i) => i !== inv);
-  renderInvitations();
-  await request("invitation.dismiss", { room: inv.room.id }).catch(() => {});
-}
-
-// -- side panel: search, mentions, feeds, roster, add-in ----------------------------------
-
-function openPanel(name, title) {
-  state.panel = name;
-  $("panel").hidden = false;
-  $("panel-title").textContent = title;
-  for (const body of ["search", "mentions", "feeds", "roster", "addin"]) {
-    $(`panel-${body}`).hidden = body !== name;
-  }
-  if (name !== "addin") $("panel-addin").replaceChildren();
-}
-
-function closePanel() {
-  state.panel = null;
-  state.roster = null;
-  $("panel").hidden = true;
-  $("panel-addin").replaceChildren();
-}
-
-function hitItem(hit, extra) {
-  const room = state.rooms.get(hit.room);
-  const meta = el(
-    "span",
-    { class: "meta" },
-    el("bdi", {}, room ? room.name : `room ${hit.room}`),
-    " · ",
-    el("bdi", {}, senderName(hit.sender)),
-    ` · ${formatTime(hit.ts)}`,
-    extra ? ` · ${extra}` : "",
-  );
-  const text = el("span", { class: "text", dir: "auto" });
-  if (hit.snippet !== undefined) appendHighlighted(text, hit.snippet, hit.highlights);
-  else text.textContent = hit.text ?? "(not kept)";
-  if (hit.file) text.append(" [file: ", el("bdi", {}, hit.file.name), "]");
-  return el("li", {}, el("button", { type: "button", onclick: () => jumpTo(hit.room, hit.seq) }, meta, text));
-}
-
-function searchQuery() {
-  const parts = [];
-  const text = $("search-text").value.trim();
-  if (text) parts.push(text);
-  const from = $("search-from").value.trim();
-  if (from) parts.push(/\s/.test(from) ? `from:"${from.replaceAll('"', "")}"` : `from:${from}`);
-  if ($("search-after").value) parts.push(`after:${$("search-after").value}`);
-  if ($("search-before").value) parts.push(`before:${$("search-before").value}`);
-  if ($("search-files").checked) parts.push("has:file");
-  return parts.join(" ");
-}
-
-async function runSearch(more) {
-  const query = searchQuery();
-  if (!query) return;
-  const fields = { query };
-  if ($("search-here").checked && state.current !== null) fields.room = state.current;
-  if (more && state.searchCursor) fields.cursor = state.searchCursor;
-  $("search-error").textContent = "";
-  try {
-    const reply = await request("search", fields);
-    const items = reply.hits.map((hit) => hitItem(hit));
-    if (more) $("search-results").append(...items);
-    else $("search-results").replaceChildren(...items);
-    if (!reply.hits.length && !more) $("search-results").replaceChildren(el("li", { class: "empty" }, "Nothing found."));
-    state.searchCursor = reply.cursor;
-    $("search-more").hidden = !reply.cursor;
-  } catch (err) {
-    showError($("search-error"), err);
-  }
-}
-
-async function loadMentions() {
-  const reply = await request("mentions", { limit: 50 });
-  state.mentions = reply.mentions;
-  if (state.panel === "mentions") renderMentions();
-}
-
-function renderMentions() {
-  const items = state.mentions.map((m) => hitItem(m));
-  $("mention-list").replaceChildren(...(items.length ? items : [el("li", { class: "empty" }, "No mentions.")]));
-}
-
-async function loadFeeds() {
-  const reply = await request("feed.list");
-  state.feeds = reply.feeds;
-  if (state.panel === "feeds") renderFeeds();
-}
-
-function renderFeeds() {
-  $("feed-list").replaceChildren(
-    ...state.feeds.map((feed) =>
-      el(
-        "li",
-        {},
-        el("span", {}, el("bdi", {}, feed.name), " — ", el("code", {}, el("bdi", {}, feed.query))),
-        el("button", { type: "button", onclick: () => request("feed.remove", { feed: feed.id }).catch(() => {}) }, "Remove"),
-      ),
-    ),
-  );
-  $("feed-hits").replaceChildren(...state.feedHits.map((hit) => hitItem(hit, hit.feedName)));
-}
-
-async function showRoster() {
-  if (state.current === null) return;
-  openPanel("roster", "People here");
-  const room = state.current;
-  try {
-    const reply = await request("room.participants", { room });
-    state.roster = { room, participants: reply.participants, count: reply.count, updates: reply.updates, limit: reply.limit };
-    renderRoster();
-  } catch (err) {
-    showError($("roster-count"), err);
-  }
-}
-
-function renderRoster() {
-  const roster = state.roster;
-  if (!roster) return;
-  const tooMany = !roster.updates || roster.count > roster.participants.length;
-  $("roster-count").textContent = tooMany
-    ? `${roster.count} people are here: too many to list them all.`
-    : `${roster.count} ${roster.count === 1 ? "person is" : "people are"} here.`;
-  $("roster-list").replaceChildren(...(tooMany && !roster.updates ? [] : roster.participants.map((p) =>
-    el("li", {}, el("bdi", {}, state.names.get(p.id) || p.name), " ", el("span", { class: "meta" }, `@${p.name}`)))));
-}
-
-function showAddin() {
-  const data = state.current !== null ? roomData(state.current) : null;
-  const url = data && data.addin ? safeUrl(data.addin.url) : null;
-  if (!url) return;
-  openPanel("addin", data.addin.name);
-  $("panel-addin").replaceChildren(
-    el("iframe", {
-      src: url,
-      title: data.addin.name,
-      sandbox: "allow-scripts allow-forms allow-popups",
-      referrerpolicy: "no-referrer",
-    }),
-  );
-}
+const { openPanel, closePanel, renderInvitations, runSearch, loadMentions, renderMentions, loadFeeds, renderFeeds, showRoster, renderRoster, showAddin } = makePanels({
+  state,
+  request,
+  roomData,
+  senderName,
+  jumpTo,
+  openRoom,
+  showError,
+});
 
 // -- sign in and out -----------------------------------------------------------------------
 
