@@ -177,7 +177,7 @@ def decode_json(
         rid = obj.get("id")
         if type(rid) is int and not -MAX_JSON_INT <= rid <= MAX_JSON_INT:
             raise ProtocolError(
-                f"field 'id' must be at most {MAX_JSON_INT} in JSON (2^53-1: larger integers"
+                f"field 'id' must be from 0 to {MAX_JSON_INT} in JSON (2^53-1: larger integers"
                 " do not survive a browser's JSON)"
             )
         try:

@@ -401,6 +401,13 @@ def test_first_run_open_the_printed_url_sign_in_as_admin_create_a_room_and_chat(
         post(page, "it works")
         page.wait_for_selector(".msg .text >> text=it works")
         shot(page, "first-run")
+        # Sign out: the token is revoked and forgotten; the sign-in form is back.
+        token = page.evaluate("sessionStorage.getItem('chat.token')")
+        assert token
+        page.click("#signout")
+        page.wait_for_selector("#signin:not([hidden])")
+        assert page.evaluate("sessionStorage.getItem('chat.token')") is None
+        assert token_refused(web, token)
         assert not watch.errors and not watch.dialogs
         page.context.close()
     finally:
@@ -476,3 +483,21 @@ def test_the_page_weighs_under_300_kb_compressed() -> None:
     total = sum(len(gzip.compress(f.body, 9)) for f in files.values())
     print(f"web client: {len(files)} files, {total} bytes gzip-compressed")
     assert total < 300 * 1024
+
+
+def token_refused(web: WebNode, token: str) -> bool:
+    from chatserver.client import Client
+    from tests.web.conftest import in_thread
+
+    host, port = web.env["CHATSERVER_LISTEN_TCP"].rsplit(":", 1)
+
+    async def run() -> bool:
+        client = await Client.connect_tcp(host, int(port))
+        try:
+            await client.call("hello", protocol=1)
+            reply = await client.request("auth", token=token)
+            return reply["ok"] is False and reply["error"]["code"] == "unauthenticated"
+        finally:
+            await client.close()
+
+    return in_thread(run)
