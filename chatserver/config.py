@@ -325,6 +325,9 @@ class ComplianceConfig(_Section):
     add_room_details: bool = False
     add_user_details: bool = False
     attachments_manifest: bool = False
+    # An Ed25519 private key (PEM, `chatserver compliance keygen`) kept outside the compliance
+    # database: with it, every export carries a signed checkpoint of the chain (compliance.md).
+    signing_key: str = ""
 
     @field_validator("database_url")
     @classmethod
