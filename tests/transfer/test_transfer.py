@@ -8,6 +8,8 @@ Then re-runs (idempotent), conflicts (skip, rename, fail), scopes and hostile fi
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import os
 import sys
 from pathlib import Path
@@ -140,3 +142,164 @@ async def test_sqlite_to_postgresql_keeps_history_seq_cids_and_files(
         assert "desk" not in {r["name"] for r in (await bob.call("rooms"))["rooms"]}
     finally:
         await h.close()
+
+
+async def small(url: str) -> dict[str, int]:
+    """Two users, a room with 5 messages and a closed room with 2."""
+    h = Harness(await start_node(node_config(url)))
+    try:
+        await h.user("alice")
+        await h.user("bob")
+        lobby, desk = await h.room("lobby"), await h.room("desk")
+        alice = await h.login("alice")
+        for i in range(5):
+            await alice.call("post", room=lobby, text=f"m{i}", cid=f"c{i}")
+        for i in range(2):
+            await alice.call("post", room=desk, text=f"d{i}", cid=f"d{i}")
+        return {"lobby": lobby, "desk": desk}
+    finally:
+        await h.close()
+
+
+async def room_rows(url: str) -> list[tuple[str, int, int]]:
+    """(name, last_seq, messages) of every room, by name."""
+    db = Database(url, pool_size=1)
+    try:
+        async with db.read() as conn:
+            stmt = (
+                select(rooms.c.name, rooms.c.last_seq, func.count(messages.c.seq))
+                .outerjoin(messages, messages.c.room_id == rooms.c.id)
+                .group_by(rooms.c.id, rooms.c.name, rooms.c.last_seq)
+                .order_by(rooms.c.name)
+            )
+            return [(r[0], int(r[1]), int(r[2])) for r in await conn.execute(stmt)]
+    finally:
+        await db.close()
+
+
+async def test_conflicts_fail_skip_or_rename_and_reruns_change_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    source = await sqlite_store(tmp_path, "source")
+    await small(source)
+    out = tmp_path / "x.jsonl.gz"
+    code, text = await cli("export", "--database", source, "--out", str(out))
+    assert code == 0, text
+    # The target already has a user "alice" and a room "lobby" with a message of its own.
+    h = Harness(await start_node(node_config(db_url)))
+    try:
+        await h.user("alice")
+        lobby = await h.room("lobby")
+        await (await h.login("alice")).call("post", room=lobby, text="mine", cid="x")
+    finally:
+        await h.close()
+    before = await room_rows(db_url)
+
+    code, text = await cli("import", str(out), "--database", db_url)  # default: fail
+    assert code == 1, text
+    assert "conflict: user 'alice' exists" in text and "conflict: room 'lobby' exists" in text
+    assert await room_rows(db_url) == before  # nothing changed
+
+    code, text = await cli("import", str(out), "--database", db_url, "--on-conflict", "rename")
+    assert code == 0 and "imported as 'lobby (import 1)'" in text, text
+    renamed = await room_rows(db_url)
+    assert ("lobby (import 1)", 5, 5) in renamed and ("desk", 2, 2) in renamed
+    assert ("lobby", 1, 1) in renamed  # the target's own room is untouched
+    code, text = await cli("import", str(out), "--database", db_url, "--on-conflict", "rename")
+    assert code == 0 and "rooms: 0 created, 2 already here" in text, text
+    assert await room_rows(db_url) == renamed  # a re-run renames nothing twice
+
+    # skip, into another copy of the original target: the existing lobby is not touched.
+    other = await sqlite_store(tmp_path, "other")
+    h = Harness(await start_node(node_config(other)))
+    try:
+        await h.user("alice")
+        await h.room("lobby")
+    finally:
+        await h.close()
+    code, text = await cli("import", str(out), "--database", other, "--on-conflict", "skip")
+    assert code == 0 and "room 'lobby' exists: not imported" in text, text
+    assert await room_rows(other) == [("desk", 2, 2), ("lobby", 0, 0)]
+
+
+async def test_a_room_scope_and_a_date_range(tmp_path: Path) -> None:
+    source = await sqlite_store(tmp_path, "source")
+    await small(source)
+    db = Database(source, pool_size=1)
+    async with db.read() as conn:
+        stamps = sorted(int(t) for t in (await conn.execute(select(messages.c.ts))).scalars())
+    await db.close()
+    out = tmp_path / "room.jsonl.gz"
+    code, text = await cli(
+        "export", "--database", source, "--out", str(out), "--room", "lobby",
+        "--since", str(stamps[2]),
+    )  # fmt: skip
+    assert code == 0, text
+    lines = [json.loads(line) for line in gzip.open(out)]
+    assert lines[0]["t"] == "header" and lines[0]["scope"] == "room"
+    assert lines[-1]["t"] == "end"
+    assert {r["name"] for r in lines if r["t"] == "room"} == {"lobby"}
+    assert all(r["ts"] >= stamps[2] for r in lines if r["t"] == "message")
+    assert all(
+        "password_hash" in r and r["password_hash"] is None for r in lines if r["t"] == "user"
+    )
+    target = await sqlite_store(tmp_path, "target")
+    code, text = await cli("import", str(out), "--database", target)
+    assert code == 0, text
+    [(name, last_seq, count)] = await room_rows(target)
+    assert name == "lobby" and last_seq == 5 and 0 < count < 5
+    # Imported without their hashes, users cannot sign in until a password is set.
+    h = Harness(await start_node(node_config(target)))
+    try:
+        with pytest.raises(Exception, match="(?i)password|credentials|login"):
+            await h.login("alice")
+    finally:
+        await h.close()
+
+
+def write_export(path: Path, lines: list[dict[str, Any]] | list[str]) -> None:
+    with gzip.open(path, "wt") as out:
+        for line in lines:
+            out.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+
+
+async def test_hostile_files_are_refused_with_the_line_and_the_reason(tmp_path: Path) -> None:
+    source = await sqlite_store(tmp_path, "source")
+    await small(source)
+    out = tmp_path / "good.jsonl.gz"
+    code, text = await cli("export", "--database", source, "--out", str(out))
+    assert code == 0, text
+    good = [json.loads(line) for line in gzip.open(out)]
+    room = next(r for r in good if r["t"] == "room")
+    message = next(r for r in good if r["t"] == "message")
+    user = next(r for r in good if r["t"] == "user")
+    cases = {
+        "not JSON": [good[0], "{nope"],
+        "unknown record type": [good[0], {"t": "evil"}],
+        "unknown fields": [good[0], {**user, "extra": 1}],
+        "has the wrong type": [good[0], {**user, "is_admin": "yes"}],
+        "is not allowed": [good[0], {**room, "privacy": "public"}],
+        "longer than": [good[0], {**user, "name": "x" * 300}],
+        "not a scrypt hash": [good[0], {**user, "password_hash": "plain"}],
+        "beyond the room's last_seq": [
+            *[r for r in good if r["t"] != "message" and r["t"] != "end"],
+            {**message, "seq": room["last_seq"] + 1},
+        ],
+        "not a chatserver export": [{"t": "user", **{k: v for k, v in user.items() if k != "t"}}],
+    }
+    for reason, lines in cases.items():
+        target = await sqlite_store(tmp_path, f"t{abs(hash(reason))}")
+        bad = tmp_path / "bad.jsonl.gz"
+        write_export(bad, lines)  # type: ignore[arg-type]
+        code, text = await cli("import", str(bad), "--database", target)
+        assert code == 1 and reason in text, (reason, text)
+    # A line longer than the format allows is refused before it is parsed.
+    huge = tmp_path / "huge.jsonl.gz"
+    write_export(huge, [good[0], " " * (3 * 1024 * 1024)])
+    code, text = await cli("import", str(huge), "--database", await sqlite_store(tmp_path, "h"))
+    assert code == 1 and "longer than" in text, text
+    # A truncated file imports what it holds and says so (status 1).
+    cut = tmp_path / "cut.jsonl.gz"
+    write_export(cut, good[:-1])
+    code, text = await cli("import", str(cut), "--database", await sqlite_store(tmp_path, "c"))
+    assert code == 1 and "INCOMPLETE" in text, text
