@@ -162,8 +162,7 @@ async def export(db: Database, target: IO[bytes], options: ExportOptions) -> dic
             for room in room_rows:
                 await _messages(db, out, options, room)
         if options.files:
-            for room in room_rows:
-                await _files(db, out, options, room)
+            await _files(db, out, options, room_rows)
         out.write(fmt.End(dict(sorted(out.counts.items()))))
         return dict(out.counts)
 
@@ -274,16 +273,15 @@ async def _messages(db: Database, out: _Out, options: ExportOptions, room: Any) 
         last = page[-1].seq
 
 
-async def _files(db: Database, out: _Out, options: ExportOptions, room: Any) -> None:
-    async for f in _pages(
-        db,
-        files,
-        files.c.id,
-        (files.c.room_id == room.id)
-        & files.c.state.in_(["ready", "removed"])
-        & (files.c.seq <= room.last_seq)
-        & _all(_in_range(files.c.created_ms, options)),
-    ):
+async def _files(db: Database, out: _Out, options: ExportOptions, room_rows: list[Any]) -> None:
+    """The scope's files in id order (an import into an empty store gives them the same ids)."""
+    last_seqs = {int(r.id): int(r.last_seq) for r in room_rows}
+    where = files.c.state.in_(["ready", "removed"]) & _all(_in_range(files.c.created_ms, options))
+    if options.scope != "all":
+        where = where & files.c.room_id.in_(sorted(last_seqs))
+    async for f in _pages(db, files, files.c.id, where):
+        if f.seq is None or f.seq > last_seqs.get(int(f.room_id), 0):
+            continue  # stored after the room was read: in the next export
         out.write(
             fmt.File(
                 f.id,

@@ -22,8 +22,8 @@ from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 FORMAT = "chatserver-export"
 VERSION = 1
-# A chunk's base64 (files.chunk_size is at most 1 MiB) plus its keys; a message's text is smaller.
-MAX_LINE = 2 * 1024 * 1024
+# A chunk's base64 ([files] chunk_kb is at most 16 MiB) plus its keys; a message's text is smaller.
+MAX_LINE = 16 * 1024 * 1024 * 4 // 3 + 64 * 1024
 MAX_NAME = 256
 
 

@@ -25,6 +25,7 @@ from chatserver.store.principals import add_group_members, create_group, princip
 from chatserver.store.rooms import change_roles, create_room
 from chatserver.store.schema import file_chunks, files, messages, rooms, users
 from chatserver.testing import PostgresCluster
+from chatserver.transfer import format as fmt
 from tests.conftest import DIALECTS, PASSWORD, Harness, node_config, scaled, start_node
 
 
@@ -251,7 +252,7 @@ async def test_a_room_scope_and_a_date_range(tmp_path: Path) -> None:
     # Imported without their hashes, users cannot sign in until a password is set.
     h = Harness(await start_node(node_config(target)))
     try:
-        with pytest.raises(Exception, match="(?i)password|credentials|login"):
+        with pytest.raises(Exception, match=r"(?i)password|credentials|login"):
             await h.login("alice")
     finally:
         await h.close()
@@ -295,7 +296,7 @@ async def test_hostile_files_are_refused_with_the_line_and_the_reason(tmp_path: 
         assert code == 1 and reason in text, (reason, text)
     # A line longer than the format allows is refused before it is parsed.
     huge = tmp_path / "huge.jsonl.gz"
-    write_export(huge, [good[0], " " * (3 * 1024 * 1024)])
+    write_export(huge, [good[0], " " * (fmt.MAX_LINE + 10)])
     code, text = await cli("import", str(huge), "--database", await sqlite_store(tmp_path, "h"))
     assert code == 1 and "longer than" in text, text
     # A truncated file imports what it holds and says so (status 1).
