@@ -244,8 +244,11 @@ def main() -> None:
             steps = [
                 ("export A (SQLite)", ("export", "--database", source, "--out", str(a), *flags)),
                 (f"import ({args.target})", ("import", str(a), "--database", target)),
-                (f"export B ({args.target})", ("export", "--database", target, "--out", str(b), *flags)),
-            ]  # fmt: skip
+                (
+                    f"export B ({args.target})",
+                    ("export", "--database", target, "--out", str(b), *flags),
+                ),
+            ]
             for name, command in steps:
                 took, rss, _ = run(*command)
                 print(f"{name}: {took:.1f} s, peak RSS {rss} MiB")
