@@ -336,6 +336,13 @@ class ComplianceConfig(_Section):
         return value
 
 
+class TransferConfig(_Section):
+    """Export and import through the management API (docs/export-format.md): the one folder
+    its files are written to and read from (the command line takes any path)."""
+
+    directory: str = "var/transfer"
+
+
 class LoginConfig(_Section):
     """Throttling of failed sign-ins (docs/security.md): per account name and per source
     address, exponential backoff after the free failures, then a temporary lockout."""
@@ -380,6 +387,7 @@ class Config(_Section):
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
     login: LoginConfig = Field(default_factory=LoginConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
 
 
 def _env_value(text: str) -> Any:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
+import zlib
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -102,7 +104,7 @@ def cmd_import(args: argparse.Namespace) -> None:
     except ImportConflict as exc:
         print("\n".join(exc.report.lines()[:1] + [c.line() for c in exc.report.conflicts]))
         fail(f"import: {exc} (choose --on-conflict skip or rename)", 1)
-    except (FormatError, EOFError) as exc:
+    except (FormatError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         fail(f"import: {args.file}: {exc}", 1)
     except (OSError, SQLAlchemyError) as exc:
         fail(f"import: {exc}", 1)
