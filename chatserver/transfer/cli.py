@@ -45,15 +45,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .exporter import ExportError, ExportOptions, export
 
     scope, name = "all", None
-    if args.category is not None and args.room is not None:
-        fail("give --category or --room, not both")
-    if args.category is not None:
-        scope, name = "category", args.category
-    elif args.room is not None:
+    if args.room is not None:  # with --category too: the room of that name in that category
         scope, name = "room", args.room
+    elif args.category is not None:
+        scope, name = "category", args.category
     options = ExportOptions(
         scope=scope,
         name=name,
+        within=args.category if args.room is not None else None,
         since_ms=args.since,
         until_ms=args.until,
         messages=not args.no_messages,

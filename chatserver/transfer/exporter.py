@@ -51,6 +51,7 @@ class ExportError(Exception):
 class ExportOptions:
     scope: str = "all"  # all | category | room
     name: str | None = None  # the category's or room's name (or "#ID" for a room)
+    within: str | None = None  # scope "room": the room must be in the category of this name
     since_ms: int | None = None  # messages and files from this time …
     until_ms: int | None = None  # … up to (excluding) this one
     messages: bool = True
@@ -114,9 +115,14 @@ async def _scope_rooms(db: Database, options: ExportOptions) -> tuple[set[int], 
                 stmt = select(rooms).where(rooms.c.id == int(name[1:]))
             else:
                 stmt = select(rooms).where(rooms.c.name == name)
+            if options.within is not None:
+                stmt = stmt.join(categories, categories.c.id == rooms.c.category_id).where(
+                    categories.c.name == options.within
+                )
             room_rows = list(await conn.execute(stmt))
             if not room_rows:
-                raise ExportError(f"no room named {name!r}")
+                where = "" if options.within is None else f" in category {options.within!r}"
+                raise ExportError(f"no room named {name!r}{where}")
             if len(room_rows) > 1:
                 ids = ", ".join(f"#{r.id}" for r in room_rows)
                 raise ExportError(f"{len(room_rows)} rooms are named {name!r}: give one of {ids}")

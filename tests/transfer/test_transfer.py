@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from chatserver.store.rooms import change_roles, create_room
 from chatserver.store.schema import file_chunks, files, messages, rooms, users
 from chatserver.testing import PostgresCluster
 from chatserver.transfer import format as fmt
+from chatserver.transfer.importer import import_file
 from tests.conftest import DIALECTS, PASSWORD, Harness, node_config, scaled, start_node
 
 
@@ -102,6 +104,7 @@ async def table_counts(url: str) -> dict[str, int]:
 
 @pytest.mark.postgres
 @pytest.mark.skipif("postgresql" not in DIALECTS, reason="PostgreSQL tests are off")
+@pytest.mark.timeout(600)
 async def test_sqlite_to_postgresql_keeps_history_seq_cids_and_files(
     pg_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
@@ -178,6 +181,7 @@ async def room_rows(url: str) -> list[tuple[str, int, int]]:
         await db.close()
 
 
+@pytest.mark.timeout(600)
 async def test_conflicts_fail_skip_or_rename_and_reruns_change_nothing(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -264,6 +268,7 @@ def write_export(path: Path, lines: list[dict[str, Any]] | list[str]) -> None:
             out.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
 
 
+@pytest.mark.timeout(600)  # a dozen `chatserver` processes on a shared machine
 async def test_hostile_files_are_refused_with_the_line_and_the_reason(tmp_path: Path) -> None:
     source = await sqlite_store(tmp_path, "source")
     await small(source)
@@ -288,19 +293,38 @@ async def test_hostile_files_are_refused_with_the_line_and_the_reason(tmp_path: 
         ],
         "not a chatserver export": [{"t": "user", **{k: v for k, v in user.items() if k != "t"}}],
     }
-    for reason, lines in cases.items():
-        target = await sqlite_store(tmp_path, f"t{abs(hash(reason))}")
-        bad = tmp_path / "bad.jsonl.gz"
-        write_export(bad, lines)  # type: ignore[arg-type]
-        code, text = await cli("import", str(bad), "--database", target)
-        assert code == 1 and reason in text, (reason, text)
-    # A line longer than the format allows is refused before it is parsed.
-    huge = tmp_path / "huge.jsonl.gz"
-    write_export(huge, [good[0], " " * (fmt.MAX_LINE + 10)])
-    code, text = await cli("import", str(huge), "--database", await sqlite_store(tmp_path, "h"))
-    assert code == 1 and "longer than" in text, text
+    target = await sqlite_store(tmp_path, "target")
+    db = Database(target, pool_size=1)
+    try:
+        for reason, lines in cases.items():
+            bad = tmp_path / "bad.jsonl.gz"
+            write_export(bad, lines)  # type: ignore[arg-type]
+            with pytest.raises(fmt.FormatError, match=reason):
+                await import_file(db, io.BytesIO(bad.read_bytes()), on_conflict="rename")
+        # A line longer than the format allows is refused before it is parsed.
+        huge = tmp_path / "huge.jsonl.gz"
+        write_export(huge, [good[0], " " * (fmt.MAX_LINE + 10)])
+        with pytest.raises(fmt.FormatError, match="longer than"):
+            await import_file(db, io.BytesIO(huge.read_bytes()), on_conflict="rename")
+    finally:
+        await db.close()
+    # The command line says why, with the line, and exits 1.
+    code, text = await cli("import", str(bad), "--database", target)
+    assert code == 1 and "not a chatserver export" in text, text
     # A truncated file imports what it holds and says so (status 1).
     cut = tmp_path / "cut.jsonl.gz"
-    write_export(cut, good[:-1])
-    code, text = await cli("import", str(cut), "--database", await sqlite_store(tmp_path, "c"))
+    half = [r for r in good if r["t"] != "message"][:-1] + [r for r in good if r["t"] == "message"][
+        :3
+    ]
+    write_export(cut, half)
+    resumed = await sqlite_store(tmp_path, "c")
+    code, text = await cli("import", str(cut), "--database", resumed)
     assert code == 1 and "INCOMPLETE" in text, text
+    # The whole file then completes it, creating nothing twice.
+    code, text = await cli("import", str(out), "--database", resumed)
+    assert code == 0 and "result: complete" in text and "rooms: 0 created" in text, text
+    direct = await sqlite_store(tmp_path, "d")
+    code, text = await cli("import", str(out), "--database", direct)
+    assert code == 0, text
+    assert await room_rows(resumed) == await room_rows(direct) == [("desk", 2, 2), ("lobby", 5, 5)]
+    assert await table_counts(resumed) == await table_counts(direct)

@@ -36,7 +36,12 @@ FILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 class ExportIn(In):
     file: str = Field(pattern=FILE_NAME, description="the file to write in [transfer] directory")
     category: str | None = Field(None, min_length=1, max_length=256)
-    room: str | None = Field(None, min_length=1, max_length=256, description="NAME, or #ID")
+    room: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="NAME, or #ID; with category, the room of that name in that category",
+    )
     since: When | None = None
     until: When | None = None
     messages: bool = True
@@ -110,16 +115,15 @@ def _report(report: ImportReport) -> dict[str, Any]:
 )
 async def create_export(ctx: Ctx) -> Any:
     b: ExportIn = ctx.body
-    if b.category is not None and b.room is not None:
-        raise ChatError(BAD_REQUEST, "give category or room, not both")
     scope, name = "all", None
-    if b.category is not None:
-        scope, name = "category", b.category
-    elif b.room is not None:
+    if b.room is not None:  # with category too: the room of that name in that category
         scope, name = "room", b.room
+    elif b.category is not None:
+        scope, name = "category", b.category
     options = ExportOptions(
         scope=scope,
         name=name,
+        within=b.category if b.room is not None else None,
         since_ms=epoch_ms(b.since),
         until_ms=epoch_ms(b.until),
         messages=b.messages,
