@@ -104,7 +104,8 @@ class ImportReport:
         out = [f"source: {self.source}"]
         out += [c.line() for c in self.conflicts]
         for kind in NAMED:
-            out.append(f"{kind}s: {self.created[kind]} created, {self.reused[kind]} already here")
+            plural = "categories" if kind == "category" else f"{kind}s"
+            out.append(f"{plural}: {self.created[kind]} created, {self.reused[kind]} already here")
         out.append(f"messages: {self.read['message']} read (stored unless already there)")
         out.append(f"files: {self.read['file']} read, {self.created['file']} created")
         out.append("result: complete" if self.complete else "result: INCOMPLETE (truncated file)")
