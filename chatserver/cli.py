@@ -276,10 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .admin.cli import register as register_admin
     from .pool.cli import register as register_pool
+    from .transfer.cli import register as register_transfer
 
     register_admin(sub, common)
     register_pool(sub, common)
     register_compliance(sub, common)
+    register_transfer(sub, common)
     return parser
 
 

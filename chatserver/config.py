@@ -332,12 +332,22 @@ class ComplianceConfig(_Section):
     add_room_details: bool = False
     add_user_details: bool = False
     attachments_manifest: bool = False
+    # An Ed25519 private key (PEM, `chatserver compliance keygen`) kept outside the compliance
+    # database: with it, every export carries a signed checkpoint of the chain (compliance.md).
+    signing_key: str = ""
 
     @field_validator("database_url")
     @classmethod
     def _usable(cls, value: str) -> str:
         parse_database_url(value)
         return value
+
+
+class TransferConfig(_Section):
+    """Export and import through the management API (docs/export-format.md): the one folder
+    its files are written to and read from (the command line takes any path)."""
+
+    directory: str = "var/transfer"
 
 
 class LoginConfig(_Section):
@@ -384,6 +394,7 @@ class Config(_Section):
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
     login: LoginConfig = Field(default_factory=LoginConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
 
 
 def _env_value(text: str) -> Any:

@@ -526,9 +526,48 @@ RESOURCES = {
     "pool": "the nodes of the pool",
     "audit": "the audit log of administrators' changes",
     "compliance": "the compliance service's settings",
+    "exports": "export to a file in [transfer] directory (docs/export-format.md)",
+    "imports": "import a file of [transfer] directory",
 }
 
-COMMANDS: list[Command] = [*USERS, *CATEGORIES_AND_ROOMS, *MESSAGES, *OPERATIONS]
+TRANSFER = [
+    Command(
+        "exports",
+        "create",
+        "export everything, a category or a room (optionally messages, files, password hashes)",
+        "POST /api/v1/exports",
+        body=lambda a, api: {
+            "file": a.file,
+            **flags(a, ["category", "room", "since", "until"]),
+            "messages": not a.no_messages,
+            "files": a.files,
+            "password_hashes": a.with_password_hashes,
+        },
+        arguments=(
+            arg("file", help="a plain file name in [transfer] directory"),
+            arg("--category"),
+            arg("--room", help="NAME, or #ID"),
+            arg("--since", type=_when, help=WHEN),
+            arg("--until", type=_when, help=WHEN),
+            arg("--no-messages", action="store_true"),
+            arg("--files", action="store_true"),
+            arg("--with-password-hashes", action="store_true"),
+        ),
+    ),
+    Command(
+        "imports",
+        "create",
+        "import a file of [transfer] directory",
+        "POST /api/v1/imports",
+        body=lambda a, api: {"file": a.file, "on_conflict": a.on_conflict},
+        arguments=(
+            arg("file"),
+            arg("--on-conflict", choices=["fail", "skip", "rename"], default="fail"),
+        ),
+    ),
+]
+
+COMMANDS: list[Command] = [*USERS, *CATEGORIES_AND_ROOMS, *MESSAGES, *OPERATIONS, *TRANSFER]
 
 # ``chatserver admin login`` turns a name and password into a token: this route, with Basic auth.
 LOGIN_ROUTE = "POST /api/v1/tokens"

@@ -25,12 +25,25 @@ from .handlers import (
     pool,
     rooms,
     tokens,
+    transfer,
     users,
 )
 from .routing import Route, path_param_schema, type_adapter
 from .types import ErrorBody
 
-HANDLER_MODULES = (users, groups, categories, rooms, messages, addins, config, pool, audit, tokens)
+HANDLER_MODULES = (
+    users,
+    groups,
+    categories,
+    rooms,
+    messages,
+    addins,
+    config,
+    pool,
+    audit,
+    tokens,
+    transfer,
+)
 
 ROUTES: list[Route] = [route for module in HANDLER_MODULES for route in module.router.routes]
 

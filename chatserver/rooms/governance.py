@@ -152,6 +152,12 @@ class Governance:
         elif isinstance(change, SettingsChanged):
             raise TypeError("run-time settings are applied by the node, not by governance")
 
+    def imported(self) -> None:
+        """An import wrote users, groups, categories and rooms into the store: drop every
+        cached fact, here and (through the pool) on the other nodes."""
+        self._changed(CategoriesChanged())
+        self._changed(MembershipChanged())
+
     def disconnect_user(self, user_id: int, reason: str) -> int:
         """Close every connection of the user, on this node and the pool's others; returns how
         many were closed here."""

@@ -343,3 +343,25 @@ pool_state = Table(
     Column("by", String(128), nullable=False),
     Column("reason", Text, nullable=False),
 )
+
+# -- export and import (issue 18) ------------------------------------------------------------
+
+# This store's identity (one row, id 1): written into every export's header (chatserver/transfer).
+deployment = Table(
+    "deployment",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("uuid", String(36), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+# What an import created here for each object of a source deployment: a re-run reuses it.
+import_ids = Table(
+    "import_ids",
+    metadata,
+    Column("source", String(36), nullable=False),
+    Column("kind", String(16), nullable=False),  # user | group | addin | category | room | file
+    Column("source_id", BigInteger, nullable=False),
+    Column("target_id", BigInteger, nullable=False),
+    PrimaryKeyConstraint("source", "kind", "source_id", name="pk_import_ids"),
+)

@@ -152,7 +152,11 @@ class Runner:
 async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
     url = f"sqlite:///{tmp_path}/chat.db"
     await asyncio.to_thread(upgrade, url)
-    node = await start_node(node_config(url, management={"token": STATIC}))
+    node = await start_node(
+        node_config(
+            url, management={"token": STATIC}, transfer={"directory": str(tmp_path / "transfer")}
+        )
+    )
     harness = Harness(node)
     await harness.user("root", admin=True)
     assert node.management is not None and node.management.address is not None
@@ -229,6 +233,9 @@ async def test_every_command_calls_its_route(
     await run("pool", "failback", fails=no_backup)
     await run("audit", "list", "--target", f"room:{rid}")
     await run("compliance", "show")
+    assert (await run("exports", "create", "all.jsonl.gz", "--files"))["counts"]["room"] >= 1
+    imported = await run("imports", "create", "all.jsonl.gz", "--on-conflict", "skip")
+    assert imported["complete"]
     await run("rooms", "delete", rid)
     await run("addins", "delete", aid)
     await run("categories", "delete", cid)
