@@ -41,6 +41,7 @@ from .rooms.audit import SYSTEM, Audit
 from .rooms.authorization import Authorization
 from .rooms.capture import Capture
 from .rooms.changes import LocalOnly, Publisher
+from .rooms.choices import Choices
 from .rooms.directory import Directory
 from .rooms.enforcement import Enforcement
 from .rooms.facts import Facts
@@ -68,6 +69,7 @@ from .transport.connection import Connection
 from .transport.connections import Connections
 from .transport.http import ClientHttpServer, FilesCollector
 from .transport.tcp import TcpConnection
+from .transport.web_manage import add_manage_pages, manage_url
 from .transport.websocket import WebSocketConnection
 
 if TYPE_CHECKING:
@@ -254,6 +256,7 @@ class Node:
             search=self.search,
             feeds=self.feeds,
             roster=self.roster,
+            choices=Choices(db, facts, auth, addins),
         )
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
@@ -420,6 +423,8 @@ class Node:
         self.http = ClientHttpServer(
             files, self.accounts, self.auth, self.files, guard, search=self.search
         )
+        websocket = self.addresses.get("websocket")
+        add_manage_pages(self.http.app.router, websocket[1] if websocket else None, bool(context))
         try:
             host, port = await self.http.start(address, context)
         except OSError as exc:
@@ -427,6 +432,7 @@ class Node:
         self.addresses["http"] = (host, port)
         self.metrics.register(FilesCollector(self.files, self.http))
         scheme = "https" if context else "http"
+        self.settings.derive_default("room_management_url", manage_url(scheme, host, port))
         self.announce(f"listening for HTTP clients (files) on {scheme}://{host}:{port}/")
 
     # -- management ---------------------------------------------------------------------------
