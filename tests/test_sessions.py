@@ -37,7 +37,7 @@ async def test_hello_must_come_first(harness: Harness) -> None:
         "max_file_size_kb": 20480,
         "participant_update_limit": 75,
     }
-    assert hello["room_management_url"] == ""
+    assert hello["room_management_url"] == harness.http + "/manage/"  # the node's own page
 
 
 @pytest.mark.parametrize(
