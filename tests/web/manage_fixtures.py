@@ -101,9 +101,13 @@ async def browser() -> AsyncIterator[Any]:
             await launched.close()
 
 
-async def new_page(browser: Any, width: int = 1100, height: int = 760) -> Any:
+async def new_page(
+    browser: Any, width: int = 1100, height: int = 760, scheme: str = "light"
+) -> Any:
     """A page in its own context (its own session storage), collecting console errors."""
-    context = await browser.new_context(viewport={"width": width, "height": height})
+    context = await browser.new_context(
+        viewport={"width": width, "height": height}, color_scheme=scheme
+    )
     page = await context.new_page()
     page.errors = []  # type: ignore[attr-defined]
 
@@ -129,4 +133,15 @@ async def sign_in(page: Any, url: str, name: str, password: str = PASSWORD) -> N
     await page.locator("#signin input[name=user]").fill(name)
     await page.locator("#signin input[name=password]").fill(password)
     await page.locator("#signin button[type=submit]").click()
+    await page.locator("#signin").wait_for(state="detached")
+
+
+async def sign_in_by_keyboard(page: Any, url: str, name: str, password: str = PASSWORD) -> None:
+    """The sign-in form with the keyboard alone: the name field has the focus, Tab, Enter."""
+    await page.goto(url)
+    await page.locator("#signin input[name=user]").wait_for()
+    await page.keyboard.type(name)
+    await page.keyboard.press("Tab")
+    await page.keyboard.type(password)
+    await page.keyboard.press("Enter")
     await page.locator("#signin").wait_for(state="detached")

@@ -14,7 +14,14 @@ import pytest
 
 from chatserver.client import RequestFailed
 from tests.conftest import scaled
-from tests.web.manage_fixtures import SHOTS, Site, new_page, shot, sign_in
+from tests.web.manage_fixtures import (
+    SHOTS,
+    Site,
+    new_page,
+    shot,
+    sign_in,
+    sign_in_by_keyboard,
+)
 from tests.web.manage_fixtures import browser as browser
 from tests.web.manage_fixtures import site as site
 
@@ -59,7 +66,13 @@ async def test_a_manager_creates_a_closed_room_and_adds_a_member(site: Site, bro
         await bob.call("join", room=listed[0]["id"])
     assert refused.value.code == "forbidden"
     await page.locator("#people-search").fill("bo")
-    await page.get_by_role("button", name="Add bob (Bob B.)").click()
+    await page.get_by_role("button", name="Add bob (Bob B.)").wait_for()
+    # with the keyboard: from the search field, Tab past the role to the first result's button
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Tab")
+    focused = await page.evaluate("document.activeElement.getAttribute('aria-label')")
+    assert focused == "Add bob (Bob B.)"
+    await page.keyboard.press("Enter")
     await page.locator("#role-members li", has_text="bob").wait_for()
 
     invited = await bob.next_event("invited", timeout=scaled(10))
@@ -106,8 +119,10 @@ async def test_a_member_is_offered_nothing_and_forged_requests_are_refused(
         "room.members", room=room, add={"members": [{"kind": "user", "id": site.ids["bob"]}]}
     )
 
-    page = await new_page(browser)
-    await sign_in(page, site.http + "/manage/", "bob")
+    page = await new_page(browser, scheme="dark")
+    await sign_in_by_keyboard(page, site.http + "/manage/", "bob")
+    background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(21, 24, 28)"  # the dark scheme's --bg
     await page.get_by_text("You manage no room and may not create rooms.").wait_for()
     assert await page.get_by_role("button", name="New room").count() == 0
     assert await page.locator("#room-list button.room").count() == 0

@@ -44,7 +44,8 @@ async function start() {
   try {
     await connect();
   } catch (err) {
-    say(`Cannot reach the server: ${err.message}`, "error");
+    say(`Cannot reach the server: ${err.message}. If the node runs, it may not admit this`
+      + " page's origin on its WebSocket: see listen.websocket_origins.", "error");
     return;
   }
   const token = sessionStorage.getItem(TOKEN_KEY);
