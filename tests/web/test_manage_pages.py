@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from chatserver.client import RequestFailed
-from tests.conftest import scaled
+from tests.conftest import PASSWORD, scaled
 from tests.web.manage_fixtures import (
     SHOTS,
     Site,
@@ -85,12 +87,28 @@ async def test_a_manager_creates_a_closed_room_and_adds_a_member(site: Site, bro
     DOCS_IMAGE.parent.mkdir(exist_ok=True)
     shutil.copyfile(SHOTS / "manage-room.png", DOCS_IMAGE)
 
-    # settings: the page's changes are the server's
+    # settings: the page's changes are the server's (an add-in the administrators made, too)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            site.management + "/api/v1/addins",
+            json={"name": "Whiteboard", "url": "https://addins.example/board"},
+            headers={"Authorization": "Basic " + b64encode(f"root:{PASSWORD}".encode()).decode()},
+        ) as response:
+            assert response.status == 201
+            addin = (await response.json())["id"]
+    options = page.locator("#settings-form select[name=addin] option", has_text="Whiteboard")
+    async with asyncio.timeout(scaled(10)):  # the node re-reads the add-ins every 2 s
+        while not await options.count():
+            await asyncio.sleep(0.5)
+            await page.locator("#room-list button.room").first.click()  # the editor, read again
+            await page.locator("#settings-form").wait_for()
+    await page.locator("#settings-form").get_by_label("Add-in").select_option("Whiteboard")
     await page.locator("#settings-form").get_by_label("Type").select_option("auditorium")
     await page.locator("#settings-form").get_by_role("button", name="Save").click()
     await page.locator("#settings-form h2 .tag", has_text="auditorium").wait_for()
     room = (await bob.call("room.get", room=listed[0]["id"]))["room"]
     assert room["type"] == "auditorium" and room["can_post"] is False
+    assert room["addin"] == addin and room["addin_info"]["name"] == "Whiteboard"
     await page.get_by_role("button", name="Disable the room").click()
     await page.get_by_role("button", name="Enable the room").wait_for()
     with pytest.raises(RequestFailed):
@@ -194,6 +212,13 @@ async def test_an_admin_edits_a_category_and_sees_the_audit_entry(site: Site, br
         await page.get_by_role("button", name=tab, exact=True).click()
         await page.locator("#tab-body section, #tab-body form").first.wait_for()
     await shot(page, "admin-settings")
+    # a user's policy: off, and bob can no longer sign in
+    await page.get_by_role("button", name="Users", exact=True).click()
+    await page.get_by_label("Persistent chat for bob").select_option("off")
+    await page.get_by_text("Policy of bob saved.").wait_for()
+    with pytest.raises(RequestFailed) as refused:
+        await site.login("bob")
+    assert refused.value.code == "forbidden"
     assert page.errors == []
 
 
