@@ -433,6 +433,7 @@ class Node:
         self.metrics.register(FilesCollector(self.files, self.http))
         scheme = "https" if context else "http"
         self.settings.derive_default("room_management_url", manage_url(scheme, host, port))
+        self.announce(f"room management pages on {manage_url(scheme, host, port)}")
         self.announce(f"listening for HTTP clients (files) on {scheme}://{host}:{port}/")
 
     # -- management ---------------------------------------------------------------------------
@@ -447,6 +448,7 @@ class Node:
         self.addresses["management"] = (host, port)
         scheme = "https" if context else "http"
         self.announce(f"management API on {scheme}://{host}:{port}/ (see /openapi.json)")
+        self.announce(f"administration pages on {scheme}://{host}:{port}/admin/")
         if context is None and not ipaddress.ip_address(host).is_loopback:
             log.warning(
                 "the management port listens on %s without TLS: tokens and passwords cross the"

@@ -104,7 +104,8 @@ async function categories(body, selected = null) {
     el("button", { type: "button", class: "room", "data-id": c.id,
       "aria-current": selected === c.id ? "true" : "false", text: c.name,
       onclick: action(() => categories(body, c.id)) }))));
-  const [nameField, name] = field("Name", el("input", { required: true, maxlength: 256 }));
+  const [nameField, name] = field("New category's name", el("input", { required: true,
+    maxlength: 256 }));
   const create = el("form", { class: "inline" }, nameField,
     el("button", { type: "submit", text: "Add category" }));
   create.addEventListener("submit", action(async () => {
@@ -176,7 +177,8 @@ async function groups(body, selected = null) {
     el("button", { type: "button", class: "room", text: g.name,
       "aria-current": selected === g.id ? "true" : "false",
       onclick: action(() => groups(body, g.id)) }))));
-  const [nameField, name] = field("Name", el("input", { required: true, maxlength: 256 }));
+  const [nameField, name] = field("New group's name", el("input", { required: true,
+    maxlength: 256 }));
   const create = el("form", { class: "inline" }, nameField,
     el("button", { type: "submit", text: "Add group" }));
   create.addEventListener("submit", action(async () => {
