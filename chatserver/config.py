@@ -61,6 +61,11 @@ def parse_address(value: str) -> tuple[str, int]:
     return host, port
 
 
+# What `room_management_url` may be, here and in the management API: empty, an http(s) URL of
+# printable ASCII, or an absolute path (not "//host" or "/\\host": a browser reads another host).
+# Nothing else reaches clients: no javascript: or data: URL.
+ROOM_MANAGEMENT_URL = r"^(https?://[!-~]+|/([!-.0-\[\]-~][!-~]*)?)?$"
+
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
@@ -180,7 +185,9 @@ class ChatConfig(_Section):
     # Also settable at run time through the management API (global, or per node).
     max_file_size_kb: int = Field(20_480, ge=1, le=1_048_576)
     participant_update_limit: int = Field(75, ge=0, le=100_000)
-    room_management_url: str = ""
+    # Told to clients in `hello`: an http(s) URL, or a path on the node's client HTTP listener
+    # (the default: the room management pages it serves); "" for none.
+    room_management_url: str = Field("/manage/", max_length=2048, pattern=ROOM_MANAGEMENT_URL)
     # How often the pending read markers are written (at most one write per user and room per
     # interval; a crash loses at most the last interval's markers).
     read_marker_flush_s: float = Field(1.0, ge=0.1, le=60)

@@ -71,6 +71,7 @@ from .transport.http import ClientHttpServer, FilesCollector
 from .transport.tcp import TcpConnection
 from .transport.web_manage import add_manage_pages, manage_url
 from .transport.websocket import WebSocketConnection
+from .web.client import ClientPages
 
 if TYPE_CHECKING:
     from .pool.node import Pool
@@ -420,8 +421,13 @@ class Node:
                 name="the client HTTP listener",
             )
 
+        pages = ClientPages(
+            self._websocket_listeners,
+            context is not None,
+            lambda: str(self.settings.chat.room_management_url),
+        )
         self.http = ClientHttpServer(
-            files, self.accounts, self.auth, self.files, guard, search=self.search
+            files, self.accounts, self.auth, self.files, guard, search=self.search, pages=pages
         )
         websocket = self.addresses.get("websocket")
         add_manage_pages(self.http.app.router, websocket[1] if websocket else None, bool(context))
@@ -430,11 +436,30 @@ class Node:
         except OSError as exc:
             raise StartupError(f"listen.http: cannot listen on {address}: {exc}") from None
         self.addresses["http"] = (host, port)
+        self.connections.page_ports = (port,)  # the web client's WebSocket origin
         self.metrics.register(FilesCollector(self.files, self.http))
         scheme = "https" if context else "http"
-        self.settings.derive_default("room_management_url", manage_url(scheme, host, port))
         self.announce(f"room management pages on {manage_url(scheme, host, port)}")
         self.announce(f"listening for HTTP clients (files) on {scheme}://{host}:{port}/")
+        shown = "localhost" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+        self.announce(f"web client: open {scheme}://{shown}:{port}/ in a browser")
+
+    def _websocket_listeners(self) -> list[tuple[str, int]]:
+        """Where the web client's WebSocket connects: this node's listener, then the other
+        active nodes of the pool (for resuming when this one dies)."""
+        out: list[tuple[str, int]] = []
+        own = self.addresses.get("websocket")
+        if own is not None:
+            out.append(own)
+        if self.pool is not None:
+            for node in self.pool.active_nodes():
+                try:
+                    host, port = parse_address(node["websocket"])
+                except ValueError:
+                    continue
+                if (host, port) != own:
+                    out.append((host, port))
+        return out
 
     # -- management ---------------------------------------------------------------------------
 

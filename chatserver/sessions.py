@@ -24,6 +24,7 @@ from .protocol.errors import (
     UNAUTHENTICATED,
     UNAVAILABLE,
     ChatError,
+    ProtocolError,
     RetryLater,
 )
 from .protocol.events import Outgoing, Resync, RoomRemoved, error_reply, reply
@@ -110,8 +111,10 @@ class Session(GovernanceOps):
             self.worker = asyncio.get_running_loop().create_task(self._work())
 
     def reject(self, error: ChatError) -> None:
-        """A frame could not be decoded; tell the client (it has no request id)."""
-        self.conn.send(Outgoing(error_reply(None, error.code, error.message)))
+        """A frame could not be decoded; tell the client (with the request's id when the frame
+        was parsed far enough to read one)."""
+        rid = error.request_id if isinstance(error, ProtocolError) else None
+        self.conn.send(Outgoing(error_reply(rid, error.code, error.message)))
 
     def end(self, error: ChatError, reason: str) -> None:
         """The input cannot be trusted any more: answer what came before, then ``error`` (with
@@ -204,6 +207,7 @@ class Session(GovernanceOps):
                 "history_page_max": chat.history_page_max,
                 "max_file_size_kb": chat.max_file_size_kb,
                 "participant_update_limit": chat.participant_update_limit,
+                "posts_per_user_per_s": self.services.limits.posts_per_user_per_s,
             },
             room_management_url=chat.room_management_url,
         )
@@ -329,6 +333,11 @@ class Session(GovernanceOps):
             self.user, request.room, request.before, request.after, request.limit, request.around
         )
         return reply(request.id, messages=messages, more=more)
+
+    async def op_users_lookup(self, request: cmd.UsersLookup) -> dict[str, Any]:
+        assert self.user is not None
+        found = await self.services.reading.senders(self.user, request.room, request.ids)
+        return reply(request.id, users=found)
 
     async def op_search(self, request: cmd.Search) -> dict[str, Any]:
         assert self.user is not None and self.services.search is not None

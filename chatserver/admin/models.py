@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
+from ..config import ROOM_MANAGEMENT_URL
 from ..store import admin as admin_store
 from .types import (
     NO_NUL,
@@ -327,7 +328,7 @@ class SettingsPatch(In):
     max_file_size_kb: Annotated[int, Field(ge=1, le=1_048_576)] | None = None
     participant_update_limit: Annotated[int, Field(ge=0, le=100_000)] | None = None
     room_management_url: (
-        Annotated[str, Field(max_length=2048, pattern=r"^(https?://[!-~]+)?$")] | None
+        Annotated[str, Field(max_length=2048, pattern=ROOM_MANAGEMENT_URL)] | None
     ) = None
 
 

@@ -290,6 +290,26 @@ class Post(Request):
     cid: str = _field(min_len=1, max_len=64)
 
 
+# How many users one `users.lookup` names at most.
+LOOKUP_MAX = 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsersLookup(Request):
+    """Display names of the senders of a room the caller may read (any member may ask)."""
+
+    OP = "users.lookup"
+    room: int = _field(min_value=1)
+    ids: list[Any] = _field()
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.ids) <= LOOKUP_MAX:
+            raise ChatError(BAD_REQUEST, f"field 'ids' must hold 1 to {LOOKUP_MAX} user ids")
+        for value in self.ids:
+            if type(value) is not int or not 1 <= value <= MAX_ID:
+                raise ChatError(BAD_REQUEST, "field 'ids' must hold positive integers")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class History(Request):
     OP = "history"
@@ -368,6 +388,7 @@ class Mentions(Request):
 REQUESTS: dict[str, type[Request]] = {
     cls.OP: cls
     for cls in (
+        UsersLookup,
         Hello,
         Auth,
         Logout,

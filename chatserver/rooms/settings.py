@@ -35,21 +35,10 @@ class RuntimeSettings:
         self._publisher = publisher
         self.stored: dict[str, dict[str, Any]] = {}  # scope -> key -> value, as last loaded
         self.chat: ChatConfig = config.chat
-        self._derived: dict[str, Any] = {}
 
     def defaults(self) -> dict[str, Any]:
         chat = self._config.chat
-        out = {key: getattr(chat, key) for key in RUNTIME_SETTINGS}
-        for key, value in self._derived.items():
-            if not out[key]:
-                out[key] = value
-        return out
-
-    def derive_default(self, key: str, value: Any) -> None:
-        """A default the node worked out (``room_management_url``: its own ``/manage/`` page),
-        used while the configuration leaves ``key`` empty; stored overrides still win."""
-        self._derived[key] = value
-        self.chat = self._config.chat.model_copy(update=self.effective())
+        return {key: getattr(chat, key) for key in RUNTIME_SETTINGS}
 
     def effective(self) -> dict[str, Any]:
         out = self.defaults()

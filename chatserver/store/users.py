@@ -12,13 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import case, delete, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from .db import LIKE_ESCAPE, Database, contains_pattern, now_ms
-from .schema import login_failures, sessions, users
+from .schema import login_failures, messages, sessions, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +85,14 @@ async def get_users(db: Database, user_ids: list[int]) -> dict[int, User]:
             for row in await conn.execute(select(users).where(users.c.id.in_(chunk))):
                 found[row.id] = _user(row)
     return found
+
+
+async def senders_in_room(db: Database, room_id: int, user_ids: list[int]) -> list[User]:
+    """The users among ``user_ids`` (at most a few hundred) who have a message in the room."""
+    sent = exists().where(messages.c.room_id == room_id, messages.c.sender_id == users.c.id)
+    query = select(users).where(users.c.id.in_(user_ids), sent).order_by(users.c.id)
+    async with db.read() as conn:
+        return [_user(row) for row in await conn.execute(query)]
 
 
 async def credentials(db: Database, name: str) -> tuple[User, str] | None:

@@ -10,6 +10,7 @@
     DELETE /api/v1/files/{id}           removal (uploader, room managers, administrators)
     GET    /api/v1/search?q=…           search (``room``, ``order``, ``cursor``, ``limit``): the
                                         ``search`` op's reply, as JSON (docs/protocol.md)
+    GET    /, /static/…, /client.json   the web client (:mod:`chatserver.web`), when given
 
 Authentication is the chat protocol's session token in ``Authorization: Bearer TOKEN`` and
 nowhere else: a request with a credential in its URL (which lands in logs and histories) is
@@ -98,6 +99,12 @@ class Guard(Protocol):
     def __call__(self) -> asyncio.Protocol: ...
 
     def head_received(self, protocol: object) -> None: ...
+
+
+class Pages(Protocol):
+    """Web pages served beside the file endpoints (:mod:`chatserver.web`)."""
+
+    def add_routes(self, app: web.Application) -> None: ...
 
 
 class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -206,6 +213,7 @@ class ClientHttpServer:
         files: Files,
         guard: Callable[[Callable[[], asyncio.Protocol]], Guard] | None = None,
         search: Search | None = None,
+        pages: Pages | None = None,
     ) -> None:
         self._config = config
         self._search = search
@@ -221,6 +229,8 @@ class ClientHttpServer:
         r.add_delete("/api/v1/files/{file}", self.delete)
         if search is not None:
             r.add_get("/api/v1/search", self.search, allow_head=False)
+        if pages is not None:  # the web client (chatserver/web)
+            pages.add_routes(self.app)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None

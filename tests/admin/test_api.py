@@ -839,6 +839,8 @@ async def test_config_global_and_per_node(api: Api) -> None:
         {"default_chat_history": 501},
         {"max_file_size_kb": 0},
         {"room_management_url": "ftp://x"},
+        {"room_management_url": "javascript:alert(1)"},
+        {"room_management_url": "//evil.example/"},
         {"unknown": 1},
     ):
         await api.call("PATCH", "/api/v1/config", bad, status=400)

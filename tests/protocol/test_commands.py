@@ -39,6 +39,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "leave": {"room": 1},
     "post": {"room": 1, "text": "hi", "cid": "c1"},
     "history": {"room": 1},
+    "users.lookup": {"room": 1, "ids": [2]},
     "read": {"room": 1, "seq": 0},
     "mentions": {},
     "room.get": {"room": 1},
@@ -90,6 +91,7 @@ FULL: dict[str, dict[str, Any]] = {
     "leave": {"room": 4},
     "post": {"room": 4, "text": "hello ✓", "cid": "c-9"},
     "history": {"room": 4, "before": 100, "limit": 50},
+    "users.lookup": {"room": 4, "ids": [2, 3]},
     "read": {"room": 4, "seq": 12},
     "mentions": {"room": 4, "cursor": "1.2.3", "limit": 10},
     "room.get": {"room": 4},
@@ -246,6 +248,8 @@ def test_null_required_field_is_missing(op: str, field: str) -> None:
 def test_required_table_is_complete() -> None:
     assert set(REQUIRED) == {
         ("hello", "protocol"),
+        ("users.lookup", "room"),
+        ("users.lookup", "ids"),
         ("password.change", "password"),
         ("password.change", "new_password"),
         ("room.create", "name"),

@@ -1,6 +1,6 @@
-"""Fixtures for the management pages' browser tests: a node on free loopback ports whose
-WebSocket admits the pages' origin, and Debian's Chromium driven by Playwright (async, on the
-test's event loop, beside the node).
+"""Fixtures for the management pages' browser tests: a node on free loopback ports (its
+WebSocket admits pages from its own client HTTP listener), and Debian's Chromium driven by
+Playwright (async, on the test's event loop, beside the node).
 
 The tests skip, saying why, when the ``playwright`` package or ``/usr/bin/chromium`` is missing
 (``apt-get install chromium``; Playwright's own browser download is never used). Screenshots go
@@ -20,7 +20,6 @@ import pytest
 
 from chatserver.client import Client
 from chatserver.server import Node
-from chatserver.testing import free_port
 from tests.conftest import PASSWORD, Harness, node_config, start_node
 
 CHROMIUM = os.environ.get("CHATSERVER_CHROMIUM", "/usr/bin/chromium")
@@ -71,17 +70,13 @@ class Site:
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    port = free_port()
-    origin = f"http://127.0.0.1:{port}"
-    config = node_config(
-        f"sqlite:///{tmp_path}/chat.db",
-        listen={"http": f"127.0.0.1:{port}", "websocket_origins": f'["{origin}"]'},
-    )
-    node = await start_node(config)
+    # The node's own origin is admitted to its WebSocket (no websocket_origins needed).
+    node = await start_node(node_config(f"sqlite:///{tmp_path}/chat.db"))
     harness = Harness(node)
-    host, mport = node.addresses["management"]
+    host, port = node.addresses["http"]
+    mhost, mport = node.addresses["management"]
     try:
-        yield Site(node, harness, origin, f"http://{host}:{mport}")
+        yield Site(node, harness, f"http://{host}:{port}", f"http://{mhost}:{mport}")
     finally:
         await harness.close()
 

@@ -66,7 +66,9 @@ def test_the_pages_are_small() -> None:
 async def test_hello_points_at_the_nodes_manage_page(site: Site) -> None:
     client = await site.harness.connect()
     hello = await client.call("hello", protocol=1)
-    assert hello["room_management_url"] == site.http + "/manage/"
+    assert hello["room_management_url"] == "/manage/"  # on the node's client HTTP listener
+    status, _, body = await get(site.http + hello["room_management_url"])
+    assert status == 200 and b"<title>Room management</title>" in body
 
 
 async def test_a_configured_url_wins(tmp_path: object) -> None:

@@ -1,5 +1,5 @@
-// The client WebSocket protocol (docs/protocol.md), in JSON text frames.
-// The first frame sent is a text frame (hello), so the server answers in JSON from the start.
+// The client WebSocket protocol (docs/protocol.md), in JSON text frames: the page asks for the
+// chatserver.json subprotocol, and its first frame is a text frame (hello) all the same.
 
 export class ProtocolError extends Error {
   constructor(error) {
@@ -26,7 +26,7 @@ export class Connection {
   }
 
   static async open(url) {
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(url, ["chatserver.json"]); // JSON from the handshake on
     await new Promise((resolve, reject) => {
       ws.addEventListener("open", resolve, { once: true });
       ws.addEventListener("error", () => reject(new Error(`cannot connect to ${url}`)),
