@@ -41,6 +41,7 @@ from .rooms.audit import SYSTEM, Audit
 from .rooms.authorization import Authorization
 from .rooms.capture import Capture
 from .rooms.changes import LocalOnly, Publisher
+from .rooms.choices import Choices
 from .rooms.directory import Directory
 from .rooms.enforcement import Enforcement
 from .rooms.facts import Facts
@@ -68,6 +69,7 @@ from .transport.connection import Connection
 from .transport.connections import Connections
 from .transport.http import ClientHttpServer, FilesCollector
 from .transport.tcp import TcpConnection
+from .transport.web_manage import add_manage_pages, manage_url
 from .transport.websocket import WebSocketConnection
 from .web.client import ClientPages
 
@@ -255,6 +257,7 @@ class Node:
             search=self.search,
             feeds=self.feeds,
             roster=self.roster,
+            choices=Choices(db, facts, auth, addins),
         )
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
@@ -426,6 +429,8 @@ class Node:
         self.http = ClientHttpServer(
             files, self.accounts, self.auth, self.files, guard, search=self.search, pages=pages
         )
+        websocket = self.addresses.get("websocket")
+        add_manage_pages(self.http.app.router, websocket[1] if websocket else None, bool(context))
         try:
             host, port = await self.http.start(address, context)
         except OSError as exc:
@@ -434,6 +439,7 @@ class Node:
         self.connections.page_ports = (port,)  # the web client's WebSocket origin
         self.metrics.register(FilesCollector(self.files, self.http))
         scheme = "https" if context else "http"
+        self.announce(f"room management pages on {manage_url(scheme, host, port)}")
         self.announce(f"listening for HTTP clients (files) on {scheme}://{host}:{port}/")
         shown = "localhost" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
         self.announce(f"web client: open {scheme}://{shown}:{port}/ in a browser")
@@ -467,6 +473,7 @@ class Node:
         self.addresses["management"] = (host, port)
         scheme = "https" if context else "http"
         self.announce(f"management API on {scheme}://{host}:{port}/ (see /openapi.json)")
+        self.announce(f"administration pages on {scheme}://{host}:{port}/admin/")
         if context is None and not ipaddress.ip_address(host).is_loopback:
             log.warning(
                 "the management port listens on %s without TLS: tokens and passwords cross the"

@@ -141,6 +141,24 @@ class RoomMembers(Request):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RoomChoices(Request):
+    """Whom a manager may give a role (``room``) or a creator may name (``category``): users and
+    groups by ``query``, the role holders' names, the add-ins (docs/protocol.md)."""
+
+    OP = "room.choices"
+    room: int | None = _optional(min_value=1)
+    category: int | None = _optional(min_value=1)
+    query: str | None = _optional(max_len=256)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomsManaged(Request):
+    """The rooms the caller holds a manager role in, disabled ones included."""
+
+    OP = "rooms.managed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RoomMove(Request):
     OP = "room.move"
     room: int = _field(min_value=1)
@@ -392,6 +410,8 @@ REQUESTS: dict[str, type[Request]] = {
         RoomGet,
         RoomUpdate,
         RoomMembers,
+        RoomChoices,
+        RoomsManaged,
         RoomParticipants,
         RoomMove,
         RoomDisable,

@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import outbox
-from .db import Database, now_ms
+from .db import LIKE_ESCAPE, Database, contains_pattern, now_ms
 from .schema import category_principals, group_members, groups, room_principals, users
 
 KINDS = ("user", "group", "everyone")
@@ -87,6 +87,39 @@ async def get_group(db: Database, group_id: int) -> Group | None:
     async with db.read() as conn:
         row = (await conn.execute(select(groups).where(groups.c.id == group_id))).first()
     return Group(row.id, row.name, row.description) if row else None
+
+
+async def search_groups(db: Database, query: str, limit: int) -> list[Group]:
+    """Groups whose name contains ``query`` (ignoring case), by name; at most ``limit``."""
+    stmt = select(groups).order_by(groups.c.name, groups.c.id).limit(limit)
+    if query:
+        stmt = stmt.where(groups.c.name.ilike(contains_pattern(query), escape=LIKE_ESCAPE))
+    async with db.read() as conn:
+        return [Group(r.id, r.name, r.description) for r in await conn.execute(stmt)]
+
+
+async def rooms_with_role(
+    db: Database, holders: frozenset[Principal], role: str, limit: int
+) -> list[int]:
+    """The rooms (ids, ascending, at most ``limit``) where one of ``holders`` has ``role``
+    directly: the candidates; whether the role counts is the rules' business."""
+    users = [p.id for p in holders if p.kind == "user"]
+    groups_ = [p.id for p in holders if p.kind == "group"]
+    t = room_principals
+    stmt = (
+        select(t.c.room_id)
+        .distinct()
+        .where(
+            t.c.role == role,
+            (t.c.principal_kind == "everyone")
+            | ((t.c.principal_kind == "user") & t.c.principal_id.in_(users))
+            | ((t.c.principal_kind == "group") & t.c.principal_id.in_(groups_)),
+        )
+        .order_by(t.c.room_id)
+        .limit(limit)
+    )
+    async with db.read() as conn:
+        return [r.room_id for r in await conn.execute(stmt)]
 
 
 async def delete_group(db: Database, group_id: int) -> bool:
