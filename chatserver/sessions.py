@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -332,14 +333,18 @@ class Session(GovernanceOps):
 
     async def op_search(self, request: cmd.Search) -> dict[str, Any]:
         assert self.user is not None and self.services.search is not None
-        hits, cursor = await self.services.search.search(
-            self.user,
-            request.query,
-            room=request.room,
-            order=request.order,
-            cursor=request.cursor,
-            limit=request.limit,
-        )
+        started = time.perf_counter()
+        try:
+            hits, cursor = await self.services.search.search(
+                self.user,
+                request.query,
+                room=request.room,
+                order=request.order,
+                cursor=request.cursor,
+                limit=request.limit,
+            )
+        finally:
+            self.services.metrics.search_latency.observe(time.perf_counter() - started)
         return reply(request.id, hits=hits, cursor=cursor)
 
     async def op_feed_add(self, request: cmd.FeedAdd) -> dict[str, Any]:
@@ -387,6 +392,7 @@ class Session(GovernanceOps):
         if not isinstance(request, cmd.Post):
             return False
         metrics = self.services.metrics
+        started = time.perf_counter()
         try:
             future = self.services.posting.post_now(
                 self.user, request.room, request.text, request.cid
@@ -401,7 +407,7 @@ class Session(GovernanceOps):
         if future is None:
             return False
         metrics.posts_received += 1
-        self._await_post(request, future)
+        self._await_post(request, future, started)
         limits = self.services.limits
         if self._posts_in_flight >= limits.max_requests_in_flight:
             self.conn.pause_reading()
@@ -411,6 +417,7 @@ class Session(GovernanceOps):
         assert self.user is not None
         metrics = self.services.metrics
         metrics.posts_received += 1
+        started = time.perf_counter()
         try:
             future = await self.services.posting.post(
                 self.user, request.room, request.text, request.cid
@@ -418,9 +425,11 @@ class Session(GovernanceOps):
         except ChatError as exc:
             metrics.post_rejected(exc.code)
             raise
-        self._await_post(request, future)
+        self._await_post(request, future, started)
 
-    def _await_post(self, request: cmd.Post, future: asyncio.Future[Stored]) -> None:
+    def _await_post(
+        self, request: cmd.Post, future: asyncio.Future[Stored], started: float
+    ) -> None:
         """Acknowledge the post (or say why it failed) when its batch has committed."""
         metrics = self.services.metrics
         self._posts_in_flight += 1
@@ -455,6 +464,7 @@ class Session(GovernanceOps):
                     )
             if not self.closed:
                 self.conn.send(Outgoing(response))
+            metrics.post_ack.observe(time.perf_counter() - started)
 
         future.add_done_callback(done)
 
