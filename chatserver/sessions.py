@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL_VERSION, __version__
 from .governance_ops import GovernanceOps
+from .logs import CONN_ID, REQUEST_ID
 from .protocol import commands as cmd
 from .protocol.errors import (
     BAD_REQUEST,
@@ -123,6 +124,7 @@ class Session(GovernanceOps):
             self.worker = asyncio.get_running_loop().create_task(self._work())
 
     async def _work(self) -> None:
+        CONN_ID.set(getattr(self.conn, "id", None))  # this task's log lines name the connection
         try:
             while self._queue and not self.closed:
                 obj = self._queue.popleft()
@@ -152,6 +154,7 @@ class Session(GovernanceOps):
 
     async def _serve(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         rid = cmd.request_id(obj)
+        REQUEST_ID.set(rid)
         try:
             request = cmd.parse_request(obj)
             return await self._dispatch(request)

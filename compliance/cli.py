@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import signal
 import sys
 from typing import Any
@@ -34,14 +33,13 @@ def _run(main: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from chatserver.logs import configure
+
     from .schema import ComplianceSchemaError
     from .writer import run
 
     config = _config(args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(args.log_level, config.log.format, config.node.name, False)
 
     async def main() -> None:
         from .endpoint import WriterEndpoint, WriterStats

@@ -17,4 +17,4 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     # is readable by postgres only.
 fi
 unset PGPASSWORD
-exec postgres -c hot_standby=on -c max_connections=300
+exec postgres -c hot_standby=on -c cluster_name=replica1 -c max_connections=300
