@@ -15,10 +15,12 @@ COPY pyproject.toml README.md ./
 COPY chatserver ./chatserver
 COPY compliance ./compliance
 COPY migrations ./migrations
-RUN python -m venv /opt/chatserver \
-    && /opt/chatserver/bin/pip install --no-compile "build==1.*" \
-    && /opt/chatserver/bin/python -m build --wheel --outdir /wheels . \
-    && /opt/chatserver/bin/pip uninstall --yes build pyproject_hooks packaging \
+# The build tool in a throwaway environment; the one the runtime copies holds the wheel and its
+# dependencies only.
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install "build==1.*" \
+    && /opt/build/bin/python -m build --wheel --outdir /wheels . \
+    && python -m venv /opt/chatserver \
     && /opt/chatserver/bin/pip install /wheels/chatserver-*.whl
 
 # -- runtime: the virtual environment and nothing else, as an unprivileged user -----------------

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from chatserver.admin.client import table
 from chatserver.client import Client
 from tests.conftest import scaled
@@ -20,6 +22,7 @@ from tests.test_cli import Running, chatserver, env_for
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
+@pytest.mark.slow  # about 35 s: three processes, the self-test twice
 async def test_selftest_leaves_nothing_public_behind(tmp_path: Path) -> None:
     env = env_for(tmp_path, CHATSERVER_ADMIN_PASSWORD="admin-password-1")
     db = tmp_path / "deep" / "dir" / "chat.db"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -23,7 +25,7 @@ from tests.deploy.test_monitoring import (
     exported_names,
     metric_names,
 )
-from tests.deploy.topology import ACTIVE, Topology, start_topology
+from tests.deploy.topology import ACTIVE, Topology, scrape, start_topology
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -110,3 +112,41 @@ async def test_every_dashboard_and_alert_metric_is_exported(topology: Topology) 
     }
     missing = {where: names for where, names in missing.items() if names}
     assert not missing, f"queried but exported by no node or writer: {missing}"
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+async def test_the_new_latency_and_lag_series_count_what_happened(topology: Topology) -> None:
+    """After the post above (module order): node1 observed its acknowledgement, node3 its
+    delivery; the writer's endpoint shows the adapter's export lag and its own counts."""
+    node1, node3 = topology.node_metrics(0), topology.node_metrics(2)
+    assert sum(samples(node1, "chatserver_post_ack_seconds_count").values()) >= 1
+    assert sum(samples(node3, "chatserver_delivery_latency_seconds_count").values()) >= 1
+    writer = scrape(topology.writer_metrics)
+    assert (("adapter", "xml"),) in samples(writer, "chatserver_compliance_export_lag_seconds")
+    assert sum(samples(writer, "chatserver_compliance_writer_stored_total").values()) >= 1
+    assert samples(writer, "chatserver_compliance_writer_up") == {(): 1.0}
+    assert "to the archive" not in writer  # counts and ages, never content
+
+
+async def test_the_writer_endpoint_serves_only_its_two_routes(topology: Topology) -> None:
+    base = topology.writer_metrics.removesuffix("/metrics")
+    assert await asyncio.to_thread(status, base + "/healthz") == 200
+    assert await asyncio.to_thread(status, base + "/api/v1/audit") == 404
+    assert await asyncio.to_thread(status, base + "/metrics", b"x" * 100_000) == 405
+    assert await asyncio.to_thread(status, base + "/../../etc/passwd") == 404
+
+
+def status(url: str, body: bytes | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code

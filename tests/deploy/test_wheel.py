@@ -22,9 +22,19 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
+# The test's own environment without PYTHONPATH and friends: with the checkout on the path, pip
+# would take chatserver for installed already, and the node would import the checkout's.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("CHATSERVER_", "PYTHON"))}
+
+
 def run(*args: str | Path, cwd: Path | None = None, timeout: float = 600) -> str:
     result = subprocess.run(
-        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=scaled(timeout)
+        [str(a) for a in args],
+        cwd=cwd,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=scaled(timeout),
     )
     assert result.returncode == 0, f"{args}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -47,6 +57,7 @@ async def test_the_built_wheel_installs_and_runs_a_node(tmp_path: Path) -> None:
         ignore=shutil.ignore_patterns(".git", ".venv", "var", "build", "*.egg-info", "__pycache__"),
     )
     run(sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path / "dist", source)
+    # (build needs the test environment's packages: it runs with the test's interpreter.)
     (wheel,) = (tmp_path / "dist").glob("chatserver-*.whl")
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)
@@ -56,8 +67,9 @@ async def test_the_built_wheel_installs_and_runs_a_node(tmp_path: Path) -> None:
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     management = f"127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATSERVER_", "PYTHON"))}
+    env = dict(CLEAN_ENV)
     env.update(
+        PYTHONUNBUFFERED="1",  # its lines as they come, through the pipe
         CHATSERVER_LISTEN_TCP=f"127.0.0.1:{free_port()}",
         CHATSERVER_LISTEN_WEBSOCKET=f"127.0.0.1:{free_port()}",
         CHATSERVER_LISTEN_HTTP=f"127.0.0.1:{free_port()}",
