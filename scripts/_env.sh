@@ -5,7 +5,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
 extras=${1:-}
 stamp=".venv/.installed${extras:+-$extras}"
-say() { echo "$(basename "$0"): $*" >&2; }
+say() { echo "scripts/$(basename "$0"): $*" >&2; }
 if [ ! -x .venv/bin/python ]; then
     say "creating the virtual environment .venv/ (first run)"
     "$PYTHON" -m venv .venv
