@@ -82,11 +82,10 @@ async def _serve(config: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from .logs import configure
+
     config = _config(args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(args.log_level, config.log.format, config.node.name, config.log.connections)
     if args.log_level != "debug":
         logging.getLogger("alembic").setLevel(logging.WARNING)
     print(f"chatserver: node {config.node.name}, store {_redact(config.database.url)}", flush=True)

@@ -19,7 +19,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -226,6 +226,14 @@ class LimitsConfig(_Section):
         return self
 
 
+class LogConfig(_Section):
+    # "text": the classic lines; "json": one JSON object a line, with the node, connection and
+    # request ids (chatserver/logs.py).
+    format: Literal["text", "json"] = "text"
+    # One line when a client connection opens and one when it closes (never one per message).
+    connections: bool = False
+
+
 class PolicyConfig(_Section):
     # The default of each user's persistent_chat_enabled policy (the reference system shipped
     # it off; on here, so a fresh install works).
@@ -392,6 +400,7 @@ class Config(_Section):
     pool: PoolConfig = Field(default_factory=PoolConfig)
     files: FilesConfig = Field(default_factory=FilesConfig)
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
     login: LoginConfig = Field(default_factory=LoginConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)

@@ -349,6 +349,15 @@ class Node:
             self.announce(f"pool: listening for peers on {host}:{port}, joined as {pool.state}")
         self.files.start_sweeping()
         log.info("node %s started on %s", self.config.node.name, self.db.dialect)
+        compliance = self.config.compliance
+        if compliance.enabled:
+            self.announce(
+                "compliance capture is on: events wait in the outbox until `chatserver compliance"
+                f" run` moves them to the compliance database (its XML exports every"
+                f" {compliance.run_interval_s} s; `chatserver compliance export` runs one now)"
+            )
+        else:
+            self.announce("compliance capture is off (compliance.enabled)")
 
     async def stop(self, timeout: float = 10.0) -> None:
         if self._stopping is None:
@@ -472,8 +481,12 @@ class Node:
             raise StartupError(f"listen.management: cannot listen on {address}: {exc}") from None
         self.addresses["management"] = (host, port)
         scheme = "https" if context else "http"
-        self.announce(f"management API on {scheme}://{host}:{port}/ (see /openapi.json)")
         self.announce(f"administration pages on {scheme}://{host}:{port}/admin/")
+        self.announce(
+            f"management API on {scheme}://{host}:{port}/ (chatserver admin; /openapi.json"
+            " describes it and, like every endpoint but /healthz and /readyz, needs an"
+            " administrator's token: chatserver admin login)"
+        )
         if context is None and not ipaddress.ip_address(host).is_loopback:
             log.warning(
                 "the management port listens on %s without TLS: tokens and passwords cross the"

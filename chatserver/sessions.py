@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL_VERSION, __version__
 from .governance_ops import GovernanceOps
+from .logs import CONN_ID, REQUEST_ID
 from .protocol import commands as cmd
 from .protocol.errors import (
     BAD_REQUEST,
@@ -125,6 +127,7 @@ class Session(GovernanceOps):
             self.worker = asyncio.get_running_loop().create_task(self._work())
 
     async def _work(self) -> None:
+        CONN_ID.set(getattr(self.conn, "id", None))  # this task's log lines name the connection
         try:
             while self._queue and not self.closed:
                 obj = self._queue.popleft()
@@ -154,6 +157,7 @@ class Session(GovernanceOps):
 
     async def _serve(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         rid = cmd.request_id(obj)
+        REQUEST_ID.set(rid)
         try:
             request = cmd.parse_request(obj)
             return await self._dispatch(request)
@@ -341,14 +345,18 @@ class Session(GovernanceOps):
 
     async def op_search(self, request: cmd.Search) -> dict[str, Any]:
         assert self.user is not None and self.services.search is not None
-        hits, cursor = await self.services.search.search(
-            self.user,
-            request.query,
-            room=request.room,
-            order=request.order,
-            cursor=request.cursor,
-            limit=request.limit,
-        )
+        started = time.perf_counter()
+        try:
+            hits, cursor = await self.services.search.search(
+                self.user,
+                request.query,
+                room=request.room,
+                order=request.order,
+                cursor=request.cursor,
+                limit=request.limit,
+            )
+        finally:
+            self.services.metrics.search_latency.observe(time.perf_counter() - started)
         return reply(request.id, hits=hits, cursor=cursor)
 
     async def op_feed_add(self, request: cmd.FeedAdd) -> dict[str, Any]:
@@ -396,6 +404,7 @@ class Session(GovernanceOps):
         if not isinstance(request, cmd.Post):
             return False
         metrics = self.services.metrics
+        started = time.perf_counter()
         try:
             future = self.services.posting.post_now(
                 self.user, request.room, request.text, request.cid
@@ -410,7 +419,7 @@ class Session(GovernanceOps):
         if future is None:
             return False
         metrics.posts_received += 1
-        self._await_post(request, future)
+        self._await_post(request, future, started)
         limits = self.services.limits
         if self._posts_in_flight >= limits.max_requests_in_flight:
             self.conn.pause_reading()
@@ -420,6 +429,7 @@ class Session(GovernanceOps):
         assert self.user is not None
         metrics = self.services.metrics
         metrics.posts_received += 1
+        started = time.perf_counter()
         try:
             future = await self.services.posting.post(
                 self.user, request.room, request.text, request.cid
@@ -427,9 +437,11 @@ class Session(GovernanceOps):
         except ChatError as exc:
             metrics.post_rejected(exc.code)
             raise
-        self._await_post(request, future)
+        self._await_post(request, future, started)
 
-    def _await_post(self, request: cmd.Post, future: asyncio.Future[Stored]) -> None:
+    def _await_post(
+        self, request: cmd.Post, future: asyncio.Future[Stored], started: float
+    ) -> None:
         """Acknowledge the post (or say why it failed) when its batch has committed."""
         metrics = self.services.metrics
         self._posts_in_flight += 1
@@ -464,6 +476,7 @@ class Session(GovernanceOps):
                     )
             if not self.closed:
                 self.conn.send(Outgoing(response))
+            metrics.post_ack.observe(time.perf_counter() - started)
 
         future.add_done_callback(done)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import signal
 import sys
 from typing import Any
@@ -34,31 +33,49 @@ def _run(main: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from chatserver.logs import configure
+
     from .checkpoint import CheckpointError
     from .schema import ComplianceSchemaError
     from .writer import run
 
     config = _config(args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(args.log_level, config.log.format, config.node.name, False)
 
     async def main() -> None:
+        from .endpoint import WriterEndpoint, WriterStats
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run(
-            config,
-            stop,
-            poll_s=args.poll_s,
-            batch=args.batch,
-            export=not args.no_export,
-            once=args.once,
-        )
+        stats = WriterStats()
+        endpoint = WriterEndpoint(config, stats, args.poll_s) if args.metrics else None
+        try:
+            if endpoint is not None:
+                host, port = await endpoint.start(args.metrics)
+                print(f"chatserver: compliance writer metrics on http://{host}:{port}/metrics")
+            await run(
+                config,
+                stop,
+                poll_s=args.poll_s,
+                batch=args.batch,
+                export=not args.no_export,
+                once=args.once,
+                stats=stats,
+            )
+        finally:
+            if endpoint is not None:
+                await endpoint.stop()
 
-    print(f"chatserver: compliance writer on node {config.node.name}", flush=True)
+    interval = config.compliance.run_interval_s
+    print(
+        f"chatserver: compliance writer on node {config.node.name}: events are stored as they"
+        f" come; the {config.compliance.adapter} adapter exports to {config.compliance.output_dir}"
+        f" every {interval} s (compliance.run_interval_s; `chatserver compliance export` runs it"
+        " now)",
+        flush=True,
+    )
     try:
         _run(main())
     except (ComplianceSchemaError, CheckpointError) as exc:
@@ -225,6 +242,12 @@ def register(
     )
     run.add_argument("--once", action="store_true", help="drain the outbox, export once, and exit")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default="",
+        help="serve /metrics (Prometheus) and /healthz on this address (default: none)",
+    )
     run.set_defaults(func=cmd_run)
 
     export = actions.add_parser(

@@ -17,6 +17,7 @@ from .command import Command, arg, flags, lists, password, patch_lists, principa
 WHEN = "ISO 8601 date or date-time (UTC), or epoch ms"
 PRIVACY = ["open", "closed", "secret"]
 ROOM_TYPES = ["normal", "auditorium"]
+PASSWORD_STDIN = "read the password from the first line of standard input (for scripts)"
 CATEGORY_LISTS = {"allow": "allowed", "deny": "denied", "creator": "creators"}
 ROOM_LISTS = {"member": "member", "manager": "manager", "presenter": "presenter"}
 CATEGORY_SWITCHES = ["invitations", "file_upload", "chat_history"]
@@ -61,7 +62,7 @@ USERS = [
             arg("name"),
             arg("--display-name"),
             arg("--admin", action="store_true"),
-            arg("--password-stdin", action="store_true"),
+            arg("--password-stdin", action="store_true", help=PASSWORD_STDIN),
         ),
     ),
     Command(
@@ -80,7 +81,7 @@ USERS = [
         "reset a user's password; revokes all their session tokens (their connections close)",
         "PUT /api/v1/users/{user_id}/password",
         body=lambda a, api: {"password": password(a, "new password: ")},
-        arguments=(arg("--password-stdin", action="store_true"),),
+        arguments=(arg("--password-stdin", action="store_true", help=PASSWORD_STDIN),),
     ),
     Command(
         "users",

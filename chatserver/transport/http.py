@@ -186,6 +186,11 @@ class FilesCollector:
         yield CounterMetricFamily(
             "chatserver_files_downloads", "Downloads started (200 or 206)", value=files.downloads
         )
+        yield CounterMetricFamily(
+            "chatserver_files_downloaded_bytes",
+            "Bytes of files sent to downloaders",
+            value=files.downloaded_bytes,
+        )
         guard = self._server.guard
         if guard is not None:
             yield GaugeMetricFamily(
