@@ -147,7 +147,7 @@ async def load(url: str, args: argparse.Namespace, texts: Texts) -> tuple[int, l
 
         pg = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
         try:
-            await pg.execute("DROP INDEX ix_messages_search")
+            await pg.execute("DROP INDEX ix_messages_tsv")
             await pg.copy_records_to_table(
                 "messages",
                 records=rows(),
@@ -155,9 +155,9 @@ async def load(url: str, args: argparse.Namespace, texts: Texts) -> tuple[int, l
             )
             await pg.execute("UPDATE rooms SET last_seq = $1", per_room)
             indexed = time.perf_counter()
-            await pg.execute(
-                "CREATE INDEX ix_messages_search ON messages"
-                " USING gin (to_tsvector('simple'::regconfig, text))"
+            await pg.execute(  # as migration 0014 makes it
+                "CREATE INDEX ix_messages_tsv ON messages USING gin (room_id, tsv)"
+                " WITH (fastupdate = off)"
             )
             print(f"  GIN index built in {time.perf_counter() - indexed:.1f} s")
             await pg.execute("ANALYZE")
@@ -310,11 +310,21 @@ async def run(args: argparse.Namespace) -> None:
             await loader
         except asyncio.CancelledError:
             pass
-        for label, ms in (("one word", one_ms), ("two-word phrase", two_ms)):
+        for label, ms, asked in (("one word", one_ms, one), ("two-word phrase", two_ms, two)):
             print(
                 f"{label}: p50 {statistics.median(ms):.1f} ms, p99 {pct(ms, 99):.1f} ms,"
                 f" max {max(ms):.1f} ms ({len(ms)} queries, ingest at {top / 2:,.0f} posts/s)"
             )
+            if args.slowest:
+                worst = sorted(zip(ms, asked, strict=True), reverse=True)[: args.slowest]
+                rank = {w: r for r, w in enumerate(texts.words)}
+                print(
+                    "  slowest (word ranks): "
+                    + ", ".join(
+                        "/".join(str(rank[w]) for w in q.strip('"').split()) + f" {t:.0f} ms"
+                        for t, q in worst
+                    )
+                )
         per_post, candidates = feed_cost(texts, args.feeds, 20_000)
         print(
             f"feed matching: {per_post:.2f} µs CPU per post with {args.feeds:,} feeds"
@@ -336,6 +346,7 @@ def main() -> None:
     p.add_argument("--feeds", type=int, default=10_000)
     p.add_argument("--ingest-s", type=float, default=5.0, help="seconds to find the top rate")
     p.add_argument("--sqlite", action="store_true", help="SQLite storage instead")
+    p.add_argument("--slowest", type=int, default=0, help="print the N slowest queries of each")
     asyncio.run(run(p.parse_args()))
 
 

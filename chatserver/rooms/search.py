@@ -107,6 +107,7 @@ class Search:
         self._auth = auth
         self._capture = capture
         self._limiter = RateLimiter(config.per_user_per_s, burst=max(5.0, config.per_user_per_s))
+        self._stats = search_store.TermStats()  # word frequencies: the newest-first plan
         # user id -> (facts generation, readable rooms by id -> name)
         self._readable: dict[int, tuple[int, dict[int, str]]] = {}
 
@@ -122,10 +123,10 @@ class Search:
             return known[1]
         actor = await facts.actor(user)
         out: dict[int, str] = {}
-        for room_id in await search_store.room_names(self._db):
-            room = await facts.room(room_id)
-            category = await facts.category(room.category_id) if room is not None else None
-            if room is not None and category is not None and access.can_read(actor, room, category):
+        candidates = await facts.rooms(list(await search_store.room_names(self._db)))
+        for room_id, room in candidates.items():
+            category = await facts.category(room.category_id)
+            if category is not None and access.can_read(actor, room, category):
                 out[room_id] = room.name
         if generation == facts.generation:
             if len(self._readable) >= MAX_CACHED_USERS:
@@ -159,10 +160,14 @@ class Search:
         limit = limit or min(20, page_max)
         query = self.parse(text)
         at = Cursor.decode(cursor) if cursor else Cursor()
-        hits = await self._find(user, query, room, order == "relevance", at, limit + 1)
+        found = await self._find(user, query, room, order == "relevance", at, limit + 1)
+        hits = found.messages
         page = [hit(query, m) for m in hits[:limit]]
         next_cursor = None
-        if len(hits) > limit:
+        if found.scanned_to is not None and len(hits) <= limit:
+            # A walk for very common words stopped short: go on from where it stopped.
+            next_cursor = Cursor(before=found.scanned_to).encode()
+        elif len(hits) > limit:
             last = hits[limit - 1]
             nxt = (
                 Cursor(offset=at.offset + limit)
@@ -171,13 +176,13 @@ class Search:
             )
             next_cursor = nxt.encode()
         if self._capture.on:
-            found = [[h["room"], h["seq"]] for h in page]
-            await self._capture.searched(user, room, text, source, found)
+            shown = [[h["room"], h["seq"]] for h in page]
+            await self._capture.searched(user, room, text, source, shown)
         return page, next_cursor
 
     async def _find(
         self, user: User, query: Query, room: int | None, relevance: bool, at: Cursor, limit: int
-    ) -> list[Message]:
+    ) -> search_store.Page:
         if room is not None:
             readable = {room: (await self._auth.readable_room(user, room)).name}
         else:
@@ -194,7 +199,7 @@ class Search:
         if query.sender is not None:
             sender_id = await search_store.user_id_by_name(self._db, query.sender)
             if sender_id is None:
-                return []
+                return search_store.Page([])
         q = search_store.TextQuery(
             tuple((t.words, t.prefix) for t in query.terms),
             sender_id,
@@ -203,7 +208,7 @@ class Search:
             query.has_file,
         )
         try:
-            return await search_store.search(
+            return await search_store.search_page(
                 self._db,
                 q,
                 rooms=rooms,
@@ -213,6 +218,7 @@ class Search:
                 offset=at.offset,
                 language=self.config.language,
                 timeout_ms=self.config.timeout_ms,
+                stats=self._stats,
             )
         except search_store.SearchTimeout:
             log.warning("search by user %d cancelled: over %d ms", user.id, self.config.timeout_ms)

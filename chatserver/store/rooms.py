@@ -290,6 +290,38 @@ async def get_room(db: Database, room_id: int) -> Room | None:
         return _one_room([row._mapping for row in await conn.execute(stmt)])
 
 
+GET_ROOMS_CHUNK = 500  # room ids per statement of get_rooms (well under SQLite's 32,766)
+
+
+async def get_rooms(db: Database, room_ids: list[int]) -> dict[int, Room]:
+    """The rooms of ``room_ids`` that exist, with their role lists, by id: one statement per
+    :data:`GET_ROOMS_CHUNK` ids (what :func:`get_room` reads for one, for many at once)."""
+    out: dict[int, Room] = {}
+    async with db.read() as conn:
+        for start in range(0, len(room_ids), GET_ROOMS_CHUNK):
+            chunk = room_ids[start : start + GET_ROOMS_CHUNK]
+            stmt = (
+                select(
+                    rooms,
+                    room_principals.c.role,
+                    room_principals.c.principal_kind,
+                    room_principals.c.principal_id,
+                )
+                .select_from(
+                    rooms.outerjoin(room_principals, room_principals.c.room_id == rooms.c.id)
+                )
+                .where(rooms.c.id.in_(chunk))
+            )
+            grouped: dict[int, list[Any]] = {}
+            for row in await conn.execute(stmt):
+                grouped.setdefault(row.id, []).append(row._mapping)
+            for room_id, group in grouped.items():
+                room = _one_room(group)
+                if room is not None:
+                    out[room_id] = room
+    return out
+
+
 async def list_rooms(
     db: Database,
     *,

@@ -1,11 +1,20 @@
 """Full-text search over messages: one function, a fast path per dialect.
 
-PostgreSQL matches ``to_tsvector(language, text)`` against a ``tsquery`` (the GIN expression
-index ``ix_messages_search``, migration 0012; another language gets its own index from
-:func:`ensure_index`); SQLite matches the FTS5 table ``messages_fts`` (external content, kept
-in step by triggers). Either way the index changes in the transaction that stores, replaces or
-removes a message, so a removed or replaced message is not found by its old text, and a cleared
-room (its messages removed) is not found at all.
+PostgreSQL matches the stored ``messages.tsv`` (``to_tsvector('simple', text)``, a generated
+column) against a ``tsquery``, with the GIN index ``ix_messages_tsv`` on ``(room_id, tsv)``
+(migration 0014: the rooms are filtered inside the index, and a phrase is checked against the
+stored positions instead of the text being analysed again); another ``search.language`` matches
+``to_tsvector(language, text)`` with its own expression index from :func:`ensure_index`. SQLite
+matches the FTS5 table ``messages_fts`` (external content, kept in step by triggers). Either way
+the index changes in the transaction that stores, replaces or removes a message, so a removed
+or replaced message is not found by its old text, and a cleared room (its messages removed) is
+not found at all.
+
+Newest first on PostgreSQL is one of two plans: take every match from the GIN index and sort
+them (cost grows with the matches), or walk the index on ``ts`` backwards and stop at the page's
+end (cost grows with the rows walked past: few for a frequent word). :class:`TermStats` estimates
+both from ANALYZE's word frequencies and picks; a walk is cut after a short budget and the GIN
+plan answers instead.
 
 The caller decides which rooms may be searched (authorization is not the store's job): ``rooms``
 is the list of room ids, or ``None`` for every room (administrators).
@@ -15,10 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import column, func, literal_column, table, text
+from sqlalchemy import (
+    column,
+    func,
+    literal,
+    literal_column,
+    select,
+    table,
+    text,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .db import Database
@@ -29,10 +49,28 @@ messages_fts = table("messages_fts", column("rowid"))
 
 # PostgreSQL, newest first: how long the walk down the index on ts may take (see search()).
 WALK_BUDGET_MS = 40  # whole milliseconds; 0: never walk
+# The cost model of TermStats.walk_first (µs, measured on the benchmark machine, PostgreSQL 15):
+GIN_US_PER_ENTRY = 0.1  # a posting of the GIN index into the bitmap
+HEAP_US_PER_MATCH = 5.0  # a matching row of the searched rooms fetched and sorted
+WALK_US_PER_ROW = 1.5  # a row walked past on the index on ts
+STATS_REFRESH_S = 60.0  # how long word frequencies read from pg_stats are used
+# A bounded walk (search_page): rows of the searched rooms one step looks at, and how long the
+# steps of one page may take before the page is answered short, with a cursor to go on.
+WALK_STEP_ROWS = 5000
+WALK_PAGE_BUDGET_MS = 25
 
 
 class SearchTimeout(Exception):
     """The search ran past its time limit and was cancelled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of :func:`search_page`: ``scanned_to`` is set when a bounded walk stopped before
+    it filled the page (more may match below that (ts, room, seq): continue there)."""
+
+    messages: list[Message]
+    scanned_to: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +104,70 @@ def fts5_match(q: TextQuery) -> str:
     return " AND ".join(parts)
 
 
+@dataclass(slots=True)
+class TermStats:
+    """Word frequencies of ``messages.tsv`` (PostgreSQL's ANALYZE keeps the most common words
+    and their share of rows in ``pg_stats``), read at most every :data:`STATS_REFRESH_S`, to
+    choose the plan of a newest-first search (:meth:`walk_first`)."""
+
+    freq: dict[str, float] = field(default_factory=dict)
+    floor: float = 0.0  # a word not in ``freq`` is in fewer rows than this share
+    rows: float = 0.0  # messages
+    rooms: float = 0.0
+    read_at: float = float("-inf")
+
+    async def refresh(self, db: Database) -> None:
+        if time.monotonic() - self.read_at < STATS_REFRESH_S:
+            return
+        self.read_at = time.monotonic()
+        async with db.read() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs,"
+                        " (SELECT reltuples FROM pg_class WHERE oid = 'messages'::regclass),"
+                        " (SELECT reltuples FROM pg_class WHERE oid = 'rooms'::regclass)"
+                        " FROM (SELECT 1) AS one LEFT JOIN pg_stats AS s"
+                        " ON s.schemaname = current_schema() AND s.tablename = 'messages'"
+                        " AND s.attname = 'tsv'"
+                    )
+                )
+            ).one()
+        words, freqs, rows, rooms = row
+        # most_common_elem_freqs: one per word, then the least and the greatest of them and
+        # the share of empty vectors.
+        self.freq = dict(zip(words or (), freqs or (), strict=False))
+        self.floor = float(freqs[-3]) if freqs else 0.0
+        self.rows, self.rooms = max(0.0, float(rows or 0)), max(0.0, float(rooms or 0))
+
+    def share(self, q: TextQuery) -> float | None:
+        """The estimated share of messages that hold every term of ``q`` (the least of its
+        words': a phrase or an AND is rarer than each of its words); None: no estimate."""
+        if not self.freq or not q.terms:
+            return None
+        least = 1.0
+        for words, prefix in q.terms:
+            for i, word in enumerate(words):
+                if prefix and i == len(words) - 1:
+                    f = sum(v for w, v in self.freq.items() if w.startswith(word)) or self.floor
+                else:
+                    f = self.freq.get(word, self.floor)
+                least = min(least, f)
+        return least
+
+    def walk_first(self, q: TextQuery, rooms: list[int] | None, limit: int) -> bool | None:
+        """Whether walking the index on ts (cost ~ the rows before the page's last hit) is
+        cheaper than the GIN plan (cost ~ every match); None: no statistics to say."""
+        share = self.share(q)
+        if share is None or self.rows <= 0:
+            return None
+        searched = 1.0 if rooms is None or self.rooms <= 0 else min(1.0, len(rooms) / self.rooms)
+        matches = share * self.rows
+        gin_us = matches * (GIN_US_PER_ENTRY + HEAP_US_PER_MATCH * searched)
+        walk_us = WALK_US_PER_ROW * limit / max(share * searched, 1e-9)
+        return walk_us < gin_us
+
+
 async def ensure_index(db: Database, language: str) -> None:
     """Make the GIN index for ``language`` if it is not ``simple`` (migration 0012's) and does
     not exist yet (PostgreSQL only; ``language`` is checked by the configuration)."""
@@ -91,11 +193,20 @@ async def search(
     offset: int = 0,
     language: str = "simple",
     timeout_ms: int = 2000,
+    stats: TermStats | None = None,
 ) -> list[Message]:
     """Up to ``limit`` messages (not removed) in ``rooms`` that match ``q``: newest first
-    (continuing below ``before`` = (ts, room, seq)), or by relevance (from ``offset``)."""
+    (continuing below ``before`` = (ts, room, seq)), or by relevance (from ``offset``).
+
+    ``stats`` (PostgreSQL): word frequencies that choose the newest-first plan; without them
+    the walk is tried first (see the module's docstring)."""
     if rooms is not None and not rooms:
         return []
+    walk = True
+    if db.is_postgres and stats is not None and q.terms and not relevance:
+        await stats.refresh(db)
+        choice = stats.walk_first(q, rooms, limit)
+        walk = walk if choice is None else choice
     m = messages.c
     stmt = _select_messages().where(m.state != "removed")
     if rooms is not None:
@@ -112,7 +223,13 @@ async def search(
     if q.terms:
         if db.is_postgres:
             config: Any = literal_column(f"'{language}'::regconfig")
-            vector = func.to_tsvector(config, m.text)
+            # 'simple': the stored column (migration 0014); another language: its expression
+            # index (ensure_index).
+            vector: Any = (
+                literal_column("messages.tsv")
+                if language == "simple"
+                else func.to_tsvector(config, m.text)
+            )
             tsq = func.to_tsquery(config, pg_tsquery(q))
             stmt = stmt.where(vector.op("@@")(tsq))
             rank = func.ts_rank(vector, tsq).desc()
@@ -137,12 +254,13 @@ async def search(
     async with db.read() as conn:
         if db.is_postgres:
             if rank is not None and not relevance:
-                # Newest first: PostgreSQL may walk the index on ts backwards and stop at the
-                # page's end (fast for a frequent word), or take every match from the GIN index
-                # and sort them (fast for a rare one); its estimate for a phrase or a rare word
-                # can pick the walk, which then reads the whole table. So the walk gets a short
-                # budget, and the GIN plan (``ts + 0`` takes the walk away) the rest.
-                budget = min(WALK_BUDGET_MS, timeout_ms)
+                # Newest first: walk the index on ts backwards and stop at the page's end (fast
+                # for a frequent word), or take every match from the GIN index and sort them
+                # (fast for a rare one). ``stats`` says which when it can; PostgreSQL's own
+                # estimate for a phrase or a rare word can pick the walk, which then reads the
+                # whole table. So a walk gets a short budget, and the GIN plan (``ts + 0`` takes
+                # the walk away) the rest.
+                budget = min(WALK_BUDGET_MS, timeout_ms) if walk else 0
                 if budget > 0:  # 0: the GIN plan only
                     await conn.execute(text(f"SET LOCAL statement_timeout = {int(budget)}"))
                     try:
@@ -172,6 +290,123 @@ async def search(
             finally:
                 handle.cancel()
     return [_message(r) for r in rows]
+
+
+async def search_page(
+    db: Database,
+    q: TextQuery,
+    *,
+    rooms: list[int] | None,
+    limit: int,
+    relevance: bool = False,
+    before: tuple[int, int, int] | None = None,
+    offset: int = 0,
+    language: str = "simple",
+    timeout_ms: int = 2000,
+    stats: TermStats | None = None,
+) -> Page:
+    """:func:`search` for a page with a cursor: on PostgreSQL, when ``stats`` say the words are
+    so frequent that walking back through the newest messages beats the GIN index (a stop word
+    would be one), the walk goes in steps of :data:`WALK_STEP_ROWS` rows of the searched rooms
+    for at most :data:`WALK_PAGE_BUDGET_MS`, and a page it could not fill in that time is
+    answered short, with ``scanned_to`` (the GIN plan would read every match of the word)."""
+    if (
+        db.is_postgres
+        and stats is not None
+        and q.terms
+        and rooms
+        and not relevance
+        and not q.has_file
+        and language == "simple"
+    ):
+        await stats.refresh(db)
+        if stats.walk_first(q, rooms, limit):
+            return await _bounded_walk(db, q, rooms, limit, before, timeout_ms)
+    found = await search(
+        db,
+        q,
+        rooms=rooms,
+        limit=limit,
+        relevance=relevance,
+        before=before,
+        offset=offset,
+        language=language,
+        timeout_ms=timeout_ms,
+        stats=stats,
+    )
+    return Page(found)
+
+
+async def _bounded_walk(
+    db: Database,
+    q: TextQuery,
+    rooms: list[int],
+    limit: int,
+    before: tuple[int, int, int] | None,
+    timeout_ms: int,
+) -> Page:
+    m = messages.c
+    tsq = func.to_tsquery(literal_column("'simple'::regconfig"), pg_tsquery(q))
+    key = before
+    found: list[tuple[int, int, int]] = []  # (ts, room, seq), newest first
+    scanned_to = None
+    started = time.monotonic()
+    async with db.read() as conn:
+        # The walk down the index on ts is the point: never a bitmap of the rooms and a sort.
+        for setting in ("enable_bitmapscan = off", "enable_sort = off"):
+            await conn.execute(text(f"SET LOCAL {setting}"))
+        await conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
+        while True:
+            window = select(
+                m.ts, m.room_id, m.seq, literal_column("messages.tsv").op("@@")(tsq).label("hit")
+            ).where(m.room_id.in_(rooms), m.state != "removed")
+            if q.sender_id is not None:
+                window = window.where(m.sender_id == q.sender_id)
+            if q.since_ms is not None:
+                window = window.where(m.ts >= q.since_ms)
+            if q.until_ms is not None:
+                window = window.where(m.ts < q.until_ms)
+            if key is not None:
+                window = window.where(m.ts <= key[0], tuple_(m.ts, m.room_id, m.seq) < key)
+            w = (
+                window.order_by(m.ts.desc(), m.room_id.desc(), m.seq.desc())
+                .limit(WALK_STEP_ROWS)
+                .cte("w")
+            )
+            hits = (
+                select(w.c.ts, w.c.room_id, w.c.seq, literal(1).label("kind"), literal(0))
+                .where(w.c.hit)
+                .order_by(w.c.ts.desc(), w.c.room_id.desc(), w.c.seq.desc())
+                .limit(limit - len(found))
+            )
+            end = (
+                select(w.c.ts, w.c.room_id, w.c.seq, literal(0), func.count().over())
+                .order_by(w.c.ts, w.c.room_id, w.c.seq)
+                .limit(1)
+            )
+            try:
+                rows = (
+                    await conn.execute(union_all(hits.subquery().select(), end.subquery().select()))
+                ).fetchall()
+            except DBAPIError as exc:
+                if "statement timeout" in str(exc.orig):
+                    raise SearchTimeout from None
+                raise
+            found += [(r[0], r[1], r[2]) for r in rows if r[3] == 1]
+            last = [r for r in rows if r[3] == 0]
+            if len(found) >= limit or not last or last[0][4] < WALK_STEP_ROWS:
+                break  # the page is full, or there is nothing further back
+            key = (last[0][0], last[0][1], last[0][2])
+            if (time.monotonic() - started) * 1000 >= WALK_PAGE_BUDGET_MS:
+                scanned_to = key
+                break
+        got: list[Message] = []
+        if found:
+            wanted = [(room, seq) for _, room, seq in found]
+            stmt = _select_messages().where(tuple_(m.room_id, m.seq).in_(wanted))
+            got = [_message(r) for r in await conn.execute(stmt)]
+    got.sort(key=lambda x: (x.ts, x.room, x.seq), reverse=True)
+    return Page(got, scanned_to)
 
 
 def _interrupt(aio_conn: Any) -> None:
