@@ -208,8 +208,8 @@ async def ingest(port: int, room_ids: list[int], seconds: float, rate: float | N
 
 
 async def searches(port: int, queries: list[str]) -> tuple[list[float], int]:
-    """Milliseconds per query, and how many pages came back short with a cursor (a bounded
-    walk for very common words that stopped before it found 20 hits)."""
+    """Milliseconds per query, and how many pages came back short with a cursor (never, if
+    every plan gives whole pages)."""
     c = await Client.connect_tcp("127.0.0.1", port)
     await c.login("user0", PASSWORD)
     out = []

@@ -160,14 +160,10 @@ class Search:
         limit = limit or min(20, page_max)
         query = self.parse(text)
         at = Cursor.decode(cursor) if cursor else Cursor()
-        found = await self._find(user, query, room, order == "relevance", at, limit + 1)
-        hits = found.messages
+        hits = await self._find(user, query, room, order == "relevance", at, limit + 1)
         page = [hit(query, m) for m in hits[:limit]]
         next_cursor = None
-        if found.scanned_to is not None and len(hits) <= limit:
-            # A walk for very common words stopped short: go on from where it stopped.
-            next_cursor = Cursor(before=found.scanned_to).encode()
-        elif len(hits) > limit:
+        if len(hits) > limit:
             last = hits[limit - 1]
             nxt = (
                 Cursor(offset=at.offset + limit)
@@ -182,7 +178,7 @@ class Search:
 
     async def _find(
         self, user: User, query: Query, room: int | None, relevance: bool, at: Cursor, limit: int
-    ) -> search_store.Page:
+    ) -> list[Message]:
         if room is not None:
             readable = {room: (await self._auth.readable_room(user, room)).name}
         else:
@@ -199,7 +195,7 @@ class Search:
         if query.sender is not None:
             sender_id = await search_store.user_id_by_name(self._db, query.sender)
             if sender_id is None:
-                return search_store.Page([])
+                return []
         q = search_store.TextQuery(
             tuple((t.words, t.prefix) for t in query.terms),
             sender_id,
@@ -208,7 +204,7 @@ class Search:
             query.has_file,
         )
         try:
-            return await search_store.search_page(
+            return await search_store.search(
                 self._db,
                 q,
                 rooms=rooms,

@@ -28,18 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import (
-    column,
-    func,
-    literal,
-    literal_column,
-    or_,
-    select,
-    table,
-    text,
-    tuple_,
-    union_all,
-)
+from sqlalchemy import column, func, literal_column, table, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .db import Database
@@ -55,23 +44,10 @@ GIN_US_PER_ENTRY = 0.1  # a posting of the GIN index into the bitmap
 HEAP_US_PER_MATCH = 5.0  # a matching row of the searched rooms fetched and sorted
 WALK_US_PER_ROW = 1.5  # a row walked past on the index on ts
 STATS_REFRESH_S = 60.0  # how long word frequencies read from pg_stats are used
-# A bounded walk (search_page): rows of the searched rooms one step looks at, and how long the
-# steps of one page may take before the page is answered short, with a cursor to go on.
-WALK_STEP_ROWS = 1000
-WALK_PAGE_BUDGET_MS = 25
 
 
 class SearchTimeout(Exception):
     """The search ran past its time limit and was cancelled."""
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """A page of :func:`search_page`: ``scanned_to`` is set when a bounded walk stopped before
-    it filled the page (more may match below that (ts, room, seq): continue there)."""
-
-    messages: list[Message]
-    scanned_to: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,127 +270,6 @@ async def search(
             finally:
                 handle.cancel()
     return [_message(r) for r in rows]
-
-
-async def search_page(
-    db: Database,
-    q: TextQuery,
-    *,
-    rooms: list[int] | None,
-    limit: int,
-    relevance: bool = False,
-    before: tuple[int, int, int] | None = None,
-    offset: int = 0,
-    language: str = "simple",
-    timeout_ms: int = 2000,
-    stats: TermStats | None = None,
-) -> Page:
-    """:func:`search` for a page with a cursor: on PostgreSQL, when ``stats`` say the words are
-    so frequent that walking back through the newest messages beats the GIN index (a stop word
-    would be one), the walk goes in steps of :data:`WALK_STEP_ROWS` rows of the searched rooms
-    for at most :data:`WALK_PAGE_BUDGET_MS`, and a page it could not fill in that time is
-    answered short, with ``scanned_to`` (the GIN plan would read every match of the word)."""
-    if (
-        db.is_postgres
-        and stats is not None
-        and q.terms
-        and rooms
-        and not relevance
-        and not q.has_file
-        and language == "simple"
-    ):
-        await stats.refresh(db)
-        if stats.walk_first(q, rooms, limit):
-            return await _bounded_walk(db, q, rooms, limit, before, timeout_ms)
-    found = await search(
-        db,
-        q,
-        rooms=rooms,
-        limit=limit,
-        relevance=relevance,
-        before=before,
-        offset=offset,
-        language=language,
-        timeout_ms=timeout_ms,
-        stats=stats,
-    )
-    return Page(found)
-
-
-async def _bounded_walk(
-    db: Database,
-    q: TextQuery,
-    rooms: list[int],
-    limit: int,
-    before: tuple[int, int, int] | None,
-    timeout_ms: int,
-) -> Page:
-    m = messages.c
-    tsq = func.to_tsquery(literal_column("'simple'::regconfig"), pg_tsquery(q))
-    key = before
-    found: list[tuple[int, int, int]] = []  # (ts, room, seq), newest first
-    scanned_to = None
-    started = time.monotonic()
-    async with db.read() as conn:
-        # The walk down the index on ts is the point: never a bitmap of the rooms and a sort.
-        # No JIT: compiling costs more than any step runs.
-        for setting in ("enable_bitmapscan = off", "jit = off"):
-            await conn.execute(text(f"SET LOCAL {setting}"))
-        await conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
-        while True:
-            window = select(
-                m.ts, m.room_id, m.seq, literal_column("messages.tsv").op("@@")(tsq).label("hit")
-            ).where(m.room_id.in_(rooms), m.state != "removed")
-            if q.sender_id is not None:
-                window = window.where(m.sender_id == q.sender_id)
-            if q.since_ms is not None:
-                window = window.where(m.ts >= q.since_ms)
-            if q.until_ms is not None:
-                window = window.where(m.ts < q.until_ms)
-            if key is not None:
-                window = window.where(m.ts <= key[0], tuple_(m.ts, m.room_id, m.seq) < key)
-            w = (
-                window.order_by(m.ts.desc(), m.room_id.desc(), m.seq.desc())
-                .limit(WALK_STEP_ROWS)
-                .cte("w")
-            )
-            hits = (
-                select(w.c.ts, w.c.room_id, w.c.seq, literal(1).label("kind"), literal(0))
-                .where(w.c.hit)
-                .order_by(w.c.ts.desc(), w.c.room_id.desc(), w.c.seq.desc())
-                .limit(limit - len(found))
-            )
-            end = (
-                select(w.c.ts, w.c.room_id, w.c.seq, literal(0), func.count().over())
-                .order_by(w.c.ts, w.c.room_id, w.c.seq)
-                .limit(1)
-            )
-            try:
-                rows = (
-                    await conn.execute(union_all(hits.subquery().select(), end.subquery().select()))
-                ).fetchall()
-            except DBAPIError as exc:
-                if "statement timeout" in str(exc.orig):
-                    raise SearchTimeout from None
-                raise
-            found += [(r[0], r[1], r[2]) for r in rows if r[3] == 1]
-            last = [r for r in rows if r[3] == 0]
-            if len(found) >= limit or not last or last[0][4] < WALK_STEP_ROWS:
-                break  # the page is full, or there is nothing further back
-            key = (last[0][0], last[0][1], last[0][2])
-            if (time.monotonic() - started) * 1000 >= WALK_PAGE_BUDGET_MS:
-                scanned_to = key
-                break
-        got: list[Message] = []
-        if found:
-            await conn.execute(text("SET LOCAL enable_bitmapscan = on"))  # by primary key
-            # OR of primary keys (a row-value IN makes PostgreSQL 15 read the whole key).
-            stmt = _select_messages().where(
-                or_(*((m.room_id == room) & (m.seq == seq) for _, room, seq in found))
-            )
-            got = [_message(r) for r in await conn.execute(stmt)]
-    got.sort(key=lambda x: (x.ts, x.room, x.seq), reverse=True)
-    return Page(got, scanned_to)
 
 
 def _interrupt(aio_conn: Any) -> None:
