@@ -218,7 +218,7 @@ async def test_facts_read_uncached_rooms_in_one_batch(
         monkeypatch.setattr(room_store, "get_room", refused)
         facts = Facts(db)
         got = await facts.rooms([*ids, 999_999])
-        assert calls == [len(ids) + 1]  # one call (two statements: over GET_ROOMS_CHUNK ids)
+        assert calls == [len(ids) + 1]  # one call (SQLite: two statements, over GET_ROOMS_CHUNK)
         assert set(got) == set(ids)  # the missing id is left out
         assert {i: got[i] for i in ids[:40]} == one_by_one  # roles included
         assert await facts.rooms(ids[:5]) == {i: got[i] for i in ids[:5]}
