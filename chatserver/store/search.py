@@ -13,8 +13,8 @@ not found at all.
 Newest first on PostgreSQL is one of two plans: take every match from the GIN index and sort
 them (cost grows with the matches), or walk the index on ``ts`` backwards and stop at the page's
 end (cost grows with the rows walked past: few for a frequent word). :class:`TermStats` estimates
-both from ANALYZE's word frequencies and picks; a walk is cut after a short budget and the GIN
-plan answers instead.
+both from ANALYZE's word frequencies and picks; a walk is cut after a budget (about what the GIN
+plan is expected to cost, at least 40 ms) and the GIN plan answers instead.
 
 The caller decides which rooms may be searched (authorization is not the store's job): ``rooms``
 is the list of room ids, or ``None`` for every room (administrators).
@@ -37,7 +37,8 @@ from .schema import files, messages, users
 
 messages_fts = table("messages_fts", column("rowid"))
 
-# PostgreSQL, newest first: how long the walk down the index on ts may take (see search()).
+# PostgreSQL, newest first: how long the walk down the index on ts may take at least (see
+# search() and TermStats.walk_budget_ms).
 WALK_BUDGET_MS = 40  # whole milliseconds; 0: never walk
 # The cost model of TermStats.walk_first (µs, measured on the benchmark machine, PostgreSQL 15):
 GIN_US_PER_ENTRY = 0.1  # a posting of the GIN index into the bitmap
@@ -132,17 +133,30 @@ class TermStats:
                 least = min(least, f)
         return least
 
-    def walk_first(self, q: TextQuery, rooms: list[int] | None, limit: int) -> bool | None:
-        """Whether walking the index on ts (cost ~ the rows before the page's last hit) is
-        cheaper than the GIN plan (cost ~ every match); None: no statistics to say."""
+    def costs_us(self, q: TextQuery, rooms: list[int] | None, limit: int) -> tuple[float, float]:
+        """The estimated cost of (the walk, the GIN plan) in µs; (0, 0): no statistics."""
         share = self.share(q)
         if share is None or self.rows <= 0:
-            return None
+            return 0.0, 0.0
         searched = 1.0 if rooms is None or self.rooms <= 0 else min(1.0, len(rooms) / self.rooms)
         matches = share * self.rows
         gin_us = matches * (GIN_US_PER_ENTRY + HEAP_US_PER_MATCH * searched)
         walk_us = WALK_US_PER_ROW * limit / max(share * searched, 1e-9)
-        return walk_us < gin_us
+        return walk_us, gin_us
+
+    def walk_first(self, q: TextQuery, rooms: list[int] | None, limit: int) -> bool | None:
+        """Whether walking the index on ts (cost ~ the rows before the page's last hit) is
+        cheaper than the GIN plan (cost ~ every match); None: no statistics to say."""
+        walk_us, gin_us = self.costs_us(q, rooms, limit)
+        return None if gin_us <= 0 else walk_us < gin_us
+
+    def walk_budget_ms(self, q: TextQuery, rooms: list[int] | None, limit: int) -> int:
+        """How long a walk may run before the GIN plan takes over: as long as the GIN plan is
+        expected to take, at least :data:`WALK_BUDGET_MS` (a walk that runs into a stretch of
+        messages without the words then costs at most about twice the better plan; for a very
+        common word the GIN plan is the one to avoid)."""
+        _, gin_us = self.costs_us(q, rooms, limit)
+        return max(WALK_BUDGET_MS, int(gin_us / 1000))
 
 
 async def ensure_index(db: Database, language: str) -> None:
@@ -179,11 +193,12 @@ async def search(
     the walk is tried first (see the module's docstring)."""
     if rooms is not None and not rooms:
         return []
-    walk = True
+    walk, walk_ms = True, WALK_BUDGET_MS
     if db.is_postgres and stats is not None and q.terms and not relevance:
         await stats.refresh(db)
         choice = stats.walk_first(q, rooms, limit)
         walk = walk if choice is None else choice
+        walk_ms = stats.walk_budget_ms(q, rooms, limit)
     m = messages.c
     stmt = _select_messages().where(m.state != "removed")
     if rooms is not None:
@@ -240,7 +255,7 @@ async def search(
                 # estimate for a phrase or a rare word can pick the walk, which then reads the
                 # whole table. So a walk gets a short budget, and the GIN plan (``ts + 0`` takes
                 # the walk away) the rest.
-                budget = min(WALK_BUDGET_MS, timeout_ms) if walk else 0
+                budget = min(WALK_BUDGET_MS and walk_ms, timeout_ms) if walk else 0
                 if budget > 0:  # 0: the GIN plan only
                     await conn.execute(text(f"SET LOCAL statement_timeout = {int(budget)}"))
                     try:

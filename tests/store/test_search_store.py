@@ -51,6 +51,9 @@ def test_term_stats_choose_the_walk_for_frequent_words_only() -> None:
     assert stats.walk_first(words("deploy"), None, 21) is True
     assert stats.walk_first(words("zygote"), None, 21) is False
     assert TermStats().walk_first(words("the"), readable, 21) is None  # no statistics
+    # A walk may run about as long as the GIN plan would (600,000 matches: long), at least 40 ms.
+    assert stats.walk_budget_ms(words("the"), readable, 21) > 300
+    assert stats.walk_budget_ms(words("zygote"), readable, 21) == search_store.WALK_BUDGET_MS
 
 
 async def _seed(db: Database, n: int = 300) -> tuple[list[int], dict[int, str]]:
