@@ -243,29 +243,21 @@ async def search(
         unordered = stmt.order_by((m.ts + 0).desc(), m.room_id.desc(), m.seq.desc())
         stmt = stmt.order_by(m.ts.desc(), m.room_id.desc(), m.seq.desc())
     stmt = stmt.limit(limit)
+    if db.is_postgres and rank is not None and not relevance:
+        # Newest first: walk the index on ts backwards and stop at the page's end (fast for a
+        # frequent word), or take every match from the GIN index and sort them (fast for a rare
+        # one). ``stats`` says which when it can; PostgreSQL's own estimate for a phrase or a
+        # rare word can pick the walk, which then reads the whole table. So a walk gets a
+        # budget, and the GIN plan (``ts + 0`` takes the walk away) the rest.
+        budget = min(WALK_BUDGET_MS and walk_ms, timeout_ms) if walk else 0
+        if budget > 0:  # 0: the GIN plan only
+            found = await _walk(db, stmt, budget)
+            if found is not None:
+                return found
+        stmt = unordered.limit(limit)
     async with db.read() as conn:
         if db.is_postgres:
-            # A search is short: compiling it (when a walk's estimate is high) costs more than
-            # it runs, up to a second.
-            await conn.execute(text("SET LOCAL jit = off"))
-            if rank is not None and not relevance:
-                # Newest first: walk the index on ts backwards and stop at the page's end (fast
-                # for a frequent word), or take every match from the GIN index and sort them
-                # (fast for a rare one). ``stats`` says which when it can; PostgreSQL's own
-                # estimate for a phrase or a rare word can pick the walk, which then reads the
-                # whole table. So a walk gets a short budget, and the GIN plan (``ts + 0`` takes
-                # the walk away) the rest.
-                budget = min(WALK_BUDGET_MS and walk_ms, timeout_ms) if walk else 0
-                if budget > 0:  # 0: the GIN plan only
-                    await conn.execute(text(f"SET LOCAL statement_timeout = {int(budget)}"))
-                    try:
-                        async with conn.begin_nested():
-                            rows = (await conn.execute(stmt)).fetchall()
-                        return [_message(r) for r in rows]
-                    except DBAPIError as exc:
-                        if "statement timeout" not in str(exc.orig):
-                            raise
-                stmt = unordered.limit(limit)
+            await conn.execute(text("SET LOCAL jit = off"))  # see _walk
             await conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
             try:
                 rows = (await conn.execute(stmt)).fetchall()
@@ -284,6 +276,25 @@ async def search(
                 raise
             finally:
                 handle.cancel()
+    return [_message(r) for r in rows]
+
+
+async def _walk(db: Database, stmt: Any, budget_ms: int) -> list[Message] | None:
+    """``stmt`` within ``budget_ms``, or None when it ran out. A transaction of its own (not a
+    savepoint: the timeout may cancel the SAVEPOINT itself on a loaded machine, and the GIN plan
+    that followed ran in an aborted transaction: "internal error" for the user)."""
+    async with db.read() as conn:
+        # A search is short: compiling it (a walk's estimate is high) costs more than it runs,
+        # up to a second.
+        await conn.execute(text("SET LOCAL jit = off"))
+        await conn.execute(text(f"SET LOCAL statement_timeout = {int(budget_ms)}"))
+        try:
+            rows = (await conn.execute(stmt)).fetchall()
+        except DBAPIError as exc:
+            if "statement timeout" not in str(exc.orig):
+                raise
+            # Caught here, not by Database.read: a cancelled statement is not a failed store.
+            return None
     return [_message(r) for r in rows]
 
 

@@ -228,3 +228,47 @@ async def test_facts_read_uncached_rooms_in_one_batch(
         assert calls == [len(ids) + 1]  # cached now: no second read
     finally:
         await db.close()
+
+
+@pytest.mark.skipif("postgresql" not in DIALECTS, reason="PostgreSQL's walk budget")
+async def test_a_walk_out_of_time_gives_way_to_the_gin_plan(
+    pg_cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk cancelled by its budget is not a failed store (no StoreUnavailable, health
+    untouched), and the GIN plan then answers in a transaction that is not aborted: main's
+    savepoint answered "internal error" when the timeout cancelled the SAVEPOINT itself."""
+    url = await pg_cluster.create_database(f"search_budget_{next(_numbers)}", template="postgres")
+    db = Database(url)
+    monkeypatch.setattr(search_store, "WALK_BUDGET_MS", 1)
+    walk = TermStats(freq={"x": 1.0}, floor=1.0, rows=10.0, rooms=2, read_at=1e18)
+    try:
+        rooms, _ = await _seed(db, n=10)
+        async with db.write() as conn:  # a long stretch without the word: the walk runs out
+            await conn.execute(
+                text(
+                    "INSERT INTO messages (room_id, seq, sender_id, cid, text, ts, state)"
+                    " SELECT :room, 100 + i, 1, 'f' || i, 'filler ' || i, 2000000 + i, ''"
+                    " FROM generate_series(1, 200000) AS i"
+                ),
+                {"room": rooms[0]},
+            )
+        assert walk.walk_first(words("rare"), rooms[:1], 8) is True
+        assert walk.walk_budget_ms(words("rare"), rooms[:1], 8) == 1
+        cancelled: list[bool] = []
+        real = search_store._walk
+
+        async def watched(*args: Any) -> Any:
+            found = await real(*args)
+            cancelled.append(found is None)
+            return found
+
+        monkeypatch.setattr(search_store, "_walk", watched)
+        failed = db.health.failed_total
+        found = await search_store.search(db, words("rare"), rooms=rooms[:1], limit=8, stats=walk)
+        assert cancelled == [True]  # the walk ran out of its 1 ms
+        assert [m.seq for m in found] == []  # "rare" is in seq 97, 194 of 300: not seeded here
+        found = await search_store.search(db, words("word"), rooms=rooms[:1], limit=3, stats=walk)
+        assert [m.seq for m in found] == [10, 9, 8]
+        assert db.health.failed_total == failed and db.health.available
+    finally:
+        await db.close()
