@@ -245,9 +245,10 @@ file_chunks = Table(
 
 # -- search and topic feeds (issue 17) --------------------------------------------------------
 
-# The full-text index over messages.text is not declared here: on PostgreSQL it is the GIN
-# expression index ix_messages_search, on SQLite the FTS5 table messages_fts with its triggers
-# (migration 0012, chatserver/store/search.py).
+# The full-text index over messages.text is not declared here: on PostgreSQL it is the generated
+# column messages.tsv with the GIN index ix_messages_tsv on (room_id, tsv) (migration 0014), on
+# SQLite the FTS5 table messages_fts with its triggers (migration 0012); see
+# chatserver/store/search.py.
 
 # A user's saved topic feed: a query in the search syntax (docs/protocol.md, "Search").
 feeds = Table(
