@@ -69,6 +69,7 @@ from .transport.connections import Connections
 from .transport.http import ClientHttpServer, FilesCollector
 from .transport.tcp import TcpConnection
 from .transport.websocket import WebSocketConnection
+from .userdir.setup import DirectorySetupError, directory_login, directory_sync
 
 if TYPE_CHECKING:
     from .pool.node import Pool
@@ -187,6 +188,10 @@ class Node:
             on_mentions=self.unread.mentioned,
             max_pending=config.limits.max_pending_posts,
         )
+        try:
+            ldap = directory_login(config)  # None without [directory]
+        except DirectorySetupError as exc:
+            raise StartupError(str(exc)) from None
         self.accounts = Accounts(
             config,
             db,
@@ -195,6 +200,10 @@ class Node:
             enforcement,
             publisher,
             audit,
+            directory=ldap,
+        )
+        self.directory_sync = directory_sync(
+            config, db, ldap, self.accounts, self.governance, audit
         )
         self.reading = Reading(db, self.settings, facts, auth, hub, self.capture, addins)
         self.files = Files(
@@ -344,6 +353,8 @@ class Node:
             host, port = pool.peer_address
             self.announce(f"pool: listening for peers on {host}:{port}, joined as {pool.state}")
         self.files.start_sweeping()
+        if self.directory_sync is not None:
+            self.directory_sync.start()
         log.info("node %s started on %s", self.config.node.name, self.db.dialect)
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -394,6 +405,8 @@ class Node:
                 await asyncio.wait_for(server.wait_closed(), 2)
             except TimeoutError:
                 pass
+        if self.directory_sync is not None:
+            await self.directory_sync.stop()
         if self.pool is not None:
             await self.pool.stop()
         await self.store_failover.stop()

@@ -38,6 +38,8 @@ class UserOut(BaseModel):
     is_admin: bool
     persistent_chat_enabled: bool
     policy: bool | None = Field(description="The user's own setting; null: the global default")
+    source: str = Field("local", description="local, or directory (LDAP)")
+    disabled: bool = False
 
 
 class UserBrief(BaseModel):
@@ -66,6 +68,7 @@ class GroupOut(BaseModel):
     id: int
     name: str
     description: str
+    source: str = Field("local", description="local, or directory (changed only by the sync)")
     members: list[Principal] | None = None
 
 
@@ -354,7 +357,19 @@ class SessionsOut(BaseModel):
 
 
 class PasswordIn(In):
-    password: Annotated[str, Field(min_length=8, max_length=1024, pattern=NO_NUL)]
+    password: Annotated[str, Field(min_length=8, max_length=1024, pattern=NO_NUL)] | None = None
+    generate: bool = Field(False, description="Make a random password and return it, once")
+
+    @model_validator(mode="after")
+    def _one(self) -> PasswordIn:
+        if (self.password is None) == (not self.generate):
+            raise ValueError("give either password or generate: true")
+        return self
+
+
+class ResetOut(BaseModel):
+    disconnected: int
+    password: str | None = Field(None, description="The generated password (shown only here)")
 
 
 class DisconnectOut(BaseModel):

@@ -10,6 +10,7 @@ from ..models import (
     DisconnectOut,
     PasswordIn,
     PolicyIn,
+    ResetOut,
     SessionsOut,
     UserIn,
     UserOut,
@@ -125,7 +126,7 @@ async def disconnect_user(ctx: Ctx) -> Any:
     tag="users",
     summary="Reset a user's password; revokes all their session tokens (their connections close)",
     body=PasswordIn,
-    response=DisconnectOut,
+    response=ResetOut,
 )
 async def reset_password(ctx: Ctx) -> Any:
     """A reset replaces the password and revokes every session token of the user, so their
@@ -134,6 +135,9 @@ async def reset_password(ctx: Ctx) -> Any:
     uid = ctx.params["user_id"]
     await user_out(ctx, uid)
     body: PasswordIn = ctx.body
-    count = await ctx.node.accounts.reset_password(uid, body.password)
+    accounts = ctx.node.accounts
+    new = accounts.policy.generate() if body.generate else body.password
+    assert new is not None
+    count = await accounts.reset_password(uid, new)
     await ctx.audit("user.password_reset", f"user:{uid}", None, {"disconnected": count})
-    return {"disconnected": count}
+    return {"disconnected": count, "password": new if body.generate else None}
