@@ -201,6 +201,18 @@ class Accounts:
             )
         return SignedIn(user, token, user_store.token_hash(token))
 
+    async def sign_in_user(self, user: User) -> SignedIn:
+        """A new session for a user another party vouched for (single sign-on's verified ID
+        token): the same policy and store checks as a password sign-in."""
+        if user.disabled:
+            raise ChatError(FORBIDDEN, "this user is disabled")
+        self._check_policy(user)
+        with _store_errors("signing in"):
+            token = await user_store.create_session(
+                self._db, user.id, self._config.chat.session_ttl_s
+            )
+        return SignedIn(user, token, user_store.token_hash(token))
+
     async def token_user(self, token: str, source: Source) -> User | None:
         """The user of a valid session token, or None (counted as a failure). A valid token is
         never refused by the throttle; an invalid one is answered ``rate_limited`` while the

@@ -371,6 +371,46 @@ class PasswordsConfig(_Section):
     reject_common: bool = True
 
 
+class OidcConfig(_Section):
+    """``[oidc]``: single sign-on for the web client with OpenID Connect (authorization code
+    flow with PKCE); docs/configuration.md, "[oidc]"."""
+
+    enabled: bool = False
+    # The provider's issuer URL (discovery: issuer + /.well-known/openid-configuration).
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    client_secret_file: str = ""
+    # The callback URL as the browser reaches it, registered with the provider
+    # (https://chat.example.com/auth/oidc/callback).
+    redirect_uri: str = ""
+    scopes: str = "openid profile email"
+    username_claim: str = "preferred_username"
+    display_name_claim: str = "name"
+    email_claim: str = "email"
+    # Create a user on the first sign-in (else only users made before may sign in this way).
+    create_users: bool = True
+    # Where the page that receives the session token sends the browser next (same origin).
+    post_login_path: str = "/"
+    id_token_algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256", "EdDSA")
+    # How long a sign-in may take at the provider, and the clock skew allowed on tokens.
+    state_ttl_s: int = Field(600, ge=30, le=3600)
+    leeway_s: int = Field(60, ge=0, le=600)
+    timeout_s: float = Field(10, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _complete(self) -> OidcConfig:
+        if self.enabled:
+            for key in ("issuer", "client_id", "redirect_uri"):
+                if not getattr(self, key):
+                    raise ValueError(f"{key} is needed")
+            if not self.post_login_path.startswith("/") or self.post_login_path.startswith("//"):
+                raise ValueError("post_login_path must be a path on this server (/...)")
+            if "openid" not in self.scopes.split():
+                raise ValueError("scopes must include openid")
+        return self
+
+
 class DirectoryConfig(_Section):
     """Users and groups from an LDAP directory (Active Directory, OpenLDAP); see
     docs/administration.md, "Directory"."""
@@ -442,6 +482,7 @@ class Config(_Section):
     search: SearchConfig = Field(default_factory=SearchConfig)
     directory: DirectoryConfig = Field(default_factory=DirectoryConfig)
     passwords: PasswordsConfig = Field(default_factory=PasswordsConfig)
+    oidc: OidcConfig = Field(default_factory=OidcConfig)
 
 
 def _env_value(text: str) -> Any:

@@ -67,6 +67,7 @@ from .throttle import LoginThrottle
 from .transport.connection import Connection
 from .transport.connections import Connections
 from .transport.http import ClientHttpServer, FilesCollector
+from .transport.oidc import oidc_routes
 from .transport.tcp import TcpConnection
 from .transport.websocket import WebSocketConnection
 from .userdir.setup import DirectorySetupError, directory_login, directory_sync
@@ -433,6 +434,8 @@ class Node:
         self.http = ClientHttpServer(
             files, self.accounts, self.auth, self.files, guard, search=self.search
         )
+        if self.config.oidc.enabled:  # single sign-on for the web client
+            oidc_routes(self.config.oidc, self.accounts, self.db).register(self.http.app)
         try:
             host, port = await self.http.start(address, context)
         except OSError as exc:

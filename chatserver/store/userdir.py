@@ -73,11 +73,11 @@ async def directory_users(db: Database) -> dict[str, StoredUser]:
         }
 
 
-async def find_user(db: Database, external_id: str) -> StoredUser | None:
+async def find_user(db: Database, external_id: str, source: str = DIRECTORY) -> StoredUser | None:
     async with db.read() as conn:
         r = (
             await conn.execute(
-                select(users).where(users.c.source == DIRECTORY, users.c.external_id == external_id)
+                select(users).where(users.c.source == source, users.c.external_id == external_id)
             )
         ).first()
     if r is None:
@@ -86,17 +86,24 @@ async def find_user(db: Database, external_id: str) -> StoredUser | None:
 
 
 async def put_user(
-    db: Database, external_id: str, name: str, display_name: str, email: str, disabled: bool
+    db: Database,
+    external_id: str,
+    name: str,
+    display_name: str,
+    email: str,
+    disabled: bool,
+    source: str = DIRECTORY,
 ) -> tuple[int, bool]:
-    """Create or update the directory user ``external_id``; returns (its id, whether it was
-    created). :class:`UserExists` if another user (a local one) has the name."""
+    """Create or update the user ``external_id`` of ``source`` (``directory``, or ``oidc`` with
+    the issuer and subject as id); returns (its id, whether it was created).
+    :class:`UserExists` if another user (a local one) has the name."""
     values = {"name": name, "display_name": display_name or name, "email": email or None}
     try:
         async with db.write() as conn:
             found = (
                 await conn.execute(
                     select(users.c.id).where(
-                        users.c.source == DIRECTORY, users.c.external_id == external_id
+                        users.c.source == source, users.c.external_id == external_id
                     )
                 )
             ).scalar_one_or_none()
@@ -111,7 +118,7 @@ async def put_user(
                     password_hash=NO_PASSWORD,
                     is_admin=False,
                     created_ms=now_ms(),
-                    source=DIRECTORY,
+                    source=source,
                     external_id=external_id,
                     disabled=disabled,
                     **values,
