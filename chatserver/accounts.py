@@ -155,7 +155,7 @@ class Accounts:
         with _store_errors("signing in"):
             had_failures = await self._throttle.check(name, source)
             found = await user_store.credentials(self._db, name)
-            if self._directory is not None and (found is None or found[0].source != "local"):
+            if self._directory is not None and (found is None or found[0].source == "directory"):
                 user = await self._directory_user(name, password)
             else:
                 stored_hash = found[1] if found else DUMMY_HASH

@@ -388,6 +388,9 @@ class OidcConfig(_Section):
     username_claim: str = "preferred_username"
     display_name_claim: str = "name"
     email_claim: str = "email"
+    # A claim listing group names (e.g. "groups"; "" for none): the user's memberships in the
+    # groups single sign-on made follow it at each sign-in (such groups are made on first use).
+    groups_claim: str = ""
     # Create a user on the first sign-in (else only users made before may sign in this way).
     create_users: bool = True
     # Where the page that receives the session token sends the browser next (same origin).

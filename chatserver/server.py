@@ -435,7 +435,10 @@ class Node:
             files, self.accounts, self.auth, self.files, guard, search=self.search
         )
         if self.config.oidc.enabled:  # single sign-on for the web client
-            oidc_routes(self.config.oidc, self.accounts, self.db).register(self.http.app)
+            oidc = oidc_routes(
+                self.config.oidc, self.accounts, self.db, self.governance.directory_changed
+            )
+            oidc.register(self.http.app)
         try:
             host, port = await self.http.start(address, context)
         except OSError as exc:

@@ -369,7 +369,7 @@ class PasswordIn(In):
 
 class ResetOut(BaseModel):
     disconnected: int
-    password: str | None = Field(None, description="The generated password (shown only here)")
+    password: str = Field(description="The generated password (shown only here, once)")
 
 
 class DisconnectOut(BaseModel):

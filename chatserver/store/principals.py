@@ -57,10 +57,12 @@ class Group:
     source: str = "local"  # or "directory": changed only by the directory sync
 
     def public(self) -> dict[str, Any]:
-        out = {"id": self.id, "name": self.name, "description": self.description}
-        if self.source != "local":
-            out["source"] = self.source
-        return out
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+        }
 
 
 class GroupExists(Exception):

@@ -130,9 +130,10 @@ async def put_user(
         raise UserExists(name) from None
 
 
-async def directory_groups(db: Database) -> dict[str, StoredGroup]:
+async def directory_groups(db: Database, source: str = DIRECTORY) -> dict[str, StoredGroup]:
+    """Every group of ``source`` (the directory's, or single sign-on's), by external id."""
     async with db.read() as conn:
-        rows = await conn.execute(select(groups).where(groups.c.source == DIRECTORY))
+        rows = await conn.execute(select(groups).where(groups.c.source == source))
         return {r.external_id: StoredGroup(r.id, r.external_id, r.name) for r in rows}
 
 
@@ -146,15 +147,21 @@ async def rename_group(db: Database, group_id: int, name: str) -> bool:
     return True
 
 
-async def user_members(db: Database) -> dict[int, set[int]]:
-    """Every directory group's direct user members (the sync stores them flattened)."""
+async def user_members(
+    db: Database, source: str = DIRECTORY, user_id: int | None = None
+) -> dict[int, set[int]]:
+    """The direct user members of every group of ``source`` (the sync stores them flattened),
+    or only ``user_id``'s memberships."""
     out: dict[int, set[int]] = {}
+    stmt = (
+        select(group_members.c.group_id, group_members.c.member_id)
+        .join(groups, groups.c.id == group_members.c.group_id)
+        .where(groups.c.source == source, group_members.c.member_kind == "user")
+    )
+    if user_id is not None:
+        stmt = stmt.where(group_members.c.member_id == user_id)
     async with db.read() as conn:
-        rows = await conn.execute(
-            select(group_members.c.group_id, group_members.c.member_id)
-            .join(groups, groups.c.id == group_members.c.group_id)
-            .where(groups.c.source == DIRECTORY, group_members.c.member_kind == "user")
-        )
+        rows = await conn.execute(stmt)
         for r in rows:
             out.setdefault(int(r.group_id), set()).add(int(r.member_id))
     return out

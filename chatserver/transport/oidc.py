@@ -34,6 +34,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
@@ -46,9 +47,11 @@ from joserfc.jwk import KeySet
 from ..accounts import Accounts
 from ..config import OidcConfig
 from ..protocol.errors import ChatError
+from ..store import principals as principal_store
 from ..store import userdir as userdir_store
 from ..store import users as user_store
 from ..store.db import Database
+from ..store.principals import principal
 
 log = logging.getLogger("chatserver.oidc")
 
@@ -182,8 +185,20 @@ def _name(claims: dict[str, Any], config: OidcConfig) -> str:
     return value
 
 
+MAX_GROUPS = 200
+MembershipChanged = Callable[[bool], Awaitable[None]]  # Governance.directory_changed
+
+
 class OidcRoutes:
-    def __init__(self, config: OidcConfig, secret: str, accounts: Accounts, db: Database) -> None:
+    def __init__(
+        self,
+        config: OidcConfig,
+        secret: str,
+        accounts: Accounts,
+        db: Database,
+        membership_changed: MembershipChanged,
+    ) -> None:
+        self._membership_changed = membership_changed
         self._config = config
         self._cookie = StateCookie(secret, config.state_ttl_s)
         self._secret = secret
@@ -319,16 +334,48 @@ class OidcRoutes:
             raise OidcError(403, taken) from None
         user = await user_store.get_user(self._db, user_id)
         assert user is not None
+        if c.groups_claim:
+            await self._groups(user, claims.get(c.groups_claim))
         return user
 
+    async def _groups(self, user: user_store.User, value: object) -> None:
+        """The user's memberships in single sign-on's groups, as the ID token lists them (a
+        group made on first use; a name a local or directory group has is skipped)."""
+        names = value if isinstance(value, list) else []
+        wanted = {n for n in names[:MAX_GROUPS] if isinstance(n, str) and 0 < len(n) <= 256}
+        known = await userdir_store.directory_groups(self._db, SOURCE)
+        changed = False
+        for name in sorted(wanted - set(known)):
+            try:
+                made = await principal_store.create_group(
+                    self._db, name, "", source=SOURCE, external_id=name
+                )
+            except principal_store.GroupExists:
+                log.warning("oidc: group %r is a local or directory group's name: skipped", name)
+                continue
+            known[name] = userdir_store.StoredGroup(made.id, name, name)
+        ids = {known[n].id for n in wanted if n in known}
+        have = set(await userdir_store.user_members(self._db, SOURCE, user.id))
+        member = [principal("user", user.id)]
+        for gid in sorted(ids - have):
+            await principal_store.add_group_members(self._db, gid, member)
+            changed = True
+        for gid in sorted(have - ids):
+            await principal_store.remove_group_members(self._db, gid, member)
+            changed = True
+        if changed:
+            await self._membership_changed(False)
 
-def oidc_routes(config: OidcConfig, accounts: Accounts, db: Database) -> OidcRoutes:
+
+def oidc_routes(
+    config: OidcConfig, accounts: Accounts, db: Database, membership_changed: MembershipChanged
+) -> OidcRoutes:
     """The routes for ``[oidc]``, its client secret read (from ``client_secret_file`` if set)."""
     secret = config.client_secret
     if config.client_secret_file:
         with open(config.client_secret_file, encoding="utf-8") as f:
             secret = f.read().strip()
-    return OidcRoutes(config, secret, accounts, db)
+    return OidcRoutes(config, secret, accounts, db, membership_changed)
 
 
 def _header_kid(token: str) -> str | None:

@@ -77,6 +77,7 @@ async def h(db_url: str, provider: str) -> AsyncIterator[Harness]:
         client_secret=CLIENT_SECRET,
         redirect_uri=f"http://127.0.0.1:{http_port}/auth/oidc/callback",
         post_login_path="/web/",
+        groups_claim="groups",
     )
     harness = Harness(await start_node(config.model_copy(update={"oidc": oidc})))
     try:
@@ -181,6 +182,50 @@ async def test_sso_never_takes_over_a_local_account(h: Harness, provider: str) -
         async with web.get(back) as response:
             assert response.status == 403
             assert "data-session" not in await response.text()
+
+
+async def sso_token(h: Harness, sub: str) -> str:
+    async with browser() as web:
+        back = await authorize(web, await start_login(h, web), sub)
+        async with web.get(back) as response:
+            assert response.status == 200
+            return session_token(await response.text())
+
+
+async def test_groups_claim_follows_each_sign_in_and_is_enforced_live(
+    h: Harness, provider: str
+) -> None:
+    from chatserver.store import principals as principal_store
+
+    await principal_store.create_group(h.node.db, "local-only")
+    await set_claims(provider, "u-7", preferred_username="quinn", groups=["desk", "local-only"])
+    quinn = await h.connect()
+    await quinn.resume(await sso_token(h, "u-7"))
+    groups = {g["name"]: g for g in (await admin_view(h))}
+    assert groups["desk"]["source"] == "oidc" and groups["local-only"]["source"] == "local"
+    desk = groups["desk"]["id"]
+    await h.user("root", admin=True)
+    root = await h.login("root")
+    cid = (await root.call("category.create", name="desk-only"))["category"]["id"]
+    await root.call(
+        "category.update", category=cid, add={"allowed": [{"kind": "group", "id": desk}]}
+    )
+    room = (await root.call("room.create", category=cid, name="book", privacy="open"))["room"]["id"]
+    await quinn.call("join", room=room)
+    # The provider no longer lists the group: the next sign-in takes the membership away, and
+    # the session already in the room is removed from it at once.
+    await set_claims(provider, "u-7", preferred_username="quinn", groups=[])
+    await sso_token(h, "u-7")
+    removed = await quinn.next_event("room.removed", timeout=scaled(5))
+    assert removed["room"] == room
+    local = await principal_store.group_members_of(h.node.db, groups["local-only"]["id"])
+    assert local == []  # a local group is never filled from the token
+
+
+async def admin_view(h: Harness) -> list[dict[str, Any]]:
+    from chatserver.store import admin as admin_store
+
+    return await admin_store.list_groups(h.node.db)
 
 
 # -- the ID token checks, on tokens signed here ---------------------------------------------

@@ -126,7 +126,7 @@ async def disconnect_user(ctx: Ctx) -> Any:
     tag="users",
     summary="Reset a user's password; revokes all their session tokens (their connections close)",
     body=PasswordIn,
-    response=ResetOut,
+    response=ResetOut | DisconnectOut,
 )
 async def reset_password(ctx: Ctx) -> Any:
     """A reset replaces the password and revokes every session token of the user, so their
@@ -140,4 +140,4 @@ async def reset_password(ctx: Ctx) -> Any:
     assert new is not None
     count = await accounts.reset_password(uid, new)
     await ctx.audit("user.password_reset", f"user:{uid}", None, {"disconnected": count})
-    return {"disconnected": count, "password": new if body.generate else None}
+    return {"disconnected": count, "password": new} if body.generate else {"disconnected": count}

@@ -43,7 +43,7 @@ async def group_out(ctx: Ctx, group_id: int) -> dict[str, Any]:
     if group is None:
         raise not_found("group", group_id)
     members = await principal_store.group_members_of(ctx.db, group_id)
-    return {**group.public(), "source": group.source, "members": [p.wire() for p in members]}
+    return {**group.public(), "members": [p.wire() for p in members]}
 
 
 async def category_out(ctx: Ctx, category_id: int) -> dict[str, Any]:
