@@ -89,6 +89,28 @@ def _text(values: list[bytes] | None, attribute: str) -> str:
         return raw.hex()
 
 
+class _Tls(Tls):  # type: ignore[misc]
+    """TLS by the standard library's rules: the certificate checked against the CA file (or the
+    system's) and the server's host name checked during the handshake (``server_hostname``).
+    ldap3 2.9.1 checks names itself with ``ssl.match_hostname``, deprecated since Python 3.7 and
+    gone in 3.12; this replaces its ``wrap_socket`` (used for LDAPS and StartTLS alike)."""
+
+    def __init__(self, ca_file: str, verify: bool) -> None:
+        super().__init__(validate=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE)
+        self._context = ssl.create_default_context(cafile=ca_file or None)
+        if not verify:
+            self._context.check_hostname = False
+            self._context.verify_mode = ssl.CERT_NONE
+
+    def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+        connection.socket = self._context.wrap_socket(
+            connection.socket,
+            server_side=False,
+            do_handshake_on_connect=do_handshake,
+            server_hostname=connection.server.host,
+        )
+
+
 def user_filter(config: DirectoryConfig, login: str) -> str:
     """The filter that finds the user ``login`` (escaped: no filter syntax gets through)."""
     return f"(&{config.user_filter}({config.login_attribute}={escape_filter_chars(login)}))"
@@ -100,11 +122,7 @@ class LdapDirectory:
         self._password = bind_password
         tls = None
         if any(u.lower().startswith("ldaps://") for u in config.urls) or config.start_tls:
-            tls = Tls(
-                validate=ssl.CERT_REQUIRED if config.verify_certificates else ssl.CERT_NONE,
-                ca_certs_file=config.ca_file or None,
-                version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            tls = _Tls(config.ca_file, config.verify_certificates)
         self._tls = tls
         user_attrs = [
             config.login_attribute,
@@ -155,6 +173,8 @@ class LdapDirectory:
             conn.bind()
         except BaseException:
             conn.unbind()
+            if conn.socket is not None:  # a failed TLS handshake leaves it open
+                conn.socket.close()
             raise
         return conn
 

@@ -110,17 +110,25 @@ def _free_port() -> int:
 class Slapd:
     """One slapd process and its data; :meth:`start` again after :meth:`kill` keeps the data."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """``tls``: (CA, certificate, key) PEM files: then ldaps:// on :attr:`tls_port` too,
+        and StartTLS on the plain port."""
         self.root = root
         self.port = _free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
+        self.tls_port = _free_port() if tls else 0
         self.conf = root / "slapd.conf"
         (root / "db").mkdir(parents=True)
-        self.conf.write_text(
-            CONF.format(
-                schema=SCHEMA, dir=root, base=BASE, root=ROOT_DN, rootpw=ROOT_PW, sync=SYNC_DN
-            )
+        conf = CONF.format(
+            schema=SCHEMA, dir=root, base=BASE, root=ROOT_DN, rootpw=ROOT_PW, sync=SYNC_DN
         )
+        if tls:
+            ca, cert, key = tls
+            conf = (
+                f"TLSCACertificateFile {ca}\nTLSCertificateFile {cert}\n"
+                f"TLSCertificateKeyFile {key}\n" + conf
+            )
+        self.conf.write_text(conf)
         (root / "data.ldif").write_text(LDIF)
         subprocess.run(
             [SLAPADD, "-f", str(self.conf), "-l", str(root / "data.ldif")],
@@ -130,8 +138,9 @@ class Slapd:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        urls = f"{self.url}/" + (f" ldaps://127.0.0.1:{self.tls_port}/" if self.tls_port else "")
         self.proc = subprocess.Popen(
-            [SLAPD, "-f", str(self.conf), "-h", f"{self.url}/", "-d", "0"],
+            [SLAPD, "-f", str(self.conf), "-h", urls, "-d", "0"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

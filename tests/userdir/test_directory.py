@@ -9,7 +9,7 @@ Both store dialects (the ``db_url`` fixture). The sync is run by the tests thems
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from chatserver.store import principals as principal_store
 from chatserver.store import userdir as userdir_store
 from chatserver.store import users as user_store
 from chatserver.store.db import Database
-from chatserver.userdir.ldap import DirectoryUnavailable, user_filter
+from chatserver.userdir.ldap import DirectoryUnavailable, LdapDirectory, user_filter
 from chatserver.userdir.sync import MassRemoval
 from tests.conftest import PASSWORD, Harness, node_config, scaled, start_node
 from tests.userdir import slapd
@@ -381,3 +381,44 @@ async def test_sign_in_failures_are_throttled(h: Harness) -> None:
     assert code in ("rate_limited", "unauthenticated")
     with pytest.raises(RequestFailed):
         await sign_in(h, "alice", "nope")
+
+
+# -- TLS: ldaps:// and StartTLS ----------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[Slapd, Path]]:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    files = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(files[0]))
+    cert.cert_chain_pems[0].write_to_path(str(files[1]))
+    cert.private_key_pem.write_to_path(str(files[2]))
+    server = Slapd(tmp_path / "ldap", tls=files)
+    server.start()
+    try:
+        yield server, files[0]
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("mode", ["ldaps", "starttls"])
+def test_sign_in_over_tls(tls_server: tuple[Slapd, Path], mode: str, tmp_path: Path) -> None:
+    server, ca = tls_server
+    if mode == "ldaps":
+        url, start_tls = f"ldaps://localhost:{server.tls_port}", False
+    else:
+        url, start_tls = f"ldap://localhost:{server.port}", True
+    settings = directory_settings(server, urls=(url,), start_tls=start_tls, ca_file=str(ca))
+    found = LdapDirectory(settings, slapd.SYNC_PW).authenticate("alice", "alice-pw")
+    assert found is not None and found.login == "alice"
+    # A certificate the configured CA did not sign: refused, and said so as unavailable.
+    import trustme
+
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    wrong = directory_settings(server, urls=(url,), start_tls=start_tls, ca_file=str(other))
+    with pytest.raises(DirectoryUnavailable):
+        LdapDirectory(wrong, slapd.SYNC_PW).authenticate("alice", "alice-pw")
