@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 from pydantic.config import JsonDict
 
 from ..store import admin as admin_store
@@ -356,15 +356,16 @@ class SessionsOut(BaseModel):
     sessions: list[SessionOut]
 
 
-class PasswordIn(In):
-    password: Annotated[str, Field(min_length=8, max_length=1024, pattern=NO_NUL)] | None = None
-    generate: bool = Field(False, description="Make a random password and return it, once")
+class PasswordSetIn(In):
+    password: Annotated[str, Field(min_length=8, max_length=1024, pattern=NO_NUL)]
 
-    @model_validator(mode="after")
-    def _one(self) -> PasswordIn:
-        if (self.password is None) == (not self.generate):
-            raise ValueError("give either password or generate: true")
-        return self
+
+class PasswordGenerateIn(In):
+    generate: Literal[True] = Field(description="Make a random password and return it, once")
+
+
+class PasswordIn(RootModel[PasswordSetIn | PasswordGenerateIn]):
+    """A new password, or ``{"generate": true}`` for a random one."""
 
 
 class ResetOut(BaseModel):

@@ -8,6 +8,7 @@ from ...store import users as user_store
 from ..context import Ctx
 from ..models import (
     DisconnectOut,
+    PasswordGenerateIn,
     PasswordIn,
     PolicyIn,
     ResetOut,
@@ -134,10 +135,10 @@ async def reset_password(ctx: Ctx) -> Any:
     audit entry never holds the password."""
     uid = ctx.params["user_id"]
     await user_out(ctx, uid)
-    body: PasswordIn = ctx.body
+    body = ctx.body.root
     accounts = ctx.node.accounts
-    new = accounts.policy.generate() if body.generate else body.password
-    assert new is not None
+    generate = isinstance(body, PasswordGenerateIn)
+    new = accounts.policy.generate() if generate else body.password
     count = await accounts.reset_password(uid, new)
     await ctx.audit("user.password_reset", f"user:{uid}", None, {"disconnected": count})
-    return {"disconnected": count, "password": new} if body.generate else {"disconnected": count}
+    return {"disconnected": count, "password": new} if generate else {"disconnected": count}
