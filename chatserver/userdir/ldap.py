@@ -201,6 +201,14 @@ class LdapDirectory:
         for entry in entries:
             if entry.get("type") == "searchResEntry":
                 yield entry
+        # ldap3 raises for no error, but does not raise for a size or time limit: a truncated
+        # answer would read as "those users are gone".
+        result = conn.result or {}
+        if result.get("result", 0) != 0:
+            raise DirectoryUnavailable(
+                f"the directory cut the search short ({result.get('description')}): raise its"
+                " size and time limits for the bind account"
+            )
 
     def _user(self, entry: dict[str, Any]) -> DirectoryUser | None:
         c = self._config

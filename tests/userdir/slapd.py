@@ -91,7 +91,7 @@ argsfile {dir}/slapd.args
 access to attrs=userPassword by self write by anonymous auth by * none
 access to * by dn.exact="{sync}" read by * none
 database mdb
-maxsize 33554432
+{limits}maxsize 33554432
 suffix "{base}"
 rootdn "{root}"
 rootpw {rootpw}
@@ -110,7 +110,14 @@ def _free_port() -> int:
 class Slapd:
     """One slapd process and its data; :meth:`start` again after :meth:`kill` keeps the data."""
 
-    def __init__(self, root: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        tls: tuple[Path, Path, Path] | None = None,
+        *,
+        size_limit: bool = False,
+        ldif: str = LDIF,
+    ) -> None:
         """``tls``: (CA, certificate, key) PEM files: then ldaps:// on :attr:`tls_port` too,
         and StartTLS on the plain port."""
         self.root = root
@@ -120,7 +127,17 @@ class Slapd:
         self.conf = root / "slapd.conf"
         (root / "db").mkdir(parents=True)
         conf = CONF.format(
-            schema=SCHEMA, dir=root, base=BASE, root=ROOT_DN, rootpw=ROOT_PW, sync=SYNC_DN
+            schema=SCHEMA,
+            dir=root,
+            base=BASE,
+            root=ROOT_DN,
+            rootpw=ROOT_PW,
+            sync=SYNC_DN,
+            limits=(
+                ""
+                if size_limit
+                else f'limits dn.exact="{SYNC_DN}" size=unlimited size.pr=unlimited\n'
+            ),
         )
         if tls:
             ca, cert, key = tls
@@ -129,7 +146,7 @@ class Slapd:
                 f"TLSCertificateKeyFile {key}\n" + conf
             )
         self.conf.write_text(conf)
-        (root / "data.ldif").write_text(LDIF)
+        (root / "data.ldif").write_text(ldif)
         subprocess.run(
             [SLAPADD, "-f", str(self.conf), "-l", str(root / "data.ldif")],
             check=True,

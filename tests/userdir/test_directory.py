@@ -422,3 +422,32 @@ def test_sign_in_over_tls(tls_server: tuple[Slapd, Path], mode: str, tmp_path: P
     wrong = directory_settings(server, urls=(url,), start_tls=start_tls, ca_file=str(other))
     with pytest.raises(DirectoryUnavailable):
         LdapDirectory(wrong, slapd.SYNC_PW).authenticate("alice", "alice-pw")
+
+
+async def test_a_search_cut_short_by_a_size_limit_changes_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    """slapd answers at most 500 entries to an account without a raised limit (its default),
+    with result sizeLimitExceeded, which ldap3 does not raise: the sync must not read the users
+    past the limit as removed."""
+    many = "".join(
+        f"dn: uid=p{i},ou=people,{BASE}\nobjectClass: inetOrgPerson\nuid: p{i}\ncn: P {i}\n"
+        f"sn: {i}\n\n"
+        for i in range(600)
+    )
+    server = Slapd(tmp_path / "ldap", size_limit=True, ldif=slapd.LDIF + many)
+    await asyncio.to_thread(server.start)
+    try:
+        config = node_config(db_url).model_copy(
+            update={"directory": directory_settings(server, max_removal_share=1.0)}
+        )
+        node = await start_node(config)
+        try:
+            assert node.directory_sync is not None
+            await asyncio.wait_for(node.directory_sync.first_run.wait(), scaled(30))
+            assert "cut the search short" in node.directory_sync.last_result
+            assert await userdir_store.directory_users(node.db) == {}
+        finally:
+            await node.stop()
+    finally:
+        server.kill()
