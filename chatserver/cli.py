@@ -168,6 +168,7 @@ def cmd_user_add(args: argparse.Namespace) -> None:
 
     async def body(config: Any, db: Any) -> None:
         from .accounts import add_user
+        from .password_policy import PasswordPolicy
         from .rooms.audit import Audit
 
         try:
@@ -179,6 +180,7 @@ def cmd_user_add(args: argparse.Namespace) -> None:
                 by=cli_actor(),
                 is_admin=args.admin,
                 display_name=args.display_name,
+                policy=PasswordPolicy(config.passwords),
             )
         except ChatError as exc:
             _fail(exc.message, 1)
@@ -252,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     user_add.set_defaults(func=cmd_user_add)
+    from .cli_users import register as register_users
+
+    register_users(user, common, _with_store, _read_password)
 
     room = sub.add_parser("room", help="manage rooms").add_subparsers(
         dest="room_command", required=True, metavar="ACTION"

@@ -68,9 +68,11 @@ from .throttle import LoginThrottle
 from .transport.connection import Connection
 from .transport.connections import Connections
 from .transport.http import ClientHttpServer, FilesCollector
+from .transport.oidc import oidc_routes
 from .transport.tcp import TcpConnection
 from .transport.web_manage import add_manage_pages, manage_url
 from .transport.websocket import WebSocketConnection
+from .userdir.setup import DirectorySetupError, directory_login, directory_sync
 from .web.client import ClientPages
 
 if TYPE_CHECKING:
@@ -190,6 +192,10 @@ class Node:
             on_mentions=self.unread.mentioned,
             max_pending=config.limits.max_pending_posts,
         )
+        try:
+            ldap = directory_login(config)  # None without [directory]
+        except DirectorySetupError as exc:
+            raise StartupError(str(exc)) from None
         self.accounts = Accounts(
             config,
             db,
@@ -198,6 +204,10 @@ class Node:
             enforcement,
             publisher,
             audit,
+            directory=ldap,
+        )
+        self.directory_sync = directory_sync(
+            config, db, ldap, self.accounts, self.governance, audit
         )
         self.reading = Reading(db, self.settings, facts, auth, hub, self.capture, addins)
         self.files = Files(
@@ -348,6 +358,8 @@ class Node:
             host, port = pool.peer_address
             self.announce(f"pool: listening for peers on {host}:{port}, joined as {pool.state}")
         self.files.start_sweeping()
+        if self.directory_sync is not None:
+            self.directory_sync.start()
         log.info("node %s started on %s", self.config.node.name, self.db.dialect)
         compliance = self.config.compliance
         if compliance.enabled:
@@ -407,6 +419,8 @@ class Node:
                 await asyncio.wait_for(server.wait_closed(), 2)
             except TimeoutError:
                 pass
+        if self.directory_sync is not None:
+            await self.directory_sync.stop()
         if self.pool is not None:
             await self.pool.stop()
         await self.store_failover.stop()
@@ -434,12 +448,18 @@ class Node:
             self._websocket_listeners,
             context is not None,
             lambda: str(self.settings.chat.room_management_url),
+            sso=self.config.oidc.enabled,
         )
         self.http = ClientHttpServer(
             files, self.accounts, self.auth, self.files, guard, search=self.search, pages=pages
         )
         websocket = self.addresses.get("websocket")
         add_manage_pages(self.http.app.router, websocket[1] if websocket else None, bool(context))
+        if self.config.oidc.enabled:  # single sign-on for the web client
+            oidc = oidc_routes(
+                self.config.oidc, self.accounts, self.db, self.governance.directory_changed
+            )
+            oidc.register(self.http.app)
         try:
             host, port = await self.http.start(address, context)
         except OSError as exc:

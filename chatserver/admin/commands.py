@@ -80,8 +80,13 @@ USERS = [
         "password",
         "reset a user's password; revokes all their session tokens (their connections close)",
         "PUT /api/v1/users/{user_id}/password",
-        body=lambda a, api: {"password": password(a, "new password: ")},
-        arguments=(arg("--password-stdin", action="store_true", help=PASSWORD_STDIN),),
+        body=lambda a, api: (
+            {"generate": True} if a.generate else {"password": password(a, "new password: ")}
+        ),
+        arguments=(
+            arg("--password-stdin", action="store_true", help=PASSWORD_STDIN),
+            arg("--generate", action="store_true", help="make a random password and print it"),
+        ),
     ),
     Command(
         "users",
@@ -91,7 +96,11 @@ USERS = [
     ),
     Command("sessions", "list", "users connected to the node behind --url", "GET /api/v1/sessions"),
     Command(
-        "groups", "list", "list groups", "GET /api/v1/groups", columns=["id", "name", "description"]
+        "groups",
+        "list",
+        "list groups",
+        "GET /api/v1/groups",
+        columns=["id", "name", "description", "source"],
     ),
     Command(
         "groups",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 from pydantic.config import JsonDict
 
 from ..config import ROOM_MANAGEMENT_URL
@@ -39,6 +39,8 @@ class UserOut(BaseModel):
     is_admin: bool
     persistent_chat_enabled: bool
     policy: bool | None = Field(description="The user's own setting; null: the global default")
+    source: str = Field("local", description="local, or directory (LDAP)")
+    disabled: bool = False
 
 
 class UserBrief(BaseModel):
@@ -67,6 +69,7 @@ class GroupOut(BaseModel):
     id: int
     name: str
     description: str
+    source: str = Field("local", description="local, or directory (changed only by the sync)")
     members: list[Principal] | None = None
 
 
@@ -354,8 +357,21 @@ class SessionsOut(BaseModel):
     sessions: list[SessionOut]
 
 
-class PasswordIn(In):
+class PasswordSetIn(In):
     password: Annotated[str, Field(min_length=8, max_length=1024, pattern=NO_NUL)]
+
+
+class PasswordGenerateIn(In):
+    generate: Literal[True] = Field(description="Make a random password and return it, once")
+
+
+class PasswordIn(RootModel[PasswordSetIn | PasswordGenerateIn]):
+    """A new password, or ``{"generate": true}`` for a random one."""
+
+
+class ResetOut(BaseModel):
+    disconnected: int
+    password: str = Field(description="The generated password (shown only here, once)")
 
 
 class DisconnectOut(BaseModel):

@@ -54,9 +54,15 @@ class Group:
     id: int
     name: str
     description: str
+    source: str = "local"  # or "directory": changed only by the directory sync
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "description": self.description}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+        }
 
 
 class GroupExists(Exception):
@@ -67,12 +73,25 @@ class CycleError(Exception):
     pass
 
 
-async def create_group(db: Database, name: str, description: str = "") -> Group:
+async def create_group(
+    db: Database,
+    name: str,
+    description: str = "",
+    *,
+    source: str = "local",
+    external_id: str | None = None,
+) -> Group:
     try:
         async with db.write() as conn:
             result = await conn.execute(
                 insert(groups)
-                .values(name=name, description=description, created_ms=now_ms())
+                .values(
+                    name=name,
+                    description=description,
+                    created_ms=now_ms(),
+                    source=source,
+                    external_id=external_id,
+                )
                 .returning(groups.c.id)
             )
             group_id = result.scalar_one()
@@ -80,13 +99,13 @@ async def create_group(db: Database, name: str, description: str = "") -> Group:
             await outbox.capture(db, conn, "GROUP_CREATE", None, payload)
     except IntegrityError:
         raise GroupExists(name) from None
-    return Group(group_id, name, description)
+    return Group(group_id, name, description, source)
 
 
 async def get_group(db: Database, group_id: int) -> Group | None:
     async with db.read() as conn:
         row = (await conn.execute(select(groups).where(groups.c.id == group_id))).first()
-    return Group(row.id, row.name, row.description) if row else None
+    return Group(row.id, row.name, row.description, row.source) if row else None
 
 
 async def search_groups(db: Database, query: str, limit: int) -> list[Group]:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData(
@@ -46,6 +47,13 @@ users = Table(
     Column("created_ms", BigInteger, nullable=False),
     # None: the global default ([policy] persistent_chat_enabled).
     Column("persistent_chat_enabled", Boolean, nullable=True),
+    # "local" or "directory" (synchronised from LDAP, external_id the directory's stable id).
+    Column("source", String(16), nullable=False, default="local", server_default="local"),
+    Column("external_id", String(512), nullable=True),
+    Column("email", String(256), nullable=True),
+    # Refused at sign-in.
+    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
+    Index("ux_users_source_external_id", "source", "external_id", unique=True),
 )
 
 sessions = Table(
@@ -83,7 +91,22 @@ groups = Table(
     Column("name", String(256), nullable=False, unique=True),
     Column("description", String(256), nullable=False, default=""),
     Column("created_ms", BigInteger, nullable=False),
+    # Or "directory".
+    Column("source", String(16), nullable=False, default="local", server_default="local"),
+    Column("external_id", String(512), nullable=True),
+    Index("ux_groups_source_external_id", "source", "external_id", unique=True),
     sqlite_autoincrement=True,  # a deleted group's id is never given to a new one
+)
+
+# The directory sync's lease (one node of a pool syncs at a time) and its last outcome; one row.
+directory_sync = Table(
+    "directory_sync",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("holder", String(128), nullable=False),
+    Column("lease_until_ms", BigInteger, nullable=False),
+    Column("last_run_ms", BigInteger, nullable=False),
+    Column("last_result", String(2000), nullable=False),
 )
 
 group_members = Table(

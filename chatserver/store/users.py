@@ -18,7 +18,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from .db import LIKE_ESCAPE, Database, contains_pattern, now_ms
-from .schema import login_failures, messages, sessions, users
+from .schema import (
+    category_principals,
+    group_members,
+    login_failures,
+    messages,
+    room_principals,
+    sessions,
+    users,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +36,8 @@ class User:
     display_name: str
     is_admin: bool
     persistent_chat_enabled: bool | None = None  # None: the global default
+    source: str = "local"  # or "directory" (LDAP: its password is the directory's)
+    disabled: bool = False  # refused at sign-in
 
     def public(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "display_name": self.display_name}
@@ -40,7 +50,7 @@ class UserExists(Exception):
 def _user(row: object) -> User:
     r: Any = row
     enabled = None if r.persistent_chat_enabled is None else bool(r.persistent_chat_enabled)
-    return User(r.id, r.name, r.display_name, bool(r.is_admin), enabled)
+    return User(r.id, r.name, r.display_name, bool(r.is_admin), enabled, r.source, bool(r.disabled))
 
 
 async def create_user(
@@ -134,6 +144,37 @@ async def replace_password(
     return True
 
 
+async def set_disabled(db: Database, user_ids: list[int], disabled: bool) -> None:
+    """Disable (refused at sign-in and token resumption) or enable users."""
+    if not user_ids:
+        return
+    async with db.write() as conn:
+        await conn.execute(update(users).where(users.c.id.in_(user_ids)).values(disabled=disabled))
+
+
+async def delete_user(db: Database, user_id: int) -> bool:
+    """Delete a user who never posted or uploaded (their sessions, grants and memberships go
+    with them); False if there is no such user. :class:`UserInUse` if they did: disable them."""
+    try:
+        async with db.write() as conn:
+            for table, kind, column in (
+                (group_members, "member_kind", "member_id"),
+                (category_principals, "principal_kind", "principal_id"),
+                (room_principals, "principal_kind", "principal_id"),
+            ):
+                await conn.execute(
+                    delete(table).where(table.c[kind] == "user", table.c[column] == user_id)
+                )
+            result = await conn.execute(delete(users).where(users.c.id == user_id))
+    except IntegrityError:
+        raise UserInUse(user_id) from None
+    return bool(result.rowcount)
+
+
+class UserInUse(Exception):
+    """The user's messages or files name them: they cannot be deleted."""
+
+
 async def get_password_hash(db: Database, user_id: int) -> str | None:
     async with db.read() as conn:
         result = await conn.execute(select(users.c.password_hash).where(users.c.id == user_id))
@@ -182,6 +223,7 @@ async def user_for_token(db: Database, token: str) -> User | None:
                 .where(
                     sessions.c.token_hash == token_hash(token),
                     sessions.c.expires_ms > db.now_ms(),
+                    users.c.disabled.is_(False),
                 )
             )
         ).first()

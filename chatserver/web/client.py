@@ -91,8 +91,10 @@ class ClientPages:
         websockets: Callable[[], list[tuple[str, int]]],
         tls: bool,
         room_management_url: Callable[[], str],
+        sso: bool = False,
     ) -> None:
         self._websockets = websockets
+        self._sso = sso  # single sign-on ([oidc] enabled): the sign-in form offers it
         self._tls = tls
         self._room_management_url = room_management_url
         self.files = load_static()
@@ -146,6 +148,7 @@ class ClientPages:
                 "websocket": self.urls(request),
                 "subprotocol": "chatserver.json",
                 "room_management_url": self._room_management_url(),
+                "sso_url": "/auth/oidc/login" if self._sso else None,
             },
             headers=page_headers(self.urls(request)),
         )

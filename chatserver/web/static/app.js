@@ -12,7 +12,7 @@ import { makePanels } from "./panels.js";
 import { RoomData } from "./roomdata.js";
 
 const $ = (id) => document.getElementById(id);
-const TOKEN_KEY = "chat.token";
+const TOKEN_KEY = "chatserver.token"; // shared with /manage/ and the single sign-on page
 const OUTBOX_KEY = "chat.outbox";
 const JOINED_KEY = "chat.joined";
 const PAGE = 100;
@@ -548,6 +548,10 @@ function showSignin(message) {
   $("signin").hidden = false;
   $("signin-error").textContent = message || "";
   $("signin-user").focus();
+  fetch("/client.json", { cache: "no-store" })
+    .then((r) => r.json())
+    .then((info) => { $("signin-sso").hidden = !info.sso_url; })
+    .catch(() => {});
 }
 
 async function signOut() {
