@@ -402,11 +402,11 @@ def test_first_run_open_the_printed_url_sign_in_as_admin_create_a_room_and_chat(
         page.wait_for_selector(".msg .text >> text=it works")
         shot(page, "first-run")
         # Sign out: the token is revoked and forgotten; the sign-in form is back.
-        token = page.evaluate("sessionStorage.getItem('chat.token')")
+        token = page.evaluate("sessionStorage.getItem('chatserver.token')")
         assert token
         page.click("#signout")
         page.wait_for_selector("#signin:not([hidden])")
-        assert page.evaluate("sessionStorage.getItem('chat.token')") is None
+        assert page.evaluate("sessionStorage.getItem('chatserver.token')") is None
         assert token_refused(web, token)
         assert not watch.errors and not watch.dialogs
         page.context.close()
