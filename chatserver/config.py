@@ -261,6 +261,31 @@ class FilesConfig(_Section):
     max_connections: int = Field(1024, ge=1, le=100_000)
     # A request's head must arrive within this; an idle keep-alive connection closes after it.
     header_timeout_s: float = Field(10, gt=0, le=3600)
+    # An upload must average at least this many KiB/s once min_upload_grace_s have passed
+    # (a client trickling bytes holds a slot for nothing); 0: no minimum.
+    min_upload_kb_per_s: float = Field(16, ge=0, le=1_048_576)
+    min_upload_grace_s: float = Field(10, ge=0, le=3600)
+    # Where the bytes go (docs/configuration.md): "store" (chunks in the content store),
+    # "directory" (files under `directory`, one node) or "s3" (an S3-compatible bucket).
+    storage: str = Field("store", pattern=r"^(store|directory|s3)$")
+    directory: str = "var/files"
+    s3_endpoint: str = ""  # empty: AWS's own for s3_region
+    s3_region: str = "us-east-1"
+    s3_bucket: str = ""
+    s3_prefix: str = Field("files/", max_length=200)
+    s3_access_key: str = ""  # empty (both): the AWS credential chain (environment, ~/.aws, role)
+    s3_secret_key: str = Field("", repr=False)
+    s3_part_mb: int = Field(8, ge=5, le=1024)
+    # Store the bytes of identical files once (the uploads are still all read and checked).
+    dedup: bool = True
+
+    @model_validator(mode="after")
+    def _storage(self) -> FilesConfig:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError('s3_bucket: storage = "s3" needs a bucket')
+        if self.storage == "directory" and not self.directory:
+            raise ValueError('directory: storage = "directory" needs a directory')
+        return self
 
 
 class SearchConfig(_Section):

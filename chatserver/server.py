@@ -45,7 +45,7 @@ from .rooms.directory import Directory
 from .rooms.enforcement import Enforcement
 from .rooms.facts import Facts
 from .rooms.feeds import Feeds
-from .rooms.files import Files
+from .rooms.files import Files, StorageError
 from .rooms.governance import Governance
 from .rooms.hub import Hub
 from .rooms.posting import Posting
@@ -279,7 +279,10 @@ class Node:
         await ensure_search_index(self.db, self.config.search.language)
         await ensure_admin(self.db, self.accounts, self.announce)
         await self.settings.reload()
-        await self.files.sweep(at_start=True)
+        try:
+            await self.files.start()  # its storage backend, and the sweep of what it left
+        except StorageError as exc:
+            raise StartupError(str(exc)) from None
         metrics = self.metrics
         metrics.attach(self.connections, self.hub, self.writer)
         metrics.register(FeedsCollector(self.feeds))

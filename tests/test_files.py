@@ -21,6 +21,7 @@ from chatserver.client import Client
 from chatserver.client_files import FileRequestFailed
 from chatserver.rooms.changes import CategoriesChanged
 from chatserver.store import files as file_store
+from chatserver.store.blobs.table import put_chunk
 from chatserver.store.categories import update_category
 from chatserver.store.users import credentials
 from tests.conftest import Harness, node_config, scaled, start_node
@@ -338,10 +339,10 @@ async def test_sweep_removes_what_a_killed_node_left(h: Harness) -> None:
     mine = await file_store.begin(db, room, alice.id, "a", 4096, "test-node")
     theirs = await file_store.begin(db, room, alice.id, "b", 4096, "other-node")
     for fid in (mine, theirs):
-        await file_store.put_chunk(db, fid, 0, b"x" * 10)
+        await put_chunk(db, fid, 0, b"x" * 10)
     assert await h.node.files.sweep(at_start=True) == 1
     assert await file_store.counts(db) == {"pending": 1, "chunks": 1}
-    assert await file_store.sweep(db, node=None, older_than_ms=2**62) == 1
+    assert await file_store.sweep(db, node=None, older_than_ms=2**62) == [theirs]
     assert await file_store.counts(db) == {"chunks": 0}
 
 
@@ -452,7 +453,7 @@ async def test_an_upload_whose_pending_row_went_stores_nothing(h: Harness, lost:
         await writer.drain()
         await until(h, lambda c: c.get("pending", 0) == 1 and c.get("chunks", 0) >= 1)
         if lost == "swept":
-            assert await file_store.sweep(h.node.db, node=None, older_than_ms=2**62) == 1
+            assert len(await file_store.sweep(h.node.db, node=None, older_than_ms=2**62)) == 1
         else:
             assert await delete_room(h.node.db, room)
         writer.write(b"s" * 5000)
