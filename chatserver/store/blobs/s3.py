@@ -17,6 +17,7 @@ streamed.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,7 @@ class _ObjectWriter:
             created = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
             self._upload_id = str(created["UploadId"])
         number = len(self._parts) + 1
-        body, self._buffer = bytes(self._buffer), bytearray()
+        body, self._buffer = io.BytesIO(self._buffer), bytearray()
         put = await client.upload_part(
             Bucket=bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
         )
@@ -57,7 +58,7 @@ class _ObjectWriter:
     async def finish(self) -> None:
         client, bucket = self._blobs.client, self._blobs.bucket
         if self._upload_id is None:
-            body, self._buffer = bytes(self._buffer), bytearray()
+            body, self._buffer = io.BytesIO(self._buffer), bytearray()
             await client.put_object(Bucket=bucket, Key=self._key, Body=body)
             return
         if self._buffer:
