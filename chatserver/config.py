@@ -278,6 +278,8 @@ class FilesConfig(_Section):
     s3_part_mb: int = Field(8, ge=5, le=1024)
     # Store the bytes of identical files once (the uploads are still all read and checked).
     dedup: bool = True
+    # The client HTTP listener's URL as clients reach it (hello's http_url); empty: its address.
+    public_url: str = Field("", pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$", max_length=2000)
 
     @model_validator(mode="after")
     def _storage(self) -> FilesConfig:

@@ -254,7 +254,9 @@ class Node:
             search=self.search,
             feeds=self.feeds,
             roster=self.roster,
+            http_url=lambda: self.http_url,
         )
+        self.http_url: str | None = None  # hello's http_url, once the HTTP listener listens
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
         self.listening = False
@@ -431,6 +433,21 @@ class Node:
         self.metrics.register(FilesCollector(self.files, self.http))
         scheme = "https" if context else "http"
         self.announce(f"listening for HTTP clients (files) on {scheme}://{host}:{port}/")
+        self.http_url = self._public_http_url(scheme, host, port)
+
+    def _public_http_url(self, scheme: str, host: str, port: int) -> str | None:
+        """What hello advertises: ``files.public_url``, else the listener's own address (none
+        for a wildcard address: clients could not use it)."""
+        public = self.config.files.public_url
+        if public:
+            return public.rstrip("/")
+        if host in ("0.0.0.0", "::", ""):
+            log.warning(
+                "listen.http is a wildcard address and files.public_url is not set:"
+                " hello advertises no http_url"
+            )
+            return None
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     # -- management ---------------------------------------------------------------------------
 

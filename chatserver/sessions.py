@@ -206,6 +206,7 @@ class Session(GovernanceOps):
                 "participant_update_limit": chat.participant_update_limit,
             },
             room_management_url=chat.room_management_url,
+            http_url=self.services.http_url(),
         )
 
     def _source(self) -> Source:

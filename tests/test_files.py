@@ -466,3 +466,21 @@ async def test_an_upload_whose_pending_row_went_stores_nothing(h: Harness, lost:
     if lost == "swept":
         assert b"pending_timeout_s" in answer
     assert await nothing_left(h) == {"chunks": 0}
+
+
+async def test_hello_advertises_the_http_url(db_url: str) -> None:
+    """hello's http_url: the listener's address, files.public_url when set, null when off."""
+    for listen, files, expected in (
+        ({}, {}, None),  # (the harness's own address, checked below)
+        ({}, {"public_url": "https://files.example.com/chat/"}, "https://files.example.com/chat"),
+        ({"http": ""}, {}, None),
+    ):
+        h = Harness(await start_node(node_config(db_url, listen=listen, files=files)))
+        try:
+            client = await h.connect()
+            hello = await client.call("hello", protocol=1, client="test")
+            if not listen and not files:
+                expected = h.http
+            assert hello["http_url"] == expected, (listen, files)
+        finally:
+            await h.close()
