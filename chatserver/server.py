@@ -208,6 +208,7 @@ class Node:
             hub.deliver,
             publisher,
             self.governance.messages_changed,
+            chat_quiet=self.writer.quiet,
         )
         self.roster = Roster(
             config.node.name,
