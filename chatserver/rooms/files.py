@@ -33,7 +33,6 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -143,7 +142,6 @@ class Files:
         self._reads = asyncio.Semaphore(STORE_SLOTS)
         self.blobs: BlobStore = TableBlobs(db, self._reads)  # until start() opens another
         self._dropping: set[asyncio.Task[None]] = set()
-        self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="files-hash")
         self.uploading = 0
         self._by_user: dict[int, int] = {}  # uploads in progress per user
         self._sweeper: asyncio.Task[None] | None = None
@@ -323,9 +321,9 @@ class Files:
                 if held >= chunk_size or (not data and held):
                     while len(writing) >= depth:
                         await writing.popleft()
-                    # joined and hashed off the event loop (one thread, in submission order:
-                    # each upload's chunks are hashed in turn), then written
-                    chunk = loop.run_in_executor(self._hashing, _join_hash, hasher, pieces)
+                    # (hashed on the loop: a worker thread measured no better on 2 shared
+                    # cores, and a GIL handover stalled the loop longer; loadtest/RESULTS.md)
+                    chunk = _join_hash(hasher, pieces)
                     pieces = []
                     held = 0
                     writing.append(loop.create_task(self._put(writer, index, chunk)))
@@ -341,8 +339,7 @@ class Files:
             if writing:
                 await asyncio.gather(*map(asyncio.shield, writing), return_exceptions=True)
 
-    async def _put(self, writer: BlobWriter, index: int, chunk: asyncio.Future[bytes]) -> None:
-        data = await chunk
+    async def _put(self, writer: BlobWriter, index: int, data: bytes) -> None:
         async with self._writes:
             quiet = self._chat_quiet
             if quiet is not None and not quiet.is_set() and self.blobs.in_database:
@@ -432,7 +429,6 @@ class Files:
         if self._dropping:
             await asyncio.gather(*self._dropping, return_exceptions=True)
         await self.blobs.close()
-        self._hashing.shutdown(wait=False)
 
     # -- download ---------------------------------------------------------------------------
 
@@ -497,8 +493,7 @@ class Files:
 
 
 def _join_hash(hasher: Any, pieces: list[bytes]) -> bytes:
-    """One chunk from the pieces read, added to the upload's SHA-256 (in a worker thread:
-    hashlib releases the GIL, so the event loop goes on meanwhile)."""
+    """One chunk from the pieces read, added to the upload's SHA-256."""
     for piece in pieces:
         hasher.update(piece)
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
