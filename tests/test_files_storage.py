@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import itertools
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,19 +23,6 @@ from tests.test_files import base, files_harness, http, raw_upload, signed_in, u
 
 _buckets = itertools.count(1)
 ACCESS = {"s3_access_key": "testing", "s3_secret_key": "testing", "s3_region": "us-east-1"}
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 async def make_bucket(endpoint: str) -> str:
