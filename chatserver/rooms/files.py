@@ -16,7 +16,7 @@ upload    the text and name, the right to post (:class:`Authorization`), the cat
 dedup     with ``[files] dedup``, a file whose bytes (SHA-256 and size) a ready file has
           already stored shares that blob, decided when it commits: every upload is read,
           hashed and stored whole all the same, its answer and its id are those of any upload,
-          and its own copy is deleted after the answer (in the background), so neither what an
+          and its own copy is deleted 1 to 5 s after the answer (at random), so neither what an
           uploader sees nor how long it takes tells whether someone uploaded the bytes before.
 download  the file and the right to read its room, looked up the same way whatever the
           outcome: a file of a room the caller may not read answers exactly like a file that
@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ STORE_SLOTS = 2
 # Chat first: a chunk write to the content store waits this long at most while a group commit
 # of posts is queued or in flight (the two would share the store's CPU and WAL flush).
 CHAT_FIRST_S = 0.02
+# A deduplicated upload's own copy is deleted this many seconds after its answer (uniformly).
+DROP_AFTER_S = (1.0, 5.0)
+_jitter = random.SystemRandom()
 # While at most FEW_UPLOADS run on the node, one upload keeps the backend's writes_ahead chunk
 # writes in flight (else one).
 FEW_UPLOADS = 2
@@ -271,8 +275,8 @@ class Files:
             raise
         self.uploaded += 1
         self.uploaded_bytes += size
-        if drop is not None:  # its bytes are another blob's: its own copy goes, after the answer
-            task = asyncio.get_running_loop().create_task(self._drop([drop]))
+        if drop is not None:  # its bytes are another blob's: its own copy goes, later
+            task = asyncio.get_running_loop().create_task(self._drop_later(drop))
             self._dropping.add(task)
             task.add_done_callback(self._dropping.discard)
         log.info("file %d (%d bytes) uploaded to room %d by user %d", file_id, size, room, user.id)
@@ -355,6 +359,13 @@ class Files:
         except Exception as exc:  # the sweeps take it later
             log.error("removing abandoned upload %d failed: %s", file_id, exc)
 
+    async def _drop_later(self, blob: int) -> None:
+        """A deduplicated upload's own copy is deleted some seconds after its answer (at a
+        random moment within DROP_AFTER_S), so the deletion's work is neither part of the
+        answer's time nor tied to it; a node stopped meanwhile leaves it to the sweep."""
+        await asyncio.sleep(_jitter.uniform(*DROP_AFTER_S))
+        await self._drop([blob])
+
     async def _drop(self, blobs: list[int]) -> None:
         """Delete blobs no file refers to any more (outside the content store's transaction);
         one that fails is left to the sweep of orphans."""
@@ -426,6 +437,8 @@ class Files:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+        for task in list(self._dropping):
+            task.cancel()  # (the sweep at the next start deletes what they would have)
         if self._dropping:
             await asyncio.gather(*self._dropping, return_exceptions=True)
         await self.blobs.close()

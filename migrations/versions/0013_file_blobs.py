@@ -32,9 +32,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(
-        "DELETE FROM file_chunks WHERE file_id NOT IN (SELECT id FROM files)"
-    )
+    op.execute("DELETE FROM file_chunks WHERE file_id NOT IN (SELECT id FROM files)")
     with op.batch_alter_table("file_chunks") as batch:
         batch.create_foreign_key(
             "fk_file_chunks_file_id_files", "files", ["file_id"], ["id"], ondelete="CASCADE"
