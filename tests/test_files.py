@@ -484,3 +484,19 @@ async def test_hello_advertises_the_http_url(db_url: str) -> None:
             assert hello["http_url"] == expected, (listen, files)
         finally:
             await h.close()
+
+
+async def test_the_store_lists_its_blobs_a_page_at_a_time(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep of orphans walks the blobs in file_chunks in pages (one index probe each)."""
+    from chatserver.store.blobs import table
+
+    for blob in (3, 5, 9, 10, 11):
+        for index in range(3):
+            await put_chunk(h.node.db, blob, index, b"x")
+    monkeypatch.setattr(table, "PAGE", 2)
+    pages = [page async for page in table.TableBlobs(h.node.db).stored()]
+    assert pages == [[3, 5], [9, 10], [11]]
+    assert await h.node.files.sweep_orphans() == 5  # no file refers to any of them
+    assert await file_store.counts(h.node.db) == {"chunks": 0}
