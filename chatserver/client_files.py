@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -72,7 +73,7 @@ async def upload(
     headers = {"Authorization": f"Bearer {token}"}
     body: Any
     if isinstance(source, bytes):
-        body = source
+        body = io.BytesIO(source)  # (sent in pieces: a large bytes body would block the loop)
         name = name or "file"
         digest = hashlib.sha256(source).hexdigest() if check else None
         headers["Content-Length"] = str(len(source))

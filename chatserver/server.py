@@ -46,7 +46,7 @@ from .rooms.directory import Directory
 from .rooms.enforcement import Enforcement
 from .rooms.facts import Facts
 from .rooms.feeds import Feeds
-from .rooms.files import Files
+from .rooms.files import Files, StorageError
 from .rooms.governance import Governance
 from .rooms.hub import Hub
 from .rooms.posting import Posting
@@ -221,6 +221,7 @@ class Node:
             hub.deliver,
             publisher,
             self.governance.messages_changed,
+            chat_quiet=self.writer.quiet,
         )
         self.roster = Roster(
             config.node.name,
@@ -268,7 +269,9 @@ class Node:
             feeds=self.feeds,
             roster=self.roster,
             choices=Choices(db, facts, auth, addins),
+            http_url=lambda: self.http_url,
         )
+        self.http_url: str | None = None  # hello's http_url, once the HTTP listener listens
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
         self.listening = False
@@ -293,7 +296,10 @@ class Node:
         await ensure_search_index(self.db, self.config.search.language)
         await ensure_admin(self.db, self.accounts, self.announce)
         await self.settings.reload()
-        await self.files.sweep(at_start=True)
+        try:
+            await self.files.start()  # its storage backend, and the sweep of what it left
+        except StorageError as exc:
+            raise StartupError(str(exc)) from None
         metrics = self.metrics
         metrics.attach(self.connections, self.hub, self.writer)
         metrics.register(FeedsCollector(self.feeds))
@@ -472,6 +478,7 @@ class Node:
         self.announce(f"listening for HTTP clients (files) on {scheme}://{host}:{port}/")
         shown = "localhost" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
         self.announce(f"web client: open {scheme}://{shown}:{port}/ in a browser")
+        self.http_url = self._public_http_url(scheme, host, port)
 
     def _websocket_listeners(self) -> list[tuple[str, int]]:
         """Where the web client's WebSocket connects: this node's listener, then the other
@@ -489,6 +496,20 @@ class Node:
                 if (host, port) != own:
                     out.append((host, port))
         return out
+
+    def _public_http_url(self, scheme: str, host: str, port: int) -> str | None:
+        """What hello advertises: ``files.public_url``, else the listener's own address (none
+        for a wildcard address: clients could not use it)."""
+        public = self.config.files.public_url
+        if public:
+            return public.rstrip("/")
+        if host in ("0.0.0.0", "::", ""):
+            log.warning(
+                "listen.http is a wildcard address and files.public_url is not set:"
+                " hello advertises no http_url"
+            )
+            return None
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     # -- management ---------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@ and what it needs of its connection (:class:`Link`) and of the pool (:class:`Adm
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .protocol.events import Outgoing
@@ -73,3 +74,5 @@ class Services:
     feeds: Feeds | None = None
     roster: Roster | None = None  # the participant roster
     choices: Choices | None = None  # room.choices (the management pages' search)
+    # the client HTTP listener's URL (files) for hello's http_url; None: off or not known
+    http_url: Callable[[], str | None] = field(default=lambda: None)

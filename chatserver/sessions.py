@@ -214,6 +214,7 @@ class Session(GovernanceOps):
                 "posts_per_user_per_s": self.services.limits.posts_per_user_per_s,
             },
             room_management_url=chat.room_management_url,
+            http_url=self.services.http_url(),
         )
 
     def _source(self) -> Source:

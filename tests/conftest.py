@@ -150,6 +150,21 @@ def pg_pair() -> Iterator[tuple[PostgresCluster, ReplicaCluster]]:
 _db_numbers = itertools.count(1)
 
 
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """An S3-compatible server (moto's, in a thread of this process, on a free loopback port)
+    for the S3 storage backend of files; one for the session (tests/test_files_storage.py)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=DIALECTS)
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":

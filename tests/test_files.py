@@ -21,6 +21,7 @@ from chatserver.client import Client
 from chatserver.client_files import FileRequestFailed
 from chatserver.rooms.changes import CategoriesChanged
 from chatserver.store import files as file_store
+from chatserver.store.blobs.table import put_chunk
 from chatserver.store.categories import update_category
 from chatserver.store.users import credentials
 from tests.conftest import Harness, node_config, scaled, start_node
@@ -338,10 +339,10 @@ async def test_sweep_removes_what_a_killed_node_left(h: Harness) -> None:
     mine = await file_store.begin(db, room, alice.id, "a", 4096, "test-node")
     theirs = await file_store.begin(db, room, alice.id, "b", 4096, "other-node")
     for fid in (mine, theirs):
-        await file_store.put_chunk(db, fid, 0, b"x" * 10)
+        await put_chunk(db, fid, 0, b"x" * 10)
     assert await h.node.files.sweep(at_start=True) == 1
     assert await file_store.counts(db) == {"pending": 1, "chunks": 1}
-    assert await file_store.sweep(db, node=None, older_than_ms=2**62) == 1
+    assert await file_store.sweep(db, node=None, older_than_ms=2**62) == [theirs]
     assert await file_store.counts(db) == {"chunks": 0}
 
 
@@ -452,7 +453,7 @@ async def test_an_upload_whose_pending_row_went_stores_nothing(h: Harness, lost:
         await writer.drain()
         await until(h, lambda c: c.get("pending", 0) == 1 and c.get("chunks", 0) >= 1)
         if lost == "swept":
-            assert await file_store.sweep(h.node.db, node=None, older_than_ms=2**62) == 1
+            assert len(await file_store.sweep(h.node.db, node=None, older_than_ms=2**62)) == 1
         else:
             assert await delete_room(h.node.db, room)
         writer.write(b"s" * 5000)
@@ -465,3 +466,37 @@ async def test_an_upload_whose_pending_row_went_stores_nothing(h: Harness, lost:
     if lost == "swept":
         assert b"pending_timeout_s" in answer
     assert await nothing_left(h) == {"chunks": 0}
+
+
+async def test_hello_advertises_the_http_url(db_url: str) -> None:
+    """hello's http_url: the listener's address, files.public_url when set, null when off."""
+    for listen, files, expected in (
+        ({}, {}, None),  # (the harness's own address, checked below)
+        ({}, {"public_url": "https://files.example.com/chat/"}, "https://files.example.com/chat"),
+        ({"http": ""}, {}, None),
+    ):
+        h = Harness(await start_node(node_config(db_url, listen=listen, files=files)))
+        try:
+            client = await h.connect()
+            hello = await client.call("hello", protocol=1, client="test")
+            if not listen and not files:
+                expected = h.http
+            assert hello["http_url"] == expected, (listen, files)
+        finally:
+            await h.close()
+
+
+async def test_the_store_lists_its_blobs_a_page_at_a_time(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep of orphans walks the blobs in file_chunks in pages (one index probe each)."""
+    from chatserver.store.blobs import table
+
+    for blob in (3, 5, 9, 10, 11):
+        for index in range(3):
+            await put_chunk(h.node.db, blob, index, b"x")
+    monkeypatch.setattr(table, "PAGE", 2)
+    pages = [page async for page in table.TableBlobs(h.node.db).stored()]
+    assert pages == [[3, 5], [9, 10], [11]]
+    assert await h.node.files.sweep_orphans() == 5  # no file refers to any of them
+    assert await file_store.counts(h.node.db) == {"chunks": 0}

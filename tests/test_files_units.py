@@ -103,3 +103,32 @@ def test_a_peer_message_event_carries_its_file() -> None:
     bad["m"]["file"] = "7"
     with pytest.raises(ValueError):
         decode(bad)
+
+
+@pytest.mark.parametrize(
+    ("files", "error"),
+    [
+        ({"storage": "s3"}, "s3_bucket"),
+        ({"storage": "directory", "directory": ""}, "directory"),
+        ({"storage": "ftp"}, "storage"),
+        ({"s3_part_mb": 4}, "s3_part_mb"),
+        ({"public_url": "javascript:alert(1)"}, "public_url"),
+        ({"min_upload_kb_per_s": -1}, "min_upload_kb_per_s"),
+    ],
+)
+def test_files_storage_settings_are_checked(files: dict[str, object], error: str) -> None:
+    from chatserver.config import ConfigError, load_config
+
+    env = {f"CHATSERVER_FILES_{key.upper()}": str(value) for key, value in files.items()}
+    with pytest.raises(ConfigError, match=error):
+        load_config(env=env)
+
+
+def test_s3_settings_load() -> None:
+    from chatserver.config import load_config
+
+    config = load_config(
+        env={"CHATSERVER_FILES_STORAGE": "s3", "CHATSERVER_FILES_S3_BUCKET": "chat-files"}
+    )
+    assert config.files.storage == "s3" and config.files.s3_part_mb == 8
+    assert "s3_secret_key" not in repr(config.files)

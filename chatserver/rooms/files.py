@@ -7,10 +7,17 @@ upload    the text and name, the right to post (:class:`Authorization`), the cat
           ``file_upload`` switch, uploads in progress on the node, the user's upload rate, the
           room's quota; then the body is read chunk by chunk, never more than the smaller of
           ``max_file_size_kb`` and what the quota leaves (the reader stops there: the caller
-          gets :class:`TooLarge` or :class:`StorageFull` without the rest being read), hashed
-          while it streams, compared with the checksum the client expects, and only then is the
-          file made visible, with its message, in one transaction. Anything that fails or is
-          cancelled on the way (the client went away) deletes what was stored.
+          gets :class:`TooLarge` or :class:`StorageFull` without the rest being read), at no
+          less than ``min_upload_kb_per_s`` on average once ``min_upload_grace_s`` passed,
+          hashed while it streams into the storage backend (:mod:`chatserver.store.blobs`),
+          compared with the checksum the client expects, and only then is the file made
+          visible, with its message, in one transaction. Anything that fails or is cancelled on
+          the way (the client went away) deletes what was stored.
+dedup     with ``[files] dedup``, a file whose bytes (SHA-256 and size) a ready file has
+          already stored shares that blob, decided when it commits: every upload is read,
+          hashed and stored whole all the same, its answer and its id are those of any upload,
+          and its own copy is deleted 1 to 5 s after the answer (at random), so neither what an
+          uploader sees nor how long it takes tells whether someone uploaded the bytes before.
 download  the file and the right to read its room, looked up the same way whatever the
           outcome: a file of a room the caller may not read answers exactly like a file that
           does not exist (``not_found``, same message, the same store reads).
@@ -21,12 +28,14 @@ remove    the right to read (else ``not_found``), then the uploader, a room mana
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from ..config import FilesConfig
 from ..protocol.errors import (
@@ -40,6 +49,7 @@ from ..protocol.errors import (
 )
 from ..protocol.text import check_text
 from ..store import files as file_store
+from ..store.blobs import BlobStore, BlobWriter, TableBlobs, open_blobs
 from ..store.db import Database, now_ms
 from ..store.files import StoredFile
 from ..store.messages import Message, last_seq
@@ -59,9 +69,19 @@ NO_FILE = "no such file"  # the one answer for a missing file and one the caller
 # Chunk writes (and, apart, chunk reads) in flight on the node at once: on PostgreSQL they use
 # the store's small asyncpg pool, which the group commit needs too, so they never take it all.
 STORE_SLOTS = 2
-# Chunk writes one upload keeps in flight while at most FEW_UPLOADS run on the node (else one).
-WRITES_AHEAD = 3
+# Chat first: a chunk write to the content store waits this long at most while a group commit
+# of posts is queued or in flight (the two would share the store's CPU and WAL flush).
+CHAT_FIRST_S = 0.02
+# A deduplicated upload's own copy is deleted this many seconds after its answer (uniformly).
+DROP_AFTER_S = (1.0, 5.0)
+_jitter = random.SystemRandom()
+# While at most FEW_UPLOADS run on the node, one upload keeps the backend's writes_ahead chunk
+# writes in flight (else one).
 FEW_UPLOADS = 2
+
+
+class StorageError(Exception):
+    """The configured storage backend cannot be used (at the node's start)."""
 
 
 class TooLarge(ChatError):
@@ -106,6 +126,7 @@ class Files:
         deliver: Callable[[list[Message]], None],
         publisher: Publisher,
         messages_changed: Callable[[MessagesChanged], None],
+        chat_quiet: asyncio.Event | None = None,
     ) -> None:
         self._db = db
         self._config = config
@@ -117,11 +138,14 @@ class Files:
         self._deliver = deliver
         self._publisher = publisher
         self._messages_changed = messages_changed
+        self._chat_quiet = chat_quiet  # the writer's: no group commit queued or in flight
         per_min = config.uploads_per_user_per_min
         self._rate = RateLimiter(per_min / 60, burst=max(per_min, 1.0))
         self.chunk_size = config.chunk_kb * 1024
         self._writes = asyncio.Semaphore(STORE_SLOTS)
         self._reads = asyncio.Semaphore(STORE_SLOTS)
+        self.blobs: BlobStore = TableBlobs(db, self._reads)  # until start() opens another
+        self._dropping: set[asyncio.Task[None]] = set()
         self.uploading = 0
         self._by_user: dict[int, int] = {}  # uploads in progress per user
         self._sweeper: asyncio.Task[None] | None = None
@@ -211,15 +235,17 @@ class Files:
     ) -> Message:
         limit, full, quota = limits
         file_id = await file_store.begin(self._db, room, user.id, name, self.chunk_size, self._node)
+        writer = self.blobs.writer(file_id, self.chunk_size)
         try:
             try:
-                size, digest, head = await self._stream(file_id, read, limit, full)
+                size, digest, head = await self._stream(writer, read, limit, full)
                 if expected is not None and digest != expected:
                     raise ChatError(
                         BAD_REQUEST,
                         f"the file's SHA-256 is {digest}, not the {expected} the client sent",
                     )
-                message = await file_store.finish(
+                await writer.finish()
+                message, drop = await file_store.finish(
                     self._db,
                     file_id,
                     media_type=sniff(head),
@@ -229,6 +255,7 @@ class Files:
                     sender_name=user.name,
                     quota=quota,
                     capture=self._capture.node,
+                    dedup=self._config.dedup,
                 )
             except file_store.QuotaExceeded as exc:
                 raise StorageFull(f"the room's files would pass its quota ({exc})") from None
@@ -243,12 +270,16 @@ class Files:
         except BaseException as exc:
             # Nothing of a failed upload stays (the client went away, too large, …); shielded,
             # so a cancelled request still cleans up.
-            await asyncio.shield(self._abandon(file_id))
+            await asyncio.shield(self._abandon(file_id, writer))
             if isinstance(exc, ChatError):
                 self._refuse(user, room, exc)
             raise
         self.uploaded += 1
         self.uploaded_bytes += size
+        if drop is not None:  # its bytes are another blob's: its own copy goes, later
+            task = asyncio.get_running_loop().create_task(self._drop_later(drop))
+            self._dropping.add(task)
+            task.add_done_callback(self._dropping.discard)
         log.info("file %d (%d bytes) uploaded to room %d by user %d", file_id, size, room, user.id)
         for tell in (self._deliver, self._publisher.publish_messages):
             try:
@@ -258,12 +289,12 @@ class Files:
         return message
 
     async def _stream(
-        self, file_id: int, read: BodyReader, limit: int, full: ChatError
+        self, writer: BlobWriter, read: BodyReader, limit: int, full: ChatError
     ) -> tuple[int, str, bytes]:
         """Store the body in chunks; (size, SHA-256 hex, its first bytes). Full chunks are
         written while the next one is read (two chunks in memory, four for a lone upload)."""
         chunk_size = self.chunk_size
-        idle = self._config.idle_timeout_s
+        pace = _Pace(self._config)
         hasher = hashlib.sha256()
         pieces: list[bytes] = []  # the chunk being read, as it came (joined once, when full)
         held = 0
@@ -272,22 +303,22 @@ class Files:
         writing: deque[asyncio.Task[None]] = deque()
         # Chunk writes in flight for this upload: a few while few uploads run (one upload gets
         # the store's throughput), one when many do (each holds two chunks at most).
-        depth = WRITES_AHEAD if self.uploading <= FEW_UPLOADS else 1
+        depth = self.blobs.writes_ahead if self.uploading <= FEW_UPLOADS else 1
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 want = min(chunk_size - held, limit + 1 - size)
                 try:
-                    async with asyncio.timeout(idle):
+                    async with asyncio.timeout_at(pace.deadline(size)):
                         data = await read(max(want, 1))
                 except TimeoutError:
-                    raise ChatError(BAD_REQUEST, f"the body stalled for {idle:g} s") from None
+                    raise pace.failure(size) from None
                 except ConnectionError as exc:
                     raise ChatError(BAD_REQUEST, f"the body was cut off ({exc})") from None
                 size += len(data)
                 if size > limit:
                     raise full
                 if data:
-                    hasher.update(data)
                     pieces.append(data)
                     held += len(data)
                     if len(head) < SNIFF_BYTES:
@@ -295,12 +326,12 @@ class Files:
                 if held >= chunk_size or (not data and held):
                     while len(writing) >= depth:
                         await writing.popleft()
-                    chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                    pieces.clear()
+                    # (hashed on the loop: a worker thread measured no better on 2 shared
+                    # cores, and a GIL handover stalled the loop longer; loadtest/RESULTS.md)
+                    chunk = _join_hash(hasher, pieces)
+                    pieces = []
                     held = 0
-                    writing.append(
-                        asyncio.get_running_loop().create_task(self._put(file_id, index, chunk))
-                    )
+                    writing.append(loop.create_task(self._put(writer, index, chunk)))
                     del chunk
                     index += 1
                 if not data:
@@ -313,30 +344,80 @@ class Files:
             if writing:
                 await asyncio.gather(*map(asyncio.shield, writing), return_exceptions=True)
 
-    async def _put(self, file_id: int, index: int, data: bytes) -> None:
+    async def _put(self, writer: BlobWriter, index: int, data: bytes) -> None:
         async with self._writes:
-            await file_store.put_chunk(self._db, file_id, index, data)
+            quiet = self._chat_quiet
+            if quiet is not None and not quiet.is_set() and self.blobs.in_database:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CHAT_FIRST_S):
+                        await quiet.wait()
+            await writer.write(index, data)
 
-    async def _abandon(self, file_id: int) -> None:
+    async def _abandon(self, file_id: int, writer: BlobWriter) -> None:
         try:
+            await writer.abort()
             await file_store.abandon(self._db, file_id)
-        except Exception as exc:  # the start-up sweep takes it later
+        except Exception as exc:  # the sweeps take it later
             log.error("removing abandoned upload %d failed: %s", file_id, exc)
+
+    async def _drop_later(self, blob: int) -> None:
+        """A deduplicated upload's own copy is deleted some seconds after its answer (at a
+        random moment within DROP_AFTER_S), so the deletion's work is neither part of the
+        answer's time nor tied to it; a node stopped meanwhile leaves it to the sweep."""
+        await asyncio.sleep(_jitter.uniform(*DROP_AFTER_S))
+        await self._drop([blob])
+
+    async def _drop(self, blobs: list[int]) -> None:
+        """Delete blobs no file refers to any more (outside the content store's transaction);
+        one that fails is left to the sweep of orphans."""
+        try:
+            await self.blobs.delete(blobs)
+        except Exception as exc:
+            log.error("deleting stored file bytes %s failed: %s", blobs, exc)
 
     def _refuse(self, user: User, room: int, exc: ChatError) -> ChatError:
         self.refused += 1
         log.warning("upload by user %d to room %d refused: %s", user.id, room, exc.message)
         return exc
 
+    async def start(self) -> None:
+        """Open the configured storage backend, then sweep what this node left."""
+        if self._config.storage != self.blobs.kind:
+            try:
+                self.blobs = await open_blobs(self._config, self._db, self._reads)
+            except Exception as exc:
+                raise StorageError(
+                    f"files.storage = {self._config.storage!r} cannot be used: {exc}"
+                ) from None
+        await self.sweep(at_start=True)
+
     async def sweep(self, *, at_start: bool) -> int:
-        """Delete pending uploads left by a killed node (this one's at its start)."""
+        """Delete pending uploads left by a killed node (this one's at its start), then every
+        blob no pending or ready file refers to (:meth:`sweep_orphans`)."""
         older = now_ms() - self._config.pending_timeout_s * 1000
         swept = await file_store.sweep(
             self._db, node=self._node if at_start else None, older_than_ms=older
         )
         if swept:
-            log.warning("swept %d unfinished upload(s) a stopped node left behind", swept)
-        return swept
+            log.warning("swept %d unfinished upload(s) a stopped node left behind", len(swept))
+            if not self.blobs.in_database:
+                await self.blobs.delete(swept, unfinished=True)
+        await self.sweep_orphans()
+        return len(swept)
+
+    async def sweep_orphans(self) -> int:
+        """Delete the stored blobs that no pending or ready file refers to: what a crash
+        between a commit and a deletion left, and (other backends than the content store)
+        the blobs of removed files of a cleared or deleted room."""
+        gone = 0
+        async for page in self.blobs.stored():
+            orphans = await file_store.orphans(self._db, page)
+            if orphans:
+                await self.blobs.delete(orphans, unfinished=True)
+                gone += len(orphans)
+        if gone:
+            log.warning("deleted %d stored file(s) no file refers to any more", gone)
+        return gone
 
     def start_sweeping(self) -> None:
         """Sweep other nodes' abandoned uploads every quarter of ``pending_timeout_s`` (a node
@@ -357,6 +438,11 @@ class Files:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+        for task in list(self._dropping):
+            task.cancel()  # (the sweep at the next start deletes what they would have)
+        if self._dropping:
+            await asyncio.gather(*self._dropping, return_exceptions=True)
+        await self.blobs.close()
 
     # -- download ---------------------------------------------------------------------------
 
@@ -394,16 +480,9 @@ class Files:
 
     async def content(self, found: StoredFile, start: int, end: int) -> AsyncIterator[bytes]:
         """The bytes ``start`` … ``end`` (inclusive) of the file, a chunk at a time."""
-        size = found.chunk_size
-        first, last = start // size, end // size
-        index = first
-        async for data in file_store.chunks(self._db, found.id, first, last, self._reads):
-            lo = start - index * size if index == first else 0
-            hi = end - index * size + 1 if index == last else len(data)
-            part = data[lo:hi]
-            self.downloaded_bytes += len(part)
-            yield part
-            index += 1
+        async for data in self.blobs.read(found.blob, found.chunk_size, start, end):
+            self.downloaded_bytes += len(data)
+            yield data
 
     # -- removal ----------------------------------------------------------------------------
 
@@ -416,11 +495,23 @@ class Files:
                 raise ChatError(
                     FORBIDDEN, "only the uploader, a room manager or an administrator may"
                 ) from None
-        seq = await file_store.remove(self._db, file_id, by=user.name, capture=self._capture.node)
-        if seq is None:
+        removed = await file_store.remove(
+            self._db, file_id, by=user.name, capture=self._capture.node
+        )
+        if removed is None:
             raise ChatError(NOT_FOUND, NO_FILE)
+        seq, gone = removed
+        if gone and not self.blobs.in_database:
+            await self._drop(gone)
         log.info("file %d of room %d removed by user %d", file_id, found.room, user.id)
         self._messages_changed(MessagesChanged(found.room, (MessageChange(seq, "removed"),), None))
+
+
+def _join_hash(hasher: Any, pieces: list[bytes]) -> bytes:
+    """One chunk from the pieces read, added to the upload's SHA-256."""
+    for piece in pieces:
+        hasher.update(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _expected_sha256(value: str | None) -> str | None:
@@ -430,3 +521,36 @@ def _expected_sha256(value: str | None) -> str | None:
     if len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
         raise ChatError(BAD_REQUEST, "the expected SHA-256 must be 64 hexadecimal digits")
     return value
+
+
+class _Pace:
+    """When the next read of a body must have brought something: within ``idle_timeout_s``,
+    and, once ``min_upload_grace_s`` passed, before the average falls under
+    ``min_upload_kb_per_s`` (an upload of ``size`` bytes so far may last at most
+    ``grace + size / rate`` seconds)."""
+
+    def __init__(self, config: FilesConfig) -> None:
+        self._idle = config.idle_timeout_s
+        self._rate = config.min_upload_kb_per_s * 1024
+        self._grace = config.min_upload_grace_s
+        self._loop = asyncio.get_running_loop()
+        self._start = self._loop.time()
+        self._slow = False
+
+    def deadline(self, size: int) -> float:
+        idle = self._loop.time() + self._idle
+        if not self._rate:
+            return idle
+        slowest = self._start + self._grace + size / self._rate
+        self._slow = slowest < idle
+        return min(idle, slowest)
+
+    def failure(self, size: int) -> ChatError:
+        if self._slow:
+            took = self._loop.time() - self._start
+            return ChatError(
+                BAD_REQUEST,
+                f"the body came too slowly ({size / 1024 / max(took, 1e-9):.1f} KiB/s after"
+                f" {took:.0f} s; files.min_upload_kb_per_s = {self._rate / 1024:g})",
+            )
+        return ChatError(BAD_REQUEST, f"the body stalled for {self._idle:g} s")

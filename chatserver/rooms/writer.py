@@ -66,6 +66,11 @@ class Writer:
         self._max_pending = max_pending
         self._queue: deque[tuple[NewPost, asyncio.Future[Stored]]] = deque()
         self._wakeup = asyncio.Event()
+        # Set while no post is queued or being committed: files' chunk writes to the store wait
+        # for it (briefly) so a group commit does not share the store with them (rooms/files.py).
+        self.quiet = asyncio.Event()
+        self.quiet.set()
+        self._committing = 0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         # Observations for metrics and benchmarks.
@@ -92,6 +97,7 @@ class Writer:
             raise ChatError(UNAVAILABLE, "the server is overloaded; retry the post later")
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
         self._queue.append((post, future))
+        self.quiet.clear()
         self._wakeup.set()
         return future
 
@@ -134,12 +140,19 @@ class Writer:
                 task = asyncio.get_running_loop().create_task(self._commit(batch))
                 in_flight[task] = {(post.room, post.sender_id) for post, _ in batch}
                 task.add_done_callback(in_flight.pop)
+                self._committing += 1
+                task.add_done_callback(self._committed)
                 if limit == 1:
                     await task
             if self._closing:
                 if in_flight:
                     await asyncio.wait(in_flight)
                 return
+
+    def _committed(self, _task: asyncio.Task[None]) -> None:
+        self._committing -= 1
+        if not self._committing and not self._queue:
+            self.quiet.set()
 
     def _take(
         self, held: set[tuple[int, int]], size: int
@@ -166,6 +179,8 @@ class Writer:
     def _reject_queued(self) -> None:
         batch = list(self._queue)
         self._queue.clear()
+        if not self._committing:
+            self.quiet.set()
         self._failed(len(batch), StoreUnavailable("the store is unavailable"))
         _reject(batch)
 

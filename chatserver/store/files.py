@@ -1,17 +1,24 @@
-"""Files: uploads stored in the content store in chunks, and the message that carries each.
+"""Files: the rows of uploads and the message that carries each; their bytes are *blobs* in a
+storage backend (chatserver/store/blobs/), named by the id of the file that first stored them.
 
 An upload's life (docs/architecture.md, "Files")::
 
-    begin()  ─► a "pending" row (invisible to every reader), naming the node receiving it
-    put_chunk() ... ─► file_chunks rows, one short transaction each (the bytes are never whole
-                        in memory; a chunk is at most the row's chunk_size)
+    begin()  ─► a "pending" row (invisible to every reader), naming the node receiving it;
+                its bytes go to the blob of its own id (never whole in memory)
     finish()  ─► one transaction: lock the room's row, take the next seq, store the message,
                  mark the file "ready" with its size, type and SHA-256, record FILEUPLOAD (and
-                 CHAT) in the compliance outbox; only now can anyone see it
+                 CHAT) in the compliance outbox; only now can anyone see it. With dedup, a ready
+                 file of the same SHA-256 and size lends its blob (``blob_id``), and the caller
+                 drops the upload's own copy afterwards
     abandon()  ─► an upload that failed (client gone, too large, checksum wrong): its chunks
-                  and row deleted
+                  and row deleted (another backend's blob is the caller's to delete first)
     sweep()  ─► what a killed node left pending: at its restart every pending row it named,
                 and, on any node, pending rows older than a bound
+    unreferenced()  ─► which blobs no pending or ready file refers to (the sweep of orphans)
+
+A blob is deleted once no pending or ready file refers to it: in the same transaction when its
+chunks are in this store (``file_chunks``), after the commit otherwise (and a blob that a crash
+left behind is found by the sweep of orphans).
 
 The room's row is locked exactly as the group commit locks it (store/messages.py), so the file's
 message takes its seq in commit order like any post (ARCHITECTURE invariant 2).
@@ -23,13 +30,10 @@ stays where it is, and a REMOVE event records the removal.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from asyncpg.exceptions import ForeignKeyViolationError
-from sqlalchemy import and_, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import Database, now_ms
@@ -38,6 +42,7 @@ from .outbox import Event, record
 from .schema import categories, file_chunks, files, messages, rooms
 
 PENDING, READY, REMOVED = "pending", "ready", "removed"
+LIVE = (PENDING, READY)  # the states whose files keep their blob
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,7 @@ class StoredFile:
     chunk_size: int
     created_ms: int
     seq: int
+    blob: int  # where its bytes are (its own id, or the blob it shares)
 
     def ref(self) -> FileRef:
         return FileRef(self.id, self.name, self.size, self.media_type, self.sha256)
@@ -98,51 +104,6 @@ async def begin(
         return int(result.inserted_primary_key[0])
 
 
-async def put_chunk(db: Database, file_id: int, index: int, data: bytes) -> None:
-    """Store one chunk of a pending upload; :class:`UploadLost` if its row is gone."""
-    try:
-        await _put_chunk(db, file_id, index, data)
-    except (IntegrityError, ForeignKeyViolationError):  # (asyncpg's: the fast path)
-        raise UploadLost(f"upload {file_id} is no longer pending", room_gone=False) from None
-
-
-# One statement, its own transaction, in one round trip: set_config(..., true) is SET LOCAL, and
-# synchronous_commit is read when that transaction commits.
-_PUT_CHUNK_PG = (
-    "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))"
-    " INSERT INTO file_chunks (file_id, idx, data) SELECT $1, $2, $3 FROM async"
-)
-
-
-async def _put_chunk(db: Database, file_id: int, index: int, data: bytes) -> None:
-    if db.is_postgres:
-        # On the asyncpg pool, committed without waiting for the WAL to reach the disk: a chunk
-        # matters only once finish() commits the file, and that commit (synchronous) flushes the
-        # WAL up to its own record, every chunk's included. A crash before it loses chunks of an
-        # upload that was never acknowledged (and is swept at restart).
-        pool = await db.pg_pool()
-        await pool.execute(_PUT_CHUNK_PG, file_id, index, data)
-        return
-    async with db.write() as conn:
-        await conn.execute(insert(file_chunks).values(file_id=file_id, idx=index, data=data))
-
-
-async def _chunk(db: Database, file_id: int, index: int) -> bytes | None:
-    if db.is_postgres:
-        pool = await db.pg_pool()
-        data = await pool.fetchval(
-            "SELECT data FROM file_chunks WHERE file_id = $1 AND idx = $2", file_id, index
-        )
-    else:
-        async with db.read() as conn:
-            data = await conn.scalar(
-                select(file_chunks.c.data).where(
-                    file_chunks.c.file_id == file_id, file_chunks.c.idx == index
-                )
-            )
-    return None if data is None else bytes(data)
-
-
 async def room_usage(db: Database, room: int) -> int:
     """Bytes of the room's ready files."""
     async with db.read() as conn:
@@ -165,8 +126,10 @@ async def finish(
     sender_name: str,
     quota: int | None,
     capture: str | None,
-) -> Message:
-    """Make the pending file ready and store its message; see the module docstring.
+    dedup: bool = False,
+) -> tuple[Message, int | None]:
+    """Make the pending file ready and store its message; see the module docstring. Returns
+    the message and, when the file now shares another blob, its own (to delete).
 
     Raises :class:`UploadLost` when the pending row is gone, :class:`QuotaExceeded` when the
     room's ready files and this one would pass ``quota`` bytes (checked under the room's lock, so
@@ -205,6 +168,7 @@ async def finish(
             )
             if used + size > quota:
                 raise QuotaExceeded(used, quota)
+        shared = await _same_bytes(conn, file_id, sha256, size) if dedup else None
         seq, ts, kept = int(locked.last_seq) + 1, int(locked.now), bool(locked.chat_history)
         cid = f"file:{file_id}"
         if kept:
@@ -217,7 +181,15 @@ async def finish(
         await conn.execute(
             update(files)
             .where(files.c.id == file_id)
-            .values(state=READY, seq=seq, media_type=media_type, size=size, sha256=sha256)
+            .values(
+                state=READY,
+                seq=seq,
+                media_type=media_type,
+                size=size,
+                sha256=sha256,
+                blob_id=shared[0] if shared else None,
+                chunk_size=shared[1] if shared else files.c.chunk_size,
+            )
         )
         ref = FileRef(file_id, pending.name, size, media_type, sha256)
         if capture is not None:
@@ -242,7 +214,70 @@ async def finish(
                     Event("FILEUPLOAD", room_id, uploader, _file_payload(ref, seq, text), ts),
                 ],
             )
-    return Message(room_id, seq, ts, uploader, sender_name, text, cid, kept, file=ref)
+    message = Message(room_id, seq, ts, uploader, sender_name, text, cid, kept, file=ref)
+    return message, (file_id if shared is not None else None)
+
+
+def blob_of() -> ColumnElement[int]:
+    return func.coalesce(files.c.blob_id, files.c.id)
+
+
+async def _same_bytes(
+    conn: AsyncConnection, file_id: int, sha256: str, size: int
+) -> tuple[int, int] | None:
+    """The blob of a ready file with these bytes and its chunk size, locked until the commit
+    (its removal waits, then finds this file referring to the blob and keeps it); None if there
+    is none."""
+    found = (
+        await conn.execute(
+            select(blob_of().label("blob"), files.c.chunk_size)
+            .where(
+                files.c.sha256 == sha256,
+                files.c.size == size,
+                files.c.state == READY,
+                files.c.id != file_id,
+            )
+            .order_by(files.c.id)
+            .limit(1)
+            .with_for_update(of=files)
+        )
+    ).first()
+    return None if found is None else (int(found.blob), int(found.chunk_size))
+
+
+async def unreferenced(conn: AsyncConnection, blobs: Iterable[int]) -> list[int]:
+    """Those of ``blobs`` that no pending or ready file refers to."""
+    wanted = sorted(set(blobs))
+    if not wanted:
+        return []
+    used = {
+        int(blob)
+        for blob in await conn.scalars(
+            select(blob_of()).where(
+                files.c.state.in_(LIVE),
+                or_(
+                    and_(files.c.id.in_(wanted), files.c.blob_id.is_(None)),
+                    files.c.blob_id.in_(wanted),
+                ),
+            )
+        )
+    }
+    return [blob for blob in wanted if blob not in used]
+
+
+async def orphans(db: Database, blobs: Iterable[int]) -> list[int]:
+    async with db.read() as conn:
+        return await unreferenced(conn, blobs)
+
+
+async def _release(conn: AsyncConnection, blobs: Iterable[int]) -> list[int]:
+    """After files stopped being live: their blobs nobody refers to any more, whose chunks in
+    this store are deleted here (in the caller's transaction); returned for the other
+    backends, whose caller deletes them after the commit."""
+    gone = await unreferenced(conn, blobs)
+    if gone:
+        await conn.execute(delete(file_chunks).where(file_chunks.c.file_id.in_(gone)))
+    return gone
 
 
 def _file_payload(ref: FileRef, seq: int, text: str) -> dict[str, object]:
@@ -270,10 +305,10 @@ async def _delete_pending(conn: AsyncConnection, ids: list[int]) -> None:
     await conn.execute(delete(files).where(files.c.id.in_(ids), files.c.state == PENDING))
 
 
-async def sweep(db: Database, *, node: str | None, older_than_ms: int) -> int:
+async def sweep(db: Database, *, node: str | None, older_than_ms: int) -> list[int]:
     """Delete pending uploads left behind: every one naming ``node`` (a node sweeping at its
     start: nothing of its own can be in progress), and any node's begun before
-    ``older_than_ms``. Returns how many went."""
+    ``older_than_ms``. Returns their ids (their blobs', which a pending upload never shares)."""
     cond = files.c.created_ms < older_than_ms
     if node is not None:
         cond = cond | (files.c.node == node)
@@ -283,7 +318,7 @@ async def sweep(db: Database, *, node: str | None, older_than_ms: int) -> int:
             for row in await conn.execute(select(files.c.id).where(files.c.state == PENDING, cond))
         ]
         await _delete_pending(conn, ids)
-    return len(ids)
+    return ids
 
 
 async def get(db: Database, file_id: int) -> StoredFile | None:
@@ -305,38 +340,8 @@ async def get(db: Database, file_id: int) -> StoredFile | None:
         int(row.chunk_size),
         int(row.created_ms),
         int(row.seq),
+        int(row.blob_id if row.blob_id is not None else row.id),
     )
-
-
-async def chunks(
-    db: Database, file_id: int, first: int, last: int, slots: asyncio.Semaphore | None = None
-) -> AsyncIterator[bytes]:
-    """The chunks ``first`` … ``last`` of a file, each read in a query of its own, the next one
-    read while the caller sends this one (a download holds at most two chunks in memory, and no
-    store connection between chunks). ``slots`` bounds the reads of every download at once."""
-    if first > last:
-        return
-
-    async def read(index: int) -> bytes | None:
-        if slots is None:
-            return await _chunk(db, file_id, index)
-        async with slots:
-            return await _chunk(db, file_id, index)
-
-    loop = asyncio.get_running_loop()
-    ahead = loop.create_task(read(first))
-    try:
-        for index in range(first, last + 1):
-            data = await ahead
-            if index < last:
-                ahead = loop.create_task(read(index + 1))
-            if data is None:  # removed meanwhile
-                return
-            yield data
-    finally:
-        if not ahead.done():
-            ahead.cancel()
-            await asyncio.gather(ahead, return_exceptions=True)
 
 
 async def record_download(db: Database, node: str, user_id: int, found: StoredFile) -> None:
@@ -349,21 +354,28 @@ async def record_download(db: Database, node: str, user_id: int, found: StoredFi
         )
 
 
-async def remove(db: Database, file_id: int, *, by: str, capture: str | None) -> int | None:
-    """Remove a ready file: its message becomes a tombstone, its chunks are deleted, its row
-    stays as "removed". Returns the message's seq, or None if there was no such ready file."""
+async def remove(
+    db: Database, file_id: int, *, by: str, capture: str | None
+) -> tuple[int, list[int]] | None:
+    """Remove a ready file: its message becomes a tombstone, its blob is released (deleted
+    unless another file shares it), its row stays as "removed". Returns the message's seq and
+    the blob to delete outside this store (if any), or None if there was no such ready file."""
     async with db.write() as conn:
         row = (
             await conn.execute(
-                select(files.c.room_id, files.c.seq, files.c.uploader_id, files.c.name).where(
-                    files.c.id == file_id, files.c.state == READY
-                )
+                select(
+                    files.c.room_id,
+                    files.c.seq,
+                    files.c.uploader_id,
+                    files.c.name,
+                    blob_of().label("blob"),
+                ).where(files.c.id == file_id, files.c.state == READY)
             )
         ).first()
         if row is None:
             return None
         await conn.execute(update(files).where(files.c.id == file_id).values(state=REMOVED))
-        await conn.execute(delete(file_chunks).where(file_chunks.c.file_id == file_id))
+        gone = await _release(conn, [int(row.blob)])
         original = await conn.scalar(
             select(messages.c.text).where(
                 messages.c.room_id == row.room_id, messages.c.seq == row.seq
@@ -394,13 +406,14 @@ async def remove(db: Database, file_id: int, *, by: str, capture: str | None) ->
                     )
                 ],
             )
-    return int(row.seq)
+    return int(row.seq), gone
 
 
 async def remove_covered(conn: AsyncConnection, room: int, seqs: list[int] | None) -> int:
     """Inside the caller's transaction (a message removal, a room clear): the room's ready files
-    whose messages are now removed (those of ``seqs``, or all of them when None) lose their
-    chunks and become "removed". Returns how many."""
+    whose messages are now removed (those of ``seqs``, or all of them when None) become
+    "removed" and release their blobs (deleted here when in this store; another backend's are
+    left to the sweep of orphans). Returns how many files."""
     cond = (
         (files.c.room_id == room)
         & (files.c.state == READY)
@@ -410,11 +423,12 @@ async def remove_covered(conn: AsyncConnection, room: int, seqs: list[int] | Non
     )
     if seqs is not None:
         cond = cond & files.c.seq.in_(seqs)
-    ids = [int(r.id) for r in await conn.execute(select(files.c.id).where(cond))]
-    if ids:
-        await conn.execute(delete(file_chunks).where(file_chunks.c.file_id.in_(ids)))
+    found = (await conn.execute(select(files.c.id, blob_of().label("blob")).where(cond))).all()
+    if found:
+        ids = [int(r.id) for r in found]
         await conn.execute(update(files).where(files.c.id.in_(ids)).values(state=REMOVED))
-    return len(ids)
+        await _release(conn, [int(r.blob) for r in found])
+    return len(found)
 
 
 async def counts(db: Database) -> dict[str, int]:

@@ -233,10 +233,11 @@ mentions = Table(
 
 # -- files (issue 16) ----------------------------------------------------------------------
 
-# A file uploaded into a room. Its bytes are in file_chunks; the message that carries it is the
-# room's message (room_id, seq). An upload in progress is "pending" (invisible; the node that
-# receives it is named, so a restarted node sweeps what it left), then "ready" once its message
-# is committed, and "removed" when deleted (the row stays, for the record; its chunks go).
+# A file uploaded into a room. Its bytes are a blob (chatserver/store/blobs/); the message that
+# carries it is the room's message (room_id, seq). An upload in progress is "pending" (invisible;
+# the node that receives it is named, so a restarted node sweeps what it left), then "ready" once
+# its message is committed, and "removed" when deleted (the row stays, for the record; its blob
+# goes unless another file shares it).
 files = Table(
     "files",
     metadata,
@@ -252,15 +253,22 @@ files = Table(
     Column("state", String(8), nullable=False, default="pending"),  # pending | ready | removed
     Column("node", String(128), nullable=False, default=""),
     Column("seq", BigInteger, nullable=True),  # the message's seq, once ready
+    # the blob holding the bytes when it is another file's (deduplicated); NULL: its own id
+    Column("blob_id", Id, nullable=True),
     Index("ix_files_room_id_seq", "room_id", "seq"),
     Index("ix_files_state_created_ms", "state", "created_ms"),
+    Index("ix_files_sha256", "sha256"),
+    Index("ix_files_blob_id", "blob_id"),
     sqlite_autoincrement=True,  # a deleted file's id never names another file
 )
 
+# A blob's bytes in the content store ([files] storage = "store"): file_id is the blob's id (the
+# file that first stored them), without a foreign key: a blob outlives that file's row while a
+# deduplicated file refers to it (chatserver/store/blobs/).
 file_chunks = Table(
     "file_chunks",
     metadata,
-    Column("file_id", Id, ForeignKey("files.id", ondelete="CASCADE"), nullable=False),
+    Column("file_id", Id, nullable=False),
     Column("idx", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
     PrimaryKeyConstraint("file_id", "idx", name="pk_file_chunks"),

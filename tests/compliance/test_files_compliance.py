@@ -5,11 +5,14 @@ the XML format and its attachments manifest, both valid against the shipped XSD.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
+import pytest
+
 from chatserver.client_files import download
+from chatserver.testing import PostgresCluster
 from compliance.xml_adapter import export
-from tests.compliance import test_compliance
 from tests.compliance.test_compliance import (
     XSD,
     Stores,
@@ -22,9 +25,19 @@ from tests.compliance.test_compliance import (
 from tests.conftest import Harness, start_node
 from tests.test_files import base, http
 
-# The compliance database fixtures, shared with the other compliance tests.
-comp_cluster = test_compliance.comp_cluster
-comp_url = test_compliance.comp_url
+_numbers = itertools.count(1)
+
+
+@pytest.fixture
+async def comp_url(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The compliance database: beside a SQLite store a file, beside a PostgreSQL store a
+    database of its own on the session's cluster (``pg_cluster``). Re-exporting
+    test_compliance's fixtures here would give this module a session fixture of its own, so a
+    second PostgreSQL cluster would start for these tests alone."""
+    if db_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path}/compliance.db"
+    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+    return await cluster.create_database(f"files_compliance_{next(_numbers)}")
 
 
 async def test_file_events_are_captured_and_exported(

@@ -123,3 +123,57 @@ async def test_kill_9_mid_upload_leaves_nothing_after_restart(pg_cluster: Postgr
             await alice.close()
     finally:
         await db.close()
+
+
+async def test_s3_files_are_served_by_every_node(
+    pg_cluster: PostgresCluster, moto_url: str
+) -> None:
+    """With the bytes in an S3-compatible bucket (moto's server), a file uploaded on one node
+    (a multipart upload: past one 5 MiB part) downloads whole and in ranges from the other, and
+    its removal there deletes the object."""
+    from tests.test_files_storage import ACCESS, make_bucket
+
+    url = await new_database(pg_cluster)
+    ids = await seed(url, ["alice", "bob"], ["lobby"])
+    room = ids["lobby"]
+    bucket = await make_bucket(moto_url)
+    s3 = {f"CHATSERVER_FILES_{k.upper()}": v for k, v in ACCESS.items()}
+    async with running_pool(
+        url,
+        2,
+        CHATSERVER_FILES_STORAGE="s3",
+        CHATSERVER_FILES_S3_ENDPOINT=moto_url,
+        CHATSERVER_FILES_S3_BUCKET=bucket,
+        CHATSERVER_FILES_S3_PART_MB="5",
+        **s3,
+    ) as pool:
+        n1, n2 = pool.nodes
+        alice = await login(n1, "alice")
+        bob = await login(n2, "bob")
+        try:
+            data = os.urandom(6 * 1024 * 1024 + 100)
+            file = (await alice.upload(http_of(n1), room, data, name="big.bin"))["file"]
+            assert await objects(moto_url, bucket) == [f"files/{file['id']}"]
+            assert await bob.download(http_of(n2), file["id"]) == data
+            lo, hi = 5 * 1024 * 1024 - 10, 5 * 1024 * 1024 + 10
+            part = await bob.download(http_of(n2), file["id"], start=lo, end=hi)
+            assert part == data[lo : hi + 1]
+            await _delete(http_of(n2), alice, file["id"])
+            assert await objects(moto_url, bucket) == []
+        finally:
+            await alice.close()
+            await bob.close()
+
+
+async def objects(endpoint: str, bucket: str) -> list[str]:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ) as client:
+        listed = await client.list_objects_v2(Bucket=bucket)
+    return [item["Key"] for item in listed.get("Contents", ())]

@@ -19,7 +19,7 @@ from chatserver.store import search as search_store
 from chatserver.store.db import Database, now_ms
 from chatserver.store.migrate import alembic_config, upgrade
 from chatserver.store.principals import principal
-from chatserver.store.schema import messages, users
+from chatserver.store.schema import messages
 from chatserver.store.search import TermStats, TextQuery
 from chatserver.testing import PostgresCluster
 from tests.conftest import DIALECTS
@@ -59,18 +59,14 @@ def test_term_stats_choose_the_walk_for_frequent_words_only() -> None:
 async def _seed(db: Database, n: int = 300) -> tuple[list[int], dict[int, str]]:
     """Two rooms; message i says "common" always, "rare" when i % 97 == 0, the phrase "alpha
     beta" when i % 5 == 0 (and "beta alpha" when i % 5 == 1): (room ids, text by seq)."""
-    async with db.write() as conn:
+    async with db.write() as conn:  # plain SQL: the database may be at 0012, older than schema.py
         uid = (
             await conn.execute(
-                users.insert()
-                .values(
-                    name="seeder",
-                    display_name="",
-                    password_hash="",
-                    is_admin=False,
-                    created_ms=now_ms(),
-                )
-                .returning(users.c.id)
+                text(
+                    "INSERT INTO users (name, display_name, password_hash, is_admin, created_ms)"
+                    " VALUES ('seeder', '', '', false, :now) RETURNING id"
+                ),
+                {"now": now_ms()},
             )
         ).scalar_one()
     rooms = [(await room_store.create_room(db, f"seed{i}", privacy="closed")).id for i in range(2)]
