@@ -17,6 +17,7 @@ import pytest
 
 from chatserver.store.migrate import upgrade
 from tests.web.conftest import (
+    PASSWORD,
     WebNode,
     as_user,
     node_env,
@@ -30,7 +31,7 @@ from tests.web.conftest import (
 )
 
 XSS = "<img src=x onerror=alert(1)><script>alert(2)</script>\"'&"
-USERS = ["alice", "bob", ("mallory", f"Mal {XSS}")]
+USERS = ["alice", "bob", ("mallory", f"Mal {XSS}"), "carol"]
 ROOMS = [
     ("lobby", "open", "the room for everyone"),
     ("random", "open"),
@@ -358,6 +359,34 @@ def test_secret_rooms_never_appear_for_a_non_member(
         ".then(() => 'joined', (e) => e.code)"
     )
     assert answer == "not_found"
+    assert not watch.dialogs
+    page.context.close()
+
+
+def test_a_user_changes_their_password(browser: Any, node: tuple[WebNode, dict[str, int]]) -> None:
+    web, _ = node
+    page, watch = open_page(browser, web.url)
+    sign_in(page, "carol")
+    page.click("summary >> text=Change password")
+    page.fill("#password-old", "not my password")
+    page.fill("#password-new", "a brand new passphrase")
+    page.click("#password-form button[type=submit]")
+    page.wait_for_selector("#password-result >> text=the password is wrong")
+    page.fill("#password-old", PASSWORD)
+    page.fill("#password-new", "password1")  # on the common-passwords list: refused
+    page.click("#password-form button[type=submit]")
+    page.wait_for_selector("#password-result >> text=common")
+    page.fill("#password-new", "a brand new passphrase")
+    page.click("#password-form button[type=submit]")
+    page.wait_for_selector("#password-result >> text=Password changed")
+    page.context.close()
+    # A new session: the old password is refused, the new one signs in.
+    page, _ = open_page(browser, web.url)
+    page.fill("#signin-user", "carol")
+    page.fill("#signin-password", PASSWORD)
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("#signin-error:not(:empty)")
+    sign_in(page, "carol", "a brand new passphrase")
     assert not watch.dialogs
     page.context.close()
 

@@ -638,6 +638,21 @@ function wire() {
       showError($("create-error"), err);
     }
   });
+  $("password-form").addEventListener("submit", async (e) => {
+    // The user's own change (password.change): the server checks the policy and signs the
+    // user's other sessions out; this one stays.
+    e.preventDefault();
+    const result = $("password-result");
+    result.textContent = "";
+    try {
+      await request("password.change", { password: $("password-old").value, new_password: $("password-new").value });
+      $("password-old").value = "";
+      $("password-new").value = "";
+      result.textContent = "Password changed; your other sessions were signed out.";
+    } catch (err) {
+      showError(result, err);
+    }
+  });
   $("file-input").addEventListener("change", () => {
     const file = $("file-input").files[0];
     if (file && state.current !== null) uploads.upload(state.current, file);
