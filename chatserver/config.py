@@ -184,6 +184,12 @@ class ChatConfig(_Section):
     # How often the pending read markers are written (at most one write per user and room per
     # interval; a crash loses at most the last interval's markers).
     read_marker_flush_s: float = Field(1.0, ge=0.1, le=60)
+    # Users' edits and deletes of their own messages where neither the room nor its category
+    # says: "never", "always", or whole minutes after posting ("15"). docs/protocol.md.
+    edit_policy: str = Field("always", pattern=r"^(never|always|[1-9][0-9]{0,5})$")
+    # Reactions: every user's together on one message, and distinct emoji on one message.
+    max_reactions_per_message: int = Field(1000, ge=1, le=100_000)
+    max_distinct_reactions: int = Field(20, ge=1, le=1000)
 
 
 class LimitsConfig(_Section):

@@ -48,6 +48,7 @@ from .rooms.feeds import Feeds
 from .rooms.files import Files
 from .rooms.governance import Governance
 from .rooms.hub import Hub
+from .rooms.lifecycle import Lifecycle
 from .rooms.posting import Posting
 from .rooms.presence import Presence
 from .rooms.ratelimit import RateLimiter
@@ -244,7 +245,11 @@ class Node:
             directory=Directory(db, facts, addins),
             reading=self.reading,
             posting=Posting(
-                self.settings, auth, self.writer, RateLimiter(config.limits.posts_per_user_per_s)
+                self.settings,
+                auth,
+                self.writer,
+                RateLimiter(config.limits.posts_per_user_per_s),
+                lambda room: message_store.last_seq(db, room),
             ),
             governance=self.governance,
             presence=self.presence,
@@ -254,6 +259,9 @@ class Node:
             search=self.search,
             feeds=self.feeds,
             roster=self.roster,
+            lifecycle=Lifecycle(
+                db, self.settings, auth, self.capture, self.governance.messages_changed
+            ),
         )
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None

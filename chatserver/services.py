@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .rooms.directory import Directory
     from .rooms.feeds import Feeds
     from .rooms.governance import Governance
+    from .rooms.lifecycle import Lifecycle
     from .rooms.posting import Posting
     from .rooms.presence import Presence
     from .rooms.reading import Reading
@@ -71,3 +72,4 @@ class Services:
     search: Search | None = None
     feeds: Feeds | None = None
     roster: Roster | None = None  # the participant roster
+    lifecycle: Lifecycle | None = None  # users' edits, deletes, reactions, threads

@@ -21,6 +21,7 @@ from .handlers import (
     categories,
     config,
     groups,
+    lifecycle,
     messages,
     pool,
     rooms,
@@ -30,7 +31,19 @@ from .handlers import (
 from .routing import Route, path_param_schema, type_adapter
 from .types import ErrorBody
 
-HANDLER_MODULES = (users, groups, categories, rooms, messages, addins, config, pool, audit, tokens)
+HANDLER_MODULES = (
+    users,
+    groups,
+    categories,
+    rooms,
+    messages,
+    lifecycle,
+    addins,
+    config,
+    pool,
+    audit,
+    tokens,
+)
 
 ROUTES: list[Route] = [route for module in HANDLER_MODULES for route in module.router.routes]
 

@@ -405,7 +405,9 @@ async def remove_covered(conn: AsyncConnection, room: int, seqs: list[int] | Non
         (files.c.room_id == room)
         & (files.c.state == READY)
         & files.c.seq.in_(
-            select(messages.c.seq).where(messages.c.room_id == room, messages.c.state == "removed")
+            select(messages.c.seq).where(
+                messages.c.room_id == room, messages.c.state.in_(("removed", "deleted"))
+            )
         )
     )
     if seqs is not None:
