@@ -339,6 +339,22 @@ class ComplianceConfig(_Section):
         return value
 
 
+class RetentionConfig(_Section):
+    """The retention purge (docs/administration.md, "Retention"): the policies themselves are
+    in the store; these say how the purge runs. One node of a pool runs it at a time (a lease
+    in the store); every node may take the lease."""
+
+    enabled: bool = True  # this node may run the purge
+    interval_s: float = Field(3600, ge=0.05, le=7 * 24 * 3600)
+    batch_size: int = Field(1000, ge=1, le=100_000)  # messages per transaction
+    batch_pause_s: float = Field(0.05, ge=0, le=60)  # between batches: off the hot path
+    # The purge lease: a node that stops renewing it (killed) hands the purge on after this.
+    lease_s: float = Field(60, ge=0.5, le=24 * 3600)
+    # The compliance archive's own retention: events older than this many days are deleted
+    # by ``compliance purge`` unless a legal hold covers them; 0 keeps them for ever.
+    compliance_days: int = Field(0, ge=0, le=36_500)
+
+
 class LoginConfig(_Section):
     """Throttling of failed sign-ins (docs/security.md): per account name and per source
     address, exponential backoff after the free failures, then a temporary lockout."""
@@ -383,6 +399,7 @@ class Config(_Section):
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
     login: LoginConfig = Field(default_factory=LoginConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
 def _env_value(text: str) -> Any:

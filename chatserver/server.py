@@ -53,6 +53,7 @@ from .rooms.posting import Posting
 from .rooms.presence import Presence
 from .rooms.ratelimit import RateLimiter
 from .rooms.reading import Reading, load_recent
+from .rooms.retention import Retention
 from .rooms.roster import Roster
 from .rooms.search import Search
 from .rooms.settings import RuntimeSettings
@@ -263,6 +264,9 @@ class Node:
                 db, self.settings, auth, self.capture, self.governance.messages_changed
             ),
         )
+        self.retention = Retention(
+            db, config.retention, config.node.name, self.capture, self.governance.messages_changed
+        )
         self._servers: list[asyncio.Server] = []
         self._stopping: asyncio.Task[None] | None = None
         self.listening = False
@@ -302,6 +306,8 @@ class Node:
             self.closers.append(compliance_metrics.close)
         self.writer.start()
         self.unread.start()
+        self.retention.start()
+        self.closers.append(self.retention.close)
         self.store_failover.start()
         loop = asyncio.get_running_loop()
         listeners: list[tuple[str, str, type[Connection]]] = [

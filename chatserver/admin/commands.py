@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..cli_common import fail
+from . import commands_lifecycle as lifecycle
 from .client import Api
 from .command import Command, arg, flags, lists, password, patch_lists, principals
 
@@ -526,9 +527,16 @@ RESOURCES = {
     "pool": "the nodes of the pool",
     "audit": "the audit log of administrators' changes",
     "compliance": "the compliance service's settings",
+    **lifecycle.RESOURCES,
 }
 
-COMMANDS: list[Command] = [*USERS, *CATEGORIES_AND_ROOMS, *MESSAGES, *OPERATIONS]
+COMMANDS: list[Command] = [
+    *USERS,
+    *CATEGORIES_AND_ROOMS,
+    *MESSAGES,
+    *OPERATIONS,
+    *lifecycle.COMMANDS,
+]
 
 # ``chatserver admin login`` turns a name and password into a token: this route, with Basic auth.
 LOGIN_ROUTE = "POST /api/v1/tokens"

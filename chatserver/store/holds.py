@@ -22,6 +22,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import Database, now_ms
+from .outbox import Event, record
 from .schema import held_messages, legal_holds, messages
 
 # Placing more holds than this is refused (they are read on every change of a message).
@@ -172,7 +173,9 @@ async def place(
     since_ms: int | None,
     until_ms: int | None,
     by: str,
+    capture: str | None = None,
 ) -> Hold:
+    """Place a hold (with capture on, a compliance ``HOLD`` event in the same transaction)."""
     async with db.write() as conn:
         if await conn.scalar(select(legal_holds.c.id).where(legal_holds.c.name == name)):
             raise HoldExists(name)
@@ -189,11 +192,15 @@ async def place(
         )
         hold_id = int(result.inserted_primary_key[0])  # type: ignore[index]
         row = (await conn.execute(select(legal_holds).where(legal_holds.c.id == hold_id))).one()
-    return _hold(row)
+        hold = _hold(row)
+        if capture is not None:
+            await record(conn, capture, [Event("HOLD", None, None, hold.public())])
+    return hold
 
 
-async def lift(db: Database, hold_id: int, by: str) -> Hold | None:
-    """Lift a hold (it stays, for the record); None if there is no such hold not lifted."""
+async def lift(db: Database, hold_id: int, by: str, capture: str | None = None) -> Hold | None:
+    """Lift a hold (it stays, for the record); None if there is no such hold not lifted. With
+    capture on, a compliance ``HOLD_LIFT`` event in the same transaction."""
     async with db.write() as conn:
         result = await conn.execute(
             update(legal_holds)
@@ -203,7 +210,10 @@ async def lift(db: Database, hold_id: int, by: str) -> Hold | None:
         if not result.rowcount:
             return None
         row = (await conn.execute(select(legal_holds).where(legal_holds.c.id == hold_id))).one()
-    return _hold(row)
+        hold = _hold(row)
+        if capture is not None:
+            await record(conn, capture, [Event("HOLD_LIFT", None, None, hold.public())])
+    return hold
 
 
 async def listing(db: Database) -> list[Hold]:

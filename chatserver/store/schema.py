@@ -229,7 +229,7 @@ message_ops = Table(
 retention_policies = Table(
     "retention_policies",
     metadata,
-    Column("scope", String(8), nullable=False),
+    Column("scope", String(16), nullable=False),
     Column("scope_id", Id, nullable=False),
     Column("days", Integer, nullable=False),
     Column("files_days", Integer, nullable=True),  # None: as ``days``

@@ -74,7 +74,7 @@ def upgrade() -> None:
     op.create_index("ix_message_ops_ts", "message_ops", ["ts"])
     op.create_table(
         "retention_policies",
-        sa.Column("scope", sa.String(8), nullable=False),
+        sa.Column("scope", sa.String(16), nullable=False),
         sa.Column("scope_id", Id, nullable=False),
         sa.Column("days", sa.Integer, nullable=False),
         sa.Column("files_days", sa.Integer, nullable=True),
