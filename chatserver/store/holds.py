@@ -261,21 +261,35 @@ async def held_content(db: Database, hold: Hold, limit: int) -> list[dict[str, A
                 }
             )
         by_key = {(m["room"], m["seq"]): m for m in out}
+        # Versions of messages that are gone (their room deleted) are listed too.
+        covered = [held_messages.c.room_id.in_(hold.rooms)] if hold.rooms else []
+        if hold.users:
+            covered.append(held_messages.c.sender_id.in_(hold.users))
         if by_key:
-            found = await conn.execute(
-                select(held_messages)
-                .where(held_messages.c.room_id.in_({room for room, _ in by_key}))
-                .order_by(held_messages.c.room_id, held_messages.c.seq, held_messages.c.version)
+            covered.append(held_messages.c.room_id.in_({room for room, _ in by_key}))
+        found = await conn.execute(
+            select(held_messages)
+            .where(or_(*covered))
+            .order_by(held_messages.c.room_id, held_messages.c.seq, held_messages.c.version)
+        )
+        for v in found:
+            key = (v.room_id, v.seq)
+            entry = by_key.get(key)
+            if entry is None:
+                if not hold.covers(v.room_id, v.sender_id, v.ts):
+                    continue
+                entry = {
+                    "room": v.room_id,
+                    "seq": v.seq,
+                    "sender": v.sender_id,
+                    "ts": v.ts,
+                    "text": "",
+                    "state": "gone",
+                    "versions": [],
+                }
+                by_key[key] = entry
+                out.append(entry)
+            entry["versions"].append(
+                {"version": v.version, "text": v.text, "reason": v.reason, "saved_ms": v.saved_ms}
             )
-            for v in found:
-                entry = by_key.get((v.room_id, v.seq))
-                if entry is not None:
-                    entry["versions"].append(
-                        {
-                            "version": v.version,
-                            "text": v.text,
-                            "reason": v.reason,
-                            "saved_ms": v.saved_ms,
-                        }
-                    )
     return out

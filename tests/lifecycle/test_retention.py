@@ -160,6 +160,12 @@ async def test_a_legal_hold_outlives_purge_edit_delete_and_removal(api: Api) -> 
     assert listed["matter-7"]["lifted_ms"] is not None and listed["bob"]["lifted_ms"] is None
     actions = [e["action"] for e in await a.audit()]
     assert actions.count("hold.place") == 2 and actions.count("hold.lift") == 1
+    # Deleting a room takes its messages, never what a hold keeps of them.
+    await a.call("DELETE", f"/api/v1/rooms/{other}")
+    gone = await a.call("GET", f"/api/v1/holds/{user_hold['id']}/messages")
+    assert {m["state"] for m in gone["messages"]} == {"gone"}
+    texts = sorted(v["text"] for m in gone["messages"] for v in m["versions"])
+    assert texts == [f"room {other} age 60 #1", f"room {other} age 90 #0"]
 
 
 async def test_holds_and_policies_are_administrators_only(api: Api) -> None:  # noqa: F811
