@@ -238,6 +238,7 @@ class Node:
                 roster=self.roster,
                 unread=self.unread,
             )
+        rate_limiter = RateLimiter(config.limits.posts_per_user_per_s)
         self.services = Services(
             node_name=config.node.name,
             limits=config.limits,
@@ -249,7 +250,7 @@ class Node:
                 self.settings,
                 auth,
                 self.writer,
-                RateLimiter(config.limits.posts_per_user_per_s),
+                rate_limiter,
                 lambda room: message_store.last_seq(db, room),
             ),
             governance=self.governance,
@@ -261,7 +262,12 @@ class Node:
             feeds=self.feeds,
             roster=self.roster,
             lifecycle=Lifecycle(
-                db, self.settings, auth, self.capture, self.governance.messages_changed
+                db,
+                self.settings,
+                auth,
+                self.capture,
+                self.governance.messages_changed,
+                rate_limiter,
             ),
         )
         self.retention = Retention(

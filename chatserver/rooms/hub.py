@@ -337,6 +337,9 @@ class Hub:
         if any(c.seq > state.last_seq for c in changes):
             state.ahead.extend(c for c in changes if c.seq > state.last_seq)
             changes = [c for c in changes if c.seq <= state.last_seq]
+            if len(state.ahead) > MAX_BUFFERED_EVENTS:  # their messages never came: start over
+                self.forget(room_id)
+                return
         self._edit_cache(state, changes, cleared_through)
         events = [Outgoing.event(c.event(room_id)) for c in changes]
         if cleared_through is not None:

@@ -9,7 +9,8 @@ change is told to the room's readers here and to the pool's other nodes through
 administrator's removal), as a ``message.changed`` event that follows the message it changes.
 
 Editing needs the right to post (the new text is a post's); deleting one's own message and
-reacting need the right to read.
+reacting need the right to read. Every change takes a token of the user's post rate limit
+(``limits.posts_per_user_per_s``) before anything is read.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..protocol.errors import BAD_REQUEST, NOT_FOUND, TOO_LARGE, ChatError
+from ..protocol.errors import BAD_REQUEST, NOT_FOUND, RATE_LIMITED, TOO_LARGE, ChatError
 from ..store import lifecycle as store
 from ..store.db import Database
 from ..store.users import User
 from .authorization import Authorization
 from .capture import Capture, backchat
 from .changes import MessageChange, MessagesChanged
+from .ratelimit import RateLimiter
 from .settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,9 @@ class Lifecycle:
         auth: Authorization,
         capture: Capture,
         messages_changed: Callable[[MessagesChanged], None],
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
+        self._rate_limiter = rate_limiter  # shared with posts: one budget per user
         self._db = db
         self._settings = settings
         self._auth = auth
@@ -60,6 +64,8 @@ class Lifecycle:
         return ChatError(NOT_FOUND, f"no message {seq} in room {room}")
 
     async def _run(self, user: User, room: int, seq: int, need: str, work: Any) -> store.Outcome:
+        if self._rate_limiter is not None and not self._rate_limiter.allow(user.id):
+            raise ChatError(RATE_LIMITED, "too many changes; slow down")
         if need == "post":
             found = await self._auth.writable_room(user, room)
         else:

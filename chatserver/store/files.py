@@ -32,6 +32,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from . import holds
 from .db import Database, now_ms
 from .messages import FileRef, Message
 from .outbox import Event, record
@@ -363,7 +364,10 @@ async def remove(db: Database, file_id: int, *, by: str, capture: str | None) ->
         if row is None:
             return None
         await conn.execute(update(files).where(files.c.id == file_id).values(state=REMOVED))
-        await conn.execute(delete(file_chunks).where(file_chunks.c.file_id == file_id))
+        if not await _held_files(conn, int(row.room_id), [file_id]):
+            await conn.execute(delete(file_chunks).where(file_chunks.c.file_id == file_id))
+        at = messages.c.seq == row.seq
+        await holds.keep_held(conn, int(row.room_id), at, "remove")
         original = await conn.scalar(
             select(messages.c.text).where(
                 messages.c.room_id == row.room_id, messages.c.seq == row.seq
@@ -414,9 +418,26 @@ async def remove_covered(conn: AsyncConnection, room: int, seqs: list[int] | Non
         cond = cond & files.c.seq.in_(seqs)
     ids = [int(r.id) for r in await conn.execute(select(files.c.id).where(cond))]
     if ids:
-        await conn.execute(delete(file_chunks).where(file_chunks.c.file_id.in_(ids)))
+        # A legal hold keeps the bytes of the files it covers (store/holds.py).
+        kept = await _held_files(conn, room, ids)
+        gone = [i for i in ids if i not in kept]
+        if gone:
+            await conn.execute(delete(file_chunks).where(file_chunks.c.file_id.in_(gone)))
         await conn.execute(update(files).where(files.c.id.in_(ids)).values(state=REMOVED))
     return len(ids)
+
+
+async def _held_files(conn: AsyncConnection, room: int, ids: list[int]) -> set[int]:
+    """Those of the files ``ids`` whose message a legal hold covers."""
+    active = await holds.active(conn)
+    if not active:
+        return set()
+    rows = await conn.execute(
+        select(files.c.id)
+        .join(messages, (messages.c.room_id == files.c.room_id) & (messages.c.seq == files.c.seq))
+        .where(files.c.room_id == room, files.c.id.in_(ids), holds.held_condition(active))
+    )
+    return {int(r.id) for r in rows}
 
 
 async def counts(db: Database) -> dict[str, int]:

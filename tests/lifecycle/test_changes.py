@@ -345,3 +345,26 @@ async def test_changes_race_posts_without_losing_order(harness: Harness) -> None
             seen[event["seq"]] = event["text"]
     stored = {m.seq: m.text for m in await message_store.latest(harness.node.db, room, 50)}
     assert seen == stored
+
+
+async def test_changes_take_the_users_post_rate_limit(db_url: str) -> None:
+    """Attacker: a flood of reactions is refused like a flood of posts, before the store."""
+    node = await start_node(node_config(db_url, limits={"posts_per_user_per_s": 2}))
+    harness = Harness(node)
+    try:
+        await harness.user("ann")
+        room = await harness.room()
+        ann = await harness.login("ann")
+        seq = await _post(ann, room, "target", "p1")
+        replies = await asyncio.gather(
+            *(
+                ann.request("reaction.add", room=room, seq=seq, emoji=f"e{i}", cid=f"r{i}")
+                for i in range(10)
+            )
+        )
+        codes = [r["error"]["code"] for r in replies if not r["ok"]]
+        assert codes and set(codes) == {"rate_limited"}, replies
+        stored = await message_store.latest(node.db, room, 1)
+        assert sum((stored[0].reactions or {}).values()) == 10 - len(codes)
+    finally:
+        await harness.close()
