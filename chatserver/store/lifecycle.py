@@ -357,9 +357,10 @@ async def edit_policies(db: Database, room: int) -> tuple[str | None, str | None
     return None if row is None else (row.edit_policy, row.cat)
 
 
-async def category_edit_policy(db: Database, category: int) -> str | None:
+async def category_edit_policy(db: Database, category: int) -> tuple[str | None] | None:
+    """The category's own policy (in a 1-tuple), or None if there is no such category."""
     async with db.read() as conn:
-        value = await conn.scalar(
-            select(categories.c.edit_policy).where(categories.c.id == category)
-        )
-    return None if value is None else str(value)
+        row = (
+            await conn.execute(select(categories.c.edit_policy).where(categories.c.id == category))
+        ).one_or_none()
+    return None if row is None else (row.edit_policy,)

@@ -15,7 +15,6 @@ from ...store import lifecycle as store
 from ..context import Ctx, not_found
 from ..routing import Router
 from ..types import In
-from .views import category_out
 
 router = Router()
 
@@ -76,8 +75,10 @@ async def set_category_edit_policy(ctx: Ctx) -> Any:
     cid = ctx.params["category_id"]
 
     async def load() -> dict[str, Any]:
-        await category_out(ctx, cid)  # not_found first
-        own = await store.category_edit_policy(ctx.db, cid)
+        found = await store.category_edit_policy(ctx.db, cid)  # the store's, not a cache's
+        if found is None:
+            raise not_found("category", cid)
+        own = found[0]
         return {"policy": own, "effective": own or ctx.node.settings.chat.edit_policy}
 
     async def change(_before: Any) -> None:

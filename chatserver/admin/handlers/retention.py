@@ -15,12 +15,13 @@ from pydantic import BaseModel, Field, model_validator
 
 from ...protocol.errors import CONFLICT, ChatError
 from ...store import holds as hold_store
+from ...store import lifecycle as lifecycle_store
 from ...store import retention as store
 from ...store.db import now_ms
 from ..context import Ctx, not_found
 from ..routing import Router
 from ..types import Id, In, Name, When, epoch_ms
-from .views import category_out, room_out
+from .views import room_out
 
 log = logging.getLogger(__name__)
 router = Router()
@@ -154,8 +155,10 @@ async def _scope(ctx: Ctx, scope: str) -> int:
     if scope == "deployment":
         return 0
     if scope == "category":
-        await category_out(ctx, ctx.params["category_id"])
-        return int(ctx.params["category_id"])
+        ident = int(ctx.params["category_id"])
+        if await lifecycle_store.category_edit_policy(ctx.db, ident) is None:
+            raise not_found("category", ident)
+        return ident
     await room_out(ctx, ctx.params["room_id"])
     return int(ctx.params["room_id"])
 
@@ -230,6 +233,7 @@ for _scope_name, _path in SCOPE_PATHS.items():
     summary="What the retention policies (and a candidate) would purge now, per room",
     body=PreviewIn,
     response=PreviewOut,
+    reads_only=True,
 )
 async def preview(ctx: Ctx) -> Any:
     body: PreviewIn = ctx.body
