@@ -569,7 +569,8 @@ class Hub:
 
     async def verify_changes(self, change: MessagesChanged) -> MessagesChanged | None:
         """A peer's ``edit`` as the store has it (:func:`.verify.verify_changes`)."""
-        confirmed, dropped = await verify_changes(self._load_after, change)
+        known = self.known_last_seq(change.room)
+        confirmed, dropped = await verify_changes(self._load_after, change, known)
         self.contradicted += dropped
         return confirmed
 

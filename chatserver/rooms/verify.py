@@ -23,7 +23,7 @@ CHANGED = ("replaced", "removed", "edited", "deleted")
 
 
 async def verify_changes(
-    load_after: LoadAfter, change: MessagesChanged
+    load_after: LoadAfter, change: MessagesChanged, known_last: int | None = None
 ) -> tuple[MessagesChanged | None, int]:
     """The claim as the store has it, and how many of its parts the store contradicted.
 
@@ -31,6 +31,9 @@ async def verify_changes(
     shows unchanged are left out); the clear only if the store holds no message at or below
     ``cleared_through``. ``None`` if nothing is confirmed. The change number and the reaction
     named are the peer's (they only tell the client what changed; the state is the store's).
+    A removal of a seq the store no longer holds at all (the retention purge deleted it) is
+    confirmed when the seq is at most ``known_last``, the last seq delivered here: never for a
+    seq still to come.
     """
     changes: list[MessageChange] = []
     if change.changes:
@@ -40,6 +43,9 @@ async def verify_changes(
         for claimed in change.changes:
             stored = found.get(claimed.seq)
             if stored is None:
+                purged = known_last is not None and claimed.seq <= known_last
+                if purged and claimed.state == "removed" and claimed.change_no is None:
+                    changes.append(MessageChange(claimed.seq, "removed"))
                 continue
             if claimed.reaction is not None or claimed.reactions is not None:
                 if stored.state == "removed":

@@ -87,3 +87,17 @@ async def test_a_peers_reaction_is_the_stores_count() -> None:
     assert await hub.verify_changes(forged) is None
     assert hub.contradicted == 1
     await asyncio.sleep(0)
+
+
+async def test_a_peers_purge_removal_is_confirmed_only_below_what_was_delivered() -> None:
+    store = Store()
+    store.add(1, 2, 3)
+    hub = Hub(cache_size=5, load_recent=store.recent, load_after=store.after)
+    state = await hub.room(1)
+    del store.messages[1][0]  # seq 1 purged from the store
+    claim = MessagesChanged(1, (MessageChange(1, "removed"), MessageChange(9, "removed")))
+    confirmed = await hub.verify_changes(claim)
+    assert confirmed == MessagesChanged(1, (MessageChange(1, "removed"),), None)
+    assert hub.contradicted == 1  # seq 9 has not come: a forged removal of a future message
+    hub.change_messages(1, confirmed.changes)
+    assert [m["seq"] for m in state.recent] == [2, 3]
