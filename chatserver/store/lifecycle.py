@@ -175,7 +175,8 @@ async def edit(
             payload = {"seq": seq, "cid": cid, "original_text": old.text, "new_text": text}
             await record(conn, capture, [Event("EDIT", room, user, payload)])
         new = await _read(conn, room, seq)
-    assert new is not None
+        if new is None:  # purged meanwhile (the retention purge does not lock the room)
+            raise NotFound
     return Outcome(new, number, False)
 
 
@@ -212,7 +213,8 @@ async def delete_own(
             payload = {"seq": seq, "cid": cid, "original_text": old.text, "new_text": None}
             await record(conn, capture, [Event("DELETE", room, user, payload)])
         new = await _read(conn, room, seq)
-    assert new is not None
+        if new is None:  # purged meanwhile (the retention purge does not lock the room)
+            raise NotFound
     return Outcome(new, number, False)
 
 
@@ -277,7 +279,8 @@ async def react(
             payload = {"seq": seq, "cid": cid, "emoji": emoji, "added": add}
             await record(conn, capture, [Event("REACT", room, user, payload)])
         new = await _read(conn, room, seq)
-    assert new is not None
+        if new is None:  # purged meanwhile (the retention purge does not lock the room)
+            raise NotFound
     return Outcome(new, number, False)
 
 
