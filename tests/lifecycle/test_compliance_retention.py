@@ -6,6 +6,7 @@ event emptied outside the purge's cutoff breaks the chain."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sqlalchemy import update
 
@@ -20,6 +21,8 @@ from tests.compliance.test_compliance import (  # noqa: F401  (fixtures)
     comp_cluster,
     comp_url,
     compliance_cmd,
+    exported_files,
+    parse_valid,
     payload,
     post_some,
     setup,
@@ -74,3 +77,29 @@ async def test_the_archive_forgets_old_events_but_not_held_ones(
     checked = await verify(stores.comp, stores.content)
     assert not checked.ok and checked.broken is not None
     assert checked.broken["seq"] == target.seq
+
+
+async def test_users_changes_and_holds_export_as_valid_xml(
+    setup: tuple[Harness, Stores],  # noqa: F811
+) -> None:
+    h, stores = setup
+    room = await post_some(h, 1)
+    poster = await h.login("poster")
+    await poster.call("message.edit", room=room, seq=1, text="p0, better", cid="e1")
+    await poster.call("reaction.add", room=room, seq=1, emoji="🎉", cid="r1")
+    await poster.call("message.delete", room=room, seq=1, cid="d1")
+    hold = await hold_store.place(
+        stores.content, "x", [], [room], None, None, "root", h.node.compliance_node
+    )
+    await hold_store.lift(stores.content, hold.id, "root", h.node.compliance_node)
+    await stores.drain()
+    code, out = await compliance_cmd(stores.config, "export")
+    assert code == 0, out
+    kinds: dict[str, str] = {}
+    for path in exported_files(
+        stores.config.compliance.output_dir and Path(stores.config.compliance.output_dir)
+    ):
+        for message in parse_valid(path).xpath("//Messages/Message"):
+            kinds[message.get("type")] = message.get("content")
+    assert kinds["EDIT"] == "p0, better" and kinds["REACT"] == "🎉"
+    assert {"DELETE", "HOLD", "HOLD_LIFT"} <= set(kinds)
