@@ -96,9 +96,7 @@ async def test_users_changes_and_holds_export_as_valid_xml(
     code, out = await compliance_cmd(stores.config, "export")
     assert code == 0, out
     kinds: dict[str, str] = {}
-    for path in exported_files(
-        stores.config.compliance.output_dir and Path(stores.config.compliance.output_dir)
-    ):
+    for path in exported_files(Path(stores.config.compliance.output_dir)):
         for message in parse_valid(path).xpath("//Messages/Message"):
             kinds[message.get("type")] = message.get("content")
     assert kinds["EDIT"] == "p0, better" and kinds["REACT"] == "🎉"
