@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy import bindparam, insert, literal_column, select, tuple_, update
 
 from .db import PG_NOW_MS, Database, now_ms
 from .marks import STORE_BATCH_WITH_MENTIONS_PG, Named, insert_mentions, mention_args
@@ -246,6 +246,8 @@ async def _store_batch_generic(
             ).where(tuple_(messages.c.room_id, messages.c.sender_id, messages.c.cid).in_(keys))
         ):
             existing[(row.room_id, row.sender_id, row.cid)] = (row.seq, row.ts, row.text)
+        if ts is None and db.is_postgres:  # a batch with a reply: still the store's clock
+            ts = int(await conn.scalar(select(literal_column(PG_NOW_MS))) or 0)
         plan = _plan(posts, last_seqs, keeps, existing, now_ms() if ts is None else ts)
         if plan.kept_rows:
             await conn.execute(
