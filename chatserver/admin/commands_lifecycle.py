@@ -34,12 +34,12 @@ POLICY_ARGS = (
 
 
 def _preview(a: Namespace, api: Api) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if a.scope is not None:
-        body = {"scope": a.scope, "scope_id": a.scope_id or 0, "days": a.days}
-        if a.files_days is not None:
-            body["files_days"] = a.files_days
-    return body
+    if a.scope is None:
+        return {}
+    candidate = {"scope": a.scope, "scope_id": a.scope_id or 0, "days": a.days}
+    if a.files_days is not None:
+        candidate["files_days"] = a.files_days
+    return {"candidate": candidate}
 
 
 def _preview_out(a: Namespace, result: Any) -> Any:

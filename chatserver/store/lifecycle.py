@@ -14,6 +14,7 @@ compared with the store's clock.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, update
@@ -25,6 +26,9 @@ from .files import remove_covered
 from .messages import GONE, Message, _message, _select_messages
 from .outbox import Event, record
 from .schema import categories, message_ops, messages, reactions, rooms
+
+# What an edit policy may be: "never", "always", or whole minutes (no leading zero).
+POLICY_PATTERN = r"^(never|always|[1-9][0-9]{0,5})$"
 
 
 class NotFound(Exception):
@@ -65,12 +69,12 @@ def parse_policy(value: str | None) -> int | bool | None:
 
 
 def check_policy(value: str) -> str:
-    """A policy as stored, or ValueError: "never", "always" or whole minutes 1 … 525600."""
+    """A policy as stored, or ValueError: "never", "always" or whole minutes 1 … 999999."""
     if value in ("never", "always"):
         return value
-    if value.isdigit() and 1 <= int(value) <= 525_600:
-        return str(int(value))
-    raise ValueError("edit_policy is never, always, or a number of minutes (1 to 525600)")
+    if re.fullmatch(POLICY_PATTERN, value):
+        return value
+    raise ValueError("edit_policy is never, always, or a number of minutes (1 to 999999)")
 
 
 async def _lock(

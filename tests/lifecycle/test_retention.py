@@ -63,7 +63,7 @@ async def test_retention_deletes_exactly_what_its_policies_say(api: Api) -> None
     assert by_room[month]["newest_ms"] == now - 31 * DAY
     # A candidate for the deployment reaches the room without a policy too.
     candidate = await a.call(
-        "POST", "/api/v1/retention/preview", {"scope": "deployment", "days": 100}
+        "POST", "/api/v1/retention/preview", {"candidate": {"scope": "deployment", "days": 100}}
     )
     assert {r["room"]: r["messages"] for r in candidate["rooms"]} == {ten: 5, month: 3, kept: 1}
     assert await _left(a, ten) == seqs[ten]  # a preview deletes nothing

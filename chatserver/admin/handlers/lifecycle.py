@@ -20,7 +20,7 @@ router = Router()
 
 
 class EditPolicyIn(In):
-    policy: Annotated[str, Field(max_length=16)] | None = Field(
+    policy: Annotated[str, Field(max_length=16, pattern=store.POLICY_PATTERN)] | None = Field(
         description='"never", "always", or whole minutes after posting ("15"); null: inherit'
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from ...protocol.errors import CONFLICT, ChatError
 from ...store import holds as hold_store
@@ -48,19 +48,17 @@ class PoliciesOut(BaseModel):
     policies: list[PolicyOut]
 
 
-class PreviewIn(In):
-    scope: Annotated[str, Field(pattern="^(deployment|category|room)$")] | None = Field(
-        None, description="A candidate policy's scope, counted as if it were set and enabled"
-    )
-    scope_id: int = Field(0, ge=0, le=2**53)
-    days: Days | None = None
+class CandidateIn(In):
+    scope: Annotated[str, Field(pattern="^(deployment|category|room)$")]
+    scope_id: int = Field(0, ge=0, le=2**53, description="0 for the deployment")
+    days: Days
     files_days: Days | None = None
 
-    @model_validator(mode="after")
-    def _whole(self) -> PreviewIn:
-        if (self.scope is None) != (self.days is None):
-            raise ValueError("a candidate policy needs both scope and days")
-        return self
+
+class PreviewIn(In):
+    candidate: CandidateIn | None = Field(
+        None, description="A policy counted as if it were set and enabled (it replaces its scope's)"
+    )
 
 
 class PreviewRoom(BaseModel):
@@ -93,12 +91,6 @@ class HoldIn(In):
     rooms: list[Id] = Field(default_factory=list, max_length=hold_store.MAX_TARGETS)
     since: When | None = Field(None, description="Messages posted from (epoch ms or ISO 8601)")
     until: When | None = Field(None, description="… until (a bare date: its whole day)")
-
-    @model_validator(mode="after")
-    def _targets(self) -> HoldIn:
-        if not self.users and not self.rooms:
-            raise ValueError("a hold names users, rooms, or both")
-        return self
 
 
 class HoldOut(BaseModel):
@@ -237,11 +229,11 @@ for _scope_name, _path in SCOPE_PATHS.items():
 )
 async def preview(ctx: Ctx) -> Any:
     body: PreviewIn = ctx.body
-    found = [p for p in await store.policies(ctx.db)]
-    if body.scope is not None and body.days is not None:
-        candidate = store.Policy(body.scope, body.scope_id, body.days, body.files_days, True)
-        found = [p for p in found if (p.scope, p.scope_id) != (body.scope, body.scope_id)]
-        found.append(candidate)
+    found = list(await store.policies(ctx.db))
+    c = body.candidate
+    if c is not None:
+        found = [p for p in found if (p.scope, p.scope_id) != (c.scope, c.scope_id)]
+        found.append(store.Policy(c.scope, c.scope_id, c.days, c.files_days, True))
     chosen = store.effective(await store.room_rows(ctx.db), found, enabled_only=False)
     now = ctx.node.retention.clock()
     rooms = await store.preview(ctx.db, chosen, now)
