@@ -82,11 +82,10 @@ async def _serve(config: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from .logs import configure
+
     config = _config(args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(args.log_level, config.log.format, config.node.name, config.log.connections)
     if args.log_level != "debug":
         logging.getLogger("alembic").setLevel(logging.WARNING)
     print(f"chatserver: node {config.node.name}, store {_redact(config.database.url)}", flush=True)
@@ -169,6 +168,7 @@ def cmd_user_add(args: argparse.Namespace) -> None:
 
     async def body(config: Any, db: Any) -> None:
         from .accounts import add_user
+        from .password_policy import PasswordPolicy
         from .rooms.audit import Audit
 
         try:
@@ -180,6 +180,7 @@ def cmd_user_add(args: argparse.Namespace) -> None:
                 by=cli_actor(),
                 is_admin=args.admin,
                 display_name=args.display_name,
+                policy=PasswordPolicy(config.passwords),
             )
         except ChatError as exc:
             _fail(exc.message, 1)
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     user_add.set_defaults(func=cmd_user_add)
+    from .cli_users import register as register_users
+
+    register_users(user, common, _with_store, _read_password)
 
     room = sub.add_parser("room", help="manage rooms").add_subparsers(
         dest="room_command", required=True, metavar="ACTION"
@@ -276,10 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .admin.cli import register as register_admin
     from .pool.cli import register as register_pool
+    from .transfer.cli import register as register_transfer
 
     register_admin(sub, common)
     register_pool(sub, common)
     register_compliance(sub, common)
+    register_transfer(sub, common)
     return parser
 
 

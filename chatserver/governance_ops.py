@@ -76,6 +76,23 @@ class GovernanceOps:
         response = await self._changed_room_reply(request.id, request.room)
         return {**response, "invited": sorted(invited)}
 
+    async def op_room_choices(self, request: cmd.RoomChoices) -> dict[str, Any]:
+        assert self.user is not None and self.services.choices is not None
+        found = await self.services.choices.choices(
+            self.user, request.room, request.category, request.query
+        )
+        return reply(request.id, **found)
+
+    async def op_rooms_managed(self, request: cmd.RoomsManaged) -> dict[str, Any]:
+        assert self.user is not None and self.services.choices is not None
+        rooms = []
+        for room_id in await self.services.choices.managed(self.user):
+            try:
+                rooms.append(await self._gov.view(self.user, room_id))
+            except ChatError:
+                continue  # changed meanwhile
+        return reply(request.id, rooms=sorted(rooms, key=lambda r: (r["name"], r["id"])))
+
     async def op_room_move(self, request: cmd.RoomMove) -> dict[str, Any]:
         assert self.user is not None
         await self._gov.move_room(self.user, request.room, request.category)

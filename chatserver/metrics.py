@@ -25,6 +25,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .latency import LatencyHistogram
+
 if TYPE_CHECKING:
     from collections import Counter
 
@@ -86,6 +88,10 @@ class Metrics:
         self.sign_in_failures: dict[str, int] = dict.fromkeys((*SIGN_IN_VIAS, "other"), 0)
         self.sign_ins_throttled: dict[str, int] = dict.fromkeys((*SIGN_IN_VIAS, "other"), 0)
         self.sign_in_lockouts: dict[str, int] = dict.fromkeys(LOCKOUT_SCOPES, 0)
+        # From a post's arrival to its acknowledgement (stored, or refused after queueing).
+        self.post_ack = LatencyHistogram()
+        # Search requests, from the request to the page of hits (or the error).
+        self.search_latency = LatencyHistogram()
         self.batch_size = Histogram(
             "chatserver_group_commit_batch_size",
             "Posts stored per group-commit transaction",
@@ -264,6 +270,18 @@ class _NodeCollector(Collector):
         )
         yield CounterMetricFamily(
             "chatserver_deliveries", "Messages written to subscribers", value=hub.delivered
+        )
+        yield m.post_ack.family(
+            "chatserver_post_ack_seconds",
+            "From a post's arrival to its acknowledgement (group commit included)",
+        )
+        yield hub.delivery_latency.family(
+            "chatserver_delivery_latency_seconds",
+            "From a message's commit (its timestamp, on whichever node stored it) to its delivery"
+            " to this node's subscribers; once per message",
+        )
+        yield m.search_latency.family(
+            "chatserver_search_seconds", "Search requests, from the request to the page of hits"
         )
         yield CounterMetricFamily(
             "chatserver_resyncs", "resync events sent to clients", value=m.resyncs

@@ -41,6 +41,7 @@ from .rooms.audit import SYSTEM, Audit
 from .rooms.authorization import Authorization
 from .rooms.capture import Capture
 from .rooms.changes import LocalOnly, Publisher
+from .rooms.choices import Choices
 from .rooms.directory import Directory
 from .rooms.enforcement import Enforcement
 from .rooms.facts import Facts
@@ -69,8 +70,12 @@ from .throttle import LoginThrottle
 from .transport.connection import Connection
 from .transport.connections import Connections
 from .transport.http import ClientHttpServer, FilesCollector
+from .transport.oidc import oidc_routes
 from .transport.tcp import TcpConnection
+from .transport.web_manage import add_manage_pages, manage_url
 from .transport.websocket import WebSocketConnection
+from .userdir.setup import DirectorySetupError, directory_login, directory_sync
+from .web.client import ClientPages
 
 if TYPE_CHECKING:
     from .pool.node import Pool
@@ -189,6 +194,10 @@ class Node:
             on_mentions=self.unread.mentioned,
             max_pending=config.limits.max_pending_posts,
         )
+        try:
+            ldap = directory_login(config)  # None without [directory]
+        except DirectorySetupError as exc:
+            raise StartupError(str(exc)) from None
         self.accounts = Accounts(
             config,
             db,
@@ -197,6 +206,10 @@ class Node:
             enforcement,
             publisher,
             audit,
+            directory=ldap,
+        )
+        self.directory_sync = directory_sync(
+            config, db, ldap, self.accounts, self.governance, audit
         )
         self.reading = Reading(db, self.settings, facts, auth, hub, self.capture, addins)
         self.files = Files(
@@ -261,6 +274,7 @@ class Node:
             search=self.search,
             feeds=self.feeds,
             roster=self.roster,
+            choices=Choices(db, facts, auth, addins),
             lifecycle=Lifecycle(
                 db,
                 self.settings,
@@ -364,7 +378,18 @@ class Node:
             host, port = pool.peer_address
             self.announce(f"pool: listening for peers on {host}:{port}, joined as {pool.state}")
         self.files.start_sweeping()
+        if self.directory_sync is not None:
+            self.directory_sync.start()
         log.info("node %s started on %s", self.config.node.name, self.db.dialect)
+        compliance = self.config.compliance
+        if compliance.enabled:
+            self.announce(
+                "compliance capture is on: events wait in the outbox until `chatserver compliance"
+                f" run` moves them to the compliance database (its XML exports every"
+                f" {compliance.run_interval_s} s; `chatserver compliance export` runs one now)"
+            )
+        else:
+            self.announce("compliance capture is off (compliance.enabled)")
 
     async def stop(self, timeout: float = 10.0) -> None:
         if self._stopping is None:
@@ -414,6 +439,8 @@ class Node:
                 await asyncio.wait_for(server.wait_closed(), 2)
             except TimeoutError:
                 pass
+        if self.directory_sync is not None:
+            await self.directory_sync.stop()
         if self.pool is not None:
             await self.pool.stop()
         await self.store_failover.stop()
@@ -437,17 +464,51 @@ class Node:
                 name="the client HTTP listener",
             )
 
-        self.http = ClientHttpServer(
-            files, self.accounts, self.auth, self.files, guard, search=self.search
+        pages = ClientPages(
+            self._websocket_listeners,
+            context is not None,
+            lambda: str(self.settings.chat.room_management_url),
+            sso=self.config.oidc.enabled,
         )
+        self.http = ClientHttpServer(
+            files, self.accounts, self.auth, self.files, guard, search=self.search, pages=pages
+        )
+        websocket = self.addresses.get("websocket")
+        add_manage_pages(self.http.app.router, websocket[1] if websocket else None, bool(context))
+        if self.config.oidc.enabled:  # single sign-on for the web client
+            oidc = oidc_routes(
+                self.config.oidc, self.accounts, self.db, self.governance.directory_changed
+            )
+            oidc.register(self.http.app)
         try:
             host, port = await self.http.start(address, context)
         except OSError as exc:
             raise StartupError(f"listen.http: cannot listen on {address}: {exc}") from None
         self.addresses["http"] = (host, port)
+        self.connections.page_ports = (port,)  # the web client's WebSocket origin
         self.metrics.register(FilesCollector(self.files, self.http))
         scheme = "https" if context else "http"
+        self.announce(f"room management pages on {manage_url(scheme, host, port)}")
         self.announce(f"listening for HTTP clients (files) on {scheme}://{host}:{port}/")
+        shown = "localhost" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+        self.announce(f"web client: open {scheme}://{shown}:{port}/ in a browser")
+
+    def _websocket_listeners(self) -> list[tuple[str, int]]:
+        """Where the web client's WebSocket connects: this node's listener, then the other
+        active nodes of the pool (for resuming when this one dies)."""
+        out: list[tuple[str, int]] = []
+        own = self.addresses.get("websocket")
+        if own is not None:
+            out.append(own)
+        if self.pool is not None:
+            for node in self.pool.active_nodes():
+                try:
+                    host, port = parse_address(node["websocket"])
+                except ValueError:
+                    continue
+                if (host, port) != own:
+                    out.append((host, port))
+        return out
 
     # -- management ---------------------------------------------------------------------------
 
@@ -460,7 +521,12 @@ class Node:
             raise StartupError(f"listen.management: cannot listen on {address}: {exc}") from None
         self.addresses["management"] = (host, port)
         scheme = "https" if context else "http"
-        self.announce(f"management API on {scheme}://{host}:{port}/ (see /openapi.json)")
+        self.announce(f"administration pages on {scheme}://{host}:{port}/admin/")
+        self.announce(
+            f"management API on {scheme}://{host}:{port}/ (chatserver admin; /openapi.json"
+            " describes it and, like every endpoint but /healthz and /readyz, needs an"
+            " administrator's token: chatserver admin login)"
+        )
         if context is None and not ipaddress.ip_address(host).is_loopback:
             log.warning(
                 "the management port listens on %s without TLS: tokens and passwords cross the"

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .accounts import Accounts
     from .config import LimitsConfig
     from .metrics import Metrics
+    from .rooms.choices import Choices
     from .rooms.directory import Directory
     from .rooms.feeds import Feeds
     from .rooms.governance import Governance
@@ -73,3 +74,4 @@ class Services:
     feeds: Feeds | None = None
     roster: Roster | None = None  # the participant roster
     lifecycle: Lifecycle | None = None  # users' edits, deletes, reactions, threads
+    choices: Choices | None = None  # room.choices (the management pages' search)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL_VERSION, __version__
 from .governance_ops import GovernanceOps
 from .lifecycle_ops import LifecycleOps
+from .logs import CONN_ID, REQUEST_ID
 from .protocol import commands as cmd
 from .protocol.errors import (
     BAD_REQUEST,
@@ -25,6 +27,7 @@ from .protocol.errors import (
     UNAUTHENTICATED,
     UNAVAILABLE,
     ChatError,
+    ProtocolError,
     RetryLater,
 )
 from .protocol.events import Outgoing, Resync, RoomRemoved, error_reply, reply
@@ -111,8 +114,10 @@ class Session(GovernanceOps, LifecycleOps):
             self.worker = asyncio.get_running_loop().create_task(self._work())
 
     def reject(self, error: ChatError) -> None:
-        """A frame could not be decoded; tell the client (it has no request id)."""
-        self.conn.send(Outgoing(error_reply(None, error.code, error.message)))
+        """A frame could not be decoded; tell the client (with the request's id when the frame
+        was parsed far enough to read one)."""
+        rid = error.request_id if isinstance(error, ProtocolError) else None
+        self.conn.send(Outgoing(error_reply(rid, error.code, error.message)))
 
     def end(self, error: ChatError, reason: str) -> None:
         """The input cannot be trusted any more: answer what came before, then ``error`` (with
@@ -123,6 +128,7 @@ class Session(GovernanceOps, LifecycleOps):
             self.worker = asyncio.get_running_loop().create_task(self._work())
 
     async def _work(self) -> None:
+        CONN_ID.set(getattr(self.conn, "id", None))  # this task's log lines name the connection
         try:
             while self._queue and not self.closed:
                 obj = self._queue.popleft()
@@ -152,6 +158,7 @@ class Session(GovernanceOps, LifecycleOps):
 
     async def _serve(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         rid = cmd.request_id(obj)
+        REQUEST_ID.set(rid)
         try:
             request = cmd.parse_request(obj)
             return await self._dispatch(request)
@@ -205,6 +212,7 @@ class Session(GovernanceOps, LifecycleOps):
                 "history_page_max": chat.history_page_max,
                 "max_file_size_kb": chat.max_file_size_kb,
                 "participant_update_limit": chat.participant_update_limit,
+                "posts_per_user_per_s": self.services.limits.posts_per_user_per_s,
             },
             room_management_url=chat.room_management_url,
         )
@@ -343,16 +351,25 @@ class Session(GovernanceOps, LifecycleOps):
         )
         return reply(request.id, messages=messages, more=more)
 
+    async def op_users_lookup(self, request: cmd.UsersLookup) -> dict[str, Any]:
+        assert self.user is not None
+        found = await self.services.reading.senders(self.user, request.room, request.ids)
+        return reply(request.id, users=found)
+
     async def op_search(self, request: cmd.Search) -> dict[str, Any]:
         assert self.user is not None and self.services.search is not None
-        hits, cursor = await self.services.search.search(
-            self.user,
-            request.query,
-            room=request.room,
-            order=request.order,
-            cursor=request.cursor,
-            limit=request.limit,
-        )
+        started = time.perf_counter()
+        try:
+            hits, cursor = await self.services.search.search(
+                self.user,
+                request.query,
+                room=request.room,
+                order=request.order,
+                cursor=request.cursor,
+                limit=request.limit,
+            )
+        finally:
+            self.services.metrics.search_latency.observe(time.perf_counter() - started)
         return reply(request.id, hits=hits, cursor=cursor)
 
     async def op_feed_add(self, request: cmd.FeedAdd) -> dict[str, Any]:
@@ -400,6 +417,7 @@ class Session(GovernanceOps, LifecycleOps):
         if not isinstance(request, cmd.Post) or request.reply_to is not None:
             return False  # a reply's seq is checked with an await: the worker serves it
         metrics = self.services.metrics
+        started = time.perf_counter()
         try:
             future = self.services.posting.post_now(
                 self.user, request.room, request.text, request.cid
@@ -414,7 +432,7 @@ class Session(GovernanceOps, LifecycleOps):
         if future is None:
             return False
         metrics.posts_received += 1
-        self._await_post(request, future)
+        self._await_post(request, future, started)
         limits = self.services.limits
         if self._posts_in_flight >= limits.max_requests_in_flight:
             self.conn.pause_reading()
@@ -424,6 +442,7 @@ class Session(GovernanceOps, LifecycleOps):
         assert self.user is not None
         metrics = self.services.metrics
         metrics.posts_received += 1
+        started = time.perf_counter()
         try:
             future = await self.services.posting.post(
                 self.user, request.room, request.text, request.cid, request.reply_to
@@ -431,9 +450,11 @@ class Session(GovernanceOps, LifecycleOps):
         except ChatError as exc:
             metrics.post_rejected(exc.code)
             raise
-        self._await_post(request, future)
+        self._await_post(request, future, started)
 
-    def _await_post(self, request: cmd.Post, future: asyncio.Future[Stored]) -> None:
+    def _await_post(
+        self, request: cmd.Post, future: asyncio.Future[Stored], started: float
+    ) -> None:
         """Acknowledge the post (or say why it failed) when its batch has committed."""
         metrics = self.services.metrics
         self._posts_in_flight += 1
@@ -468,6 +489,7 @@ class Session(GovernanceOps, LifecycleOps):
                     )
             if not self.closed:
                 self.conn.send(Outgoing(response))
+            metrics.post_ack.observe(time.perf_counter() - started)
 
         future.add_done_callback(done)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import signal
 import sys
 from typing import Any
@@ -35,33 +34,52 @@ def _run(main: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from chatserver.logs import configure
+
+    from .checkpoint import CheckpointError
     from .schema import ComplianceSchemaError
     from .writer import run
 
     config = _config(args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(args.log_level, config.log.format, config.node.name, False)
 
     async def main() -> None:
+        from .endpoint import WriterEndpoint, WriterStats
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run(
-            config,
-            stop,
-            poll_s=args.poll_s,
-            batch=args.batch,
-            export=not args.no_export,
-            once=args.once,
-        )
+        stats = WriterStats()
+        endpoint = WriterEndpoint(config, stats, args.poll_s) if args.metrics else None
+        try:
+            if endpoint is not None:
+                host, port = await endpoint.start(args.metrics)
+                print(f"chatserver: compliance writer metrics on http://{host}:{port}/metrics")
+            await run(
+                config,
+                stop,
+                poll_s=args.poll_s,
+                batch=args.batch,
+                export=not args.no_export,
+                once=args.once,
+                stats=stats,
+            )
+        finally:
+            if endpoint is not None:
+                await endpoint.stop()
 
-    print(f"chatserver: compliance writer on node {config.node.name}", flush=True)
+    interval = config.compliance.run_interval_s
+    print(
+        f"chatserver: compliance writer on node {config.node.name}: events are stored as they"
+        f" come; the {config.compliance.adapter} adapter exports to {config.compliance.output_dir}"
+        f" every {interval} s (compliance.run_interval_s; `chatserver compliance export` runs it"
+        " now)",
+        flush=True,
+    )
     try:
         _run(main())
-    except ComplianceSchemaError as exc:
+    except (ComplianceSchemaError, CheckpointError) as exc:
         _fail(str(exc))
     except (OSError, SQLAlchemyError) as exc:
         _fail(f"compliance writer: {exc}", 1)
@@ -71,6 +89,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from chatserver.store.db import Database
 
     from .adapters import UnknownAdapter, export_once
+    from .checkpoint import CheckpointError
     from .schema import ComplianceSchemaError, prepare
 
     config = _config(args)
@@ -90,10 +109,33 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     try:
         _run(main())
-    except (ComplianceSchemaError, UnknownAdapter) as exc:
+    except (ComplianceSchemaError, UnknownAdapter, CheckpointError) as exc:
         _fail(str(exc))
     except (OSError, SQLAlchemyError) as exc:
         _fail(f"compliance export: {exc}", 1)
+
+
+def _latest_checkpoint(args: argparse.Namespace, config: Any) -> Any:
+    """The signature-checked checkpoint with the highest seq among ``--checkpoint`` files."""
+    from .checkpoint import CheckpointError, check_signature, load_public, read
+
+    if not args.checkpoint:
+        return None
+    key_path = args.public_key or config.compliance.signing_key
+    if not key_path:
+        _fail("--checkpoint needs --public-key FILE (or [compliance] signing_key)")
+    try:
+        public = load_public(key_path)
+        latest = None
+        for path in args.checkpoint:
+            found = read(path)
+            check_signature(found, public)
+            if latest is None or found.seq > latest.seq:
+                latest = found
+    except (CheckpointError, OSError) as exc:
+        print(f"checkpoint: FAILED: {exc}\nresult: FAILED")
+        raise SystemExit(1) from None
+    return latest
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -103,13 +145,14 @@ def cmd_verify(args: argparse.Namespace) -> None:
     from .verify import verify
 
     config = _config(args)
+    checkpoint = _latest_checkpoint(args, config)
 
     async def main() -> bool:
         content = Database(config.database.url, pool_size=1)
         comp = Database(config.compliance.database_url, pool_size=1)
         try:
             await prepare(comp, (config.compliance.adapter,))
-            report = await verify(comp, content, since_ms=args.since_ms)
+            report = await verify(comp, content, since_ms=args.since_ms, checkpoint=checkpoint)
         finally:
             await content.close()
             await comp.close()
@@ -162,6 +205,57 @@ def cmd_purge(args: argparse.Namespace) -> None:
         _fail(f"compliance purge: {exc}", 1)
 
 
+def cmd_keygen(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .checkpoint import generate
+
+    try:
+        public = generate(Path(args.out))
+    except FileExistsError:
+        _fail(f"{args.out} exists; not overwriting a signing key")
+    except OSError as exc:
+        _fail(f"compliance keygen: {exc}", 1)
+    print(
+        f"chatserver: signing key written to {args.out} (keep it outside the compliance"
+        f" database); public key {public}"
+    )
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from chatserver.store.db import Database
+
+    from .checkpoint import CheckpointError, load_private, of_head
+    from .schema import ComplianceSchemaError, prepare
+
+    config = _config(args)
+    if not config.compliance.signing_key:
+        _fail("[compliance] signing_key is not set (create one with `compliance keygen`)")
+
+    async def main() -> str:
+        key = load_private(config.compliance.signing_key)
+        comp = Database(config.compliance.database_url, pool_size=1)
+        try:
+            await prepare(comp, (config.compliance.adapter,))
+            return (await of_head(comp, key)).to_json()
+        finally:
+            await comp.close()
+
+    try:
+        text = _run(main())
+    except (ComplianceSchemaError, CheckpointError) as exc:
+        _fail(str(exc))
+    except (OSError, SQLAlchemyError) as exc:
+        _fail(f"compliance checkpoint: {exc}", 1)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"chatserver: checkpoint written to {args.out}")
+    else:
+        print(text, end="")
+
+
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
@@ -183,6 +277,12 @@ def register(
     )
     run.add_argument("--once", action="store_true", help="drain the outbox, export once, and exit")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default="",
+        help="serve /metrics (Prometheus) and /healthz on this address (default: none)",
+    )
     run.set_defaults(func=cmd_run)
 
     export = actions.add_parser(
@@ -202,6 +302,17 @@ def register(
         help="check messages stored since this time (default: the first captured event)",
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="FILE",
+        help="a signed checkpoint (repeatable): the archive must still reach the latest one",
+    )
+    verify.add_argument(
+        "--public-key",
+        metavar="FILE",
+        help="the key checkpoints are checked with (default: [compliance] signing_key)",
+    )
     verify.set_defaults(func=cmd_verify)
 
     purge = actions.add_parser(
@@ -211,3 +322,14 @@ def register(
     )
     purge.add_argument("--days", type=int, default=None, help="instead of the setting")
     purge.set_defaults(func=cmd_purge)
+    keygen = actions.add_parser(
+        "keygen", parents=[common], help="create an Ed25519 key for signing checkpoints"
+    )
+    keygen.add_argument("--out", required=True, metavar="FILE", help="the private key to write")
+    keygen.set_defaults(func=cmd_keygen)
+
+    checkpoint = actions.add_parser(
+        "checkpoint", parents=[common], help="print (or --out) a signed checkpoint of the head"
+    )
+    checkpoint.add_argument("--out", metavar="FILE", help="write it here instead of stdout")
+    checkpoint.set_defaults(func=cmd_checkpoint)

@@ -12,7 +12,11 @@ before each scrape; :meth:`collect` then reports what the refresh read:
 - ``chatserver_compliance_events_stored_total{kind}`` and
   ``chatserver_compliance_events_exported_total{kind}`` — events in the compliance database and
   events written out by the adapter, by event type;
-- ``chatserver_compliance_last_export_timestamp_seconds`` — the last successful export (0: never).
+- ``chatserver_compliance_last_export_timestamp_seconds`` — the last successful export (0: never);
+- ``chatserver_compliance_export_pending_events{adapter}`` — events stored but not yet exported
+  by each adapter;
+- ``chatserver_compliance_export_lag_seconds{adapter}`` — age (capture time) of the oldest event
+  each adapter has not exported yet: how far its output is behind (0 when it has them all).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from chatserver.config import Config
 from chatserver.store.db import Database, dialect_of, now_ms, sqlite_path
 from chatserver.store.schema import compliance_outbox
 
-from .schema import counts, cursors
+from .schema import chain, counts, cursors, events
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ class ComplianceMetrics(Collector):
         self.stored: dict[str, int] = {}
         self.exported: dict[str, int] = {}
         self.last_export_ms = 0
+        self.export_pending: dict[str, int] = {}
+        self.export_lag_s: dict[str, float] = {}
 
     async def refresh(self) -> None:
         """Read the outbox and the compliance database; a failure leaves the last values and,
@@ -84,16 +90,27 @@ class ComplianceMetrics(Collector):
             self._comp = Database(url, pool_size=1)
         async with self._comp.read() as conn:
             rows = list(await conn.execute(select(counts)))
-            updated = (
-                await conn.execute(
-                    select(cursors.c.updated_ms).where(
-                        cursors.c.adapter == self._config.compliance.adapter
-                    )
-                )
+            adapters = list(await conn.execute(select(cursors)))
+            head = (
+                await conn.execute(select(chain.c.head_seq).where(chain.c.id == 1))
             ).scalar_one_or_none()
+            oldest: dict[str, int | None] = {}
+            for a in adapters:  # one row per adapter: the first event after its cursor
+                oldest[a.adapter] = (
+                    await conn.execute(select(events.c.ts_ms).where(events.c.seq == a.last_seq + 1))
+                ).scalar_one_or_none()
         self.stored = {r.kind: int(r.stored) for r in rows}
         self.exported = {r.kind: int(r.exported) for r in rows}
-        self.last_export_ms = int(updated or 0)
+        now = now_ms()
+        self.export_pending = {
+            a.adapter: max(0, int(head or 0) - int(a.last_seq)) for a in adapters
+        }
+        self.export_lag_s = {
+            name: max(0.0, (now - ts) / 1000) if ts is not None else 0.0
+            for name, ts in oldest.items()
+        }
+        mine = [a for a in adapters if a.adapter == self._config.compliance.adapter]
+        self.last_export_ms = int(mine[0].updated_ms) if mine else 0
 
     async def close(self) -> None:
         if self._comp is not None:
@@ -142,3 +159,18 @@ class ComplianceMetrics(Collector):
             "When the adapter last exported successfully (0: never)",
             value=self.last_export_ms / 1000,
         )
+        pending = GaugeMetricFamily(
+            "chatserver_compliance_export_pending_events",
+            "Events in the compliance database the adapter has not exported yet",
+            labels=["adapter"],
+        )
+        lag = GaugeMetricFamily(
+            "chatserver_compliance_export_lag_seconds",
+            "Age of the oldest event the adapter has not exported yet (0: none waiting)",
+            labels=["adapter"],
+        )
+        for name in sorted(self.export_pending):
+            pending.add_metric([name], self.export_pending[name])
+            lag.add_metric([name], self.export_lag_s.get(name, 0.0))
+        yield pending
+        yield lag

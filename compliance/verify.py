@@ -9,6 +9,11 @@
    captured event, or ``--since``) must have its ``CHAT`` event in the compliance database or
    still in the outbox; every outbox event is counted as pending (and those already stored, which
    a writer will delete, as such).
+3. **Checkpoint** (``--checkpoint FILE``, see :mod:`compliance.checkpoint`). The latest signed
+   checkpoint given (highest ``seq`` whose signature holds) must still be in the chain: its event
+   must be there with the same hash. Events deleted at the end *and* a rewound chain head pass
+   step 1; here they are reported exactly: "events N+1..M (K events) missing after the
+   archive's end at N; the checkpoint signed at T names seq M".
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from chatserver.store.db import Database
 from chatserver.store.schema import compliance_outbox, messages
 
 from . import retention
+from .checkpoint import Checkpoint
 from .schema import GENESIS, chain, event_hash, events
 
 PAGE = 5000
@@ -38,10 +44,16 @@ class Report:
     missing_count: int = 0
     outbox_pending: int = 0
     outbox_already_stored: int = 0
+    checkpoint: Checkpoint | None = None  # the latest checkpoint checked against
+    checkpoint_problem: str | None = None
+    # Events the checkpoint proves existed but the archive no longer has: (first, last) seq.
+    missing_after: tuple[int, int] | None = None
+    last_seq: int = 0  # the last event of the intact chain
+    hash_at: dict[int, str] = field(default_factory=dict)  # the seqs asked for by checkpoints
 
     @property
     def ok(self) -> bool:
-        return self.broken is None and self.missing_count == 0
+        return self.broken is None and self.missing_count == 0 and self.checkpoint_problem is None
 
     def lines(self) -> list[str]:
         out = [f"chain: {self.events} events"]
@@ -62,6 +74,19 @@ class Report:
             f"outbox: {self.outbox_pending} events pending"
             f" ({self.outbox_already_stored} already stored, awaiting deletion)"
         )
+        cp = self.checkpoint
+        if cp is not None:
+            out.append(
+                f"checkpoint: seq {cp.seq} hash {cp.hash[:16]}… signed {cp.signed_ms}"
+                f" by key {cp.key_id}"
+            )
+            out.append(
+                "checkpoint: OK"
+                if self.checkpoint_problem is None
+                else f"checkpoint: FAILED: {self.checkpoint_problem}"
+            )
+        elif self.checkpoint_problem is not None:
+            out.append(f"checkpoint: FAILED: {self.checkpoint_problem}")
         out.append("result: OK" if self.ok else "result: FAILED")
         return out
 
@@ -76,6 +101,18 @@ class Report:
             "missing": [list(m) for m in self.missing],
             "outbox_pending": self.outbox_pending,
             "outbox_already_stored": self.outbox_already_stored,
+            "checkpoint": None
+            if self.checkpoint is None
+            else {
+                "seq": self.checkpoint.seq,
+                "hash": self.checkpoint.hash,
+                "signed_ms": self.checkpoint.signed_ms,
+                "key_id": self.checkpoint.key_id,
+            },
+            "checkpoint_problem": self.checkpoint_problem,
+            "missing_after_checkpoint": None
+            if self.missing_after is None
+            else list(self.missing_after),
         }
 
 
@@ -106,6 +143,9 @@ async def check_chain(comp: Database, report: Report) -> None:
                     return
                 prev_seq, prev_hash = row.seq, row.hash
                 report.events += 1
+                report.last_seq = prev_seq
+                if prev_seq in report.hash_at:
+                    report.hash_at[prev_seq] = prev_hash
             if len(page) < PAGE:
                 break
         head = (await conn.execute(select(chain).where(chain.c.id == 1))).one()
@@ -185,8 +225,49 @@ async def check_completeness(
                     report.missing.append((row.room_id, row.seq))
 
 
-async def verify(comp: Database, content: Database, *, since_ms: int | None = None) -> Report:
+def check_checkpoint(report: Report, checkpoint: Checkpoint) -> None:
+    """Compare the walked chain with a (signature-checked) checkpoint."""
+    report.checkpoint = checkpoint
+    if checkpoint.seq == 0 and checkpoint.hash == GENESIS:
+        return  # a checkpoint of the empty archive
+    found = report.hash_at.get(checkpoint.seq) or None
+    if found == checkpoint.hash:
+        return
+    if found is not None:
+        report.checkpoint_problem = (
+            f"event {checkpoint.seq} has hash {found[:16]}…, the checkpoint names"
+            f" {checkpoint.hash[:16]}…: the chain up to it was rewritten"
+        )
+        return
+    if report.broken is not None and report.last_seq < checkpoint.seq:
+        report.checkpoint_problem = (
+            f"the chain breaks at seq {report.broken['seq']}, before the checkpoint's seq"
+            f" {checkpoint.seq}: it cannot be confirmed"
+        )
+        return
+    first, last = report.last_seq + 1, checkpoint.seq
+    report.missing_after = (first, last)
+    report.checkpoint_problem = (
+        f"events {first}..{last} ({last - first + 1} events) missing after the archive's end at"
+        f" seq {report.last_seq}; the checkpoint signed at {checkpoint.signed_ms} names seq"
+        f" {checkpoint.seq} (event {checkpoint.event_id}, captured at {checkpoint.ts_ms})"
+    )
+
+
+async def verify(
+    comp: Database,
+    content: Database,
+    *,
+    since_ms: int | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> Report:
+    """Check the chain, completeness, and (given a signature-checked ``checkpoint``) that the
+    archive still reaches it."""
     report = Report()
+    if checkpoint is not None:
+        report.hash_at[checkpoint.seq] = ""
     await check_chain(comp, report)
+    if checkpoint is not None:
+        check_checkpoint(report, checkpoint)
     await check_completeness(comp, content, report, since_ms)
     return report

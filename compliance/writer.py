@@ -31,6 +31,7 @@ from chatserver.store.db import Database, now_ms
 from chatserver.store.schema import compliance_outbox
 
 from . import schema
+from .endpoint import WriterStats
 from .schema import add_counts, chain, event_hash, events
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,15 @@ async def run(
     batch: int = DEFAULT_BATCH,
     export: bool = True,
     once: bool = False,
+    stats: WriterStats | None = None,
 ) -> None:
     """The writer process: drain the outbox every ``poll_s`` and, with ``export``, run the
     configured adapter every ``run_interval_s``. A database that cannot be reached is retried
-    (with a growing pause, up to 30 s) until it returns; nothing is lost meanwhile."""
+    (with a growing pause, up to 30 s) until it returns; nothing is lost meanwhile. ``stats``
+    counts what it did (served on ``/metrics`` by compliance/endpoint.py)."""
     from .adapters import export_once
+
+    stats = stats if stats is not None else WriterStats()
 
     content = Database(config.database.url, pool_size=2)
     comp = Database(config.compliance.database_url, pool_size=2)
@@ -169,17 +174,23 @@ async def run(
                     await schema.prepare(comp, (config.compliance.adapter,))
                     prepared = True
                 moved = await drain(content, comp, batch)
+                stats.claimed += moved.claimed
+                stats.stored += moved.stored
                 if moved.claimed:
                     log.info("stored %d events (%d new)", moved.claimed, moved.stored)
                 due = time.monotonic() - last_export >= config.compliance.run_interval_s
                 if export and (due or once):
                     await export_once(config, comp, content)
                     last_export = time.monotonic()
+                    stats.exports += 1
                 pause = poll_s
+                stats.last_ok, stats.failing = time.monotonic(), False
                 if once:
                     return
             except (OSError, SQLAlchemyError) as exc:
                 log.warning("compliance writer: %s; retrying in %.1f s", _reason(exc), pause)
+                stats.failures += 1
+                stats.failing = True
                 if once:
                     raise
                 pause = min(pause * 2, 30.0)

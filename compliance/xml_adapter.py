@@ -3,14 +3,21 @@
 One export pass takes the events after the adapter's cursor, in chunks of at most
 :data:`CHUNK` events; each chunk becomes one file (or, with ``one_room_per_file``, one file per
 room) and moves the cursor, in one compliance-database transaction that holds the cursor's row
-lock — so two adapter processes never export the same event, and an event is exported exactly
-once:
+lock — so two adapter processes never export the same event. A file appears under its final
+name only once the cursor that covers it is durable, so a consumer of the output folder sees
+each event exactly once, and never sees a file change or vanish:
 
-    lock cursor ─► remove leftovers of an unfinished pass ─► read events ─► write files
-    (temporary name, fsync, rename) ─► move cursor, add to counts ─► commit
+    lock cursor ─► finish or discard leftovers ─► read events ─► write files under temporary
+    names (fsync) ─► move cursor, add to counts ─► commit ─► rename to the final names (fsync)
 
-A pass killed after its rename but before its commit leaves files whose first id is above the
-cursor; the next pass removes them before writing the same events again.
+Killed before the commit, a pass leaves only temporary files above the cursor: the next pass
+deletes them and exports those events again (perhaps in a larger chunk). Killed after the
+commit, it leaves temporary files at or below the cursor: complete (fsynced before the commit),
+so the next pass renames them. With ``[compliance] signing_key`` each chunk also carries a
+signed checkpoint of its last event (``chat-F-L.checkpoint.json``).
+
+``CHATSERVER_TEST_EXPORT_STOP=before-commit|before-rename`` (test-only) makes a pass print
+``STOPPED <point>`` and wait there, so a test can kill it with SIGKILL inside the window.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import asyncio
 import json
 import os
 import re
+import sys
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,13 +41,16 @@ from chatserver.config import Config
 from chatserver.store.db import Database, now_ms
 from chatserver.store.schema import categories, rooms, users
 
+from . import checkpoint as checkpoints
 from .schema import add_counts, cursors, events
 
 NAME = "xml"
 CHUNK = 10_000
 CHANNEL_URI = "ma-chan://chatserver/room/{}"
 ADMIN_URI = "ma-chan://chatserver/administration"
-FILE_RE = re.compile(r"^chat-(\d{12})-(\d{12})(-[a-z0-9-]+)?\.xml$")
+FILE_RE = re.compile(r"^chat-(\d{12})-(\d{12})(-[a-z0-9-]+)?\.(xml|checkpoint\.json)$")
+TMP_RE = re.compile(r"^\.(chat-\d{12}-\d{12}.*)\.tmp$")
+STOP_ENV = "CHATSERVER_TEST_EXPORT_STOP"
 # .NET ticks (100 ns) at 1970-01-01 UTC: the reference format's "long" times.
 TICKS_1970 = 621_355_968_000_000_000
 # Characters XML 1.0 cannot carry; replaced by U+FFFD in the output (the database keeps them).
@@ -224,30 +236,68 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def write_atomically(path: Path, root: ET.Element) -> None:
-    """Write ``root`` to ``path``: a temporary name, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
-        ET.ElementTree(root).write(out, encoding="UTF-8", xml_declaration=True)
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def write_temporary(path: Path, data: bytes | ET.Element) -> None:
+    """Write the temporary file of ``path`` and fsync it (not yet visible under ``path``)."""
+    with open(_tmp(path), "wb") as out:
+        if isinstance(data, bytes):
+            out.write(data)
+        else:
+            ET.ElementTree(data).write(out, encoding="UTF-8", xml_declaration=True)
         out.flush()
         os.fsync(out.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _remove_leftovers(directory: Path, last_seq: int) -> None:
-    """Delete files of a pass that did not commit (their first id is above the cursor)."""
+def publish(paths: list[Path]) -> None:
+    """Rename the temporary files of ``paths`` to their final names, then fsync the folder. A
+    file another pass already published is left as it is."""
+    for path in paths:
+        try:
+            os.replace(_tmp(path), path)
+        except FileNotFoundError:
+            if not path.exists():
+                raise
+    if paths:
+        fd = os.open(paths[0].parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomically(path: Path, root: ET.Element) -> None:
+    """Write ``root`` to ``path``: a temporary name, fsync, rename, fsync of the directory."""
+    write_temporary(path, root)
+    publish([path])
+
+
+def _settle_leftovers(directory: Path, last_seq: int) -> None:
+    """Temporary files of a pass that committed (their range ends at or below the cursor) are
+    complete: publish them. Those of a pass that did not commit are discarded. Files under
+    their final name are never touched."""
+    finished: list[Path] = []
     for path in directory.iterdir():
-        if path.name.startswith(".chat-") and path.name.endswith(".tmp"):
-            path.unlink(missing_ok=True)
+        tmp = TMP_RE.match(path.name)
+        if tmp is None:
             continue
-        match = FILE_RE.match(path.name)
-        if match and int(match.group(1)) > last_seq:
+        match = FILE_RE.match(tmp.group(1))
+        if match is not None and int(match.group(2)) <= last_seq:
+            finished.append(directory / tmp.group(1))
+        else:
             path.unlink(missing_ok=True)
+    publish(sorted(finished))
+
+
+def _test_stop(point: str) -> None:
+    """Test-only: wait at ``point`` forever when CHATSERVER_TEST_EXPORT_STOP names it."""
+    if os.environ.get(STOP_ENV) == point:
+        print(f"STOPPED {point}", flush=True)
+        sys.stdout.flush()
+        while True:
+            time.sleep(3600)
 
 
 async def export(config: Config, comp: Database, content: Database) -> ExportResult:
@@ -270,7 +320,7 @@ async def _export_chunk(
             await conn.execute(select(cursors).where(cursors.c.adapter == NAME).with_for_update())
         ).one()
         last_seq = int(cursor.last_seq)
-        await asyncio.to_thread(_remove_leftovers, directory, last_seq)
+        await asyncio.to_thread(_settle_leftovers, directory, last_seq)
         chunk = list(
             await conn.execute(
                 select(events).where(events.c.seq > last_seq).order_by(events.c.seq).limit(CHUNK)
@@ -301,22 +351,35 @@ async def _export_chunk(
         written: list[Path] = []
         for name, rows in groups:
             path = directory / f"{name}.xml"
-            await asyncio.to_thread(
-                write_atomically, path, builder.conversations(rows, first, last)
-            )
+            await asyncio.to_thread(write_temporary, path, builder.conversations(rows, first, last))
             written.append(path)
             if options.attachments_manifest:
                 manifest = directory / f"{name}-attachments.xml"
                 await asyncio.to_thread(
-                    write_atomically, manifest, builder.manifest(rows, path.name)
+                    write_temporary, manifest, builder.manifest(rows, path.name)
                 )
                 written.append(manifest)
+        if options.signing_key:
+            end = chunk[-1]
+            signed = checkpoints.sign(
+                checkpoints.load_private(options.signing_key),
+                last,
+                str(end.hash),
+                str(end.event_id),
+                int(end.ts_ms),
+            )
+            path = directory / f"{stem}.checkpoint.json"
+            await asyncio.to_thread(write_temporary, path, signed.to_json().encode())
+            written.append(path)
+        _test_stop("before-commit")
         await conn.execute(
             update(cursors)
             .where(cursors.c.adapter == NAME)
             .values(last_seq=last, updated_ms=now_ms(), files=cursors.c.files + len(written))
         )
         await add_counts(conn, Counter(r.kind for r in chunk), "exported")
+    _test_stop("before-rename")
+    await asyncio.to_thread(publish, written)
     result.events += len(chunk)
     result.files += written
     return len(chunk) < CHUNK

@@ -55,11 +55,22 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def login(args: argparse.Namespace) -> None:
-    name = args.user or input("administrator: ")
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass("password: ")
+    if not args.password_stdin and not sys.stdin.isatty():
+        fail(
+            "no terminal to ask for the password: give it on standard input with"
+            " --password-stdin (and the name with --user)",
+            2,
+        )
+    if args.password_stdin and not args.user:
+        fail("--password-stdin needs --user NAME (standard input holds the password)", 2)
+    try:
+        name = args.user or input("administrator: ")
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass("password: ")
+    except (EOFError, KeyboardInterrupt):
+        fail("no password given", 2)
     try:
         result: Any = Api(_url(args), basic(name, password)).call(LOGIN_ROUTE)
     except ApiError as exc:
@@ -86,7 +97,11 @@ def register(
 
     p = admin.add_parser("login", parents=[http], help="log in and print a token to export")
     p.add_argument("--user", help="administrator name (asked when missing)")
-    p.add_argument("--password-stdin", action="store_true")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input (for scripts)",
+    )
     p.set_defaults(func=login)
 
     resources = {

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8012"
@@ -108,11 +109,27 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+# Table columns holding epoch milliseconds, printed as ISO 8601 UTC times (the JSON keeps them).
+TIME_COLUMNS = frozenset({"ts", "created_ms", "updated_ms", "expires_ms", "last_seen_ms"})
+
+
+def iso_time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     if not rows:
         return "(none)"
     columns = columns or list(rows[0])
-    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    cells = [
+        [
+            iso_time(v)
+            if c in TIME_COLUMNS and isinstance(v := row.get(c), int) and not isinstance(v, bool)
+            else cell(row.get(c))
+            for c in columns
+        ]
+        for row in rows
+    ]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     widths = [min(w, 60) for w in widths]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]

@@ -18,6 +18,7 @@ from .command import Command, arg, flags, lists, password, patch_lists, principa
 WHEN = "ISO 8601 date or date-time (UTC), or epoch ms"
 PRIVACY = ["open", "closed", "secret"]
 ROOM_TYPES = ["normal", "auditorium"]
+PASSWORD_STDIN = "read the password from the first line of standard input (for scripts)"
 CATEGORY_LISTS = {"allow": "allowed", "deny": "denied", "creator": "creators"}
 ROOM_LISTS = {"member": "member", "manager": "manager", "presenter": "presenter"}
 CATEGORY_SWITCHES = ["invitations", "file_upload", "chat_history"]
@@ -62,7 +63,7 @@ USERS = [
             arg("name"),
             arg("--display-name"),
             arg("--admin", action="store_true"),
-            arg("--password-stdin", action="store_true"),
+            arg("--password-stdin", action="store_true", help=PASSWORD_STDIN),
         ),
     ),
     Command(
@@ -80,8 +81,13 @@ USERS = [
         "password",
         "reset a user's password; revokes all their session tokens (their connections close)",
         "PUT /api/v1/users/{user_id}/password",
-        body=lambda a, api: {"password": password(a, "new password: ")},
-        arguments=(arg("--password-stdin", action="store_true"),),
+        body=lambda a, api: (
+            {"generate": True} if a.generate else {"password": password(a, "new password: ")}
+        ),
+        arguments=(
+            arg("--password-stdin", action="store_true", help=PASSWORD_STDIN),
+            arg("--generate", action="store_true", help="make a random password and print it"),
+        ),
     ),
     Command(
         "users",
@@ -91,7 +97,11 @@ USERS = [
     ),
     Command("sessions", "list", "users connected to the node behind --url", "GET /api/v1/sessions"),
     Command(
-        "groups", "list", "list groups", "GET /api/v1/groups", columns=["id", "name", "description"]
+        "groups",
+        "list",
+        "list groups",
+        "GET /api/v1/groups",
+        columns=["id", "name", "description", "source"],
     ),
     Command(
         "groups",
@@ -527,14 +537,54 @@ RESOURCES = {
     "pool": "the nodes of the pool",
     "audit": "the audit log of administrators' changes",
     "compliance": "the compliance service's settings",
+    "exports": "export to a file in [transfer] directory (docs/export-format.md)",
+    "imports": "import a file of [transfer] directory",
     **lifecycle.RESOURCES,
 }
+
+TRANSFER = [
+    Command(
+        "exports",
+        "create",
+        "export everything, a category or a room (optionally messages, files, password hashes)",
+        "POST /api/v1/exports",
+        body=lambda a, api: {
+            "file": a.file,
+            **flags(a, ["category", "room", "since", "until"]),
+            "messages": not a.no_messages,
+            "files": a.files,
+            "password_hashes": a.with_password_hashes,
+        },
+        arguments=(
+            arg("file", help="a plain file name in [transfer] directory"),
+            arg("--category"),
+            arg("--room", help="NAME, or #ID"),
+            arg("--since", type=_when, help=WHEN),
+            arg("--until", type=_when, help=WHEN),
+            arg("--no-messages", action="store_true"),
+            arg("--files", action="store_true"),
+            arg("--with-password-hashes", action="store_true"),
+        ),
+    ),
+    Command(
+        "imports",
+        "create",
+        "import a file of [transfer] directory",
+        "POST /api/v1/imports",
+        body=lambda a, api: {"file": a.file, "on_conflict": a.on_conflict},
+        arguments=(
+            arg("file"),
+            arg("--on-conflict", choices=["fail", "skip", "rename"], default="fail"),
+        ),
+    ),
+]
 
 COMMANDS: list[Command] = [
     *USERS,
     *CATEGORIES_AND_ROOMS,
     *MESSAGES,
     *OPERATIONS,
+    *TRANSFER,
     *lifecycle.COMMANDS,
 ]
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 from pydantic.config import JsonDict
 
+from ..config import ROOM_MANAGEMENT_URL
 from ..store import admin as admin_store
 from .types import (
     NO_NUL,
@@ -38,6 +39,8 @@ class UserOut(BaseModel):
     is_admin: bool
     persistent_chat_enabled: bool
     policy: bool | None = Field(description="The user's own setting; null: the global default")
+    source: str = Field("local", description="local, or directory (LDAP)")
+    disabled: bool = False
 
 
 class UserBrief(BaseModel):
@@ -66,6 +69,7 @@ class GroupOut(BaseModel):
     id: int
     name: str
     description: str
+    source: str = Field("local", description="local, or directory (changed only by the sync)")
     members: list[Principal] | None = None
 
 
@@ -327,7 +331,7 @@ class SettingsPatch(In):
     max_file_size_kb: Annotated[int, Field(ge=1, le=1_048_576)] | None = None
     participant_update_limit: Annotated[int, Field(ge=0, le=100_000)] | None = None
     room_management_url: (
-        Annotated[str, Field(max_length=2048, pattern=r"^(https?://[!-~]+)?$")] | None
+        Annotated[str, Field(max_length=2048, pattern=ROOM_MANAGEMENT_URL)] | None
     ) = None
 
 
@@ -353,8 +357,21 @@ class SessionsOut(BaseModel):
     sessions: list[SessionOut]
 
 
-class PasswordIn(In):
+class PasswordSetIn(In):
     password: Annotated[str, Field(min_length=8, max_length=1024, pattern=NO_NUL)]
+
+
+class PasswordGenerateIn(In):
+    generate: Literal[True] = Field(description="Make a random password and return it, once")
+
+
+class PasswordIn(RootModel[PasswordSetIn | PasswordGenerateIn]):
+    """A new password, or ``{"generate": true}`` for a random one."""
+
+
+class ResetOut(BaseModel):
+    disconnected: int
+    password: str = Field(description="The generated password (shown only here, once)")
 
 
 class DisconnectOut(BaseModel):

@@ -27,6 +27,7 @@ from .handlers import (
     retention,
     rooms,
     tokens,
+    transfer,
     users,
 )
 from .routing import Route, path_param_schema, type_adapter
@@ -45,6 +46,7 @@ HANDLER_MODULES = (
     pool,
     audit,
     tokens,
+    transfer,
 )
 
 ROUTES: list[Route] = [route for module in HANDLER_MODULES for route in module.router.routes]

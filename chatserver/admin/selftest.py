@@ -3,8 +3,13 @@
 Like the reference system's synthetic message test: two test users (``selftest-1`` and
 ``selftest-2``, created in the store on first use with random passwords nobody knows) get
 fresh session tokens from the store, connect to the node over the client protocol, join a room
-(``selftest``, open, in General; created if missing), post one message each, see each other's
-message live, and leave. Each step is timed; the command exits 1 at the first failed step.
+(``selftest``, in General; created if missing), post one message each, see each other's message
+live, and leave. Each step is timed; the command exits 1 at the first failed step.
+
+What it makes is kept for the next run, and hidden: the room it creates is **secret**, with the
+two users as its only members (nobody else finds it or reads it; administrators see it), and the
+users' passwords are random and never shown. With compliance on, the run's events (JOIN, CHAT,
+PART) are captured like any others and stay in the compliance archive.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
     from ..store import users as user_store
     from ..store.db import Database
     from ..store.migrate import check_schema
+    from ..store.principals import Principal
     from ..store.schema import rooms
 
     config = config_of(args)
@@ -42,6 +48,7 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
     try:
         await check_schema(db)
         tokens = []
+        test_users = []
         for name in USERS:
             found = await user_store.credentials(db, name)
             if found is None:
@@ -55,6 +62,7 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
                 )
             else:
                 user = found[0]
+            test_users.append(user)
             tokens.append(await user_store.create_session(db, user.id, 600))
         async with db.read() as conn:
             # Room names may repeat (a secret room's name is no longer reserved): the oldest.
@@ -68,9 +76,14 @@ async def _prepare(args: argparse.Namespace) -> tuple[list[str], int, tuple[str,
             ).scalar_one_or_none()
         if room_id is None:
             room = await room_store.create_room(
-                db, args.room, "Used by `chatserver selftest`", privacy="open"
+                db,
+                args.room,
+                "Used by `chatserver selftest` (secret: only its two test users are members)",
+                privacy="secret",
             )
             room_id = room.id
+            members = [Principal("user", user.id) for user in test_users]
+            await room_store.change_roles(db, room_id, {"member": members}, {})
             await audit.record(
                 cli_actor(), "room.create", f"room:{room_id}", None, room_state(room)
             )
@@ -136,6 +149,11 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         for client in clients:
             await client.close()
+    print(
+        f"      kept for the next run: room {args.room!r} (secret when the self-test created it)"
+        f" and users {', '.join(USERS)}, hidden; with compliance on, this run's events are"
+        " archived"
+    )
     print("selftest passed")
     return 0
 

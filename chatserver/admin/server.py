@@ -46,6 +46,7 @@ from ..protocol.errors import (
 from ..store import outbox
 from ..store.users import User
 from ..throttle import Source
+from ..transport.web_manage import add_admin_pages
 from .context import Ctx
 from .guard import ConnectionGuard, GuardCollector
 from .probe import StoreProbe
@@ -170,6 +171,7 @@ class ManagementServer:
         r.add_get("/readyz", self.readyz)
         r.add_get("/metrics", self.metrics)
         r.add_get("/openapi.json", self.openapi)
+        add_admin_pages(r)  # the administrators' pages, /admin/ (docs/administration.md)
         for spec in ROUTES:
             r.add_route(spec.method, spec.path, self._handler(spec))
 

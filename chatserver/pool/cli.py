@@ -63,9 +63,17 @@ async def _up(args: argparse.Namespace) -> None:
             _fail(f"cannot start PostgreSQL (initdb and pg_ctl must be on PATH): {exc}", 1)
         url = cluster.url()
     password = os.environ.get("CHATSERVER_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+    addresses = "free" if args.free_ports else "hosts"
+    if addresses == "hosts" and (taken := _taken_standard_port()):
+        print(
+            f"chatserver: {taken} is in use (a node of the tour, started with scripts/run?):"
+            " every node gets free ports of 127.0.0.1 instead, as with --free-ports",
+            flush=True,
+        )
+        addresses = "free"
     pool = LocalPool(
         url,
-        addresses="free" if args.free_ports else "hosts",
+        addresses=addresses,
         env={
             "CHATSERVER_ADMIN_PASSWORD": password,
             "CHATSERVER_POOL_MAX_ACTIVE": str(args.nodes),
@@ -78,6 +86,12 @@ async def _up(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await asyncio.to_thread(upgrade, url)
+        if await _first_room(url):
+            print(
+                "chatserver: the store was empty: created the room 'lobby'; add users with"
+                f" CHATSERVER_DATABASE_URL={_redact(url)} chatserver user add NAME",
+                flush=True,
+            )
         for _ in range(args.nodes + args.standby):
             starting = asyncio.ensure_future(pool.add())
             waiting = asyncio.ensure_future(stop.wait())
@@ -114,6 +128,39 @@ async def _up(args: argparse.Namespace) -> None:
         await pool.stop()
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)
+
+
+def _taken_standard_port() -> str | None:
+    """The first standard port of node 1 (127.0.0.1) that something else listens on."""
+    import socket
+
+    for port in (5041, 5080, 5081, 8011, 8012):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return f"127.0.0.1:{port}"
+    return None
+
+
+async def _first_room(url: str) -> bool:
+    """Create the room ``lobby`` when the store has no room at all; True if it did."""
+    from sqlalchemy import func, select
+
+    from ..store import rooms as room_store
+    from ..store.db import Database
+    from ..store.schema import rooms
+
+    db = Database(url, pool_size=1)
+    try:
+        async with db.read() as conn:
+            count = (await conn.execute(select(func.count()).select_from(rooms))).scalar_one()
+        if count:
+            return False
+        await room_store.create_room(db, "lobby", "Say hello")
+        return True
+    finally:
+        await db.close()
 
 
 def _redact(url: str) -> str:

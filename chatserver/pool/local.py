@@ -49,6 +49,8 @@ class NodeProcess:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _reader: asyncio.Task[None] | None = None
     echo: bool = False
+    # The chatserver command it runs: a node, or another role (``compliance run``).
+    args: tuple[str, ...] = ("run",)
 
     async def start(self) -> None:
         self.lines = []
@@ -56,7 +58,7 @@ class NodeProcess:
             sys.executable,
             "-m",
             "chatserver",
-            "run",
+            *self.args,
             env=self.env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -28,6 +28,9 @@ import msgpack
 from .errors import TOO_LARGE, FrameTooLarge, ProtocolError
 
 HEADER = struct.Struct(">I")
+# The largest integer a JSON client in a browser holds exactly (Number.MAX_SAFE_INTEGER): JSON
+# request ids beyond it are refused.
+MAX_JSON_INT = 2**53 - 1
 
 
 def _no_ext(code: int, data: bytes) -> Any:
@@ -170,6 +173,21 @@ def decode_json(
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
+    if isinstance(obj, dict):
+        rid = obj.get("id")
+        if type(rid) is int and not -MAX_JSON_INT <= rid <= MAX_JSON_INT:
+            raise ProtocolError(
+                f"field 'id' must be from 0 to {MAX_JSON_INT} in JSON (2^53-1: larger integers"
+                " do not survive a browser's JSON)"
+            )
+        try:
+            return _as_map(obj, max_depth, check_text=True)
+        except ProtocolError as exc:
+            # Parsed, so the request's id is known: answer it (a page that trimmed text in the
+            # middle of a surrogate pair must learn which request failed).
+            if type(rid) is int and 0 <= rid:
+                exc.request_id = rid
+            raise
     return _as_map(obj, max_depth, check_text=True)
 
 

@@ -141,6 +141,24 @@ class RoomMembers(Request):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RoomChoices(Request):
+    """Whom a manager may give a role (``room``) or a creator may name (``category``): users and
+    groups by ``query``, the role holders' names, the add-ins (docs/protocol.md)."""
+
+    OP = "room.choices"
+    room: int | None = _optional(min_value=1)
+    category: int | None = _optional(min_value=1)
+    query: str | None = _optional(max_len=256)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomsManaged(Request):
+    """The rooms the caller holds a manager role in, disabled ones included."""
+
+    OP = "rooms.managed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RoomMove(Request):
     OP = "room.move"
     room: int = _field(min_value=1)
@@ -324,6 +342,26 @@ class Thread(Request):
     limit: int | None = _optional(min_value=1)
 
 
+# How many users one `users.lookup` names at most.
+LOOKUP_MAX = 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsersLookup(Request):
+    """Display names of the senders of a room the caller may read (any member may ask)."""
+
+    OP = "users.lookup"
+    room: int = _field(min_value=1)
+    ids: list[Any] = _field()
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.ids) <= LOOKUP_MAX:
+            raise ChatError(BAD_REQUEST, f"field 'ids' must hold 1 to {LOOKUP_MAX} user ids")
+        for value in self.ids:
+            if type(value) is not int or not 1 <= value <= MAX_ID:
+                raise ChatError(BAD_REQUEST, "field 'ids' must hold positive integers")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class History(Request):
     OP = "history"
@@ -402,6 +440,7 @@ class Mentions(Request):
 REQUESTS: dict[str, type[Request]] = {
     cls.OP: cls
     for cls in (
+        UsersLookup,
         Hello,
         Auth,
         Logout,
@@ -428,6 +467,8 @@ REQUESTS: dict[str, type[Request]] = {
         RoomGet,
         RoomUpdate,
         RoomMembers,
+        RoomChoices,
+        RoomsManaged,
         RoomParticipants,
         RoomMove,
         RoomDisable,

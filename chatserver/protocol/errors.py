@@ -62,10 +62,14 @@ class RetryLater(ChatError):
 
 
 class ProtocolError(ChatError):
-    """The peer sent a frame that cannot be decoded."""
+    """The peer sent a frame that cannot be decoded; ``request_id``: the request's id when the
+    frame was parsed far enough to read one (the error reply then answers it)."""
 
-    def __init__(self, message: str, code: str = BAD_REQUEST) -> None:
+    def __init__(
+        self, message: str, code: str = BAD_REQUEST, request_id: int | None = None
+    ) -> None:
         super().__init__(code, message)
+        self.request_id = request_id
 
 
 class FrameTooLarge(ProtocolError):

@@ -50,3 +50,11 @@ class Addins:
     def forget(self) -> None:
         """An add-in changed here: read them again on next use."""
         self._loaded_at = float("-inf")
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every add-in as of the last read, by name: ``{id, name}`` (a room's managers choose
+        from these; the URL is shown only with a room its caller may read)."""
+        return sorted(
+            ({"id": a["id"], "name": a["name"]} for a in self._by_id.values()),
+            key=lambda a: (a["name"], a["id"]),
+        )

@@ -97,6 +97,28 @@ class Facts:
                 self._rooms.popitem(last=False)
         return room
 
+    async def rooms(self, room_ids: list[int]) -> dict[int, Room]:
+        """The rooms of ``room_ids`` that exist, by id: those not cached read in one batch
+        (:func:`~chatserver.store.rooms.get_rooms`), not one statement each."""
+        out: dict[int, Room] = {}
+        missing: list[int] = []
+        for room_id in room_ids:
+            room = self._rooms.get(room_id)
+            if room is None:
+                missing.append(room_id)
+            else:
+                out[room_id] = room
+        if missing:
+            generation = self.generation
+            read = await room_store.get_rooms(self._db, missing)
+            out.update(read)
+            if generation == self.generation:  # else a change landed meanwhile: cache nothing
+                for room_id, room in read.items():
+                    self._rooms[room_id] = room
+                while len(self._rooms) > MAX_CACHED_ROOMS:
+                    self._rooms.popitem(last=False)
+        return out
+
     async def read_missing_room(self) -> None:
         """Read a room that does not exist from the store, as :meth:`room` does for any room
         id it has not cached, and drop the answer.

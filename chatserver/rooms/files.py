@@ -130,6 +130,7 @@ class Files:
         self.uploaded_bytes = 0
         self.refused = 0
         self.downloads = 0
+        self.downloaded_bytes = 0  # bytes sent to downloaders
 
     # -- upload -----------------------------------------------------------------------------
 
@@ -399,7 +400,9 @@ class Files:
         async for data in file_store.chunks(self._db, found.id, first, last, self._reads):
             lo = start - index * size if index == first else 0
             hi = end - index * size + 1 if index == last else len(data)
-            yield data[lo:hi]
+            part = data[lo:hi]
+            self.downloaded_bytes += len(part)
+            yield part
             index += 1
 
     # -- removal ----------------------------------------------------------------------------

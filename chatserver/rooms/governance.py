@@ -99,6 +99,11 @@ def parse_lists(value: dict[str, Any] | None, field: str) -> dict[str, list[Prin
     return _by_key(value, field, _CATEGORY_LISTS)
 
 
+def _local_group(group: principal_store.Group) -> None:
+    if group.source != "local":
+        raise ChatError(FORBIDDEN, f"group {group.name!r} is the directory's: change it there")
+
+
 def _choice(value: str | None, allowed: tuple[str, ...], field: str) -> str | None:
     if value is not None and value not in allowed:
         raise ChatError(BAD_REQUEST, f"field {field!r} must be one of {', '.join(allowed)}")
@@ -151,6 +156,12 @@ class Governance:
             self._hub.change_messages(change.room, change.changes, change.cleared_through)
         elif isinstance(change, SettingsChanged):
             raise TypeError("run-time settings are applied by the node, not by governance")
+
+    def imported(self) -> None:
+        """An import wrote users, groups, categories and rooms into the store: drop every
+        cached fact, here and (through the pool) on the other nodes."""
+        self._changed(CategoriesChanged())
+        self._changed(MembershipChanged())
 
     def disconnect_user(self, user_id: int, reason: str) -> int:
         """Close every connection of the user, on this node and the pool's others; returns how
@@ -256,6 +267,7 @@ class Governance:
         group = await principal_store.get_group(self.db, group_id)
         if group is None:
             raise ChatError(NOT_FOUND, f"no group {group_id}")
+        _local_group(group)
         if any(p.kind == "everyone" for p in add):
             raise ChatError(BAD_REQUEST, "a group holds users and groups, not everyone")
         await self._check_exist(add)
@@ -276,12 +288,19 @@ class Governance:
         group = await principal_store.get_group(self.db, group_id)
         if group is None:
             raise ChatError(NOT_FOUND, f"no group {group_id}")
+        _local_group(group)
         before = group_state(group, await principal_store.group_members_of(self.db, group_id))
         if not await principal_store.delete_group(self.db, group_id):  # and its grants
             raise ChatError(NOT_FOUND, f"no group {group_id}")
         self._changed(CategoriesChanged())
         await self._live.enforce()
         await self._audit.record(user, "group.delete", f"group:{group_id}", before, None)
+
+    async def directory_changed(self, groups_removed: bool) -> None:
+        """The directory sync changed groups or their members (committed): the same as a local
+        group change, on this node and the pool's others."""
+        self._changed(CategoriesChanged() if groups_removed else MembershipChanged())
+        await self._live.enforce()
 
     async def _check_exist(self, principals: list[Principal]) -> None:
         for p in principals:

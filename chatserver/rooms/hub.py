@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from ..latency import LatencyHistogram
 from ..protocol.codec import Packed
 from ..protocol.events import MessagePosted, Outgoing, RoomCleared
 from ..store.messages import Message
@@ -127,6 +129,8 @@ class Hub:
         self._rooms: OrderedDict[int, RoomState] = OrderedDict()
         self._max_idle_rooms = max_idle_rooms
         self.delivered = 0
+        # From a message's commit (its ts) to its delivery here, once per delivered message.
+        self.delivery_latency = LatencyHistogram()
         # Peers' message events the store contradicted (dropped or corrected).
         self.contradicted = 0
         self._correcting = 0  # re-reads of a seq in flight (at most MAX_CORRECTIONS)
@@ -453,6 +457,7 @@ class Hub:
             if state.subscriptions:
                 item = Outgoing.event(MessagePosted(wire))
                 seq = message.seq
+                self.delivery_latency.observe(max(0.0, time.time() - message.ts / 1000))
                 for sub in list(state.subscriptions.values()):
                     if sub.buffer is None:
                         if seq > sub.floor:

@@ -13,6 +13,7 @@ from typing import Any
 from ..protocol.codec import Packed
 from ..protocol.errors import TOO_LARGE, ChatError
 from ..store import messages as message_store
+from ..store import users as user_store
 from ..store.db import Database
 from ..store.messages import Message
 from ..store.users import User
@@ -175,3 +176,11 @@ class Reading:
         if self._capture.on:
             await self._capture.read(user, room.id, page, before, after, limit)
         return page, more
+
+    async def senders(self, user: User, room_id: int, ids: list[int]) -> list[dict[str, object]]:
+        """Who among ``ids`` sent messages in a room ``user`` may read: their ids, names and
+        display names (a client renders senders with them). Users who never posted there are
+        left out, so a reader learns nothing about users it could not see in the room."""
+        room = await self._auth.readable_room(user, room_id)
+        found = await user_store.senders_in_room(self._db, room.id, sorted(set(ids)))
+        return [u.public() for u in found]

@@ -107,6 +107,7 @@ class Search:
         self._auth = auth
         self._capture = capture
         self._limiter = RateLimiter(config.per_user_per_s, burst=max(5.0, config.per_user_per_s))
+        self._stats = search_store.TermStats()  # word frequencies: the newest-first plan
         # user id -> (facts generation, readable rooms by id -> name)
         self._readable: dict[int, tuple[int, dict[int, str]]] = {}
 
@@ -122,10 +123,10 @@ class Search:
             return known[1]
         actor = await facts.actor(user)
         out: dict[int, str] = {}
-        for room_id in await search_store.room_names(self._db):
-            room = await facts.room(room_id)
-            category = await facts.category(room.category_id) if room is not None else None
-            if room is not None and category is not None and access.can_read(actor, room, category):
+        candidates = await facts.rooms(list(await search_store.room_names(self._db)))
+        for room_id, room in candidates.items():
+            category = await facts.category(room.category_id)
+            if category is not None and access.can_read(actor, room, category):
                 out[room_id] = room.name
         if generation == facts.generation:
             if len(self._readable) >= MAX_CACHED_USERS:
@@ -171,8 +172,8 @@ class Search:
             )
             next_cursor = nxt.encode()
         if self._capture.on:
-            found = [[h["room"], h["seq"]] for h in page]
-            await self._capture.searched(user, room, text, source, found)
+            shown = [[h["room"], h["seq"]] for h in page]
+            await self._capture.searched(user, room, text, source, shown)
         return page, next_cursor
 
     async def _find(
@@ -213,6 +214,7 @@ class Search:
                 offset=at.offset,
                 language=self.config.language,
                 timeout_ms=self.config.timeout_ms,
+                stats=self._stats,
             )
         except search_store.SearchTimeout:
             log.warning("search by user %d cancelled: over %d ms", user.id, self.config.timeout_ms)

@@ -121,7 +121,10 @@ async def audit_entries(
 async def list_groups(db: Database) -> list[dict[str, Any]]:
     async with db.read() as conn:
         rows = await conn.execute(select(groups).order_by(groups.c.name))
-        return [{"id": r.id, "name": r.name, "description": r.description} for r in rows]
+        return [
+            {"id": r.id, "name": r.name, "description": r.description, "source": r.source}
+            for r in rows
+        ]
 
 
 # -- add-ins --------------------------------------------------------------------------------

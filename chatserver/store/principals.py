@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import outbox
-from .db import Database, now_ms
+from .db import LIKE_ESCAPE, Database, contains_pattern, now_ms
 from .schema import category_principals, group_members, groups, room_principals, users
 
 KINDS = ("user", "group", "everyone")
@@ -54,9 +54,15 @@ class Group:
     id: int
     name: str
     description: str
+    source: str = "local"  # or "directory": changed only by the directory sync
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "description": self.description}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+        }
 
 
 class GroupExists(Exception):
@@ -67,12 +73,25 @@ class CycleError(Exception):
     pass
 
 
-async def create_group(db: Database, name: str, description: str = "") -> Group:
+async def create_group(
+    db: Database,
+    name: str,
+    description: str = "",
+    *,
+    source: str = "local",
+    external_id: str | None = None,
+) -> Group:
     try:
         async with db.write() as conn:
             result = await conn.execute(
                 insert(groups)
-                .values(name=name, description=description, created_ms=now_ms())
+                .values(
+                    name=name,
+                    description=description,
+                    created_ms=now_ms(),
+                    source=source,
+                    external_id=external_id,
+                )
                 .returning(groups.c.id)
             )
             group_id = result.scalar_one()
@@ -80,13 +99,46 @@ async def create_group(db: Database, name: str, description: str = "") -> Group:
             await outbox.capture(db, conn, "GROUP_CREATE", None, payload)
     except IntegrityError:
         raise GroupExists(name) from None
-    return Group(group_id, name, description)
+    return Group(group_id, name, description, source)
 
 
 async def get_group(db: Database, group_id: int) -> Group | None:
     async with db.read() as conn:
         row = (await conn.execute(select(groups).where(groups.c.id == group_id))).first()
-    return Group(row.id, row.name, row.description) if row else None
+    return Group(row.id, row.name, row.description, row.source) if row else None
+
+
+async def search_groups(db: Database, query: str, limit: int) -> list[Group]:
+    """Groups whose name contains ``query`` (ignoring case), by name; at most ``limit``."""
+    stmt = select(groups).order_by(groups.c.name, groups.c.id).limit(limit)
+    if query:
+        stmt = stmt.where(groups.c.name.ilike(contains_pattern(query), escape=LIKE_ESCAPE))
+    async with db.read() as conn:
+        return [Group(r.id, r.name, r.description) for r in await conn.execute(stmt)]
+
+
+async def rooms_with_role(
+    db: Database, holders: frozenset[Principal], role: str, limit: int
+) -> list[int]:
+    """The rooms (ids, ascending, at most ``limit``) where one of ``holders`` has ``role``
+    directly: the candidates; whether the role counts is the rules' business."""
+    users = [p.id for p in holders if p.kind == "user"]
+    groups_ = [p.id for p in holders if p.kind == "group"]
+    t = room_principals
+    stmt = (
+        select(t.c.room_id)
+        .distinct()
+        .where(
+            t.c.role == role,
+            (t.c.principal_kind == "everyone")
+            | ((t.c.principal_kind == "user") & t.c.principal_id.in_(users))
+            | ((t.c.principal_kind == "group") & t.c.principal_id.in_(groups_)),
+        )
+        .order_by(t.c.room_id)
+        .limit(limit)
+    )
+    async with db.read() as conn:
+        return [r.room_id for r in await conn.execute(stmt)]
 
 
 async def delete_group(db: Database, group_id: int) -> bool:

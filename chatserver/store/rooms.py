@@ -290,6 +290,58 @@ async def get_room(db: Database, room_id: int) -> Room | None:
         return _one_room([row._mapping for row in await conn.execute(stmt)])
 
 
+GET_ROOMS_CHUNK = 500  # room ids per statement of get_rooms on SQLite (under its 32,766)
+_GET_ROOMS_PG = (
+    f"SELECT {_ROOM_COLUMNS}, p.role, p.principal_kind, p.principal_id"
+    " FROM rooms AS r LEFT JOIN room_principals AS p ON p.room_id = r.id"
+    " WHERE r.id = ANY($1::bigint[])"
+)
+
+
+async def get_rooms(db: Database, room_ids: list[int]) -> dict[int, Room]:
+    """The rooms of ``room_ids`` that exist, with their role lists, by id: what :func:`get_room`
+    reads for one, for many at once (one statement; on SQLite one per :data:`GET_ROOMS_CHUNK`
+    ids)."""
+    out: dict[int, Room] = {}
+    if db.is_postgres:
+        # asyncpg's records, as get_room: a room's rows are one per role (tens of thousands for
+        # a thousand rooms), and SQLAlchemy's rows cost several times more each.
+        pool = await db.pg_pool()
+        async with pool.acquire() as pg:
+            records = await pg.fetch(_GET_ROOMS_PG, room_ids)
+        grouped_pg: dict[int, list[Any]] = {}
+        for record in records:
+            grouped_pg.setdefault(record["id"], []).append(record)
+        for room_id, group in grouped_pg.items():
+            room = _one_room(group)
+            if room is not None:
+                out[room_id] = room
+        return out
+    async with db.read() as conn:
+        for start in range(0, len(room_ids), GET_ROOMS_CHUNK):
+            chunk = room_ids[start : start + GET_ROOMS_CHUNK]
+            stmt = (
+                select(
+                    rooms,
+                    room_principals.c.role,
+                    room_principals.c.principal_kind,
+                    room_principals.c.principal_id,
+                )
+                .select_from(
+                    rooms.outerjoin(room_principals, room_principals.c.room_id == rooms.c.id)
+                )
+                .where(rooms.c.id.in_(chunk))
+            )
+            grouped: dict[int, list[Any]] = {}
+            for row in await conn.execute(stmt):
+                grouped.setdefault(row.id, []).append(row._mapping)
+            for room_id, group in grouped.items():
+                room = _one_room(group)
+                if room is not None:
+                    out[room_id] = room
+    return out
+
+
 async def list_rooms(
     db: Database,
     *,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData(
@@ -46,6 +47,13 @@ users = Table(
     Column("created_ms", BigInteger, nullable=False),
     # None: the global default ([policy] persistent_chat_enabled).
     Column("persistent_chat_enabled", Boolean, nullable=True),
+    # "local" or "directory" (synchronised from LDAP, external_id the directory's stable id).
+    Column("source", String(16), nullable=False, default="local", server_default="local"),
+    Column("external_id", String(512), nullable=True),
+    Column("email", String(256), nullable=True),
+    # Refused at sign-in.
+    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
+    Index("ux_users_source_external_id", "source", "external_id", unique=True),
 )
 
 sessions = Table(
@@ -83,7 +91,22 @@ groups = Table(
     Column("name", String(256), nullable=False, unique=True),
     Column("description", String(256), nullable=False, default=""),
     Column("created_ms", BigInteger, nullable=False),
+    # Or "directory".
+    Column("source", String(16), nullable=False, default="local", server_default="local"),
+    Column("external_id", String(512), nullable=True),
+    Index("ux_groups_source_external_id", "source", "external_id", unique=True),
     sqlite_autoincrement=True,  # a deleted group's id is never given to a new one
+)
+
+# The directory sync's lease (one node of a pool syncs at a time) and its last outcome; one row.
+directory_sync = Table(
+    "directory_sync",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("holder", String(128), nullable=False),
+    Column("lease_until_ms", BigInteger, nullable=False),
+    Column("last_run_ms", BigInteger, nullable=False),
+    Column("last_result", String(2000), nullable=False),
 )
 
 group_members = Table(
@@ -107,7 +130,7 @@ categories = Table(
     Column("chat_history", Boolean, nullable=False, default=True),
     Column("created_ms", BigInteger, nullable=False),
     # Users' edits and deletes of their own messages: "never" | "always" | minutes ("15");
-    # None: the deployment's default (chat.edit_policy). Migration 0015.
+    # None: the deployment's default (chat.edit_policy). Migration 0018.
     Column("edit_policy", String(16), nullable=True),
     sqlite_autoincrement=True,
 )
@@ -140,7 +163,7 @@ rooms = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("invitations", String(8), nullable=False, default="inherit"),  # inherit | off
     Column("addin_id", BigInteger, nullable=True),
-    # The room's change counter: every edit, delete or reaction takes the next number (0015).
+    # The room's change counter: every edit, delete or reaction takes the next number (0018).
     Column("change_no", BigInteger, nullable=False, default=0, server_default="0"),
     Column("edit_policy", String(16), nullable=True),  # None: the category's
     Index("ix_rooms_category_id", "category_id"),
@@ -181,7 +204,7 @@ messages = Table(
     Column("ts", BigInteger, nullable=False),
     # "" (as posted) | "replaced" (text substituted by an administrator) | "removed" (a tombstone:
     # the text is gone, the seq stays so readers still see a gap-free order).
-    # Users' changes (migration 0015): "edited" | "deleted" (a placeholder: text gone, seq
+    # Users' changes (migration 0018): "edited" | "deleted" (a placeholder: text gone, seq
     # kept) are states too.
     Column("state", String(8), nullable=False, default="", server_default=""),
     Column("edited_ms", BigInteger, nullable=True),  # the sender's last edit
@@ -195,7 +218,7 @@ messages = Table(
     Index("ix_messages_room_id_change_no", "room_id", "change_no"),  # resume's changes
 )
 
-# -- the life of a message (issue 18, migration 0015) ----------------------------------------
+# -- the life of a message (issue 18, migration 0018) ----------------------------------------
 
 # One user's emoji on one message; the counts are also kept in messages.reactions.
 reactions = Table(
@@ -347,9 +370,10 @@ file_chunks = Table(
 
 # -- search and topic feeds (issue 17) --------------------------------------------------------
 
-# The full-text index over messages.text is not declared here: on PostgreSQL it is the GIN
-# expression index ix_messages_search, on SQLite the FTS5 table messages_fts with its triggers
-# (migration 0012, chatserver/store/search.py).
+# The full-text index over messages.text is not declared here: on PostgreSQL it is the generated
+# column messages.tsv with the GIN index ix_messages_tsv on (room_id, tsv) (migration 0014), on
+# SQLite the FTS5 table messages_fts with its triggers (migration 0012); see
+# chatserver/store/search.py.
 
 # A user's saved topic feed: a query in the search syntax (docs/protocol.md, "Search").
 feeds = Table(
@@ -444,4 +468,26 @@ pool_state = Table(
     Column("since_ms", BigInteger, nullable=False),  # the store's clock
     Column("by", String(128), nullable=False),
     Column("reason", Text, nullable=False),
+)
+
+# -- export and import (issue 18) ------------------------------------------------------------
+
+# This store's identity (one row, id 1): written into every export's header (chatserver/transfer).
+deployment = Table(
+    "deployment",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("uuid", String(36), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+# What an import created here for each object of a source deployment: a re-run reuses it.
+import_ids = Table(
+    "import_ids",
+    metadata,
+    Column("source", String(36), nullable=False),
+    Column("kind", String(16), nullable=False),  # user | group | addin | category | room | file
+    Column("source_id", BigInteger, nullable=False),
+    Column("target_id", BigInteger, nullable=False),
+    PrimaryKeyConstraint("source", "kind", "source_id", name="pk_import_ids"),
 )

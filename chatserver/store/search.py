@@ -1,11 +1,20 @@
 """Full-text search over messages: one function, a fast path per dialect.
 
-PostgreSQL matches ``to_tsvector(language, text)`` against a ``tsquery`` (the GIN expression
-index ``ix_messages_search``, migration 0012; another language gets its own index from
-:func:`ensure_index`); SQLite matches the FTS5 table ``messages_fts`` (external content, kept
-in step by triggers). Either way the index changes in the transaction that stores, replaces or
-removes a message, so a removed or replaced message is not found by its old text, and a cleared
-room (its messages removed) is not found at all.
+PostgreSQL matches the stored ``messages.tsv`` (``to_tsvector('simple', text)``, a generated
+column) against a ``tsquery``, with the GIN index ``ix_messages_tsv`` on ``(room_id, tsv)``
+(migration 0014: the rooms are filtered inside the index, and a phrase is checked against the
+stored positions instead of the text being analysed again); another ``search.language`` matches
+``to_tsvector(language, text)`` with its own expression index from :func:`ensure_index`. SQLite
+matches the FTS5 table ``messages_fts`` (external content, kept in step by triggers). Either way
+the index changes in the transaction that stores, replaces or removes a message, so a removed
+or replaced message is not found by its old text, and a cleared room (its messages removed) is
+not found at all.
+
+Newest first on PostgreSQL is one of two plans: take every match from the GIN index and sort
+them (cost grows with the matches), or walk the index on ``ts`` backwards and stop at the page's
+end (cost grows with the rows walked past: few for a frequent word). :class:`TermStats` estimates
+both from ANALYZE's word frequencies and picks; a walk is cut after a budget (about what the GIN
+plan is expected to cost, at least 40 ms) and the GIN plan answers instead.
 
 The caller decides which rooms may be searched (authorization is not the store's job): ``rooms``
 is the list of room ids, or ``None`` for every room (administrators).
@@ -15,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import column, func, literal_column, table, text
@@ -27,8 +37,14 @@ from .schema import files, messages, users
 
 messages_fts = table("messages_fts", column("rowid"))
 
-# PostgreSQL, newest first: how long the walk down the index on ts may take (see search()).
+# PostgreSQL, newest first: how long the walk down the index on ts may take at least (see
+# search() and TermStats.walk_budget_ms).
 WALK_BUDGET_MS = 40  # whole milliseconds; 0: never walk
+# The cost model of TermStats.walk_first (µs, measured on the benchmark machine, PostgreSQL 15):
+GIN_US_PER_ENTRY = 0.1  # a posting of the GIN index into the bitmap
+HEAP_US_PER_MATCH = 5.0  # a matching row of the searched rooms fetched and sorted
+WALK_US_PER_ROW = 1.5  # a row walked past on the index on ts
+STATS_REFRESH_S = 60.0  # how long word frequencies read from pg_stats are used
 
 
 class SearchTimeout(Exception):
@@ -66,6 +82,83 @@ def fts5_match(q: TextQuery) -> str:
     return " AND ".join(parts)
 
 
+@dataclass(slots=True)
+class TermStats:
+    """Word frequencies of ``messages.tsv`` (PostgreSQL's ANALYZE keeps the most common words
+    and their share of rows in ``pg_stats``), read at most every :data:`STATS_REFRESH_S`, to
+    choose the plan of a newest-first search (:meth:`walk_first`)."""
+
+    freq: dict[str, float] = field(default_factory=dict)
+    floor: float = 0.0  # a word not in ``freq`` is in fewer rows than this share
+    rows: float = 0.0  # messages
+    rooms: float = 0.0
+    read_at: float = float("-inf")
+
+    async def refresh(self, db: Database) -> None:
+        if time.monotonic() - self.read_at < STATS_REFRESH_S:
+            return
+        self.read_at = time.monotonic()
+        async with db.read() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs,"
+                        " (SELECT reltuples FROM pg_class WHERE oid = 'messages'::regclass),"
+                        " (SELECT reltuples FROM pg_class WHERE oid = 'rooms'::regclass)"
+                        " FROM (SELECT 1) AS one LEFT JOIN pg_stats AS s"
+                        " ON s.schemaname = current_schema() AND s.tablename = 'messages'"
+                        " AND s.attname = 'tsv'"
+                    )
+                )
+            ).one()
+        words, freqs, rows, rooms = row
+        # most_common_elem_freqs: one per word, then the least and the greatest of them and
+        # the share of empty vectors.
+        self.freq = dict(zip(words or (), freqs or (), strict=False))
+        self.floor = float(freqs[-3]) if freqs else 0.0
+        self.rows, self.rooms = max(0.0, float(rows or 0)), max(0.0, float(rooms or 0))
+
+    def share(self, q: TextQuery) -> float | None:
+        """The estimated share of messages that hold every term of ``q`` (the least of its
+        words': a phrase or an AND is rarer than each of its words); None: no estimate."""
+        if not self.freq or not q.terms:
+            return None
+        least = 1.0
+        for words, prefix in q.terms:
+            for i, word in enumerate(words):
+                if prefix and i == len(words) - 1:
+                    f = sum(v for w, v in self.freq.items() if w.startswith(word)) or self.floor
+                else:
+                    f = self.freq.get(word, self.floor)
+                least = min(least, f)
+        return least
+
+    def costs_us(self, q: TextQuery, rooms: list[int] | None, limit: int) -> tuple[float, float]:
+        """The estimated cost of (the walk, the GIN plan) in µs; (0, 0): no statistics."""
+        share = self.share(q)
+        if share is None or self.rows <= 0:
+            return 0.0, 0.0
+        searched = 1.0 if rooms is None or self.rooms <= 0 else min(1.0, len(rooms) / self.rooms)
+        matches = share * self.rows
+        gin_us = matches * (GIN_US_PER_ENTRY + HEAP_US_PER_MATCH * searched)
+        walk_us = WALK_US_PER_ROW * limit / max(share * searched, 1e-9)
+        return walk_us, gin_us
+
+    def walk_first(self, q: TextQuery, rooms: list[int] | None, limit: int) -> bool | None:
+        """Whether walking the index on ts (cost ~ the rows before the page's last hit) is
+        cheaper than the GIN plan (cost ~ every match); None: no statistics to say."""
+        walk_us, gin_us = self.costs_us(q, rooms, limit)
+        return None if gin_us <= 0 else walk_us < gin_us
+
+    def walk_budget_ms(self, q: TextQuery, rooms: list[int] | None, limit: int) -> int:
+        """How long a walk may run before the GIN plan takes over: as long as the GIN plan is
+        expected to take, at least :data:`WALK_BUDGET_MS` (a walk that runs into a stretch of
+        messages without the words then costs at most about twice the better plan; for a very
+        common word the GIN plan is the one to avoid)."""
+        _, gin_us = self.costs_us(q, rooms, limit)
+        return max(WALK_BUDGET_MS, int(gin_us / 1000))
+
+
 async def ensure_index(db: Database, language: str) -> None:
     """Make the GIN index for ``language`` if it is not ``simple`` (migration 0012's) and does
     not exist yet (PostgreSQL only; ``language`` is checked by the configuration)."""
@@ -91,11 +184,21 @@ async def search(
     offset: int = 0,
     language: str = "simple",
     timeout_ms: int = 2000,
+    stats: TermStats | None = None,
 ) -> list[Message]:
     """Up to ``limit`` messages (not removed) in ``rooms`` that match ``q``: newest first
-    (continuing below ``before`` = (ts, room, seq)), or by relevance (from ``offset``)."""
+    (continuing below ``before`` = (ts, room, seq)), or by relevance (from ``offset``).
+
+    ``stats`` (PostgreSQL): word frequencies that choose the newest-first plan; without them
+    the walk is tried first (see the module's docstring)."""
     if rooms is not None and not rooms:
         return []
+    walk, walk_ms = True, WALK_BUDGET_MS
+    if db.is_postgres and stats is not None and q.terms and not relevance:
+        await stats.refresh(db)
+        choice = stats.walk_first(q, rooms, limit)
+        walk = walk if choice is None else choice
+        walk_ms = stats.walk_budget_ms(q, rooms, limit)
     m = messages.c
     stmt = _select_messages().where(m.state != "removed")
     if rooms is not None:
@@ -112,7 +215,13 @@ async def search(
     if q.terms:
         if db.is_postgres:
             config: Any = literal_column(f"'{language}'::regconfig")
-            vector = func.to_tsvector(config, m.text)
+            # 'simple': the stored column (migration 0014); another language: its expression
+            # index (ensure_index).
+            vector: Any = (
+                literal_column("messages.tsv")
+                if language == "simple"
+                else func.to_tsvector(config, m.text)
+            )
             tsq = func.to_tsquery(config, pg_tsquery(q))
             stmt = stmt.where(vector.op("@@")(tsq))
             rank = func.ts_rank(vector, tsq).desc()
@@ -134,25 +243,21 @@ async def search(
         unordered = stmt.order_by((m.ts + 0).desc(), m.room_id.desc(), m.seq.desc())
         stmt = stmt.order_by(m.ts.desc(), m.room_id.desc(), m.seq.desc())
     stmt = stmt.limit(limit)
+    if db.is_postgres and rank is not None and not relevance:
+        # Newest first: walk the index on ts backwards and stop at the page's end (fast for a
+        # frequent word), or take every match from the GIN index and sort them (fast for a rare
+        # one). ``stats`` says which when it can; PostgreSQL's own estimate for a phrase or a
+        # rare word can pick the walk, which then reads the whole table. So a walk gets a
+        # budget, and the GIN plan (``ts + 0`` takes the walk away) the rest.
+        budget = min(WALK_BUDGET_MS and walk_ms, timeout_ms) if walk else 0
+        if budget > 0:  # 0: the GIN plan only
+            found = await _walk(db, stmt, budget)
+            if found is not None:
+                return found
+        stmt = unordered.limit(limit)
     async with db.read() as conn:
         if db.is_postgres:
-            if rank is not None and not relevance:
-                # Newest first: PostgreSQL may walk the index on ts backwards and stop at the
-                # page's end (fast for a frequent word), or take every match from the GIN index
-                # and sort them (fast for a rare one); its estimate for a phrase or a rare word
-                # can pick the walk, which then reads the whole table. So the walk gets a short
-                # budget, and the GIN plan (``ts + 0`` takes the walk away) the rest.
-                budget = min(WALK_BUDGET_MS, timeout_ms)
-                if budget > 0:  # 0: the GIN plan only
-                    await conn.execute(text(f"SET LOCAL statement_timeout = {int(budget)}"))
-                    try:
-                        async with conn.begin_nested():
-                            rows = (await conn.execute(stmt)).fetchall()
-                        return [_message(r) for r in rows]
-                    except DBAPIError as exc:
-                        if "statement timeout" not in str(exc.orig):
-                            raise
-                stmt = unordered.limit(limit)
+            await conn.execute(text("SET LOCAL jit = off"))  # see _walk
             await conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
             try:
                 rows = (await conn.execute(stmt)).fetchall()
@@ -171,6 +276,25 @@ async def search(
                 raise
             finally:
                 handle.cancel()
+    return [_message(r) for r in rows]
+
+
+async def _walk(db: Database, stmt: Any, budget_ms: int) -> list[Message] | None:
+    """``stmt`` within ``budget_ms``, or None when it ran out. A transaction of its own (not a
+    savepoint: the timeout may cancel the SAVEPOINT itself on a loaded machine, and the GIN plan
+    that followed ran in an aborted transaction: "internal error" for the user)."""
+    async with db.read() as conn:
+        # A search is short: compiling it (a walk's estimate is high) costs more than it runs,
+        # up to a second.
+        await conn.execute(text("SET LOCAL jit = off"))
+        await conn.execute(text(f"SET LOCAL statement_timeout = {int(budget_ms)}"))
+        try:
+            rows = (await conn.execute(stmt)).fetchall()
+        except DBAPIError as exc:
+            if "statement timeout" not in str(exc.orig):
+                raise
+            # Caught here, not by Database.read: a cancelled statement is not a failed store.
+            return None
     return [_message(r) for r in rows]
 
 

@@ -12,13 +12,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import case, delete, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from .db import LIKE_ESCAPE, Database, contains_pattern, now_ms
-from .schema import login_failures, sessions, users
+from .schema import (
+    category_principals,
+    group_members,
+    login_failures,
+    messages,
+    room_principals,
+    sessions,
+    users,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +36,8 @@ class User:
     display_name: str
     is_admin: bool
     persistent_chat_enabled: bool | None = None  # None: the global default
+    source: str = "local"  # or "directory" (LDAP: its password is the directory's)
+    disabled: bool = False  # refused at sign-in
 
     def public(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "display_name": self.display_name}
@@ -40,7 +50,7 @@ class UserExists(Exception):
 def _user(row: object) -> User:
     r: Any = row
     enabled = None if r.persistent_chat_enabled is None else bool(r.persistent_chat_enabled)
-    return User(r.id, r.name, r.display_name, bool(r.is_admin), enabled)
+    return User(r.id, r.name, r.display_name, bool(r.is_admin), enabled, r.source, bool(r.disabled))
 
 
 async def create_user(
@@ -87,6 +97,14 @@ async def get_users(db: Database, user_ids: list[int]) -> dict[int, User]:
     return found
 
 
+async def senders_in_room(db: Database, room_id: int, user_ids: list[int]) -> list[User]:
+    """The users among ``user_ids`` (at most a few hundred) who have a message in the room."""
+    sent = exists().where(messages.c.room_id == room_id, messages.c.sender_id == users.c.id)
+    query = select(users).where(users.c.id.in_(user_ids), sent).order_by(users.c.id)
+    async with db.read() as conn:
+        return [_user(row) for row in await conn.execute(query)]
+
+
 async def credentials(db: Database, name: str) -> tuple[User, str] | None:
     """The user called ``name`` and their password hash."""
     async with db.read() as conn:
@@ -124,6 +142,37 @@ async def replace_password(
             stmt = stmt.where(sessions.c.token_hash != keep)
         await conn.execute(stmt)
     return True
+
+
+async def set_disabled(db: Database, user_ids: list[int], disabled: bool) -> None:
+    """Disable (refused at sign-in and token resumption) or enable users."""
+    if not user_ids:
+        return
+    async with db.write() as conn:
+        await conn.execute(update(users).where(users.c.id.in_(user_ids)).values(disabled=disabled))
+
+
+async def delete_user(db: Database, user_id: int) -> bool:
+    """Delete a user who never posted or uploaded (their sessions, grants and memberships go
+    with them); False if there is no such user. :class:`UserInUse` if they did: disable them."""
+    try:
+        async with db.write() as conn:
+            for table, kind, column in (
+                (group_members, "member_kind", "member_id"),
+                (category_principals, "principal_kind", "principal_id"),
+                (room_principals, "principal_kind", "principal_id"),
+            ):
+                await conn.execute(
+                    delete(table).where(table.c[kind] == "user", table.c[column] == user_id)
+                )
+            result = await conn.execute(delete(users).where(users.c.id == user_id))
+    except IntegrityError:
+        raise UserInUse(user_id) from None
+    return bool(result.rowcount)
+
+
+class UserInUse(Exception):
+    """The user's messages or files name them: they cannot be deleted."""
 
 
 async def get_password_hash(db: Database, user_id: int) -> str | None:
@@ -174,6 +223,7 @@ async def user_for_token(db: Database, token: str) -> User | None:
                 .where(
                     sessions.c.token_hash == token_hash(token),
                     sessions.c.expires_ms > db.now_ms(),
+                    users.c.disabled.is_(False),
                 )
             )
         ).first()

@@ -32,9 +32,11 @@ with input unread would make the kernel reset the connection, and the client cou
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
+from ..logs import CONNECTIONS_LOGGER
 from ..protocol.events import Bye, Outgoing
 from ..services import Services
 from ..sessions import Session
@@ -50,6 +52,9 @@ if TYPE_CHECKING:
     from ..store.users import User
 
 log = logging.getLogger("chatserver.connection")
+# One line per connection opened and closed, when [log] connections is on (chatserver/logs.py).
+conn_log = logging.getLogger(CONNECTIONS_LOGGER)
+_connection_ids = itertools.count(1)
 
 # A connection that fell behind and has not drained its output within this time is closed.
 DRAIN_TIMEOUT_S = 30.0
@@ -65,6 +70,9 @@ class Connection(asyncio.Protocol):
     fmt = 0
 
     def __init__(self, connections: Connections, services: Services) -> None:
+        self.id = next(_connection_ids)  # in log lines (chatserver/logs.py)
+        self._opened_at = 0.0
+        self._close_reason = ""
         self.connections = connections
         self.limits = connections.limits
         self.session = Session(services, self)
@@ -115,6 +123,20 @@ class Connection(asyncio.Protocol):
         if refusal is None:
             loop = asyncio.get_running_loop()
             self._auth_timer = loop.call_later(self.limits.auth_timeout_s, self._auth_expired)
+            self._opened_at = loop.time()
+            if conn_log.isEnabledFor(logging.INFO):
+                conn_log.info(
+                    "%s %s: connection %d open",
+                    self.transport_name,
+                    self.peer,
+                    self.id,
+                    extra={
+                        "event": "connection_open",
+                        "conn": self.id,
+                        "transport": self.transport_name,
+                        "peer": self.peer,
+                    },
+                )
         elif refusal == SHUTTING_DOWN:
             self.close(refusal)
         elif refusal:
@@ -144,6 +166,27 @@ class Connection(asyncio.Protocol):
         self._drop_input()
         self.session.close()
         self.connections.closed(self)
+        if self._opened_at and conn_log.isEnabledFor(logging.INFO):
+            duration = asyncio.get_running_loop().time() - self._opened_at
+            reason = self._close_reason or "closed"
+            conn_log.info(
+                "%s %s: connection %d closed (%s) after %.1f s, user %s",
+                self.transport_name,
+                self.peer,
+                self.id,
+                reason,
+                duration,
+                self.user_id,
+                extra={
+                    "event": "connection_close",
+                    "conn": self.id,
+                    "transport": self.transport_name,
+                    "peer": self.peer,
+                    "user": self.user_id,
+                    "reason": reason,
+                    "duration_s": round(duration, 3),
+                },
+            )
 
     def _drop_input(self) -> None:
         """Let go of any input held for an unfinished message (the transport's own buffers), so a
@@ -324,6 +367,7 @@ class Connection(asyncio.Protocol):
         """Say ``bye`` with ``reason``, flush, and close."""
         if self._closing or self.transport is None:
             return
+        self._close_reason = reason
         self.send(Outgoing.event(Bye(reason)))
         self._end_stream(reason)
         self.flush()

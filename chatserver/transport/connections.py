@@ -109,6 +109,9 @@ class Connections:
     def __init__(self, limits: LimitsConfig, websocket_origins: Sequence[str] = ()) -> None:
         self.limits = limits
         self.websocket_origins = tuple(websocket_origins)
+        # Ports of this node's client HTTP listener, whose pages (the web client) may open a
+        # WebSocket on this node's host (set once that listener is up).
+        self.page_ports: tuple[int, ...] = ()
         self.open: set[Connection] = set()
         self.by_transport: Counter[str] = Counter()
         self.authenticated_users = 0

@@ -10,6 +10,7 @@
     DELETE /api/v1/files/{id}           removal (uploader, room managers, administrators)
     GET    /api/v1/search?q=…           search (``room``, ``order``, ``cursor``, ``limit``): the
                                         ``search`` op's reply, as JSON (docs/protocol.md)
+    GET    /, /static/…, /client.json   the web client (:mod:`chatserver.web`), when given
 
 Authentication is the chat protocol's session token in ``Authorization: Bearer TOKEN`` and
 nowhere else: a request with a credential in its URL (which lands in logs and histories) is
@@ -100,6 +101,12 @@ class Guard(Protocol):
     def head_received(self, protocol: object) -> None: ...
 
 
+class Pages(Protocol):
+    """Web pages served beside the file endpoints (:mod:`chatserver.web`)."""
+
+    def add_routes(self, app: web.Application) -> None: ...
+
+
 class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's log for its request handlers: a request it could not parse (a hostile or broken
     client: a header too long, too many of them, garbage) is one WARNING line, not a traceback;
@@ -179,6 +186,11 @@ class FilesCollector:
         yield CounterMetricFamily(
             "chatserver_files_downloads", "Downloads started (200 or 206)", value=files.downloads
         )
+        yield CounterMetricFamily(
+            "chatserver_files_downloaded_bytes",
+            "Bytes of files sent to downloaders",
+            value=files.downloaded_bytes,
+        )
         guard = self._server.guard
         if guard is not None:
             yield GaugeMetricFamily(
@@ -206,6 +218,7 @@ class ClientHttpServer:
         files: Files,
         guard: Callable[[Callable[[], asyncio.Protocol]], Guard] | None = None,
         search: Search | None = None,
+        pages: Pages | None = None,
     ) -> None:
         self._config = config
         self._search = search
@@ -221,6 +234,8 @@ class ClientHttpServer:
         r.add_delete("/api/v1/files/{file}", self.delete)
         if search is not None:
             r.add_get("/api/v1/search", self.search, allow_head=False)
+        if pages is not None:  # the web client (chatserver/web)
+            pages.add_routes(self.app)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None

@@ -3,8 +3,13 @@
 The handshake, frame parsing, ping/pong and the closing handshake are the ``websockets`` library's
 sans-I/O :class:`~websockets.server.ServerProtocol`; this adapter feeds it bytes and writes what it
 returns. Messages from the server are written as pre-encoded unmasked frames
-(:mod:`chatserver.protocol.events`), shared by every subscriber. The server answers in the encoding
-of the last message the client sent (binary until the client sends text).
+(:mod:`chatserver.protocol.events`), shared by every subscriber.
+
+The encoding is chosen at the handshake by a subprotocol (``Sec-WebSocket-Protocol``):
+``chatserver.json`` (JSON text messages, what a browser wants) or ``chatserver.msgpack``; it is
+then fixed for the connection, and a message in the other encoding is refused (``bad_request``)
+without changing it. Without a subprotocol the server answers in the encoding of the last message
+the client sent (binary until the client sends text), as before.
 
 A handshake whose ``Origin`` header is not allowed is refused with HTTP 403
 (:func:`origin_allowed`); a connection the node refused at accept gets its reason in an HTTP 429
@@ -16,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
@@ -34,14 +41,23 @@ from .connections import TOO_MANY_CONNECTIONS, Connections
 log = logging.getLogger("chatserver.connection")
 
 PATH = "/"
+JSON_SUBPROTOCOL = "chatserver.json"
+MSGPACK_SUBPROTOCOL = "chatserver.msgpack"
+SUBPROTOCOLS = (JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL)
 
 
-def origin_allowed(origins: list[str], host: str | None, allowed: Sequence[str]) -> bool:
+def origin_allowed(
+    origins: list[str],
+    host: str | None,
+    allowed: Sequence[str],
+    page_ports: Sequence[int] = (),
+) -> bool:
     """May a handshake with these ``Origin`` headers (and this ``Host``) open a connection?
 
     No ``Origin`` (a client that is not a browser): yes. More than one: no. Otherwise, with
     ``allowed`` empty (the default), only a page served from the address the browser connects to
-    (the origin's host and port are the ``Host``); with ``allowed`` set, only the origins it
+    (the origin's host and port are the ``Host``), or from this node's client HTTP listener on
+    that host (``page_ports``: the web client at ``/``); with ``allowed`` set, only the origins it
     lists (``"*"``: any, ``"null"``: the opaque origin of sandboxed pages and files).
     """
     if not origins:
@@ -55,7 +71,26 @@ def origin_allowed(origins: list[str], host: str | None, allowed: Sequence[str])
     if normal is None or normal == "null" or not host:
         return False
     scheme = normal.split("://", 1)[0]
-    return normalize_origin(f"{scheme}://{host.strip()}") == normal
+    if normalize_origin(f"{scheme}://{host.strip()}") == normal:
+        return True
+    try:
+        hostname = urlsplit(f"{scheme}://{host.strip()}").hostname
+    except ValueError:
+        return False
+    if not hostname:
+        return False
+    if ":" in hostname:
+        hostname = f"[{hostname}]"
+    return any(normalize_origin(f"{scheme}://{hostname}:{p}") == normal for p in page_ports)
+
+
+def _select_subprotocol(_protocol: object, offered: Sequence[str]) -> Any:
+    """The first subprotocol the client offers that this server speaks; None (no subprotocol,
+    the encoding follows the messages) when it offers none of them."""
+    for name in offered:
+        if name in SUBPROTOCOLS:
+            return name
+    return None
 
 
 class WebSocketConnection(Connection):
@@ -64,7 +99,12 @@ class WebSocketConnection(Connection):
 
     def __init__(self, connections: Connections, services: Services) -> None:
         super().__init__(connections, services)
-        self._ws = ServerProtocol(max_size=self.max_frame_bytes)
+        self._ws = ServerProtocol(
+            max_size=self.max_frame_bytes,
+            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            select_subprotocol=_select_subprotocol,
+        )
+        self._fixed: Opcode | None = None  # the only opcode a subprotocol allows
         self._max_depth = self.limits.max_nesting_depth
         self._fragments: list[bytes] = []
         self._fragment_bytes = 0
@@ -125,11 +165,17 @@ class WebSocketConnection(Connection):
             headers.get_all("Origin"),
             hosts[0] if len(hosts) == 1 else None,
             self.connections.websocket_origins,
+            self.connections.page_ports,
         ):
             log.info("websocket %s: refused origin %r", self.peer, headers.get_all("Origin"))
             response = self._ws.reject(403, "origin not allowed\n")
         else:
             response = self._ws.accept(request)
+            chosen = response.headers.get("Sec-WebSocket-Protocol")
+            if chosen == JSON_SUBPROTOCOL:
+                self.fmt, self._fixed = WS_TEXT, Opcode.TEXT
+            elif chosen == MSGPACK_SUBPROTOCOL:
+                self.fmt, self._fixed = WS_BINARY, Opcode.BINARY
         self._ws.send_response(response)  # on a refusal this also ends the stream
 
     def _frame(self, frame: Frame) -> bool:
@@ -155,12 +201,21 @@ class WebSocketConnection(Connection):
         return False
 
     def _message(self, opcode: Opcode, data: bytes) -> None:
+        fixed = self._fixed
+        if fixed is not None and opcode is not fixed:
+            wanted = "JSON text" if fixed is Opcode.TEXT else "MessagePack binary"
+            self.session.reject(
+                ProtocolError(f"this connection speaks {wanted} messages (its subprotocol)")
+            )
+            return
         try:
             if opcode is Opcode.BINARY:
-                self.fmt = WS_BINARY
+                if fixed is None:
+                    self.fmt = WS_BINARY
                 obj = decode_msgpack(data, self._max_depth, self.max_values)
             else:
-                self.fmt = WS_TEXT
+                if fixed is None:
+                    self.fmt = WS_TEXT
                 obj = decode_json(data, self._max_depth, self.max_values)
         except ProtocolError as exc:
             self.session.reject(exc)

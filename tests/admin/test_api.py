@@ -137,6 +137,8 @@ async def test_users_and_policy(api: Api) -> None:
         "is_admin": False,
         "persistent_chat_enabled": True,
         "policy": None,
+        "source": "local",
+        "disabled": False,
     }
     await api.call("POST", "/api/v1/users", {"name": "alice", "password": PASSWORD}, status=409)
     await api.call("POST", "/api/v1/users", {"name": "x", "password": "short"}, status=400)
@@ -841,6 +843,8 @@ async def test_config_global_and_per_node(api: Api) -> None:
         {"default_chat_history": 501},
         {"max_file_size_kb": 0},
         {"room_management_url": "ftp://x"},
+        {"room_management_url": "javascript:alert(1)"},
+        {"room_management_url": "//evil.example/"},
         {"unknown": 1},
     ):
         await api.call("PATCH", "/api/v1/config", bad, status=400)
@@ -943,10 +947,14 @@ Scenario = Callable[[Api, dict[str, Any]], Awaitable[tuple[str, Any, Any] | list
 
 def state(view: dict[str, Any] | None) -> dict[str, Any] | None:
     """A resource as an audit entry holds it: the API's view without what is not its state
-    (a room's last_seq, a user's effective policy)."""
+    (a room's last_seq, a user's effective policy, where a user comes from and whether they are
+    disabled — no route here changes those)."""
     if view is None:
         return None
-    return {k: v for k, v in view.items() if k not in ("last_seq", "persistent_chat_enabled")}
+    derived = {"last_seq", "persistent_chat_enabled"}
+    if "is_admin" in view:  # a user
+        derived |= {"source", "disabled"}
+    return {k: v for k, v in view.items() if k not in derived}
 
 
 async def test_every_mutating_route_is_audited(api: Api) -> None:

@@ -50,6 +50,7 @@ def management(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         CHATSERVER_LISTEN_HTTP="127.0.0.1:0",
         CHATSERVER_ADMIN_PASSWORD="openapi-admin-password",
         CHATSERVER_MANAGEMENT_TOKEN=TOKEN,
+        CHATSERVER_TRANSFER_DIRECTORY=f"{tmp}/transfer",
         # schemathesis sends hundreds of invalid credentials from one address and expects 401
         # for each; the login throttle would soon answer 429 (tests/abuse/ tests it).
         CHATSERVER_LOGIN_ACCOUNT_THROTTLE="false",

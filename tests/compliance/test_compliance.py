@@ -474,15 +474,15 @@ async def test_each_event_is_exported_exactly_once_across_runs_and_processes(
         await client.call("history", room=room, limit=3)
         await stores.drain()
         if round_ == 1:
-            # A pass that wrote its file but died before its commit leaves a leftover.
-            (directory / "chat-999999999990-999999999999.xml").write_text("<partial")
+            # A pass that wrote its file but died before its commit leaves a temporary file.
+            (directory / ".chat-999999999990-999999999999.xml.tmp").write_text("<partial")
         # Two adapter processes at once: each event goes to exactly one of them.
         results = await asyncio.gather(
             compliance_cmd(stores.config, "export"), compliance_cmd(stores.config, "export")
         )
         for code, out in results:
             assert code == 0, out
-    assert not (directory / "chat-999999999990-999999999999.xml").exists()
+    assert not (directory / ".chat-999999999990-999999999999.xml.tmp").exists()
     ids = exported_ids(directory)
     assert len(ids) == len(set(ids))
     assert set(ids) == {r.event_id for r in await stores.events()}

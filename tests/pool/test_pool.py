@@ -1103,6 +1103,7 @@ async def test_pool_up_starts_postgresql_and_nodes_and_stops_on_ctrl_c() -> None
                 assert line, "".join(lines)
                 lines.append(line)
         text = "".join(lines)
+        assert "the store was empty: created the room 'lobby'" in text  # a first room to join
         nodes = re.findall(r"(node\d)\s+(active|standby)\s+tcp ([\d.]+):(\d+)", text)
         management = re.findall(r"(node\d)\s+.* management ([\d.]+:\d+)$", text, re.M)
         assert [n for n, _ in management] == ["node1", "node2", "node3"]

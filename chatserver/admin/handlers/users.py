@@ -8,8 +8,10 @@ from ...store import users as user_store
 from ..context import Ctx
 from ..models import (
     DisconnectOut,
+    PasswordGenerateIn,
     PasswordIn,
     PolicyIn,
+    ResetOut,
     SessionsOut,
     UserIn,
     UserOut,
@@ -125,7 +127,7 @@ async def disconnect_user(ctx: Ctx) -> Any:
     tag="users",
     summary="Reset a user's password; revokes all their session tokens (their connections close)",
     body=PasswordIn,
-    response=DisconnectOut,
+    response=ResetOut | DisconnectOut,
 )
 async def reset_password(ctx: Ctx) -> Any:
     """A reset replaces the password and revokes every session token of the user, so their
@@ -133,7 +135,10 @@ async def reset_password(ctx: Ctx) -> Any:
     audit entry never holds the password."""
     uid = ctx.params["user_id"]
     await user_out(ctx, uid)
-    body: PasswordIn = ctx.body
-    count = await ctx.node.accounts.reset_password(uid, body.password)
+    body = ctx.body.root
+    accounts = ctx.node.accounts
+    generate = isinstance(body, PasswordGenerateIn)
+    new = accounts.policy.generate() if generate else body.password
+    count = await accounts.reset_password(uid, new)
     await ctx.audit("user.password_reset", f"user:{uid}", None, {"disconnected": count})
-    return {"disconnected": count}
+    return {"disconnected": count, "password": new} if generate else {"disconnected": count}

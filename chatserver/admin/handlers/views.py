@@ -26,6 +26,8 @@ def user_view(ctx: Ctx, user: User) -> dict[str, Any]:
         "is_admin": user.is_admin,
         "persistent_chat_enabled": ctx.node.auth.policy_enabled(user),
         "policy": user.persistent_chat_enabled,
+        "source": user.source,
+        "disabled": user.disabled,
     }
 
 

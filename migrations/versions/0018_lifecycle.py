@@ -14,16 +14,16 @@ Section 2: retention and legal hold. ``retention_policies`` (per deployment, cat
 versions of held messages that an edit, delete, removal, clear or purge replaced: compliance
 officers can still read them), ``leases`` (which node of a pool runs the purge).
 
-Revision ID: 0015
-Revises: 0012
+Revision ID: 0018
+Revises: 0017
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
-down_revision = "0012"
+revision = "0018"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
