@@ -191,10 +191,9 @@ class ChatConfig(_Section):
     # How often the pending read markers are written (at most one write per user and room per
     # interval; a crash loses at most the last interval's markers).
     read_marker_flush_s: float = Field(1.0, ge=0.1, le=60)
-    # Users' edits and deletes of their own messages where neither the room nor its category
-    # says: "never", "always", or whole minutes after posting ("15"). docs/protocol.md.
+    # Users' edits and deletes where the room and its category say nothing: never, always, or
+    # minutes after posting ("15"); reactions per message (all users), distinct emoji.
     edit_policy: str = Field("always", pattern=r"^(never|always|[1-9][0-9]{0,5})$")
-    # Reactions: every user's together on one message, and distinct emoji on one message.
     max_reactions_per_message: int = Field(1000, ge=1, le=100_000)
     max_distinct_reactions: int = Field(20, ge=1, le=1000)
 
@@ -357,20 +356,13 @@ class ComplianceConfig(_Section):
         return value
 
 
-class RetentionConfig(_Section):
-    """The retention purge (docs/administration.md, "Retention"): the policies themselves are
-    in the store; these say how the purge runs. One node of a pool runs it at a time (a lease
-    in the store); every node may take the lease."""
-
-    enabled: bool = True  # this node may run the purge
+class RetentionConfig(_Section):  # how the purge runs: docs/administration.md, "Retention"
+    enabled: bool = True  # this node may run the purge (the node holding the lease does)
     interval_s: float = Field(3600, ge=0.05, le=7 * 24 * 3600)
     batch_size: int = Field(1000, ge=1, le=100_000)  # messages per transaction
     batch_pause_s: float = Field(0.05, ge=0, le=60)  # between batches: off the hot path
-    # The purge lease: a node that stops renewing it (killed) hands the purge on after this.
-    lease_s: float = Field(60, ge=0.5, le=24 * 3600)
-    # The compliance archive's own retention: events older than this many days are deleted
-    # by ``compliance purge`` unless a legal hold covers them; 0 keeps them for ever.
-    compliance_days: int = Field(0, ge=0, le=36_500)
+    lease_s: float = Field(60, ge=0.5, le=24 * 3600)  # a dead purger hands on after this
+    compliance_days: int = Field(0, ge=0, le=36_500)  # ``compliance purge``; 0: keep all
 
 
 class TransferConfig(_Section):
