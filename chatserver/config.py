@@ -188,6 +188,11 @@ class ChatConfig(_Section):
     # How often the pending read markers are written (at most one write per user and room per
     # interval; a crash loses at most the last interval's markers).
     read_marker_flush_s: float = Field(1.0, ge=0.1, le=60)
+    # Users' edits and deletes where the room and its category say nothing: never, always, or
+    # minutes after posting ("15"); reactions per message (all users), distinct emoji.
+    edit_policy: str = Field("always", pattern=r"^(never|always|[1-9][0-9]{0,5})$")
+    max_reactions_per_message: int = Field(1000, ge=1, le=100_000)
+    max_distinct_reactions: int = Field(20, ge=1, le=1000)
 
 
 class LimitsConfig(_Section):
@@ -375,6 +380,15 @@ class ComplianceConfig(_Section):
         return value
 
 
+class RetentionConfig(_Section):  # how the purge runs: docs/administration.md, "Retention"
+    enabled: bool = True  # this node may run the purge (the node holding the lease does)
+    interval_s: float = Field(3600, ge=0.05, le=7 * 24 * 3600)
+    batch_size: int = Field(1000, ge=1, le=100_000)  # messages per transaction
+    batch_pause_s: float = Field(0.05, ge=0, le=60)  # between batches: off the hot path
+    lease_s: float = Field(60, ge=0.5, le=24 * 3600)  # a dead purger hands on after this
+    compliance_days: int = Field(0, ge=0, le=36_500)  # ``compliance purge``; 0: keep all
+
+
 class TransferConfig(_Section):
     """Export and import through the management API (docs/export-format.md): the one folder
     its files are written to and read from (the command line takes any path)."""
@@ -427,6 +441,7 @@ class Config(_Section):
     log: LogConfig = Field(default_factory=LogConfig)
     login: LoginConfig = Field(default_factory=LoginConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     directory: DirectoryConfig = Field(default_factory=DirectoryConfig)
     passwords: PasswordsConfig = Field(default_factory=PasswordsConfig)

@@ -49,10 +49,12 @@ from .rooms.feeds import Feeds
 from .rooms.files import Files, StorageError
 from .rooms.governance import Governance
 from .rooms.hub import Hub
+from .rooms.lifecycle import Lifecycle
 from .rooms.posting import Posting
 from .rooms.presence import Presence
 from .rooms.ratelimit import RateLimiter
 from .rooms.reading import Reading, load_recent
+from .rooms.retention import Retention
 from .rooms.roster import Roster
 from .rooms.search import Search
 from .rooms.settings import RuntimeSettings
@@ -250,6 +252,7 @@ class Node:
                 roster=self.roster,
                 unread=self.unread,
             )
+        rate_limiter = RateLimiter(config.limits.posts_per_user_per_s)
         self.services = Services(
             node_name=config.node.name,
             limits=config.limits,
@@ -258,7 +261,11 @@ class Node:
             directory=Directory(db, facts, addins),
             reading=self.reading,
             posting=Posting(
-                self.settings, auth, self.writer, RateLimiter(config.limits.posts_per_user_per_s)
+                self.settings,
+                auth,
+                self.writer,
+                rate_limiter,
+                lambda room: message_store.last_seq(db, room),
             ),
             governance=self.governance,
             presence=self.presence,
@@ -270,6 +277,17 @@ class Node:
             roster=self.roster,
             choices=Choices(db, facts, auth, addins),
             http_url=lambda: self.http_url,
+            lifecycle=Lifecycle(
+                db,
+                self.settings,
+                auth,
+                self.capture,
+                self.governance.messages_changed,
+                rate_limiter,
+            ),
+        )
+        self.retention = Retention(
+            db, config.retention, config.node.name, self.capture, self.governance.messages_changed
         )
         self.http_url: str | None = None  # hello's http_url, once the HTTP listener listens
         self._servers: list[asyncio.Server] = []
@@ -314,6 +332,8 @@ class Node:
             self.closers.append(compliance_metrics.close)
         self.writer.start()
         self.unread.start()
+        self.retention.start()
+        self.closers.append(self.retention.close)
         self.store_failover.start()
         loop = asyncio.get_running_loop()
         listeners: list[tuple[str, str, type[Connection]]] = [

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .rooms.directory import Directory
     from .rooms.feeds import Feeds
     from .rooms.governance import Governance
+    from .rooms.lifecycle import Lifecycle
     from .rooms.posting import Posting
     from .rooms.presence import Presence
     from .rooms.reading import Reading
@@ -73,6 +74,7 @@ class Services:
     search: Search | None = None
     feeds: Feeds | None = None
     roster: Roster | None = None  # the participant roster
+    lifecycle: Lifecycle | None = None  # users' edits, deletes, reactions, threads
     choices: Choices | None = None  # room.choices (the management pages' search)
     # the client HTTP listener's URL (files) for hello's http_url; None: off or not known
     http_url: Callable[[], str | None] = field(default=lambda: None)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL_VERSION, __version__
 from .governance_ops import GovernanceOps
+from .lifecycle_ops import LifecycleOps
 from .logs import CONN_ID, REQUEST_ID
 from .protocol import commands as cmd
 from .protocol.errors import (
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Session(GovernanceOps):
+class Session(GovernanceOps, LifecycleOps):
     __slots__ = (
         "__weakref__",
         "_ending",
@@ -300,6 +301,18 @@ class Session(GovernanceOps):
             self.services.reading.leave(self, room)
             raise
         fields["unread"], fields["mentions"] = counts.get(room, (0, 0))
+        if request.changes is not None and self.services.lifecycle is not None:
+            # After subscribing: a change committed meanwhile is here or comes live (or both;
+            # a change says the state now, so twice is harmless).
+            try:
+                fields.update(
+                    await self.services.lifecycle.changes(
+                        self.user, room, request.changes, request.since or fields["last_seq"]
+                    )
+                )
+            except BaseException:
+                self.services.reading.leave(self, room)
+                raise
         self.conn.send(Outgoing(reply(request.id, **fields)))
         if interrupted is not None:
             # Live delivery stopped while the reply was being made: say so after the reply.
@@ -402,8 +415,8 @@ class Session(GovernanceOps):
             request = cmd.parse_request(obj)
         except ChatError:
             return False
-        if not isinstance(request, cmd.Post):
-            return False
+        if not isinstance(request, cmd.Post) or request.reply_to is not None:
+            return False  # a reply's seq is checked with an await: the worker serves it
         metrics = self.services.metrics
         started = time.perf_counter()
         try:
@@ -433,7 +446,7 @@ class Session(GovernanceOps):
         started = time.perf_counter()
         try:
             future = await self.services.posting.post(
-                self.user, request.room, request.text, request.cid
+                self.user, request.room, request.text, request.cid, request.reply_to
             )
         except ChatError as exc:
             metrics.post_rejected(exc.code)

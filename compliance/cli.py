@@ -1,4 +1,5 @@
-"""``chatserver compliance …`` subcommands: ``run`` (the writer), ``export``, ``verify``."""
+"""``chatserver compliance …`` subcommands: ``run`` (the writer), ``export``, ``verify``,
+``purge`` (the archive's own retention)."""
 
 from __future__ import annotations
 
@@ -170,6 +171,40 @@ def cmd_verify(args: argparse.Namespace) -> None:
     raise SystemExit(0 if ok else 1)
 
 
+def cmd_purge(args: argparse.Namespace) -> None:
+    from chatserver.store.db import Database, now_ms
+
+    from .retention import purge
+    from .schema import ComplianceSchemaError, prepare
+
+    config = _config(args)
+    days = args.days if args.days is not None else config.retention.compliance_days
+
+    async def main() -> None:
+        content = Database(config.database.url, pool_size=1)
+        comp = Database(config.compliance.database_url, pool_size=1)
+        try:
+            await prepare(comp, (config.compliance.adapter,))
+            report = await purge(comp, content, days, now_ms())
+        finally:
+            await content.close()
+            await comp.close()
+        print(
+            f"chatserver: {report.pruned} events older than {days} days pruned;"
+            f" kept {report.held} under legal hold and {report.unexported} not yet exported"
+        )
+
+    if days <= 0:
+        print("chatserver: retention.compliance_days is 0: the archive keeps everything")
+        return
+    try:
+        _run(main())
+    except ComplianceSchemaError as exc:
+        _fail(str(exc))
+    except (OSError, SQLAlchemyError) as exc:
+        _fail(f"compliance purge: {exc}", 1)
+
+
 def cmd_keygen(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -280,6 +315,13 @@ def register(
     )
     verify.set_defaults(func=cmd_verify)
 
+    purge = actions.add_parser(
+        "purge",
+        parents=[common],
+        help="empty archived events older than retention.compliance_days (not under a hold)",
+    )
+    purge.add_argument("--days", type=int, default=None, help="instead of the setting")
+    purge.set_defaults(func=cmd_purge)
     keygen = actions.add_parser(
         "keygen", parents=[common], help="create an Ed25519 key for signing checkpoints"
     )

@@ -152,8 +152,10 @@ class _Builder:
 
     def message(self, parent: ET.Element, tag: str, row: Any) -> None:
         payload = _payload(row)
-        if row.kind == "REPLACE":
+        if row.kind in ("REPLACE", "EDIT"):
             content = payload.get("new_text") or payload.get("text") or ""
+        elif row.kind == "REACT":
+            content = payload.get("emoji") or ""
         elif row.kind == "SEARCH":  # what was searched for; the scope and hits are in details
             content = payload.get("query") or ""
         else:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..cli_common import fail
+from . import commands_lifecycle as lifecycle
 from .client import Api
 from .command import Command, arg, flags, lists, password, patch_lists, principals
 
@@ -538,6 +539,7 @@ RESOURCES = {
     "compliance": "the compliance service's settings",
     "exports": "export to a file in [transfer] directory (docs/export-format.md)",
     "imports": "import a file of [transfer] directory",
+    **lifecycle.RESOURCES,
 }
 
 TRANSFER = [
@@ -577,7 +579,14 @@ TRANSFER = [
     ),
 ]
 
-COMMANDS: list[Command] = [*USERS, *CATEGORIES_AND_ROOMS, *MESSAGES, *OPERATIONS, *TRANSFER]
+COMMANDS: list[Command] = [
+    *USERS,
+    *CATEGORIES_AND_ROOMS,
+    *MESSAGES,
+    *OPERATIONS,
+    *TRANSFER,
+    *lifecycle.COMMANDS,
+]
 
 # ``chatserver admin login`` turns a name and password into a token: this route, with Basic auth.
 LOGIN_ROUTE = "POST /api/v1/tokens"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..rooms.enforcement import Enforcement
     from ..rooms.facts import Facts
     from ..rooms.governance import Governance
+    from ..rooms.retention import Retention
     from ..rooms.settings import RuntimeSettings
     from ..store.db import Database
 
@@ -73,6 +74,11 @@ class NodeControl(Protocol):
 
     @property
     def settings(self) -> RuntimeSettings: ...
+
+    @property
+    def retention(self) -> Retention:
+        """The retention purge (runs on the node holding the store's lease)."""
+        ...
 
     @property
     def pool(self) -> Pool | None:

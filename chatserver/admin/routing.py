@@ -72,6 +72,7 @@ class Router:
         response: Any = None,
         status: int = 200,
         audited_by: str = "handler",
+        reads_only: bool = False,  # a POST that changes nothing (a preview)
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.routes.append(
@@ -85,7 +86,7 @@ class Router:
                     query,
                     response,
                     204 if response is None else status,
-                    mutating=method != "GET" and not path.endswith("/search"),
+                    mutating=method != "GET" and not path.endswith("/search") and not reads_only,
                     audited_by=audited_by,
                 )
             )

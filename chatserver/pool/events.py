@@ -8,8 +8,9 @@ An ``EVENTS`` frame (:mod:`chatserver.pool.protocol`) carries a list of maps wit
 ``room``           a room's settings or roles changed, or it was deleted (``room``: id)
 ``categories``     categories (and so possibly every room's rights) changed
 ``membership``     group membership changed
-``edit``           messages were replaced or removed, or a room cleared (``room``, ``changes``:
-                   ``[[seq, state, text], …]``, ``clear``: seq or null)
+``edit``           messages were changed (replaced, removed, edited, deleted, reacted to), or
+                   a room cleared (``room``, ``changes``: ``[[seq, state, text, {…}?], …]``,
+                   ``clear``: seq or null); receivers re-read each seq from the store
 ``disconnect``     a user's live sessions must end (``user``, ``reason``)
 ``revoked``        session tokens were revoked (``user``, ``token``: a token hash or null for
                    all of the user's, ``keep``: a token hash or null, ``reason``)
@@ -91,7 +92,7 @@ def encode(event: PeerEvent) -> dict[str, Any]:
             return {
                 "t": "edit",
                 "room": room,
-                "changes": [[c.seq, c.state, c.text] for c in changes],
+                "changes": [_change_wire(c) for c in changes],
                 "clear": clear,
             }
         case UserDisconnected(user=user, reason=reason):
@@ -168,6 +169,7 @@ def _message(e: dict[str, Any]) -> MessageStored:
             kept=bool(m.get("kept", True)),
             state=_str(m.get("state", "")),
             file=_file(m.get("file")),
+            reply_to=_opt_int(m.get("reply_to")),
         )
     )
 
@@ -183,15 +185,59 @@ def _file(f: Any) -> FileRef | None:
     )
 
 
+def _change_wire(c: MessageChange) -> list[Any]:
+    """``[seq, state, text]``, and for users' changes a fourth item: ``{change, edited_ts,
+    reactions: [[emoji, count], …], reaction: [user, emoji, added]}``."""
+    out: list[Any] = [c.seq, c.state, c.text]
+    if c.change_no is not None or c.reactions is not None or c.reaction is not None:
+        extra: dict[str, Any] = {"change": c.change_no, "edited_ts": c.edited_ts}
+        extra["reactions"] = None if c.reactions is None else [list(r) for r in c.reactions]
+        extra["reaction"] = None if c.reaction is None else list(c.reaction)
+        out.append(extra)
+    return out
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _change(change: Any) -> MessageChange:
+    if not isinstance(change, list) or len(change) not in (3, 4):
+        raise ValueError("a change is [seq, state, text] or [seq, state, text, {…}]")
+    seq, state, text = _int(change[0]), _str(change[1]), _str(change[2])
+    if len(change) == 3:
+        return MessageChange(seq, state, text)
+    extra = change[3]
+    if not isinstance(extra, dict):
+        raise ValueError("a change's fourth item is a map")
+    counts = extra.get("reactions")
+    reactions = None
+    if counts is not None:
+        if not isinstance(counts, list) or len(counts) > 1000:
+            raise ValueError("reactions must be a list of [emoji, count]")
+        reactions = tuple((_str(r[0]), _int(r[1])) for r in counts)
+    what = extra.get("reaction")
+    reaction = None
+    if what is not None:
+        if not isinstance(what, list) or len(what) != 3 or not isinstance(what[2], bool):
+            raise ValueError("reaction must be [user, emoji, added]")
+        reaction = (_int(what[0]), _str(what[1]), what[2])
+    return MessageChange(
+        seq,
+        state,
+        text,
+        _opt_int(extra.get("change")),
+        _opt_int(extra.get("edited_ts")),
+        reactions,
+        reaction,
+    )
+
+
 def _edit(e: dict[str, Any]) -> MessagesChanged:
     changes = e.get("changes", [])
     if not isinstance(changes, list):
         raise ValueError("changes must be a list")
-    out = []
-    for change in changes:
-        if not isinstance(change, list) or len(change) != 3:
-            raise ValueError("a change is [seq, state, text]")
-        out.append(MessageChange(_int(change[0]), _str(change[1]), _str(change[2])))
+    out = [_change(change) for change in changes]
     clear = e.get("clear")
     return MessagesChanged(_int(e["room"]), tuple(out), _int(clear) if clear is not None else None)
 

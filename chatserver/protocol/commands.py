@@ -274,6 +274,9 @@ class Join(Request):
     OP = "join"
     room: int = _field(min_value=1)
     since: int | None = _optional(min_value=0)
+    # The room's change number the client has seen: the reply carries ``change_no`` and the
+    # messages up to ``since`` changed after it (docs/protocol.md, "Edits, deletes, reactions").
+    changes: int | None = _optional(min_value=0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -288,6 +291,55 @@ class Post(Request):
     room: int = _field(min_value=1)
     text: str = _field(min_len=1)
     cid: str = _field(min_len=1, max_len=64)
+    reply_to: int | None = _optional(min_value=1)  # the seq of the message it answers
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MessageEdit(Request):
+    """Replace the text of one's own message (docs/protocol.md, "Edits, deletes, reactions")."""
+
+    OP = "message.edit"
+    room: int = _field(min_value=1)
+    seq: int = _field(min_value=1)
+    text: str = _field(min_len=1)
+    cid: str = _field(min_len=1, max_len=64)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MessageDelete(Request):
+    OP = "message.delete"
+    room: int = _field(min_value=1)
+    seq: int = _field(min_value=1)
+    cid: str = _field(min_len=1, max_len=64)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReactionAdd(Request):
+    OP = "reaction.add"
+    room: int = _field(min_value=1)
+    seq: int = _field(min_value=1)
+    emoji: str = _field(min_len=1, max_len=32)
+    cid: str = _field(min_len=1, max_len=64)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReactionRemove(Request):
+    OP = "reaction.remove"
+    room: int = _field(min_value=1)
+    seq: int = _field(min_value=1)
+    emoji: str = _field(min_len=1, max_len=32)
+    cid: str = _field(min_len=1, max_len=64)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Thread(Request):
+    """A message and a page of the answers to it."""
+
+    OP = "thread"
+    room: int = _field(min_value=1)
+    seq: int = _field(min_value=1)
+    after: int | None = _optional(min_value=0)
+    limit: int | None = _optional(min_value=1)
 
 
 # How many users one `users.lookup` names at most.
@@ -399,6 +451,11 @@ REQUESTS: dict[str, type[Request]] = {
         Join,
         Leave,
         Post,
+        MessageEdit,
+        MessageDelete,
+        ReactionAdd,
+        ReactionRemove,
+        Thread,
         History,
         Search,
         FeedAdd,

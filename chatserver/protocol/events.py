@@ -70,14 +70,26 @@ class MessageChanged(Event):
     EV: ClassVar[str] = "message.changed"
     room: int
     seq: int
-    state: str  # "replaced" | "removed"
-    text: str = ""  # the new text; not sent when removed
+    state: str  # "replaced" | "removed" | "edited" | "deleted" | "" (a reaction)
+    text: str = ""  # the new text; not sent when removed or deleted
+    change: int | None = None  # the room's change number (users' changes)
+    edited_ts: int | None = None
+    reactions: dict[str, int] | None = None  # the counts now, when they changed
+    reaction: dict[str, Any] | None = None  # {user, emoji, added}: the reaction that changed
 
     def wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ev": self.EV, "room": self.room, "seq": self.seq}
         out["state"] = self.state
-        if self.state != "removed":
+        if self.state not in ("removed", "deleted"):
             out["text"] = self.text
+        if self.change is not None:
+            out["change"] = self.change
+        if self.edited_ts is not None:
+            out["edited_ts"] = self.edited_ts
+        if self.reactions is not None:
+            out["reactions"] = self.reactions
+        if self.reaction is not None:
+            out["reaction"] = self.reaction
         return out
 
 

@@ -118,6 +118,14 @@ class Capture:
             log.error("recording a compliance BACKCHAT failed: %s", exc)
             raise ChatError(UNAVAILABLE, "the read could not be recorded; retry later") from None
 
+    async def record_read(self, event: outbox.Event) -> None:
+        """Commit a BACKCHAT (a thread, resume's changes) before what it records is sent."""
+        try:
+            await self._record([event])
+        except Exception as exc:
+            log.error("recording a compliance BACKCHAT failed: %s", exc)
+            raise ChatError(UNAVAILABLE, "the read could not be recorded; retry later") from None
+
     async def searched(
         self, user: User, room_id: int | None, query: str, source: str, hits: list[list[int]]
     ) -> None:
@@ -155,7 +163,8 @@ def backchat(user: User, room_id: int, source: str, page: list[dict[str, Any]]) 
         room_id,
         user.id,
         {
-            "source": source,  # "join" (the join backchat) | "history" (a history request)
+            # "join" (the join backchat) | "history" (a history request) | "thread" | "changes"
+            "source": source,
             "from_seq": min(seqs) if seqs else None,
             "to_seq": max(seqs) if seqs else None,
             "count": len(seqs),

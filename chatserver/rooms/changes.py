@@ -16,16 +16,73 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..store.messages import Message
+from ..protocol.events import MessageChanged
+from ..store.messages import GONE, Message
 
 
 @dataclass(frozen=True, slots=True)
 class MessageChange:
-    """An administrator's (or, later, a user's) change to one stored message."""
+    """A change to one stored message: an administrator's (replaced, removed) or its sender's
+    (edited, deleted), or a reaction (the message's state unchanged); the message as it is
+    after the change."""
 
     seq: int
-    state: str  # "replaced" | "removed"
-    text: str = ""  # the substituted text; "" when removed
+    state: str  # "replaced" | "removed" | "edited" | "deleted" | "" (a reaction only)
+    text: str = ""  # the message's text now; "" when removed or deleted
+    change_no: int | None = None  # the room's change number (users' changes)
+    edited_ts: int | None = None
+    reactions: tuple[tuple[str, int], ...] | None = None  # counts now, when they changed
+    reaction: tuple[int, str, bool] | None = None  # (user, emoji, added): what changed
+
+    @classmethod
+    def of(
+        cls, message: Message, change_no: int | None, reaction: tuple[int, str, bool] | None = None
+    ) -> MessageChange:
+        counts = tuple(sorted((message.reactions or {}).items()))
+        return cls(
+            message.seq,
+            message.state,
+            message.text,
+            change_no,
+            message.edited_ts,
+            counts if reaction is not None or message.state == "deleted" else None,
+            reaction,
+        )
+
+    def apply(self, wire: dict[str, Any]) -> dict[str, Any] | None:
+        """A cached message (wire form) after this change; None: it leaves the cache."""
+        if self.state == "removed":
+            return None
+        out = {**wire, "text": self.text, "state": self.state}
+        if not self.state:
+            del out["state"]
+        if self.state in GONE:
+            out.pop("file", None)
+            out.pop("reactions", None)
+        if self.edited_ts is not None:
+            out["edited_ts"] = self.edited_ts
+        if self.reactions is not None:
+            if self.reactions:
+                out["reactions"] = dict(self.reactions)
+            else:
+                out.pop("reactions", None)
+        return out
+
+    def event(self, room: int) -> MessageChanged:
+        reaction = None
+        if self.reaction is not None:
+            user, emoji, added = self.reaction
+            reaction = {"user": user, "emoji": emoji, "added": added}
+        return MessageChanged(
+            room,
+            self.seq,
+            self.state,
+            self.text,
+            self.change_no,
+            self.edited_ts,
+            None if self.reactions is None else dict(self.reactions),
+            reaction,
+        )
 
 
 @dataclass(frozen=True, slots=True)

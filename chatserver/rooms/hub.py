@@ -39,9 +39,10 @@ from typing import Any, Protocol
 
 from ..latency import LatencyHistogram
 from ..protocol.codec import Packed
-from ..protocol.events import MessageChanged, MessagePosted, Outgoing, RoomCleared
+from ..protocol.events import MessagePosted, Outgoing, RoomCleared
 from ..store.messages import Message
 from .changes import MessageChange, MessagesChanged
+from .verify import verify_changes
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ LoadAfter = Callable[[int, int, int], Awaitable[list[Message]]]
 
 class RoomState:
     __slots__ = (
+        "ahead",
         "changes",
         "id",
         "last_seq",
@@ -105,6 +107,9 @@ class RoomState:
         self.pending: list[Message] = []
         # Administrators' changes that arrived while the cache was loading, applied after it.
         self.changes: list[MessageChange] = []
+        # Changes to messages not delivered here yet (their event still on its way from a
+        # peer): sent right after the message they change, so a reader sees them in order.
+        self.ahead: list[MessageChange] = []
         self.task: asyncio.Task[None] | None = None
 
 
@@ -220,7 +225,9 @@ class Hub:
             sub.subscriber.resync(sub.room, "too_slow")
             return
         for seq, item in buffered:
-            if seq > snapshot_seq:
+            if seq < 0:  # a change: it says the state now, so it is never wrong to send it
+                sub.subscriber.send(item)
+            elif seq > snapshot_seq:
                 sub.subscriber.send(item)
                 sub.floor = seq
 
@@ -316,8 +323,9 @@ class Hub:
         """Apply replaced / removed messages (and a room clear up to ``cleared_through``) to the
         cache, and tell the room's live subscribers (``message.changed``, ``room.cleared``).
 
-        A subscriber still waiting for its join snapshot is not told: its snapshot is read after
-        the change was committed, so it already has the new state.
+        A change to a message not yet delivered here waits for it (:attr:`RoomState.ahead`).
+        A subscriber still waiting for its join snapshot gets the change after it (the snapshot
+        may have been read before the change committed).
         """
         state = self._rooms.get(room_id)
         if state is None:
@@ -330,14 +338,22 @@ class Hub:
                 return
             state.changes.extend(changes)
             return
+        if any(c.seq > state.last_seq for c in changes):
+            state.ahead.extend(c for c in changes if c.seq > state.last_seq)
+            changes = [c for c in changes if c.seq <= state.last_seq]
+            if len(state.ahead) > MAX_BUFFERED_EVENTS:  # their messages never came: start over
+                self.forget(room_id)
+                return
         self._edit_cache(state, changes, cleared_through)
-        events = [Outgoing.event(MessageChanged(room_id, c.seq, c.state, c.text)) for c in changes]
+        events = [Outgoing.event(c.event(room_id)) for c in changes]
         if cleared_through is not None:
             events.append(Outgoing.event(RoomCleared(room_id, cleared_through)))
         for sub in list(state.subscriptions.values()):
-            if sub.buffer is None:
-                for item in events:
+            for item in events:
+                if sub.buffer is None:
                     sub.subscriber.send(item)
+                elif not sub.overflowed and len(sub.buffer) < MAX_BUFFERED_EVENTS:
+                    sub.buffer.append((-1, item))
         if len(state.recent) < self.cache_size and any(c.state == "removed" for c in changes):
             # Removed messages left the cache short: reload it, so the backchat of a join here
             # is as long as one served from the store (joins wait for it, deliveries queue).
@@ -368,8 +384,10 @@ class Hub:
                 continue
             if change is None:
                 kept.append(wire)
-            elif change.state != "removed":
-                kept.append({**wire, "text": change.text, "state": change.state})
+            else:
+                after = change.apply(wire)
+                if after is not None:
+                    kept.append(after)
         state.recent = kept
 
     # -- delivery ---------------------------------------------------------------------------
@@ -453,6 +471,11 @@ class Hub:
                     else:
                         sub.overflowed = True
                         sub.buffer.clear()
+        if state.ahead:
+            due = [c for c in state.ahead if c.seq <= state.last_seq]
+            if due:
+                state.ahead = [c for c in state.ahead if c.seq > state.last_seq]
+                self.change_messages(state.id, due)
 
     async def _repair(self, state: RoomState) -> None:
         target = max(m.seq for m in state.pending)
@@ -543,42 +566,18 @@ class Hub:
                 state.id,
                 seq,
             )
-            item = Outgoing.event(MessageChanged(state.id, seq, change.state, change.text))
+            item = Outgoing.event(change.event(state.id))
             for sub in list(state.subscriptions.values()):
                 if sub.buffer is None and sub.floor >= seq:
                     sub.subscriber.send(item)
             return
 
     async def verify_changes(self, change: MessagesChanged) -> MessagesChanged | None:
-        """A peer's ``edit`` as the store has it: each changed seq with its stored state and
-        text (seqs the store shows unchanged are left out), and the clear only if the store
-        holds no message at or below ``cleared_through``. ``None`` if nothing is confirmed."""
-        changes: list[MessageChange] = []
-        if change.changes:
-            low = min(c.seq for c in change.changes)
-            span = min(max(c.seq for c in change.changes) - low + 1, 1000)
-            found = {m.seq: m for m in await self._load_after(change.room, low - 1, span)}
-            for claimed in change.changes:
-                stored = found.get(claimed.seq)
-                if stored is None or stored.state not in ("replaced", "removed"):
-                    continue
-                changes.append(MessageChange(stored.seq, stored.state, stored.text))
-        cleared = change.cleared_through
-        if cleared is not None:
-            first = await self._load_after(change.room, 0, 1)
-            if first and first[0].seq <= cleared and not first[0].removed:
-                cleared = None
-        dropped = len(change.changes) - len(changes) + (cleared != change.cleared_through)
-        if dropped:
-            self.contradicted += dropped
-            log.warning(
-                "room %d: ignored %d edits from a peer that the store does not show",
-                change.room,
-                dropped,
-            )
-        if not changes and cleared is None:
-            return None
-        return MessagesChanged(change.room, tuple(changes), cleared)
+        """A peer's ``edit`` as the store has it (:func:`.verify.verify_changes`)."""
+        known = self.known_last_seq(change.room)
+        confirmed, dropped = await verify_changes(self._load_after, change, known)
+        self.contradicted += dropped
+        return confirmed
 
 
 def _same(wire: dict[str, Any], message: Message) -> bool:

@@ -13,8 +13,9 @@ awaits :meth:`Posting.post`, which runs the same checks again (no rate-limit tok
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
-from ..protocol.errors import RATE_LIMITED, TOO_LARGE, ChatError
+from ..protocol.errors import NOT_FOUND, RATE_LIMITED, TOO_LARGE, ChatError
 from ..store.messages import NewPost, Stored
 from ..store.rooms import Room
 from ..store.users import User
@@ -32,7 +33,9 @@ class Posting:
         auth: Authorization,
         writer: Writer,
         rate_limiter: RateLimiter,
+        last_seq: Callable[[int], Awaitable[int | None]] | None = None,
     ) -> None:
+        self._last_seq = last_seq  # a room's last seq (the store's), to check a reply's
         self._settings = settings
         self._auth = auth
         self._writer = writer
@@ -48,22 +51,36 @@ class Posting:
             return None
         return self._submit(user, room, text, cid)
 
-    async def post(self, user: User, room_id: int, text: str, cid: str) -> asyncio.Future[Stored]:
-        """Queue the post for the next group commit; the future resolves after commit."""
-        future = self.post_now(user, room_id, text, cid)
-        if future is not None:
-            return future
+    async def post(
+        self, user: User, room_id: int, text: str, cid: str, reply_to: int | None = None
+    ) -> asyncio.Future[Stored]:
+        """Queue the post for the next group commit; the future resolves after commit.
+
+        ``reply_to``: the seq of the message it answers, which must exist in the room (a seq
+        at most the room's last; seqs never go back, so it still does at commit)."""
+        if reply_to is None:
+            future = self.post_now(user, room_id, text, cid)
+            if future is not None:
+                return future
+        else:
+            self._check_text(text)
         room = await self._auth.writable_room(user, room_id)
-        return self._submit(user, room, text, cid)
+        if reply_to is not None:
+            last = await self._last_seq(room.id) if self._last_seq is not None else None
+            if last is None or reply_to > last:
+                raise ChatError(NOT_FOUND, f"no message {reply_to} in room {room_id}")
+        return self._submit(user, room, text, cid, reply_to)
 
     def _check_text(self, text: str) -> None:
         limit = self._settings.chat.max_message_chars
         if len(text) > limit:
             raise ChatError(TOO_LARGE, f"message exceeds max_message_chars={limit}")
 
-    def _submit(self, user: User, room: Room, text: str, cid: str) -> asyncio.Future[Stored]:
+    def _submit(
+        self, user: User, room: Room, text: str, cid: str, reply_to: int | None = None
+    ) -> asyncio.Future[Stored]:
         if not self._rate_limiter.allow(user.id):
             raise ChatError(RATE_LIMITED, "too many posts; slow down")
         return self._writer.submit(
-            NewPost(room.id, user.id, user.name, cid, text, mentioned_names(text))
+            NewPost(room.id, user.id, user.name, cid, text, mentioned_names(text), reply_to)
         )

@@ -15,8 +15,9 @@ from typing import Any
 
 from sqlalchemy import LargeBinary, cast, delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import outbox
+from . import holds, outbox
 from .db import LIKE_ESCAPE, Database, contains_pattern, now_ms
 from .files import remove_covered
 from .schema import addins, audit_log, groups, messages, room_principals, rooms, settings, users
@@ -338,11 +339,15 @@ async def change_messages(
     assert state in ("replaced", "removed")
     async with db.write() as conn:
         found = await find_messages(db, flt, limit, conn=conn)
-        for m in found:
+        for room_id in sorted({m.room_id for m in found}):
+            seqs = [m.seq for m in found if m.room_id == room_id]
+            # Held versions are kept; the room's change number moves (resume's changes).
+            await holds.keep_held(conn, room_id, messages.c.seq.in_(seqs), state[:-1])
+            number = await _next_change(conn, room_id)
             await conn.execute(
                 update(messages)
-                .where(messages.c.room_id == m.room_id, messages.c.seq == m.seq)
-                .values(state=state, text=text if state == "replaced" else "")
+                .where(messages.c.room_id == room_id, messages.c.seq.in_(seqs))
+                .values(state=state, text=text if state == "replaced" else "", change_no=number)
             )
         if state == "removed":  # the files those messages carried go with them
             by_room: dict[int, list[int]] = {}
@@ -373,6 +378,15 @@ async def change_messages(
     return found
 
 
+async def _next_change(conn: AsyncConnection, room_id: int) -> int:
+    """Take the room's next change number (the row lock orders it with users' changes)."""
+    await conn.execute(
+        update(rooms).where(rooms.c.id == room_id).values(change_no=rooms.c.change_no + 1)
+    )
+    value = await conn.scalar(select(rooms.c.change_no).where(rooms.c.id == room_id))
+    return int(value or 0)
+
+
 async def clear_room(
     db: Database, room_id: int, until_ms: int, *, compliance_node: str | None, actor: str
 ) -> tuple[int, int]:
@@ -393,10 +407,12 @@ async def clear_room(
         ).scalar_one_or_none()
         if not top:
             return 0, 0
+        await holds.keep_held(conn, room_id, messages.c.seq <= top, "clear")
+        number = await _next_change(conn, room_id)
         result = await conn.execute(
             update(messages)
             .where(in_room, messages.c.seq <= top, messages.c.state != "removed")
-            .values(state="removed", text="")
+            .values(state="removed", text="", change_no=number)
         )
         count = int(result.rowcount)
         if count:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from . import holds
 from .db import Database, now_ms
 from .messages import FileRef, Message
 from .outbox import Event, record
@@ -246,7 +247,8 @@ async def _same_bytes(
 
 
 async def unreferenced(conn: AsyncConnection, blobs: Iterable[int]) -> list[int]:
-    """Those of ``blobs`` that no pending or ready file refers to."""
+    """Those of ``blobs`` that no pending or ready file refers to, nor a removed file a legal
+    hold covers (store/holds.py)."""
     wanted = sorted(set(blobs))
     if not wanted:
         return []
@@ -262,6 +264,28 @@ async def unreferenced(conn: AsyncConnection, blobs: Iterable[int]) -> list[int]
             )
         )
     }
+    active = await holds.active(conn)
+    if active:  # a removed file whose message a legal hold covers keeps its bytes
+        used.update(
+            int(blob)
+            for blob in await conn.scalars(
+                select(blob_of())
+                .select_from(
+                    files.join(
+                        messages,
+                        (messages.c.room_id == files.c.room_id) & (messages.c.seq == files.c.seq),
+                    )
+                )
+                .where(
+                    files.c.state == REMOVED,
+                    or_(
+                        and_(files.c.id.in_(wanted), files.c.blob_id.is_(None)),
+                        files.c.blob_id.in_(wanted),
+                    ),
+                    holds.held_condition(active),
+                )
+            )
+        )
     return [blob for blob in wanted if blob not in used]
 
 
@@ -375,7 +399,8 @@ async def remove(
         if row is None:
             return None
         await conn.execute(update(files).where(files.c.id == file_id).values(state=REMOVED))
-        gone = await _release(conn, [int(row.blob)])
+        gone = await _release(conn, [int(row.blob)])  # kept while a legal hold covers it
+        await holds.keep_held(conn, int(row.room_id), messages.c.seq == row.seq, "remove")
         original = await conn.scalar(
             select(messages.c.text).where(
                 messages.c.room_id == row.room_id, messages.c.seq == row.seq
@@ -418,7 +443,9 @@ async def remove_covered(conn: AsyncConnection, room: int, seqs: list[int] | Non
         (files.c.room_id == room)
         & (files.c.state == READY)
         & files.c.seq.in_(
-            select(messages.c.seq).where(messages.c.room_id == room, messages.c.state == "removed")
+            select(messages.c.seq).where(
+                messages.c.room_id == room, messages.c.state.in_(("removed", "deleted"))
+            )
         )
     )
     if seqs is not None:

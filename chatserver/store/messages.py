@@ -11,10 +11,11 @@ duplicate check runs after the room lock is held, so it cannot race a concurrent
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy import bindparam, insert, literal_column, select, tuple_, update
 
 from .db import PG_NOW_MS, Database, now_ms
 from .marks import STORE_BATCH_WITH_MENTIONS_PG, Named, insert_mentions, mention_args
@@ -55,8 +56,11 @@ class Message:
     text: str
     cid: str
     kept: bool = True  # False: live only (the room's category has chat history off)
-    state: str = ""  # "" | "replaced" | "removed" (see schema.messages)
+    state: str = ""  # "" | "replaced" | "removed" | "edited" | "deleted" (schema.messages)
     file: FileRef | None = None  # the file the message carries (an upload)
+    reply_to: int | None = None  # the seq this message answers
+    edited_ts: int | None = None  # when its sender last edited it
+    reactions: dict[str, int] | None = None  # counts per emoji
 
     def wire(self) -> dict[str, Any]:
         """The message as every reply and event carries it."""
@@ -70,13 +74,31 @@ class Message:
         }
         if self.state:
             wire["state"] = self.state
-        if self.file is not None and self.state != "removed":
+        if self.file is not None and self.state not in GONE:
             wire["file"] = self.file.wire()
+        if self.reply_to is not None:
+            wire["reply_to"] = self.reply_to
+        if self.edited_ts is not None:
+            wire["edited_ts"] = self.edited_ts
+        if self.reactions:
+            wire["reactions"] = self.reactions
         return wire
 
     @property
     def removed(self) -> bool:
         return self.state == "removed"
+
+
+# States whose text (and file) is gone: an administrator's removal, the sender's delete.
+GONE = ("removed", "deleted")
+
+
+def reaction_counts(value: str | None) -> dict[str, int] | None:
+    """The stored ``messages.reactions`` JSON as a map (None when there are none)."""
+    if not value:
+        return None
+    counts: dict[str, int] = json.loads(value)
+    return counts or None
 
 
 @dataclass(slots=True)
@@ -88,6 +110,7 @@ class NewPost:
     text: str
     # The lower-cased names the text mentions (chatserver/rooms/mentions.py).
     mentions: tuple[str, ...] = ()
+    reply_to: int | None = None  # the seq it answers (checked to exist by the caller)
 
 
 @dataclass(slots=True)
@@ -154,6 +177,7 @@ def _plan(
                 post.text,
                 post.cid,
                 keeps[post.room],
+                reply_to=post.reply_to,
             )
             seen[key] = msg
             new_rows.append(msg)
@@ -186,7 +210,9 @@ async def store_batch(
     SQLite numbers the posts with ``_plan``; PostgreSQL with ``chat_store_batch()``.
     The new messages' time is ``ts`` when given (tests), else the store's clock.
     """
-    if db.is_postgres:
+    if db.is_postgres and not any(p.reply_to is not None for p in posts):
+        # chat_store_batch() has no reply_to; a batch with a reply takes the generic path,
+        # which runs the same rule (tests/store/test_plan.py) on either dialect.
         return await _store_batch_pg(db, posts, capture, ts)
     return await _store_batch_generic(db, posts, capture, ts)
 
@@ -220,6 +246,8 @@ async def _store_batch_generic(
             ).where(tuple_(messages.c.room_id, messages.c.sender_id, messages.c.cid).in_(keys))
         ):
             existing[(row.room_id, row.sender_id, row.cid)] = (row.seq, row.ts, row.text)
+        if ts is None and db.is_postgres:  # a batch with a reply: still the store's clock
+            ts = int(await conn.scalar(select(literal_column(PG_NOW_MS))) or 0)
         plan = _plan(posts, last_seqs, keeps, existing, now_ms() if ts is None else ts)
         if plan.kept_rows:
             await conn.execute(
@@ -232,6 +260,7 @@ async def _store_batch_generic(
                         "cid": m.cid,
                         "text": m.text,
                         "ts": m.ts,
+                        "reply_to": m.reply_to,
                     }
                     for m in plan.kept_rows
                 ],
@@ -391,6 +420,9 @@ def _select_messages() -> Any:
             messages.c.text,
             messages.c.cid,
             messages.c.state,
+            messages.c.reply_to,
+            messages.c.edited_ms,
+            messages.c.reactions,
             files.c.id.label("file_id"),
             files.c.name.label("file_name"),
             files.c.size.label("file_size"),
@@ -432,6 +464,9 @@ def _message(row: Any) -> Message:
         row.cid,
         state=row.state,
         file=file_ref(row._mapping),
+        reply_to=row.reply_to,
+        edited_ts=row.edited_ms,
+        reactions=reaction_counts(row.reactions),
     )
 
 
@@ -487,9 +522,11 @@ async def window(db: Database, room: int, limit: int) -> tuple[int, list[Message
     pool = await db.pg_pool()
     rows = await pool.fetch(
         "SELECT r.last_seq, m.seq, m.ts, m.sender_id, m.sender_name, m.text, m.cid, m.state,"
-        " m.file_id, m.file_name, m.file_size, m.file_media_type, m.file_sha256"
+        " m.file_id, m.file_name, m.file_size, m.file_media_type, m.file_sha256,"
+        " m.reply_to, m.edited_ms, m.reactions"
         " FROM rooms r LEFT JOIN LATERAL ("
         "   SELECT m.seq, m.ts, m.sender_id, u.name AS sender_name, m.text, m.cid, m.state,"
+        "   m.reply_to, m.edited_ms, m.reactions,"
         "   f.id AS file_id, f.name AS file_name, f.size AS file_size,"
         "   f.media_type AS file_media_type, f.sha256 AS file_sha256"
         "   FROM messages m JOIN users u ON u.id = m.sender_id"
@@ -512,6 +549,9 @@ async def window(db: Database, room: int, limit: int) -> tuple[int, list[Message
             r["cid"],
             state=r["state"],
             file=file_ref(r),
+            reply_to=r["reply_to"],
+            edited_ts=r["edited_ms"],
+            reactions=reaction_counts(r["reactions"]),
         )
         for r in reversed(rows)
         if r["seq"] is not None

@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import BigInteger, delete, func, insert, literal, select, update
 
-from . import outbox
+from . import holds, outbox
 from .db import Database, now_ms
 from .principals import Principal, change_grants, principal
-from .schema import addins, invitations, room_principals, rooms
+from .schema import addins, invitations, messages, room_principals, rooms
 
 ROLES = ("member", "manager", "presenter")
 PRIVACY = ("open", "closed", "secret")
@@ -423,6 +423,8 @@ async def delete_room(db: Database, room_id: int) -> bool:
         if outbox.node_for(db) is not None:
             found = await conn.execute(select(rooms.c.name).where(rooms.c.id == room_id))
             name = found.scalar_one_or_none()
+        # Held messages outlive their room (held_messages has no foreign key to it).
+        await holds.keep_held(conn, room_id, messages.c.room_id == room_id, "room_delete")
         result = await conn.execute(delete(rooms).where(rooms.c.id == room_id))
         if result.rowcount:
             await outbox.capture(db, conn, "ROOM_DELETE", room_id, {"name": name})

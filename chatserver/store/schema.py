@@ -129,6 +129,9 @@ categories = Table(
     Column("file_upload", Boolean, nullable=False, default=True),
     Column("chat_history", Boolean, nullable=False, default=True),
     Column("created_ms", BigInteger, nullable=False),
+    # Users' edits and deletes of their own messages: "never" | "always" | minutes ("15");
+    # None: the deployment's default (chat.edit_policy). Migration 0018.
+    Column("edit_policy", String(16), nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -160,6 +163,9 @@ rooms = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("invitations", String(8), nullable=False, default="inherit"),  # inherit | off
     Column("addin_id", BigInteger, nullable=True),
+    # The room's change counter: every edit, delete or reaction takes the next number (0018).
+    Column("change_no", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("edit_policy", String(16), nullable=True),  # None: the category's
     Index("ix_rooms_category_id", "category_id"),
     Index("ix_rooms_name", "name", "id"),
 )
@@ -198,10 +204,106 @@ messages = Table(
     Column("ts", BigInteger, nullable=False),
     # "" (as posted) | "replaced" (text substituted by an administrator) | "removed" (a tombstone:
     # the text is gone, the seq stays so readers still see a gap-free order).
+    # Users' changes (migration 0018): "edited" | "deleted" (a placeholder: text gone, seq
+    # kept) are states too.
     Column("state", String(8), nullable=False, default="", server_default=""),
+    Column("edited_ms", BigInteger, nullable=True),  # the sender's last edit
+    Column("reply_to", BigInteger, nullable=True),  # the seq this message answers (same room)
+    Column("reactions", Text, nullable=True),  # JSON {emoji: count}, in step with reactions
+    Column("change_no", BigInteger, nullable=False, default=0, server_default="0"),
     PrimaryKeyConstraint("room_id", "seq", name="pk_messages"),
     UniqueConstraint("room_id", "sender_id", "cid", name="uq_messages_room_sender_cid"),
     Index("ix_messages_ts", "ts"),  # newest-first search (migration 0012)
+    Index("ix_messages_room_id_reply_to", "room_id", "reply_to"),  # threads
+    Index("ix_messages_room_id_change_no", "room_id", "change_no"),  # resume's changes
+)
+
+# -- the life of a message (issue 18, migration 0018) ----------------------------------------
+
+# One user's emoji on one message; the counts are also kept in messages.reactions.
+reactions = Table(
+    "reactions",
+    metadata,
+    Column("room_id", Id, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("user_id", Id, nullable=False),
+    Column("emoji", String(32), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("room_id", "seq", "user_id", "emoji", name="pk_reactions"),
+)
+
+# The client ids of edits, deletes and reactions: a retry answers the first one's outcome.
+message_ops = Table(
+    "message_ops",
+    metadata,
+    Column("room_id", Id, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Id, nullable=False),
+    Column("cid", String(64), nullable=False),
+    Column("op", String(16), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("change_no", BigInteger, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("room_id", "user_id", "cid", name="pk_message_ops"),
+    Index("ix_message_ops_ts", "ts"),
+)
+
+# Keep messages (and files) ``days`` days, then purge: scope "deployment" (scope_id 0),
+# "category" or "room"; the narrowest enabled policy applies.
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("scope", String(16), nullable=False),
+    Column("scope_id", Id, nullable=False),
+    Column("days", Integer, nullable=False),
+    Column("files_days", Integer, nullable=True),  # None: as ``days``
+    Column("enabled", Boolean, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("scope", "scope_id", name="pk_retention_policies"),
+)
+
+# A named legal hold on users and/or rooms (JSON lists of ids), messages posted within
+# [since_ms, until_ms] (None: unbounded). Lifted holds stay, for the record.
+legal_holds = Table(
+    "legal_holds",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False),
+    Column("users", Text, nullable=False),
+    Column("rooms", Text, nullable=False),
+    Column("since_ms", BigInteger, nullable=True),
+    Column("until_ms", BigInteger, nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("lifted_ms", BigInteger, nullable=True),
+    Column("lifted_by", String(256), nullable=True),
+    UniqueConstraint("name", name="uq_legal_holds_name"),
+    sqlite_autoincrement=True,
+)
+
+# What a held message was before an edit, delete, removal, clear or purge changed it. No
+# foreign keys: held content outlives its room and its sender.
+held_messages = Table(
+    "held_messages",
+    metadata,
+    Column("room_id", Id, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("sender_id", Id, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("reason", String(16), nullable=False),  # edit | delete | remove | clear | purge
+    Column("saved_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("room_id", "seq", "version", name="pk_held_messages"),
+)
+
+# A time-limited lease: the one node of a pool that runs a job (the retention purge).
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), nullable=False),
+    Column("holder", String(128), nullable=False),
+    Column("until_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("name", name="pk_leases"),
 )
 
 # -- read markers and mentions (issue 17) ----------------------------------------------------

@@ -19,8 +19,10 @@ from chatserver.admin.models import DEFAULT_REPLACEMENT
 from chatserver.admin.routes import ROUTES
 from chatserver.client import Client
 from chatserver.store import admin as admin_store
+from chatserver.store import holds as hold_store
 from chatserver.testing import PostgresCluster
 from tests.conftest import PASSWORD, Harness, node_config, scaled, start_node
+from tests.lifecycle.audit_scenarios import scenarios as lifecycle_scenarios
 
 STATIC = "static-automation-token-0123456789"
 
@@ -893,7 +895,9 @@ async def test_every_read_changes_nothing(api: Api, monkeypatch: pytest.MonkeyPa
     await client.call("join", room=rid)
     await post(client, rid, "hello")
     await client.next_event("message")  # its own post, live
+    hold = await hold_store.place(node.db, "read test", [alice], [rid], None, None, "test")
     ids = {"user_id": alice, "group_id": gid, "category_id": cid, "room_id": rid, "addin_id": aid}
+    ids["hold_id"] = hold.id
 
     published: list[Any] = []
     for publisher in {
@@ -913,7 +917,7 @@ async def test_every_read_changes_nothing(api: Api, monkeypatch: pytest.MonkeyPa
         missing = set(r.path_params) - set(ids)
         assert not missing, f"{r.method} {r.path}: give the read test an id for {missing}"
         path = r.path.format(**ids)
-        body = {"room": rid} if r.method == "POST" else None
+        body = {"room": rid} if r.path.endswith("/search") else {} if r.method == "POST" else None
         await api.call(r.method, path, body)
     for params in (
         {"category": str(cid), "member": f"group:{gid}", "addin": str(aid)},
@@ -1162,6 +1166,7 @@ async def test_every_mutating_route_is_audited(api: Api) -> None:
         ("PATCH", "/api/v1/config"): ("config.update", update_config),
         ("PATCH", "/api/v1/config/nodes/{node_name}"): ("config.update", update_node_config),
         ("POST", "/api/v1/tokens"): ("token.create", create_token),
+        **lifecycle_scenarios(),  # issue 18: edit policy, retention, legal holds
     }
     # The pool's routes need a pool of node processes: test_pool.py checks their audit entries
     # (test_pool_control_through_the_management_api).
@@ -1212,7 +1217,7 @@ async def test_every_mutating_route_is_audited(api: Api) -> None:
 
 
 def _path(path: str) -> str:
-    for name in ("user_id", "group_id", "category_id", "room_id", "addin_id"):
+    for name in ("user_id", "group_id", "category_id", "room_id", "addin_id", "hold_id"):
         path = path.replace("{" + name + "}", "1")
     return path.replace("{node_name}", "test-node")
 

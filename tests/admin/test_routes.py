@@ -244,6 +244,22 @@ async def test_every_command_calls_its_route(
     await run("pool", "failback", fails=no_backup)
     await run("audit", "list", "--target", f"room:{rid}")
     await run("compliance", "show")
+    # issue 18: the edit policy, retention, legal holds
+    assert (await run("edit-policy", "room", rid, "15"))["effective"] == "15"
+    await run("edit-policy", "category", cid, "inherit")
+    await run("retention", "set-deployment", "--days", "365")
+    await run("retention", "set-category", cid, "--days", "90", "--files-days", "30")
+    await run("retention", "set-room", rid, "--days", "30", "--disabled")
+    assert len((await run("retention", "list"))["policies"]) == 3
+    await run("retention", "preview", "--scope", "room", "--scope-id", rid, "--days", "1")
+    await run("retention", "run")
+    await run("retention", "unset-room", rid)
+    await run("retention", "unset-category", cid)
+    await run("retention", "unset-deployment")
+    placed = await run("holds", "place", "--name", "case", "--room", rid, "--since", "2026-01-01")
+    await run("holds", "list")
+    await run("holds", "messages", str(placed["id"]), "--limit", "10")
+    await run("holds", "lift", str(placed["id"]))
     assert (await run("exports", "create", "all.jsonl.gz", "--files"))["counts"]["room"] >= 1
     imported = await run("imports", "create", "all.jsonl.gz", "--on-conflict", "skip")
     assert imported["complete"]

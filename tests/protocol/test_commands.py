@@ -42,6 +42,11 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "users.lookup": {"room": 1, "ids": [2]},
     "read": {"room": 1, "seq": 0},
     "mentions": {},
+    "message.edit": {"room": 1, "seq": 1, "text": "x", "cid": "e1"},
+    "message.delete": {"room": 1, "seq": 1, "cid": "d1"},
+    "reaction.add": {"room": 1, "seq": 1, "emoji": "👍", "cid": "r1"},
+    "reaction.remove": {"room": 1, "seq": 1, "emoji": "👍", "cid": "r2"},
+    "thread": {"room": 1, "seq": 1},
     "room.get": {"room": 1},
     "room.update": {"room": 1},
     "room.members": {"room": 1},
@@ -87,13 +92,18 @@ FULL: dict[str, dict[str, Any]] = {
         "type": "auditorium",
         "invitations": "off",
     },
-    "join": {"room": 4, "since": 0},
+    "join": {"room": 4, "since": 0, "changes": 3},
     "leave": {"room": 4},
-    "post": {"room": 4, "text": "hello ✓", "cid": "c-9"},
+    "post": {"room": 4, "text": "hello ✓", "cid": "c-9", "reply_to": 2},
     "history": {"room": 4, "before": 100, "limit": 50},
     "users.lookup": {"room": 4, "ids": [2, 3]},
     "read": {"room": 4, "seq": 12},
     "mentions": {"room": 4, "cursor": "1.2.3", "limit": 10},
+    "message.edit": {"room": 4, "seq": 3, "text": "better", "cid": "e-1"},
+    "message.delete": {"room": 4, "seq": 3, "cid": "d-1"},
+    "reaction.add": {"room": 4, "seq": 3, "emoji": ":ship:", "cid": "r-1"},
+    "reaction.remove": {"room": 4, "seq": 3, "emoji": ":ship:", "cid": "r-2"},
+    "thread": {"room": 4, "seq": 3, "after": 5, "limit": 20},
     "room.get": {"room": 4},
     "room.participants": {"room": 4},
     "room.update": {
@@ -256,6 +266,12 @@ def test_required_table_is_complete() -> None:
         ("join", "room"),
         ("leave", "room"),
         ("read", "room"),
+        *[("message.edit", f) for f in ("room", "seq", "text", "cid")],
+        *[("message.delete", f) for f in ("room", "seq", "cid")],
+        *[("reaction.add", f) for f in ("room", "seq", "emoji", "cid")],
+        *[("reaction.remove", f) for f in ("room", "seq", "emoji", "cid")],
+        ("thread", "room"),
+        ("thread", "seq"),
         ("read", "seq"),
         ("post", "room"),
         ("post", "text"),
@@ -476,7 +492,7 @@ def test_unknown_keys_are_ignored(op: str) -> None:
     # keys that belong to other ops, with values that would be invalid for them
     for other in FULL.values():
         for key in other:
-            if key not in FULL[op]:
+            if key not in FULL[op] and key not in field_names(CLASSES[op]):
                 extra[key] = object()
     req = parse_request(request(op, {**FULL[op], **extra}))
     assert req == parse_request(request(op, FULL[op]))

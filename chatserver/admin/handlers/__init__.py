@@ -8,6 +8,8 @@ Each module declares its routes with its own :class:`~chatserver.admin.routing.R
     categories  categories, their principal lists, who they allow
     rooms       rooms, their roles, disabling, who may read them
     messages    clearing a room, finding, removing and replacing messages
+    lifecycle   the edit policy of rooms and categories (users' edits and deletes)
+    retention   retention policies, the purge preview and run, legal holds
     addins      add-ins
     config      run-time settings, and the compliance settings (read-only)
     pool        the pool's nodes: active list, swap, drain
