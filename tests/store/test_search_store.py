@@ -69,7 +69,22 @@ async def _seed(db: Database, n: int = 300) -> tuple[list[int], dict[int, str]]:
                 {"now": now_ms()},
             )
         ).scalar_one()
-    rooms = [(await room_store.create_room(db, f"seed{i}", privacy="closed")).id for i in range(2)]
+    rooms = []
+    async with db.write() as conn:
+        for i in range(2):
+            rooms.append(
+                (
+                    await conn.execute(
+                        text(
+                            "INSERT INTO rooms (name, description, last_seq, created_ms,"
+                            " category_id, privacy, type, disabled, invitations)"
+                            " VALUES (:name, '', :last, :now, 1, 'closed', 'normal', false,"
+                            " 'inherit') RETURNING id"
+                        ),
+                        {"name": f"seed{i}", "last": n, "now": now_ms()},
+                    )
+                ).scalar_one()
+            )
     texts: dict[int, str] = {}
     rows = []
     for i in range(1, n + 1):
@@ -89,7 +104,13 @@ async def _seed(db: Database, n: int = 300) -> tuple[list[int], dict[int, str]]:
                 }
             )
     async with db.write() as conn:
-        await conn.execute(messages.insert(), rows)
+        await conn.execute(
+            text(
+                "INSERT INTO messages (room_id, seq, sender_id, cid, text, ts, state)"
+                " VALUES (:room_id, :seq, :sender_id, :cid, :text, :ts, :state)"
+            ),
+            rows,
+        )
     return rooms, texts
 
 
