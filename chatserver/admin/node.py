@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..rooms.authorization import Authorization
     from ..rooms.enforcement import Enforcement
     from ..rooms.facts import Facts
+    from ..rooms.files import Files
     from ..rooms.governance import Governance
     from ..rooms.retention import Retention
     from ..rooms.settings import RuntimeSettings
@@ -74,6 +75,11 @@ class NodeControl(Protocol):
 
     @property
     def settings(self) -> RuntimeSettings: ...
+
+    @property
+    def files(self) -> Files:
+        """Files in rooms: their bytes, wherever the storage backend keeps them."""
+        ...
 
     @property
     def retention(self) -> Retention:

@@ -30,7 +30,7 @@ from .handlers import (
     transfer,
     users,
 )
-from .routing import Route, path_param_schema, type_adapter
+from .routing import Binary, Route, path_param_schema, type_adapter
 from .types import ErrorBody
 
 HANDLER_MODULES = (
@@ -123,6 +123,13 @@ def openapi_document(version: str) -> dict[str, Any]:
         responses: dict[str, Any] = {}
         if r.response is None:
             responses[str(r.status)] = {"description": "Done"}
+        elif r.response is Binary:
+            responses[str(r.status)] = {
+                "description": "The bytes",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
         else:
             responses[str(r.status)] = {
                 "description": "OK",

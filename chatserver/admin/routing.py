@@ -7,7 +7,7 @@ Each handler module has a :class:`Router` and decorates its handlers with ``@rou
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,20 @@ if TYPE_CHECKING:
     from .context import Ctx
 
 Handler = Callable[["Ctx"], Awaitable[Any]]
+
+
+class Binary:
+    """A route's ``response`` for bytes rather than JSON: its handler returns a
+    :class:`BinaryBody`, sent as ``application/octet-stream`` (OpenAPI: a binary string)."""
+
+
+@dataclass(frozen=True)
+class BinaryBody:
+    """What a :class:`Binary` route answers: the bytes as they stream from storage, and the
+    headers that describe them (Content-Disposition, ETag, …)."""
+
+    content: AsyncIterator[bytes]
+    headers: dict[str, str]
 
 
 @dataclass
@@ -42,7 +56,9 @@ class Route:
         return re.findall(r"{(\w+)}", self.path)
 
     def adapter(self) -> TypeAdapter[Any] | None:
-        return None if self.response is None else type_adapter(self.response)
+        if self.response is None or self.response is Binary:
+            return None
+        return type_adapter(self.response)
 
 
 _adapters: dict[Any, TypeAdapter[Any]] = {}

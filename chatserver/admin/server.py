@@ -51,7 +51,7 @@ from .context import Ctx
 from .guard import ConnectionGuard, GuardCollector
 from .probe import StoreProbe
 from .routes import ROUTES, openapi_document
-from .routing import NAME_PARAM, NAME_RULE, Route
+from .routing import NAME_PARAM, NAME_RULE, BinaryBody, Route
 
 if TYPE_CHECKING:
     from .node import NodeControl
@@ -271,6 +271,9 @@ class ManagementServer:
                 return _error(500, "internal", "internal error")
             if spec.mutating and spec.audited_by == "handler" and not ctx.audited:
                 log.error("%s %s changed state without an audit entry", spec.method, spec.path)
+            if isinstance(result, BinaryBody):
+                headers = {"Content-Type": "application/octet-stream", **result.headers}
+                return web.Response(body=result.content, headers=headers)
             if adapter is None:
                 return web.Response(status=204)
             try:

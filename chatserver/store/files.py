@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -351,8 +352,29 @@ async def get(db: Database, file_id: int) -> StoredFile | None:
         row = (
             await conn.execute(select(files).where(files.c.id == file_id, files.c.state == READY))
         ).first()
-    if row is None:
-        return None
+    return None if row is None else _stored(row)
+
+
+async def get_held(db: Database, file_id: int, held: Any) -> StoredFile | None:
+    """The file ``file_id``, ready or removed, if its message meets ``held`` (a legal hold's
+    condition on messages, store/holds.py): a removed held file keeps its bytes."""
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                select(files)
+                .select_from(
+                    files.join(
+                        messages,
+                        (messages.c.room_id == files.c.room_id) & (messages.c.seq == files.c.seq),
+                    )
+                )
+                .where(files.c.id == file_id, files.c.state.in_((READY, REMOVED)), held)
+            )
+        ).first()
+    return None if row is None else _stored(row)
+
+
+def _stored(row: Any) -> StoredFile:
     return StoredFile(
         int(row.id),
         int(row.room_id),

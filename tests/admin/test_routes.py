@@ -33,7 +33,10 @@ from tests.conftest import PASSWORD, Harness, node_config, start_node
 STATIC = "static-automation-token-0123456789"
 
 # Routes deliberately without a ``chatserver admin`` command, each with the reason. (None now.)
-NO_COMMAND: dict[str, str] = {}
+NO_COMMAND: dict[str, str] = {
+    # bytes, not JSON, and two ids: fetched with any HTTP client (docs/administration.md)
+    "GET /api/v1/holds/{hold_id}/files/{file_id}": "a held file's bytes",
+}
 
 TABLE = {f"{r.method} {r.path}" for r in ROUTES}
 
@@ -275,4 +278,4 @@ async def test_every_command_calls_its_route(
         routes = [route for route in allowed if _pattern(route).fullmatch(sent)]
         assert routes, f"{sent} is not a route {command} declares"
         hit.update(routes)
-    assert hit == TABLE, f"routes no command called: {TABLE - hit}"
+    assert hit == TABLE - set(NO_COMMAND), f"routes no command called: {TABLE - hit}"

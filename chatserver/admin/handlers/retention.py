@@ -9,17 +9,20 @@ compliance officers), including what its sender edited or deleted.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
 from ...protocol.errors import CONFLICT, ChatError
+from ...store import files as file_store
 from ...store import holds as hold_store
 from ...store import lifecycle as lifecycle_store
 from ...store import retention as store
 from ...store.db import now_ms
+from ...transport.http import content_disposition
 from ..context import Ctx, not_found
-from ..routing import Router
+from ..routing import Binary, BinaryBody, Router
 from ..types import Id, In, Name, When, epoch_ms
 from .views import room_out
 
@@ -335,3 +338,37 @@ async def held_messages(ctx: Ctx) -> Any:
         raise not_found("hold", hid)
     found = await hold_store.held_content(ctx.db, hold, ctx.query.limit)
     return {"hold": hold.public(), "messages": found}
+
+
+@router.route(
+    "GET",
+    "/api/v1/holds/{hold_id}/files/{file_id}",
+    tag="holds",
+    summary="The bytes of a file whose message a hold covers, also after it was removed",
+    response=Binary,
+)
+async def held_file(ctx: Ctx) -> Any:
+    hid, fid = ctx.params["hold_id"], ctx.params["file_id"]
+    hold = await hold_store.get(ctx.db, hid)
+    if hold is None:
+        raise not_found("hold", hid)
+    found = await file_store.get_held(ctx.db, fid, hold.condition())
+    if found is None:  # missing, or not covered by this hold: the same answer
+        raise not_found("file", fid)
+
+    async def content() -> AsyncIterator[bytes]:
+        if found.size:
+            async for data in ctx.node.files.content(found, 0, found.size - 1):
+                yield data
+
+    log.info("file %d under legal hold %d read by %s", fid, hid, ctx.actor_label)
+    return BinaryBody(
+        content(),
+        {
+            "Content-Disposition": content_disposition(found.name),
+            "Content-Length": str(found.size),
+            "ETag": f'"{found.sha256}"',
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox",
+        },
+    )
