@@ -9,6 +9,7 @@ import { Uploads } from "./files.js";
 import { makeEvents } from "./events.js";
 import { makeOutbox } from "./outbox.js";
 import { makePanels } from "./panels.js";
+import { makeLifecycle } from "./lifecycle.js";
 import { RoomData } from "./roomdata.js";
 
 const $ = (id) => document.getElementById(id);
@@ -112,6 +113,7 @@ async function onReady(hello, auth) {
   if (state.current !== null && !state.joined.has(state.current)) state.current = null;
   renderRoom();
   flushOutbox();
+  lifecycle.flushChanges();
   loadMentions().catch(() => {});
   loadFeeds().catch(() => {});
 }
@@ -208,7 +210,8 @@ function renderRooms() {
 async function join(id) {
   const data = roomData(id);
   const since = data.hi;
-  const reply = await request("join", since !== null && data.tail ? { room: id, since } : { room: id });
+  const resume = since !== null && data.tail;
+  const reply = await request("join", { room: id, ...(resume ? { since } : {}), ...lifecycle.joinFields(resume ? data : {}) });
   state.joined.add(id);
   saveJoined();
   if (since === null || !data.tail) {
@@ -225,6 +228,7 @@ async function join(id) {
     data.seqs = data.seqs.filter((s) => data.msgs.has(s));
   }
   for (const msg of reply.messages) data.add(msg);
+  lifecycle.applyJoin(data, reply);
   if (reply.gap) await fillForward(data, since);
   if (!reply.messages.length && !data.seqs.length) data.oldest = true;
   if (since === null && reply.messages.length && reply.messages[0].seq === 1) data.oldest = true;
@@ -340,19 +344,15 @@ function renderItem(item) {
   }
   const msg = item.msg;
   const data = roomData(msg.room);
-  const row = el(
+  const meta = el(
     "div",
-    { class: "msg" + (data.jumped === msg.seq ? " jumped" : ""), "data-seq": msg.seq },
-    el(
-      "div",
-      { class: "meta" },
-      el("bdi", { class: "who", title: `@${msg.sender.name}` }, senderName(msg.sender)),
-      el("time", { datetime: new Date(msg.ts).toISOString() }, formatTime(msg.ts)),
-    ),
+    { class: "meta" },
+    el("bdi", { class: "who", title: `@${msg.sender.name}` }, senderName(msg.sender)),
+    el("time", { datetime: new Date(msg.ts).toISOString() }, formatTime(msg.ts)),
   );
-  if (msg.text) row.append(appendText(el("div", { class: "text", dir: "auto" }), msg.text));
-  if (msg.file) row.append(renderFile(msg.file));
-  return row;
+  const mine = state.me && msg.sender.id === state.me.id;
+  const classes = "msg" + (data.jumped === msg.seq ? " jumped" : "") + (mine ? " mine" : "");
+  return el("div", { class: classes, "data-seq": msg.seq }, meta, ...lifecycle.body(msg, meta)); // lifecycle.js
 }
 
 function renderFile(file) {
@@ -500,6 +500,7 @@ const { submitPost, flushOutbox, autosize } = makeOutbox({
   showError: (...args) => showError(...args),
   list,
   saveOutbox,
+  takeReply: (room) => lifecycle.takeReply(room),
 });
 
 // -- events (events.js) -------------------------------------------------------------------
@@ -523,6 +524,7 @@ const { onEvent } = makeEvents({
   renderFeeds: (...args) => renderFeeds(...args),
   renderRoster: (...args) => renderRoster(...args),
   showRoster: (...args) => showRoster(...args),
+  onChanged: (ev) => lifecycle.onChanged(ev),
 });
 
 // -- the side panel and invitations (panels.js) ---------------------------------------------
@@ -536,6 +538,10 @@ const { openPanel, closePanel, renderInvitations, runSearch, loadMentions, rende
   openRoom,
   showError,
 });
+
+// -- edits, deletes, replies, threads, reactions (lifecycle.js) -----------------------------
+
+const lifecycle = makeLifecycle({ state, request, roomData, list, renderRoom, senderName, jumpTo, showError, openPanel, renderFile });
 
 // -- sign in and out -----------------------------------------------------------------------
 
@@ -693,6 +699,7 @@ function wire() {
 
 async function boot() {
   wire();
+  lifecycle.wire();
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) return showSignin();
   try {
