@@ -4,7 +4,7 @@
 
 import { ChatError, Connection } from "./conn.js";
 import { VirtualList } from "./list.js";
-import { appendText, el, formatSize, formatTime, safeUrl } from "./text.js";
+import { appendText, el, formatTime, safeUrl } from "./text.js";
 import { Uploads } from "./files.js";
 import { makeEvents } from "./events.js";
 import { makeOutbox } from "./outbox.js";
@@ -350,25 +350,8 @@ function renderItem(item) {
     el("bdi", { class: "who", title: `@${msg.sender.name}` }, senderName(msg.sender)),
     el("time", { datetime: new Date(msg.ts).toISOString() }, formatTime(msg.ts)),
   );
-  const mine = state.me && msg.sender.id === state.me.id;
-  const classes = "msg" + (data.jumped === msg.seq ? " jumped" : "") + (mine ? " mine" : "");
+  const classes = "msg" + (data.jumped === msg.seq ? " jumped" : "");
   return el("div", { class: classes, "data-seq": msg.seq }, meta, ...lifecycle.body(msg, meta)); // lifecycle.js
-}
-
-function renderFile(file) {
-  const box = el(
-    "div",
-    { class: "file" },
-    el("span", {}, "File: ", el("bdi", { class: "file-name" }, file.name), ` (${formatSize(file.size)})`),
-    el("button", { type: "button", onclick: () => uploads.download(file) }, "Download"),
-  );
-  if (/^image\/(png|jpeg|gif|webp)$/.test(file.media_type) && file.size <= 10 * 1024 * 1024) {
-    const img = el("img", { alt: file.name });
-    img.addEventListener("load", () => list.schedule());
-    uploads.preview(file).then((url) => { img.src = url; }, () => img.remove());
-    box.prepend(img);
-  }
-  return box;
 }
 
 async function loadOlder() {
@@ -541,6 +524,7 @@ const { openPanel, closePanel, renderInvitations, runSearch, loadMentions, rende
 
 // -- edits, deletes, replies, threads, reactions (lifecycle.js) -----------------------------
 
+const renderFile = (file) => uploads.render(file, () => list.schedule());
 const lifecycle = makeLifecycle({ state, request, roomData, list, renderRoom, senderName, jumpTo, showError, openPanel, renderFile });
 
 // -- sign in and out -----------------------------------------------------------------------
@@ -699,7 +683,6 @@ function wire() {
 
 async function boot() {
   wire();
-  lifecycle.wire();
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) return showSignin();
   try {

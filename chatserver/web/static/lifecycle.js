@@ -406,5 +406,6 @@ export function makeLifecycle(ctx) {
     });
   }
 
-  return { body, onChanged, joinFields, applyJoin, flushChanges, takeReply, renderReplying, wire };
+  wire();
+  return { body, onChanged, joinFields, applyJoin, flushChanges, takeReply, renderReplying };
 }
