@@ -33,7 +33,11 @@ XSS = "<img src=x onerror=alert(1)><script>alert(2)</script>\"'&"
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WebNode, dict[str, int]]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('lifecycle')}/chat.db"
     upgrade(url)
-    ids = seed(url, ["alice", "bob"], [("edits", "open"), ("replies", "open"), ("away", "open")])
+    ids = seed(
+        url,
+        ["alice", ("bob", "Robert Bobson the Second")],
+        [("edits", "open"), ("replies", "open"), ("away", "open")],
+    )
     web = WebNode("web-lifecycle", node_env("web-lifecycle", url)).start()
     try:
         yield web, ids
@@ -158,42 +162,54 @@ def test_reply_shows_its_reference_and_the_thread_lists_it(
     web, ids = node
     room = ids["replies"]
     alice, bob, watches = two(browser, web, "replies", width=320)
-    question = f"question {token()}"
+    tag = token()
+    question = f"q {tag} {XSS}"  # under 80 characters: quoted whole
     post(alice, question)
-    bob.wait_for_selector(f".msg .text >> text={question}")
-    seq = seq_of(bob, question)
+    row(bob, tag).wait_for()
+    seq = seq_of(bob, tag)
     for i in range(8):  # so the original scrolls away
         post(alice, f"filler {i}")
     bob.wait_for_selector(".msg .text >> text=filler 7")
     original = at(bob, seq)
     original.scroll_into_view_if_needed()
     original.locator("[data-act=reply]").click()
-    bob.locator("#replying-to", has_text=f"Replying to alice: {question}").wait_for()
+    replying = bob.locator("#replying-to", has_text=f"Replying to alice: q {tag}")
+    assert replying.inner_text() == f"Replying to alice: {question}"
     assert bob.evaluate("document.activeElement.id") == "composer-text"
     post(bob, "the answer")
     assert bob.locator("#replying").is_hidden()
     answer = row(alice, "the answer")
-    answer.locator(".reply-ref", has_text=question).wait_for()
+    answer.locator(".reply-ref", has_text=tag).wait_for()
+    assert answer.locator(".reply-ref").inner_text() == f"↪ alice: {question}"
     answer_seq = seq_of(alice, "the answer")
     assert held(alice, room, answer_seq)["reply_to"] == seq
+    # At 320 px the actions of bob's own message wrap inside the list: nothing scrolls sideways.
+    own = row(bob, "the answer")
+    own.hover()
+    own.locator("[data-act=delete]").wait_for()
     assert bob.evaluate("document.documentElement.scrollWidth") <= 320
+    sizes = own.locator(".meta").evaluate("m => [m.scrollWidth, m.clientWidth]")
+    assert sizes[0] <= sizes[1], sizes
     shot(bob, "lifecycle-reply-narrow")
     # The reference jumps to the original.
     answer.locator(".reply-ref").click()
     alice.wait_for_selector(f'.msg.jumped[data-seq="{seq}"]')
-    # A second answer, posted elsewhere; the thread view lists both, oldest first.
+    # The thread view lists the answers, oldest first, and one posted elsewhere comes live.
+    original = at(bob, seq)
+    original.scroll_into_view_if_needed()
+    original.locator("[data-act=thread]").click()
+    bob.locator("#thread-list li", has_text="the answer").wait_for()
     as_user(
         web,
         "alice",
         ("post", {"room": room, "text": "another answer", "cid": token(), "reply_to": seq}),
     )
-    original = at(bob, seq)
-    original.scroll_into_view_if_needed()
-    original.locator("[data-act=thread]").click()
     bob.locator("#thread-list li", has_text="another answer").wait_for()
     listed = bob.locator("#thread-list li .text").all_inner_texts()
     assert listed == [question, "the answer", "another answer"]
     assert bob.locator("#thread-count").inner_text() == "2 replies"
+    for page in (alice, bob):
+        assert page.locator("img[src=x]").count() == 0
     for watch in watches:
         assert not watch.errors and not watch.dialogs
     alice.context.close()

@@ -319,6 +319,7 @@ function renderRoom() {
   $("room-name").replaceChildren(el("bdi", {}, room.name));
   $("room-description").replaceChildren(el("bdi", {}, room.description || ""));
   $("show-addin").hidden = !data.addin;
+  lifecycle.renderReplying();
   if (list.roomId !== id) {
     list.clear();
     list.roomId = id;
@@ -508,6 +509,7 @@ const { onEvent } = makeEvents({
   renderRoster: (...args) => renderRoster(...args),
   showRoster: (...args) => showRoster(...args),
   onChanged: (ev) => lifecycle.onChanged(ev),
+  onReply: (msg) => lifecycle.onReply(msg),
 });
 
 // -- the side panel and invitations (panels.js) ---------------------------------------------

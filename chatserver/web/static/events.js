@@ -4,7 +4,7 @@ export function makeEvents(ctx) {
   const {
     state, roomData, renderRooms, renderRoom, renderInvitations, loadRooms, join, queueLookups,
     sendRead, saveOutbox, saveJoined, request, list, addPoolNodes, renderMentions, renderFeeds,
-    renderRoster, showRoster, onChanged,
+    renderRoster, showRoster, onChanged, onReply,
   } = ctx;
 
   // -- events --------------------------------------------------------------------------------
@@ -97,6 +97,7 @@ export function makeEvents(ctx) {
       data.add(msg);
       queueLookups(msg.room, [msg]);
     }
+    if (msg.reply_to) onReply(msg);
     const mine = state.me && msg.sender.id === state.me.id;
     if (mine) {
       const before = state.outbox.length;

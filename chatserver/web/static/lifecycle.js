@@ -59,7 +59,14 @@ export function makeLifecycle(ctx) {
     } else if (data.msgs.has(msg.seq)) {
       data.msgs.set(msg.seq, msg);
       refresh(msg.room, msg.seq);
+      refreshAnswers(data, msg.seq);
     }
+  }
+
+  // The answers' quotes of a message that changed.
+  function refreshAnswers(data, seq) {
+    if (state.current !== data.id) return;
+    for (const s of data.seqs) if (s > seq && data.msgs.get(s).reply_to === seq) list.refresh(`m${s}`);
   }
 
   // -- rendering ---------------------------------------------------------------------------
@@ -290,6 +297,7 @@ export function makeLifecycle(ctx) {
     } else if (data.msgs.has(ev.seq)) {
       data.msgs.set(ev.seq, applyChange(data.msgs.get(ev.seq), ev));
       refresh(ev.room, ev.seq);
+      if (!ev.reaction) refreshAnswers(data, ev.seq);
     }
     if (ev.state === "deleted" || ev.state === "removed") {
       if (same(ui.editing, ev.room, ev.seq)) ui.editing = null;
@@ -297,6 +305,15 @@ export function makeLifecycle(ctx) {
     }
     if (state.current === ev.room) renderRoom();
     if (ui.thread && ui.thread.room === ev.room && state.panel === "thread") showThread(ev.room, ui.thread.seq);
+  }
+
+  // A new answer: the open thread it belongs to shows it.
+  function onReply(msg) {
+    const t = ui.thread;
+    if (t && state.panel === "thread" && t.room === msg.room && t.seq === msg.reply_to && !t.more && !t.replies.some((m) => m.seq === msg.seq)) {
+      t.replies.push(msg);
+      renderThread();
+    }
   }
 
   // The `changes` field of a join: the room's change number the page has seen (0 the first time).
@@ -407,5 +424,5 @@ export function makeLifecycle(ctx) {
   }
 
   wire();
-  return { body, onChanged, joinFields, applyJoin, flushChanges, takeReply, renderReplying };
+  return { body, onChanged, onReply, joinFields, applyJoin, flushChanges, takeReply, renderReplying };
 }
