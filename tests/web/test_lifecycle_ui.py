@@ -75,6 +75,10 @@ def held(page: Any, room: int, seq: int) -> dict[str, Any]:
     )
 
 
+def active(page: Any) -> str | None:
+    return page.evaluate("document.activeElement.dataset.act ?? null")  # type: ignore[no-any-return]
+
+
 def test_edit_and_delete_own_messages_live_and_never_anothers(
     browser: Any, node: tuple[WebNode, dict[str, int]]
 ) -> None:
@@ -95,11 +99,16 @@ def test_edit_and_delete_own_messages_live_and_never_anothers(
     box.press("Escape")
     mine.locator(".text", has_text=text).wait_for()
     assert held(alice, room, seq).get("state") is None
-    # Enter saves; bob's page shows the new text and "(edited)" live.
-    mine.hover()
-    mine.locator("[data-act=edit]").click()
-    mine.locator("textarea.edit-text").fill("final words")
-    mine.locator("textarea.edit-text").press("Enter")
+    # By keyboard: Enter on Edit, the box takes focus, Enter saves and focus goes back to Edit;
+    # bob's page shows the new text and "(edited)" live.
+    assert active(alice) == "edit"
+    mine.locator("[data-act=edit]").focus()
+    alice.keyboard.press("Enter")
+    alice.wait_for_function("() => document.activeElement.classList.contains('edit-text')")
+    alice.keyboard.press("Control+A")
+    alice.keyboard.type("final words")
+    alice.keyboard.press("Enter")
+    alice.wait_for_function("() => document.activeElement.dataset.act === 'edit'")
     theirs = at(bob, seq)
     theirs.locator(".text", has_text="final words").wait_for()
     theirs.locator(".edited", has_text="(edited)").wait_for()
@@ -139,9 +148,13 @@ def test_edit_and_delete_own_messages_live_and_never_anothers(
     mine.locator(".confirm", has_text="Delete?").wait_for()
     mine.locator("[data-act=delete-no]").click()
     mine.locator("[data-act=delete]").wait_for()
-    mine.hover()
-    mine.locator("[data-act=delete]").click()
-    mine.locator("[data-act=delete-yes]").click()
+    # By keyboard: the question takes focus on "no"; Shift+Tab, Enter says yes.
+    mine.locator("[data-act=delete]").focus()
+    alice.keyboard.press("Enter")
+    alice.wait_for_function("() => document.activeElement.dataset.act === 'delete-no'")
+    alice.keyboard.press("Shift+Tab")
+    assert active(alice) == "delete-yes"
+    alice.keyboard.press("Enter")
     theirs.locator(".text.deleted", has_text="message deleted").wait_for()
     mine.locator(".text.deleted", has_text="message deleted").wait_for()
     assert held(bob, room, seq)["state"] == "deleted"

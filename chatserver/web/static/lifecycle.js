@@ -43,13 +43,27 @@ export function makeLifecycle(ctx) {
   state.changes = JSON.parse(sessionStorage.getItem(CHANGES_KEY) || "[]");
   state.mine = new Map(); // "room:seq:emoji" -> true / false: the user's own reactions, once known
   state.replying = null; // {room, seq}: what the next post answers
-  const ui = { editing: null, confirming: null, picking: null, thread: null, changing: false };
+  const ui = { editing: null, confirming: null, picking: null, thread: null, changing: false, focus: null };
   window.chatLifecycle = ui; // for the browser tests
 
   const save = () => sessionStorage.setItem(CHANGES_KEY, JSON.stringify(state.changes));
-  const refresh = (room, seq) => { if (state.current === room) list.refresh(`m${seq}`); };
+  // Draws a row again; the button of it that has focus gets it back in the new row.
+  function refresh(room, seq) {
+    if (state.current !== room) return;
+    const active = document.activeElement;
+    const name = active && (active.dataset.act || active.dataset.emoji);
+    if (name && !ui.focus && active.closest(`.msg[data-seq="${seq}"]`)) ui.focus = { room, seq, name };
+    list.refresh(`m${seq}`);
+  }
   const same = (a, room, seq) => a && a.room === room && a.seq === seq;
   const mine = (msg) => state.me && msg.sender.id === state.me.id;
+  // Keyboard users keep their place: the row is drawn again, and this button of it takes focus.
+  const focusNext = (room, seq, name) => { ui.focus = { room, seq, name }; refresh(room, seq); };
+  function focusIfWanted(button, room, seq, name) {
+    if (!same(ui.focus, room, seq) || ui.focus.name !== name) return;
+    ui.focus = null;
+    requestAnimationFrame(() => { if (button.isConnected) button.focus(); });
+  }
 
   function store(msg) {
     const data = roomData(msg.room);
@@ -66,7 +80,7 @@ export function makeLifecycle(ctx) {
   // The answers' quotes of a message that changed.
   function refreshAnswers(data, seq) {
     if (state.current !== data.id) return;
-    for (const s of data.seqs) if (s > seq && data.msgs.get(s).reply_to === seq) list.refresh(`m${s}`);
+    for (const s of data.seqs) if (s > seq && data.msgs.get(s).reply_to === seq) refresh(data.id, s);
   }
 
   // -- rendering ---------------------------------------------------------------------------
@@ -98,23 +112,27 @@ export function makeLifecycle(ctx) {
     }
     if (deleted) return out;
     const actions = el("span", { class: "actions" });
-    const act = (label, name, fn) => el("button", { type: "button", class: "act", "data-act": name, onclick: fn }, label);
+    const act = (label, name, fn) => {
+      const button = el("button", { type: "button", class: "act", "data-act": name, onclick: fn }, label);
+      focusIfWanted(button, room, seq, name);
+      return button;
+    };
     if (same(ui.confirming, room, seq)) {
       actions.append(
         el("span", { class: "confirm", role: "alert" }, "Delete?"),
         act("yes", "delete-yes", () => remove(msg)),
-        act("no", "delete-no", () => { ui.confirming = null; refresh(room, seq); }),
+        act("no", "delete-no", () => { ui.confirming = null; focusNext(room, seq, "delete"); }),
       );
     } else {
       actions.append(
         act("Reply", "reply", () => startReply(msg)),
         act("Thread", "thread", () => showThread(room, seq)),
-        act("React", "react", () => { ui.picking = same(ui.picking, room, seq) ? null : { room, seq }; refresh(room, seq); }),
+        act("React", "react", () => { ui.picking = same(ui.picking, room, seq) ? null : { room, seq }; focusNext(room, seq, ui.picking ? EMOJI[0] : "react"); }),
       );
       if (mine(msg) && !same(ui.editing, room, seq)) {
         actions.append(
           act("Edit", "edit", () => startEdit(msg)),
-          act("Delete", "delete", () => { ui.confirming = { room, seq }; refresh(room, seq); }),
+          act("Delete", "delete", () => { ui.confirming = { room, seq }; focusNext(room, seq, "delete-no"); }),
         );
       }
     }
@@ -125,12 +143,14 @@ export function makeLifecycle(ctx) {
       out.push(el("div", { class: "reactions" }, ...shown.map((emoji) => {
         const count = counts[emoji] || 0;
         const pressed = state.mine.get(`${room}:${seq}:${emoji}`) === true;
-        return el(
+        const button = el(
           "button",
           { type: "button", class: "reaction", "data-emoji": emoji, "aria-pressed": String(pressed), "aria-label": `${emoji} ${count}`, onclick: () => toggle(msg, emoji) },
           el("span", {}, emoji),
           count ? el("span", { class: "count" }, String(count)) : null,
         );
+        focusIfWanted(button, room, seq, emoji);
+        return button;
       })));
     }
     return out;
@@ -168,10 +188,7 @@ export function makeLifecycle(ctx) {
   function cancelEdit() {
     const was = ui.editing;
     ui.editing = null;
-    if (was) {
-      refresh(was.room, was.seq);
-      $("messages").focus();
-    }
+    if (was) focusNext(was.room, was.seq, "edit");
   }
 
   function saveEdit(msg) {
@@ -184,6 +201,7 @@ export function makeLifecycle(ctx) {
       return;
     }
     ui.editing = null;
+    ui.focus = { room: msg.room, seq: msg.seq, name: "edit" };
     const held = roomData(msg.room).msgs.get(msg.seq) || msg;
     if (text !== held.text) {
       store({ ...held, text, state: "edited" }); // shown now; the reply or event says the rest
@@ -191,7 +209,6 @@ export function makeLifecycle(ctx) {
     } else {
       refresh(msg.room, msg.seq);
     }
-    $("messages").focus();
   }
 
   function remove(msg) {
@@ -199,6 +216,7 @@ export function makeLifecycle(ctx) {
     const held = roomData(msg.room).msgs.get(msg.seq) || msg;
     const { file: _file, reactions: _reactions, ...rest } = held;
     store({ ...rest, text: "", state: "deleted" });
+    $("messages").focus();
     queue({ op: "message.delete", room: msg.room, seq: msg.seq });
   }
 
@@ -330,7 +348,7 @@ export function makeLifecycle(ctx) {
         data.seqs = data.seqs.filter((s) => s !== msg.seq);
       } else if (data.msgs.has(msg.seq)) {
         data.msgs.set(msg.seq, msg);
-        if (state.current === data.id) list.refresh(`m${msg.seq}`);
+        refresh(data.id, msg.seq);
       }
     }
   }
