@@ -101,7 +101,7 @@ def test_edit_and_delete_own_messages_live_and_never_anothers(
     assert held(alice, room, seq).get("state") is None
     # By keyboard: Enter on Edit, the box takes focus, Enter saves and focus goes back to Edit;
     # bob's page shows the new text and "(edited)" live.
-    assert active(alice) == "edit"
+    alice.wait_for_function("() => document.activeElement.dataset.act === 'edit'")
     mine.locator("[data-act=edit]").focus()
     alice.keyboard.press("Enter")
     alice.wait_for_function("() => document.activeElement.classList.contains('edit-text')")
@@ -297,6 +297,7 @@ def test_changes_while_away_show_after_the_reconnect(
     reaction_box.locator("[data-act=react]").click()
     reaction(bob, keep, "🎉").click()
     assert bob.evaluate("window.chatState.changes.length") == 1
+    cid = bob.evaluate("window.chatState.changes[0].cid")
     as_user(
         web,
         "alice",
@@ -318,6 +319,11 @@ def test_changes_while_away_show_after_the_reconnect(
     reaction(alice, keep, "🎉").locator(".count", has_text="1").wait_for()
     reaction(bob, keep, "🎉").locator(".count", has_text="1").wait_for()
     assert bob.evaluate("window.chatState.changes.length") == 0
+    # It went with the cid it was queued with: the same cid again is a duplicate.
+    again = as_user(
+        web, "bob", ("reaction.add", {"room": room, "seq": keep, "emoji": "🎉", "cid": cid})
+    )
+    assert again[0]["duplicate"] is True and again[0]["message"]["reactions"]["🎉"] == 1
     assert bob.evaluate(f"window.chatState.roomData.get({room}).changeNo") >= 4
     for watch in watches:  # (the refused reconnects log the browser's own error lines)
         assert not [e for e in watch.errors if "WebSocket connection" not in e]

@@ -52,17 +52,22 @@ export function makeLifecycle(ctx) {
     if (state.current !== room) return;
     const active = document.activeElement;
     const name = active && (active.dataset.act || active.dataset.emoji);
-    if (name && !ui.focus && active.closest(`.msg[data-seq="${seq}"]`)) ui.focus = { room, seq, name };
+    if (name && !ui.focus && active.closest(`.msg[data-seq="${seq}"]`)) ui.focus = { room, seq, name, at: Date.now() };
     list.refresh(`m${seq}`);
   }
   const same = (a, room, seq) => a && a.room === room && a.seq === seq;
   const mine = (msg) => state.me && msg.sender.id === state.me.id;
   // Keyboard users keep their place: the row is drawn again, and this button of it takes focus.
-  const focusNext = (room, seq, name) => { ui.focus = { room, seq, name }; refresh(room, seq); };
+  // (Until it has it: the row may be drawn again before the next frame. A wish 5 s old is gone.)
+  const focusNext = (room, seq, name) => { ui.focus = { room, seq, name, at: Date.now() }; refresh(room, seq); };
   function focusIfWanted(button, room, seq, name) {
-    if (!same(ui.focus, room, seq) || ui.focus.name !== name) return;
-    ui.focus = null;
-    requestAnimationFrame(() => { if (button.isConnected) button.focus(); });
+    const want = ui.focus;
+    if (!same(want, room, seq) || want.name !== name) return;
+    requestAnimationFrame(() => {
+      if (ui.focus !== want || !button.isConnected) return;
+      ui.focus = null;
+      if (Date.now() - want.at < 5000) button.focus();
+    });
   }
 
   function store(msg) {
@@ -201,7 +206,7 @@ export function makeLifecycle(ctx) {
       return;
     }
     ui.editing = null;
-    ui.focus = { room: msg.room, seq: msg.seq, name: "edit" };
+    ui.focus = { room: msg.room, seq: msg.seq, name: "edit", at: Date.now() };
     const held = roomData(msg.room).msgs.get(msg.seq) || msg;
     if (text !== held.text) {
       store({ ...held, text, state: "edited" }); // shown now; the reply or event says the rest
