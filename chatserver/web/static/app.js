@@ -4,11 +4,12 @@
 
 import { ChatError, Connection } from "./conn.js";
 import { VirtualList } from "./list.js";
-import { appendText, el, formatSize, formatTime, safeUrl } from "./text.js";
+import { appendText, el, formatTime, safeUrl } from "./text.js";
 import { Uploads } from "./files.js";
 import { makeEvents } from "./events.js";
 import { makeOutbox } from "./outbox.js";
 import { makePanels } from "./panels.js";
+import { makeLifecycle } from "./lifecycle.js";
 import { RoomData } from "./roomdata.js";
 
 const $ = (id) => document.getElementById(id);
@@ -112,6 +113,7 @@ async function onReady(hello, auth) {
   if (state.current !== null && !state.joined.has(state.current)) state.current = null;
   renderRoom();
   flushOutbox();
+  lifecycle.flushChanges();
   loadMentions().catch(() => {});
   loadFeeds().catch(() => {});
 }
@@ -208,7 +210,8 @@ function renderRooms() {
 async function join(id) {
   const data = roomData(id);
   const since = data.hi;
-  const reply = await request("join", since !== null && data.tail ? { room: id, since } : { room: id });
+  const resume = since !== null && data.tail;
+  const reply = await request("join", { room: id, ...(resume ? { since } : {}), ...lifecycle.joinFields(resume ? data : {}) });
   state.joined.add(id);
   saveJoined();
   if (since === null || !data.tail) {
@@ -225,6 +228,7 @@ async function join(id) {
     data.seqs = data.seqs.filter((s) => data.msgs.has(s));
   }
   for (const msg of reply.messages) data.add(msg);
+  lifecycle.applyJoin(data, reply);
   if (reply.gap) await fillForward(data, since);
   if (!reply.messages.length && !data.seqs.length) data.oldest = true;
   if (since === null && reply.messages.length && reply.messages[0].seq === 1) data.oldest = true;
@@ -315,6 +319,7 @@ function renderRoom() {
   $("room-name").replaceChildren(el("bdi", {}, room.name));
   $("room-description").replaceChildren(el("bdi", {}, room.description || ""));
   $("show-addin").hidden = !data.addin;
+  lifecycle.renderReplying();
   if (list.roomId !== id) {
     list.clear();
     list.roomId = id;
@@ -340,35 +345,14 @@ function renderItem(item) {
   }
   const msg = item.msg;
   const data = roomData(msg.room);
-  const row = el(
+  const meta = el(
     "div",
-    { class: "msg" + (data.jumped === msg.seq ? " jumped" : ""), "data-seq": msg.seq },
-    el(
-      "div",
-      { class: "meta" },
-      el("bdi", { class: "who", title: `@${msg.sender.name}` }, senderName(msg.sender)),
-      el("time", { datetime: new Date(msg.ts).toISOString() }, formatTime(msg.ts)),
-    ),
+    { class: "meta" },
+    el("bdi", { class: "who", title: `@${msg.sender.name}` }, senderName(msg.sender)),
+    el("time", { datetime: new Date(msg.ts).toISOString() }, formatTime(msg.ts)),
   );
-  if (msg.text) row.append(appendText(el("div", { class: "text", dir: "auto" }), msg.text));
-  if (msg.file) row.append(renderFile(msg.file));
-  return row;
-}
-
-function renderFile(file) {
-  const box = el(
-    "div",
-    { class: "file" },
-    el("span", {}, "File: ", el("bdi", { class: "file-name" }, file.name), ` (${formatSize(file.size)})`),
-    el("button", { type: "button", onclick: () => uploads.download(file) }, "Download"),
-  );
-  if (/^image\/(png|jpeg|gif|webp)$/.test(file.media_type) && file.size <= 10 * 1024 * 1024) {
-    const img = el("img", { alt: file.name });
-    img.addEventListener("load", () => list.schedule());
-    uploads.preview(file).then((url) => { img.src = url; }, () => img.remove());
-    box.prepend(img);
-  }
-  return box;
+  const classes = "msg" + (data.jumped === msg.seq ? " jumped" : "");
+  return el("div", { class: classes, "data-seq": msg.seq }, meta, ...lifecycle.body(msg, meta)); // lifecycle.js
 }
 
 async function loadOlder() {
@@ -500,6 +484,7 @@ const { submitPost, flushOutbox, autosize } = makeOutbox({
   showError: (...args) => showError(...args),
   list,
   saveOutbox,
+  takeReply: (room) => lifecycle.takeReply(room),
 });
 
 // -- events (events.js) -------------------------------------------------------------------
@@ -523,6 +508,8 @@ const { onEvent } = makeEvents({
   renderFeeds: (...args) => renderFeeds(...args),
   renderRoster: (...args) => renderRoster(...args),
   showRoster: (...args) => showRoster(...args),
+  onChanged: (ev) => lifecycle.onChanged(ev),
+  onReply: (msg) => lifecycle.onReply(msg),
 });
 
 // -- the side panel and invitations (panels.js) ---------------------------------------------
@@ -536,6 +523,11 @@ const { openPanel, closePanel, renderInvitations, runSearch, loadMentions, rende
   openRoom,
   showError,
 });
+
+// -- edits, deletes, replies, threads, reactions (lifecycle.js) -----------------------------
+
+const renderFile = (file) => uploads.render(file, () => list.schedule());
+const lifecycle = makeLifecycle({ state, request, roomData, list, renderRoom, senderName, jumpTo, showError, openPanel, renderFile });
 
 // -- sign in and out -----------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ export function makeEvents(ctx) {
   const {
     state, roomData, renderRooms, renderRoom, renderInvitations, loadRooms, join, queueLookups,
     sendRead, saveOutbox, saveJoined, request, list, addPoolNodes, renderMentions, renderFeeds,
-    renderRoster, showRoster,
+    renderRoster, showRoster, onChanged, onReply,
   } = ctx;
 
   // -- events --------------------------------------------------------------------------------
@@ -60,18 +60,7 @@ export function makeEvents(ctx) {
       case "resync":
         state.joined.delete(ev.room);
         return join(ev.room).catch(() => {});
-      case "message.changed": {
-        const data = roomData(ev.room);
-        if (ev.state === "removed") {
-          data.msgs.delete(ev.seq);
-          data.seqs = data.seqs.filter((s) => s !== ev.seq);
-        } else if (data.msgs.has(ev.seq)) {
-          data.msgs.set(ev.seq, { ...data.msgs.get(ev.seq), text: ev.text, state: ev.state });
-          list.refresh(`m${ev.seq}`);
-        }
-        if (state.current === ev.room) renderRoom();
-        return undefined;
-      }
+      case "message.changed": return onChanged(ev); // lifecycle.js
       case "room.cleared": {
         const data = roomData(ev.room);
         for (const seq of data.seqs) if (seq <= ev.through_seq) data.msgs.delete(seq);
@@ -108,6 +97,7 @@ export function makeEvents(ctx) {
       data.add(msg);
       queueLookups(msg.room, [msg]);
     }
+    if (msg.reply_to) onReply(msg);
     const mine = state.me && msg.sender.id === state.me.id;
     if (mine) {
       const before = state.outbox.length;

@@ -2,6 +2,8 @@
 // Authorization header, never in a URL. Uploads show their progress; previews and downloads
 // are blob: URLs made from the bytes fetched with the token.
 
+import { el, formatSize } from "./text.js";
+
 export class Uploads {
   constructor({ token, limitBytes, progress, error }) {
     this.token = token;
@@ -79,5 +81,23 @@ export class Uploads {
     } catch (err) {
       this.error(`${file.name}: ${err.message}`);
     }
+  }
+
+  // A message's file: its name and size, Download, and a preview of an image (onLoad: its
+  // height is known).
+  render(file, onLoad) {
+    const box = el(
+      "div",
+      { class: "file" },
+      el("span", {}, "File: ", el("bdi", { class: "file-name" }, file.name), ` (${formatSize(file.size)})`),
+      el("button", { type: "button", onclick: () => this.download(file) }, "Download"),
+    );
+    if (/^image\/(png|jpeg|gif|webp)$/.test(file.media_type) && file.size <= 10 * 1024 * 1024) {
+      const img = el("img", { alt: file.name });
+      img.addEventListener("load", onLoad);
+      this.preview(file).then((url) => { img.src = url; }, () => img.remove());
+      box.prepend(img);
+    }
+    return box;
   }
 }

@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 
 export function makeOutbox(ctx) {
-  const { state, request, roomData, sendRead, renderRoom, showError, list, saveOutbox } = ctx;
+  const { state, request, roomData, sendRead, renderRoom, showError, list, saveOutbox, takeReply } = ctx;
 
   // -- posting -------------------------------------------------------------------------------
 
@@ -23,7 +23,8 @@ export function makeOutbox(ctx) {
       return;
     }
     $("composer-error").textContent = "";
-    state.outbox.push({ room: state.current, text, cid: newCid() });
+    const replyTo = takeReply(state.current);
+    state.outbox.push({ room: state.current, text, cid: newCid(), ...(replyTo ? { reply_to: replyTo } : {}) });
     saveOutbox();
     box.value = "";
     autosize();
@@ -41,7 +42,7 @@ export function makeOutbox(ctx) {
       while (state.outbox.length && state.conn && state.conn.online) {
         const post = state.outbox[0];
         try {
-          const reply = await request("post", { room: post.room, text: post.text, cid: post.cid });
+          const reply = await request("post", { room: post.room, text: post.text, cid: post.cid, ...(post.reply_to ? { reply_to: post.reply_to } : {}) });
           dropPost(post); // by cid: its message event may have taken it out already
           const data = roomData(post.room);
           if (reply.seq > data.marker && data.marker >= reply.seq - 1) {

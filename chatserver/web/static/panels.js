@@ -45,7 +45,7 @@ export function makePanels(ctx) {
     state.panel = name;
     $("panel").hidden = false;
     $("panel-title").textContent = title;
-    for (const body of ["search", "mentions", "feeds", "roster", "addin"]) {
+    for (const body of ["search", "mentions", "feeds", "roster", "addin", "thread"]) {
       $(`panel-${body}`).hidden = body !== name;
     }
     if (name !== "addin") $("panel-addin").replaceChildren();
