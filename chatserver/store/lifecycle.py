@@ -161,27 +161,8 @@ async def edit(
     default_policy: str,
     capture: str | None,
 ) -> Outcome:
-    async with db.write() as conn:
-        change_no, policy, done = await _lock(conn, room, user, cid, seq, "edit")
-        if done is not None:
-            return done
-        old = _own(await _read(conn, room, seq), user, policy, default_policy)
-        where = messages.c.seq == seq
-        await holds.keep_held(conn, room, where, "edit")
-        number = await _bump(conn, room, user, cid, seq, "edit", change_no)
-        edited = now_ms()
-        await conn.execute(
-            update(messages)
-            .where(messages.c.room_id == room, where)
-            .values(text=text, state="edited", edited_ms=edited, change_no=number)
-        )
-        if capture is not None:
-            payload = {"seq": seq, "cid": cid, "original_text": old.text, "new_text": text}
-            await record(conn, capture, [Event("EDIT", room, user, payload)])
-        new = await _read(conn, room, seq)
-        if new is None:  # purged meanwhile (the retention purge does not lock the room)
-            raise NotFound
-    return Outcome(new, number, False)
+    """The sender's edit: the message gets ``text`` (state "edited")."""
+    return await _change_own(db, room, seq, user, cid, text, default_policy, capture)
 
 
 async def delete_own(
@@ -196,26 +177,45 @@ async def delete_own(
 ) -> Outcome:
     """The sender's delete: the message stays as a placeholder (state "deleted", no text, no
     file, no reactions) with its seq."""
+    return await _change_own(db, room, seq, user, cid, None, default_policy, capture)
+
+
+async def _change_own(
+    db: Database,
+    room: int,
+    seq: int,
+    user: int,
+    cid: str,
+    text: str | None,  # the new text; None: delete
+    default_policy: str,
+    capture: str | None,
+) -> Outcome:
+    kind = "edit" if text is not None else "delete"
     async with db.write() as conn:
-        change_no, policy, done = await _lock(conn, room, user, cid, seq, "delete")
+        change_no, policy, done = await _lock(conn, room, user, cid, seq, kind)
         if done is not None:
             return done
         old = _own(await _read(conn, room, seq), user, policy, default_policy)
         where = messages.c.seq == seq
-        await holds.keep_held(conn, room, where, "delete")
-        number = await _bump(conn, room, user, cid, seq, "delete", change_no)
+        await holds.keep_held(conn, room, where, kind)
+        number = await _bump(conn, room, user, cid, seq, kind, change_no)
+        if text is not None:
+            values = {"text": text, "state": "edited", "edited_ms": now_ms()}
+        else:
+            values = {"text": "", "state": "deleted", "reactions": None}
         await conn.execute(
             update(messages)
             .where(messages.c.room_id == room, where)
-            .values(text="", state="deleted", reactions=None, change_no=number)
+            .values(change_no=number, **values)
         )
-        await conn.execute(
-            delete(reactions).where(reactions.c.room_id == room, reactions.c.seq == seq)
-        )
-        await remove_covered(conn, room, [seq])
+        if text is None:  # the placeholder keeps no reactions and no file
+            await conn.execute(
+                delete(reactions).where(reactions.c.room_id == room, reactions.c.seq == seq)
+            )
+            await remove_covered(conn, room, [seq])
         if capture is not None:
-            payload = {"seq": seq, "cid": cid, "original_text": old.text, "new_text": None}
-            await record(conn, capture, [Event("DELETE", room, user, payload)])
+            payload = {"seq": seq, "cid": cid, "original_text": old.text, "new_text": text}
+            await record(conn, capture, [Event(kind.upper(), room, user, payload)])
         new = await _read(conn, room, seq)
         if new is None:  # purged meanwhile (the retention purge does not lock the room)
             raise NotFound
