@@ -204,6 +204,8 @@ def concrete(path: str, w: World) -> str:
         "category_id": 1,
         "room_id": w.room,
         "addin_id": 1,
+        "hold_id": 1,
+        "file_id": 1,
         "node_name": "abuse-node",
     }
     return re.sub(r"{(\w+)}", lambda m: str(values[m.group(1)]), path)

@@ -1235,7 +1235,7 @@ async def test_every_mutating_route_is_audited(api: Api) -> None:
 
 
 def _path(path: str) -> str:
-    for name in ("user_id", "group_id", "category_id", "room_id", "addin_id", "hold_id"):
+    for name in ("user_id", "group_id", "category_id", "room_id", "addin_id", "hold_id", "file_id"):
         path = path.replace("{" + name + "}", "1")
     return path.replace("{node_name}", "test-node")
 
