@@ -7,7 +7,8 @@ Starts a throwaway PostgreSQL cluster (or a SQLite file with ``--sqlite``), bulk
 PostgreSQL, executemany on SQLite; the full-text index built after the load), makes a user who is
 a member of ``--readable`` of the rooms, starts ``chatserver run`` on it and measures:
 
-1. the top ingest rate: posts through the server's posting path (closed loop, pipelined);
+1. the top ingest rate: posts through the server's posting path (closed loop, pipelined), their
+   texts drawn like the loaded ones (``--ingest-text counter``: "ingest <n>", the first runs');
 2. while ingest runs at half that rate: search latency for one-word queries and two-word
    phrases (taken from the loaded text) by the reader, p50 / p99 over ``--queries`` of each;
 3. feed matching cost, in this process: ``--feeds`` saved feeds in the node's keyword index
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +67,10 @@ class Texts:
         self.weights = [1 / (r + 1) for r in range(len(self.words))]
         self._cum = list(__import__("itertools").accumulate(self.weights))
 
-    def text(self) -> str:
-        n = self.rng.randint(6, 14)
-        return " ".join(self.rng.choices(self.words, cum_weights=self._cum, k=n))
+    def text(self, rng: random.Random | None = None) -> str:
+        rng = rng or self.rng
+        n = rng.randint(6, 14)
+        return " ".join(rng.choices(self.words, cum_weights=self._cum, k=n))
 
 
 async def load(url: str, args: argparse.Namespace, texts: Texts) -> tuple[int, list[int], int]:
@@ -167,8 +170,11 @@ async def load(url: str, args: argparse.Namespace, texts: Texts) -> tuple[int, l
     return reader, readable, senders[1]
 
 
-async def ingest(port: int, room_ids: list[int], seconds: float, rate: float | None) -> float:
-    """Posts/s acknowledged over ``seconds``: closed loop (``rate`` None) or paced."""
+async def ingest(
+    port: int, room_ids: list[int], seconds: float, rate: float | None, say: Callable[[int], str]
+) -> float:
+    """Posts/s acknowledged over ``seconds``: closed loop (``rate`` None) or paced; the n-th
+    post of a client says ``say(n)``."""
     clients = []
     for i in range(1, 9):
         c = await Client.connect_tcp("127.0.0.1", port)
@@ -191,7 +197,7 @@ async def ingest(port: int, room_ids: list[int], seconds: float, rate: float | N
                 c.request(
                     "post",
                     room=rng.choice(room_ids),
-                    text="ingest " + str(n + k),
+                    text=say(n + k),
                     cid=f"i{id(c)}-{n + k}",
                 )
                 for k in range(1 if share is not None else 64)
@@ -294,8 +300,18 @@ async def run(args: argparse.Namespace) -> None:
             if proc.poll() is not None:
                 raise SystemExit("the node did not start")
         rng = random.Random(9)
-        top = await ingest(port, readable, args.ingest_s, None)
-        print(f"top ingest rate: {top:,.0f} posts/s")
+        # What the posts say: drawn like the loaded messages (the chat goes on), or "ingest
+        # <n>" (``--ingest-text counter``, the first runs': a band of new messages in every
+        # searched room that hold none of the words searched, which a walk newest first must
+        # pass).
+        said = random.Random(13)
+        say: Callable[[int], str] = (
+            (lambda n: f"ingest {n}")
+            if args.ingest_text == "counter"
+            else (lambda n: texts.text(said))
+        )
+        top = await ingest(port, readable, args.ingest_s, None, say)
+        print(f"top ingest rate: {top:,.0f} posts/s ({args.ingest_text} texts)")
         sample = [texts.text().split() for _ in range(args.queries)]
         # One-word queries: mid-frequency words (ranks 50-2,000) and some common ones (< 50).
         one = [
@@ -303,7 +319,9 @@ async def run(args: argparse.Namespace) -> None:
             for i in range(args.queries)
         ]
         two = [f'"{w[0]} {w[1]}"' for w in sample]
-        loader = asyncio.ensure_future(ingest(port, readable, args.queries * 0.2 + 30, top / 2))
+        loader = asyncio.ensure_future(
+            ingest(port, readable, args.queries * 0.2 + 30, top / 2, say)
+        )
         await asyncio.sleep(1)
         # The node's first search reads every room it has not cached (once per node, one
         # batch): timed apart.
@@ -356,6 +374,13 @@ def main() -> None:
     p.add_argument("--feeds", type=int, default=10_000)
     p.add_argument("--ingest-s", type=float, default=5.0, help="seconds to find the top rate")
     p.add_argument("--sqlite", action="store_true", help="SQLite storage instead")
+    p.add_argument(
+        "--ingest-text",
+        choices=("corpus", "counter"),
+        default="corpus",
+        help="what the ingested posts say: words drawn like the loaded messages', or"
+        ' "ingest <n>" (the first runs)',
+    )
     p.add_argument("--slowest", type=int, default=0, help="print the N slowest queries of each")
     asyncio.run(run(p.parse_args()))
 

@@ -10,11 +10,13 @@ the index changes in the transaction that stores, replaces or removes a message,
 or replaced message is not found by its old text, and a cleared room (its messages removed) is
 not found at all.
 
-Newest first on PostgreSQL is one of two plans: take every match from the GIN index and sort
-them (cost grows with the matches), or walk the index on ``ts`` backwards and stop at the page's
-end (cost grows with the rows walked past: few for a frequent word). :class:`TermStats` estimates
-both from ANALYZE's word frequencies and picks; a walk is cut after a budget (about what the GIN
-plan is expected to cost, at least 40 ms) and the GIN plan answers instead.
+Newest first on PostgreSQL is one of two plans: take every candidate from the GIN index, check
+it and sort the matches (cost grows with the rows that hold every word), or walk the index on
+``ts`` backwards and stop at the page's end (cost grows with the rows walked past: few for a
+frequent word, many for a rare one or for a phrase of two common words that seldom stand side by
+side). :class:`TermStats` estimates both from ANALYZE's word frequencies and the messages'
+average length, and picks; a walk is cut after a budget (about what the GIN plan is expected to
+cost, at least :data:`WALK_BUDGET_MS`) and the GIN plan answers instead.
 
 The caller decides which rooms may be searched (authorization is not the store's job): ``rooms``
 is the list of room ids, or ``None`` for every room (administrators).
@@ -23,6 +25,7 @@ is the list of room ids, or ``None`` for every room (administrators).
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -40,11 +43,18 @@ messages_fts = table("messages_fts", column("rowid"))
 # PostgreSQL, newest first: how long the walk down the index on ts may take at least (see
 # search() and TermStats.walk_budget_ms).
 WALK_BUDGET_MS = 40  # whole milliseconds; 0: never walk
-# The cost model of TermStats.walk_first (µs, measured on the benchmark machine, PostgreSQL 15):
-GIN_US_PER_ENTRY = 0.1  # a posting of the GIN index into the bitmap
-HEAP_US_PER_MATCH = 5.0  # a matching row of the searched rooms fetched and sorted
-WALK_US_PER_ROW = 1.5  # a row walked past on the index on ts
+# The cost model of TermStats.walk_first (µs; fitted by least squares to both plans forced on
+# 120 queries of loadtest/search.py's data, 1,000,000 messages, a quiet machine, PostgreSQL 15;
+# what matters for the choice is their ratio, which load changes less than the values):
+GIN_US = 2_500.0  # the GIN plan's fixed part (planning, the bitmaps)
+GIN_US_PER_ENTRY = 0.024  # a posting of a word or of a searched room read from the GIN index
+GIN_US_PER_CANDIDATE = 2.0  # a row of the searched rooms holding every word, fetched, checked
+GIN_US_PER_MATCH = 1.7  # a matching row, joined and sorted
+WALK_US = 5_000.0  # the walk's fixed part
+WALK_US_PER_ROW = 0.75  # a row walked past on the index on ts
 STATS_REFRESH_S = 60.0  # how long word frequencies read from pg_stats are used
+LENGTH_SAMPLE_ROWS = 2000  # about how many messages the average length is read from
+DEFAULT_LENGTH = 10.0  # words in a message, until read
 
 
 class SearchTimeout(Exception):
@@ -85,13 +95,15 @@ def fts5_match(q: TextQuery) -> str:
 @dataclass(slots=True)
 class TermStats:
     """Word frequencies of ``messages.tsv`` (PostgreSQL's ANALYZE keeps the most common words
-    and their share of rows in ``pg_stats``), read at most every :data:`STATS_REFRESH_S`, to
+    and their share of rows in ``pg_stats``) and the messages' average length in words (from a
+    sample of about :data:`LENGTH_SAMPLE_ROWS`), read at most every :data:`STATS_REFRESH_S`, to
     choose the plan of a newest-first search (:meth:`walk_first`)."""
 
     freq: dict[str, float] = field(default_factory=dict)
     floor: float = 0.0  # a word not in ``freq`` is in fewer rows than this share
     rows: float = 0.0  # messages
     rooms: float = 0.0
+    length: float = DEFAULT_LENGTH  # words in a message, on average
     read_at: float = float("-inf")
 
     async def refresh(self, db: Database) -> None:
@@ -111,27 +123,56 @@ class TermStats:
                     )
                 )
             ).one()
-        words, freqs, rows, rooms = row
+            words, freqs, rows, rooms = row
+            rows = max(0.0, float(rows or 0))
+            # A sample of whole pages (SYSTEM): a few dozen pages read, whatever the table's size.
+            percent = min(100.0, 100.0 * LENGTH_SAMPLE_ROWS / max(rows, 1.0))
+            length = (
+                await conn.execute(
+                    text(
+                        f"SELECT avg(length(tsv)) FROM messages TABLESAMPLE SYSTEM ({percent:f})"
+                        " WHERE tsv IS NOT NULL"
+                    )
+                )
+            ).scalar()
         # most_common_elem_freqs: one per word, then the least and the greatest of them and
         # the share of empty vectors.
         self.freq = dict(zip(words or (), freqs or (), strict=False))
         self.floor = float(freqs[-3]) if freqs else 0.0
-        self.rows, self.rooms = max(0.0, float(rows or 0)), max(0.0, float(rooms or 0))
+        self.rows, self.rooms = rows, max(0.0, float(rooms or 0))
+        self.length = max(1.0, float(length)) if length is not None else DEFAULT_LENGTH
+
+    def _word(self, word: str, prefix: bool) -> float:
+        if prefix:
+            return sum(v for w, v in self.freq.items() if w.startswith(word)) or self.floor
+        return self.freq.get(word, self.floor)
+
+    def _term(self, words: tuple[str, ...], prefix: bool) -> tuple[float, float]:
+        """(the share of messages that hold the term, the share that hold all its words).
+
+        A phrase needs its words side by side: with each word's chance per position taken from
+        its share of messages (``share = 1 - (1 - p) ** length``), as if words were drawn
+        independently. That underestimates phrases people use together; then the GIN plan is
+        chosen, which is cheap exactly when few messages hold all the words."""
+        shares = [self._word(w, prefix and i == len(words) - 1) for i, w in enumerate(words)]
+        distinct = {
+            (w, prefix and i == len(words) - 1): f
+            for i, (w, f) in enumerate(zip(words, shares, strict=True))
+        }
+        every = math.prod(distinct.values())  # a word said twice is one condition on a row
+        if len(shares) == 1:
+            return every, every
+        length = max(self.length, float(len(shares)))
+        side_by_side = math.prod(1.0 - (1.0 - f) ** (1.0 / length) for f in shares)
+        places = length - len(shares) + 1
+        return min(every, 1.0 - (1.0 - side_by_side) ** places), every
 
     def share(self, q: TextQuery) -> float | None:
-        """The estimated share of messages that hold every term of ``q`` (the least of its
-        words': a phrase or an AND is rarer than each of its words); None: no estimate."""
+        """The estimated share of messages that match ``q`` (of an AND, its rarest term's: the
+        terms of one question are seldom independent); None: no estimate."""
         if not self.freq or not q.terms:
             return None
-        least = 1.0
-        for words, prefix in q.terms:
-            for i, word in enumerate(words):
-                if prefix and i == len(words) - 1:
-                    f = sum(v for w, v in self.freq.items() if w.startswith(word)) or self.floor
-                else:
-                    f = self.freq.get(word, self.floor)
-                least = min(least, f)
-        return least
+        return min(self._term(words, prefix)[0] for words, prefix in q.terms)
 
     def costs_us(self, q: TextQuery, rooms: list[int] | None, limit: int) -> tuple[float, float]:
         """The estimated cost of (the walk, the GIN plan) in µs; (0, 0): no statistics."""
@@ -139,14 +180,24 @@ class TermStats:
         if share is None or self.rows <= 0:
             return 0.0, 0.0
         searched = 1.0 if rooms is None or self.rooms <= 0 else min(1.0, len(rooms) / self.rooms)
-        matches = share * self.rows
-        gin_us = matches * (GIN_US_PER_ENTRY + HEAP_US_PER_MATCH * searched)
-        walk_us = WALK_US_PER_ROW * limit / max(share * searched, 1e-9)
+        candidates = min(self._term(words, prefix)[1] for words, prefix in q.terms)
+        postings = (0.0 if rooms is None else searched) + sum(
+            self._word(w, prefix and i == len(words) - 1)
+            for words, prefix in q.terms
+            for i, w in enumerate(dict.fromkeys(words))
+        )
+        gin_us = GIN_US + self.rows * (
+            GIN_US_PER_ENTRY * postings
+            + (GIN_US_PER_CANDIDATE * candidates + GIN_US_PER_MATCH * share) * searched
+        )
+        walked = min(self.rows, limit / max(share * searched, 1e-12))
+        walk_us = WALK_US + WALK_US_PER_ROW * walked
         return walk_us, gin_us
 
     def walk_first(self, q: TextQuery, rooms: list[int] | None, limit: int) -> bool | None:
         """Whether walking the index on ts (cost ~ the rows before the page's last hit) is
-        cheaper than the GIN plan (cost ~ every match); None: no statistics to say."""
+        cheaper than the GIN plan (cost ~ the rows that hold every word); None: no statistics
+        to say."""
         walk_us, gin_us = self.costs_us(q, rooms, limit)
         return None if gin_us <= 0 else walk_us < gin_us
 

@@ -41,8 +41,10 @@ def test_term_stats_choose_the_walk_for_frequent_words_only() -> None:
     readable = list(range(100))
     assert stats.share(words("the")) == 0.6
     assert stats.share(words("zygote")) == 0.001  # not listed: rarer than the least listed
-    assert stats.share(words("the deploy")) == 0.05  # a phrase: its rarest word
-    assert stats.share(words("the", "deploy")) == 0.05  # AND: likewise
+    # A phrase: its words side by side (here 10 words a message, drawn independently), far
+    # rarer than its rarest word; an AND: its rarest term.
+    assert stats.share(words("the deploy")) == pytest.approx(0.00403, rel=0.01)
+    assert stats.share(words("the", "deploy")) == 0.05
     assert stats.share(words("rel", prefix=True)) == pytest.approx(0.21)
     assert stats.walk_first(words("the"), readable, 21) is True
     assert stats.walk_first(words("zygote"), readable, 21) is False
@@ -51,8 +53,12 @@ def test_term_stats_choose_the_walk_for_frequent_words_only() -> None:
     assert stats.walk_first(words("deploy"), None, 21) is True
     assert stats.walk_first(words("zygote"), None, 21) is False
     assert TermStats().walk_first(words("the"), readable, 21) is None  # no statistics
-    # A walk may run about as long as the GIN plan would (600,000 matches: long), at least 40 ms.
-    assert stats.walk_budget_ms(words("the"), readable, 21) > 300
+    # Two words seldom side by side: the walk would pass ~50,000 rows, the GIN plan checks the
+    # ~3,000 rows of the readable rooms that hold both; anywhere in a message: the walk.
+    assert stats.walk_first(words("the deploy"), readable, 21) is False
+    assert stats.walk_first(words("the", "deploy"), readable, 21) is True
+    # A walk may run about as long as the GIN plan would (60,000 matches: long), at least 40 ms.
+    assert stats.walk_budget_ms(words("the"), readable, 21) > 150
     assert stats.walk_budget_ms(words("zygote"), readable, 21) == search_store.WALK_BUDGET_MS
 
 
@@ -136,6 +142,9 @@ async def test_both_newest_first_plans_give_the_same_pages(pg_cluster: PostgresC
         await read.refresh(db)
         assert read.freq["common"] == pytest.approx(1.0)
         assert read.freq.get("rare", 0.0) < 0.05
+        assert 1.0 <= read.length <= 12.0  # words a message, from a sample
+        # As if the table were large (with 300 rows either plan takes no time at all):
+        read.rows, read.rooms = 1_000_000.0, 1000.0
         assert read.walk_first(words("common"), rooms[:1], 8) is True
         assert read.walk_first(words("rare"), rooms[:1], 8) is False
         walk = TermStats(freq={"x": 1.0}, floor=1.0, rows=1e9, rooms=2, read_at=1e18)
@@ -257,6 +266,8 @@ async def test_a_walk_out_of_time_gives_way_to_the_gin_plan(
     url = await pg_cluster.create_database(f"search_budget_{next(_numbers)}", template="postgres")
     db = Database(url)
     monkeypatch.setattr(search_store, "WALK_BUDGET_MS", 1)
+    monkeypatch.setattr(search_store, "WALK_US", 0.0)  # (a walk chosen on 10 rows)
+    monkeypatch.setattr(search_store, "GIN_US", 0.0)
     walk = TermStats(freq={"x": 1.0}, floor=1.0, rows=10.0, rooms=2, read_at=1e18)
     try:
         rooms, _ = await _seed(db, n=10)
