@@ -291,8 +291,10 @@ class Files:
     async def _stream(
         self, writer: BlobWriter, read: BodyReader, limit: int, full: ChatError
     ) -> tuple[int, str, bytes]:
-        """Store the body in chunks; (size, SHA-256 hex, its first bytes). Full chunks are
-        written while the next one is read (two chunks in memory, four for a lone upload)."""
+        """Store the body in chunks; (size, SHA-256 hex, its first bytes). While few uploads
+        run, full chunks are written while the next ones are read (up to four chunks in memory);
+        when many do, each chunk is written before the next is read (one chunk in memory: the
+        client waits in its socket's buffers, not in the node's memory)."""
         chunk_size = self.chunk_size
         pace = _Pace(self._config)
         hasher = hashlib.sha256()
@@ -301,9 +303,10 @@ class Files:
         head = b""
         size = index = 0
         writing: deque[asyncio.Task[None]] = deque()
-        # Chunk writes in flight for this upload: a few while few uploads run (one upload gets
-        # the store's throughput), one when many do (each holds two chunks at most).
-        depth = self.blobs.writes_ahead if self.uploading <= FEW_UPLOADS else 1
+        # Chunk writes in flight for this upload while it reads the next chunk: a few while few
+        # uploads run (one upload gets the store's throughput), none when many do (the store's
+        # write slots are busy anyway: reading ahead would only hold chunks in memory).
+        depth = self.blobs.writes_ahead if self.uploading <= FEW_UPLOADS else 0
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -324,7 +327,7 @@ class Files:
                     if len(head) < SNIFF_BYTES:
                         head += data[: SNIFF_BYTES - len(head)]
                 if held >= chunk_size or (not data and held):
-                    while len(writing) >= depth:
+                    while writing and len(writing) >= depth:
                         await writing.popleft()
                     # (hashed on the loop: a worker thread measured no better on 2 shared
                     # cores, and a GIL handover stalled the loop longer; loadtest/RESULTS.md)
@@ -334,6 +337,8 @@ class Files:
                     writing.append(loop.create_task(self._put(writer, index, chunk)))
                     del chunk
                     index += 1
+                    if not depth:
+                        await writing.popleft()
                 if not data:
                     while writing:
                         await writing.popleft()

@@ -81,6 +81,9 @@ CREDENTIAL_PARAMS = frozenset({"token", "access_token", "auth", "authorization",
 ACTIVE_TYPES = frozenset({"text/html", "image/svg+xml", "application/xml", "text/xml"})
 MAX_HEADER_FIELD = 8190  # bytes of one header line (aiohttp's default, stated)
 MAX_HEADERS = 64
+# A request body's buffer in aiohttp: reading from the socket pauses past twice this (plus the
+# one read that passed it), so each upload holds little beyond the chunk it is reading.
+READ_BUFFER = 16 * 1024
 LINGER_S = 1.0  # after a refused upload, the rest of the body is read (dropped) this long at most
 SHUTDOWN_S = 2.0  # at stop, requests still running (uploads) are cancelled after this (and removed)
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -253,6 +256,7 @@ class ClientHttpServer:
             max_line_size=MAX_HEADER_FIELD,
             max_field_size=MAX_HEADER_FIELD,
             max_headers=MAX_HEADERS,
+            read_bufsize=READ_BUFFER,
         )
         await self._runner.setup()
         assert self._runner.server is not None
