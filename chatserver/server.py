@@ -81,6 +81,9 @@ if TYPE_CHECKING:
     from .pool.node import Pool
 
 log = logging.getLogger("chatserver")
+# Store connections a node opens as it starts (of its pool's 20), so the first burst of requests
+# (every client reconnecting after a restart) does not also pay for making them.
+WARM_CONNECTIONS = 10
 
 
 class StartupError(Exception):
@@ -311,6 +314,7 @@ class Node:
             await asyncio.to_thread(upgrade, self.config.database.url)
         await self.store_failover.choose()
         await check_schema(self.db)
+        await self.db.warm(WARM_CONNECTIONS)
         await ensure_search_index(self.db, self.config.search.language)
         await ensure_admin(self.db, self.accounts, self.announce)
         await self.settings.reload()

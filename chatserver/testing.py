@@ -23,7 +23,9 @@ def free_port() -> int:
 
 
 class PostgresCluster:
-    def __init__(self, *, fsync: bool = True) -> None:
+    def __init__(self, *, fsync: bool = True, settings: dict[str, str] | None = None) -> None:
+        """``settings``: more server settings (``-c name=value``), e.g. a benchmark's."""
+        self.settings = dict(settings or {})
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="chatserver-pg-"))
         self.data = self.root / "data"
@@ -61,6 +63,7 @@ class PostgresCluster:
             f" -c max_connections=300 -c shared_buffers=256MB"
             f" -c fsync={'on' if self.fsync else 'off'}"
             " -c synchronous_commit=on -c log_min_messages=warning"
+            + "".join(f" -c {name}={value}" for name, value in self.settings.items())
         )
         self._run(
             "pg_ctl",

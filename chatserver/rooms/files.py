@@ -69,6 +69,10 @@ NO_FILE = "no such file"  # the one answer for a missing file and one the caller
 # Chunk writes (and, apart, chunk reads) in flight on the node at once: on PostgreSQL they use
 # the store's small asyncpg pool, which the group commit needs too, so they never take it all.
 STORE_SLOTS = 2
+# An upload's own transactions (the room's usage, its start, its finish) running on the node at
+# once: 50 uploads finishing together would otherwise fill the event loop's queue between two
+# steps of every chat post (the store's CPU per transaction is small; the loop's is not).
+BOOKKEEPING_SLOTS = 2
 # Chat first: a chunk write to the content store waits this long at most while a group commit
 # of posts is queued or in flight (the two would share the store's CPU and WAL flush).
 CHAT_FIRST_S = 0.02
@@ -144,6 +148,7 @@ class Files:
         self.chunk_size = config.chunk_kb * 1024
         self._writes = asyncio.Semaphore(STORE_SLOTS)
         self._reads = asyncio.Semaphore(STORE_SLOTS)
+        self._books = asyncio.Semaphore(BOOKKEEPING_SLOTS)
         self.blobs: BlobStore = TableBlobs(db, self._reads)  # until start() opens another
         self._dropping: set[asyncio.Task[None]] = set()
         self.uploading = 0
@@ -210,7 +215,9 @@ class Files:
         quota = self._config.room_quota_mb * 1024 * 1024 or None
         limit, full = max_size, cast(ChatError, TooLarge(max_size))
         if quota is not None:
-            left = quota - await file_store.room_usage(self._db, upload.room)
+            async with self._books:
+                used = await file_store.room_usage(self._db, upload.room)
+            left = quota - used
             if left < limit:
                 limit = max(left, 0)
                 full = StorageFull(
@@ -234,7 +241,10 @@ class Files:
         limits: tuple[int, ChatError, int | None],
     ) -> Message:
         limit, full, quota = limits
-        file_id = await file_store.begin(self._db, room, user.id, name, self.chunk_size, self._node)
+        async with self._books:
+            file_id = await file_store.begin(
+                self._db, room, user.id, name, self.chunk_size, self._node
+            )
         writer = self.blobs.writer(file_id, self.chunk_size)
         try:
             try:
@@ -245,18 +255,19 @@ class Files:
                         f"the file's SHA-256 is {digest}, not the {expected} the client sent",
                     )
                 await writer.finish()
-                message, drop = await file_store.finish(
-                    self._db,
-                    file_id,
-                    media_type=sniff(head),
-                    size=size,
-                    sha256=digest,
-                    text=text,
-                    sender_name=user.name,
-                    quota=quota,
-                    capture=self._capture.node,
-                    dedup=self._config.dedup,
-                )
+                async with self._books:
+                    message, drop = await file_store.finish(
+                        self._db,
+                        file_id,
+                        media_type=sniff(head),
+                        size=size,
+                        sha256=digest,
+                        text=text,
+                        sender_name=user.name,
+                        quota=quota,
+                        capture=self._capture.node,
+                        dedup=self._config.dedup,
+                    )
             except file_store.QuotaExceeded as exc:
                 raise StorageFull(f"the room's files would pass its quota ({exc})") from None
             except file_store.UploadLost as exc:
