@@ -301,6 +301,12 @@ class Session(GovernanceOps, LifecycleOps):
             self.services.reading.leave(self, room)
             raise
         fields["unread"], fields["mentions"] = counts.get(room, (0, 0))
+        if self.services.lifecycle is not None:  # what the client may offer: Edit, Delete
+            try:
+                fields.update(await self.services.lifecycle.edit_policy(room))
+            except BaseException:
+                self.services.reading.leave(self, room)
+                raise
         if request.changes is not None and self.services.lifecycle is not None:
             # After subscribing: a change committed meanwhile is here or comes live (or both;
             # a change says the state now, so twice is harmless).

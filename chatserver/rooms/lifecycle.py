@@ -21,7 +21,7 @@ from typing import Any
 
 from ..protocol.errors import BAD_REQUEST, NOT_FOUND, RATE_LIMITED, TOO_LARGE, ChatError
 from ..store import lifecycle as store
-from ..store.db import Database
+from ..store.db import Database, now_ms
 from ..store.users import User
 from .authorization import Authorization
 from .capture import Capture, backchat
@@ -177,6 +177,13 @@ class Lifecycle:
         if self._capture.on:
             await self._capture.record_read(backchat(user, room.id, "thread", [root.wire(), *page]))
         return {"message": root.wire(), "replies": page, "more": more}
+
+    async def edit_policy(self, room_id: int) -> dict[str, Any]:
+        """For a join's reply (the caller may read the room): the edit policy that applies in
+        it, decided as :meth:`edit` and :meth:`delete` decide it, and this node's clock (ms) to
+        judge a message's age by; nothing if the room is gone meanwhile."""
+        policy = await store.room_edit_policy(self._db, room_id, self._settings.chat.edit_policy)
+        return {} if policy is None else {"edit_policy": policy, "now": now_ms()}
 
     async def changes(
         self, user: User, room_id: int, since_change: int, through_seq: int

@@ -68,6 +68,25 @@ def parse_policy(value: str | None) -> int | bool | None:
     return int(value)
 
 
+def effective_policy(room: str | None, category: str | None, default: str) -> str:
+    """The policy that applies: the room's own, else its category's, else the deployment's."""
+    if room is not None:
+        return room
+    return category if category is not None else default
+
+
+def refusal(policy: str, ts: int, now: int) -> str | None:
+    """Why the sender of a message posted at ``ts`` may not change it at ``now`` (ms) under the
+    effective ``policy``; None when they may. (The web client applies the same rule to the
+    ``edit_policy`` of a ``join`` reply, chatserver/web/static/editpolicy.js.)"""
+    limit = parse_policy(policy)
+    if limit is False:
+        return "editing and deleting messages is off in this room"
+    if isinstance(limit, int) and now - ts > limit * 60_000:
+        return f"messages may be changed only {limit} minutes after posting"
+    return None
+
+
 def check_policy(value: str) -> str:
     """A policy as stored, or ValueError: "never", "always" or whole minutes 1 … 999999."""
     if value in ("never", "always"):
@@ -79,9 +98,9 @@ def check_policy(value: str) -> str:
 
 async def _lock(
     conn: AsyncConnection, room: int, user: int, cid: str, seq: int, op: str
-) -> tuple[int, str | None, Outcome | None]:
-    """Lock the room's row; its change_no and edit policy (room's, else category's), or the
-    outcome of the earlier op with this client id."""
+) -> tuple[int, tuple[str | None, str | None], Outcome | None]:
+    """Lock the room's row; its change_no and edit policies (the room's own, its category's),
+    or the outcome of the earlier op with this client id."""
     row = (
         await conn.execute(
             select(rooms.c.change_no, rooms.c.edit_policy, categories.c.edit_policy.label("cat"))
@@ -107,9 +126,8 @@ async def _lock(
         current = await _read(conn, room, seq)
         if current is None:
             raise NotFound
-        return row.change_no, None, Outcome(current, done.change_no, True)
-    policy = row.edit_policy if row.edit_policy is not None else row.cat
-    return int(row.change_no), policy, None
+        return row.change_no, (None, None), Outcome(current, done.change_no, True)
+    return int(row.change_no), (row.edit_policy, row.cat), None
 
 
 async def _read(conn: AsyncConnection, room: int, seq: int) -> Message | None:
@@ -134,19 +152,17 @@ async def _bump(
     return number
 
 
-def _own(message: Message | None, user: int, policy: str | None, default: str) -> Message:
-    """The message if ``user`` may still change it under the policy."""
+def _own(message: Message | None, user: int, policy: str) -> Message:
+    """The message if ``user`` may still change it under the (effective) policy."""
     if message is None or message.state == "removed":
         raise NotFound
     if message.sender_id != user:
         raise Refused("forbidden", "only its sender may change a message")
     if message.state == "deleted":
         raise Refused("conflict", "the message was deleted")
-    limit = parse_policy(policy if policy is not None else default)
-    if limit is False:
-        raise Refused("forbidden", "editing and deleting messages is off in this room")
-    if isinstance(limit, int) and now_ms() - message.ts > limit * 60_000:
-        raise Refused("forbidden", f"messages may be changed only {limit} minutes after posting")
+    reason = refusal(policy, message.ts, now_ms())
+    if reason is not None:
+        raise Refused("forbidden", reason)
     return message
 
 
@@ -192,10 +208,11 @@ async def _change_own(
 ) -> Outcome:
     kind = "edit" if text is not None else "delete"
     async with db.write() as conn:
-        change_no, policy, done = await _lock(conn, room, user, cid, seq, kind)
+        change_no, (own, category), done = await _lock(conn, room, user, cid, seq, kind)
         if done is not None:
             return done
-        old = _own(await _read(conn, room, seq), user, policy, default_policy)
+        policy = effective_policy(own, category, default_policy)
+        old = _own(await _read(conn, room, seq), user, policy)
         where = messages.c.seq == seq
         await holds.keep_held(conn, room, where, kind)
         number = await _bump(conn, room, user, cid, seq, kind, change_no)
@@ -238,7 +255,7 @@ async def react(
     removing one not there, changes nothing (and takes no change number)."""
     op = "react+" if add else "react-"
     async with db.write() as conn:
-        change_no, _policy, done = await _lock(conn, room, user, cid, seq, op)
+        change_no, _policies, done = await _lock(conn, room, user, cid, seq, op)
         if done is not None:
             return done
         message = await _read(conn, room, seq)
@@ -362,6 +379,13 @@ async def edit_policies(db: Database, room: int) -> tuple[str | None, str | None
             )
         ).one_or_none()
     return None if row is None else (row.edit_policy, row.cat)
+
+
+async def room_edit_policy(db: Database, room: int, default: str) -> str | None:
+    """The policy that applies in the room (as :func:`edit` and :func:`delete_own` decide it),
+    or None if there is no such room."""
+    found = await edit_policies(db, room)
+    return None if found is None else effective_policy(*found, default)
 
 
 async def category_edit_policy(db: Database, category: int) -> tuple[str | None] | None:

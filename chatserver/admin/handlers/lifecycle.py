@@ -41,7 +41,7 @@ async def _room_policy(ctx: Ctx, room_id: int) -> dict[str, Any]:
         raise not_found("room", room_id)
     own, category = found
     default = ctx.node.settings.chat.edit_policy
-    return {"policy": own, "effective": own or category or default}
+    return {"policy": own, "effective": store.effective_policy(own, category, default)}
 
 
 @router.route(
@@ -79,7 +79,10 @@ async def set_category_edit_policy(ctx: Ctx) -> Any:
         if found is None:
             raise not_found("category", cid)
         own = found[0]
-        return {"policy": own, "effective": own or ctx.node.settings.chat.edit_policy}
+        return {
+            "policy": own,
+            "effective": store.effective_policy(None, own, ctx.node.settings.chat.edit_policy),
+        }
 
     async def change(_before: Any) -> None:
         await store.set_edit_policy(ctx.db, "category", cid, ctx.body.policy)

@@ -1,8 +1,10 @@
 // The life of a message (docs/protocol.md, section 6.27): edit and delete one's own messages,
 // replies and their thread, reactions; `message.changed` events and `join` with `changes`.
 // Every change is queued with its own cid (kept in sessionStorage) and sent again with the same
-// cid after a reconnect, like posts. Everything a user wrote goes in as text.
+// cid after a reconnect, like posts. Everything a user wrote goes in as text. Edit and Delete
+// are offered only where the room's edit policy allows them (editpolicy.js).
 
+import { Closing, closesAt, mayChange, whyNot } from "./editpolicy.js";
 import { appendText, el, formatTime } from "./text.js";
 
 const $ = (id) => document.getElementById(id);
@@ -57,6 +59,30 @@ export function makeLifecycle(ctx) {
   }
   const same = (a, room, seq) => a && a.room === room && a.seq === seq;
   const mine = (msg) => state.me && msg.sender.id === state.me.id;
+  // The edit policy: the room's (from its last join) and the server's clock, as the page knows it.
+  state.clockSkew = 0; // the server's clock minus the page's (ms), from the last join's `now`
+  const serverNow = () => Date.now() + state.clockSkew;
+  const policyOf = (room) => roomData(room).editPolicy;
+  const closing = new Closing((room, seq) => refresh(room, seq));
+  // Whether the page offers Edit and Delete on `msg` now; a window that closes later redraws it.
+  function changeable(msg) {
+    if (!mine(msg)) return false;
+    const policy = policyOf(msg.room);
+    const until = closesAt(policy, msg.ts);
+    const now = serverNow();
+    if (now > until) return false;
+    if (until < Infinity) closing.watch(msg.room, msg.seq, until - state.clockSkew + 1);
+    return true;
+  }
+  // At a click: the window may have closed since the row was drawn (a sleeping laptop).
+  function stillChangeable(msg) {
+    const policy = policyOf(msg.room);
+    if (mayChange(policy, msg.ts, serverNow())) return true;
+    $("composer-error").textContent = `You can no longer change this message: ${whyNot(policy)}.`;
+    ui.confirming = null;
+    refresh(msg.room, msg.seq);
+    return false;
+  }
   // Keyboard users keep their place: the row is drawn again, and this button of it takes focus.
   // (Until it has it: the row may be drawn again before the next frame. A wish 5 s old is gone.)
   const focusNext = (room, seq, name) => { ui.focus = { room, seq, name, at: Date.now() }; refresh(room, seq); };
@@ -125,7 +151,7 @@ export function makeLifecycle(ctx) {
     if (same(ui.confirming, room, seq)) {
       actions.append(
         el("span", { class: "confirm", role: "alert" }, "Delete?"),
-        act("yes", "delete-yes", () => remove(msg)),
+        act("yes", "delete-yes", () => { if (stillChangeable(msg)) remove(msg); }),
         act("no", "delete-no", () => { ui.confirming = null; focusNext(room, seq, "delete"); }),
       );
     } else {
@@ -134,10 +160,10 @@ export function makeLifecycle(ctx) {
         act("Thread", "thread", () => showThread(room, seq)),
         act("React", "react", () => { ui.picking = same(ui.picking, room, seq) ? null : { room, seq }; focusNext(room, seq, ui.picking ? EMOJI[0] : "react"); }),
       );
-      if (mine(msg) && !same(ui.editing, room, seq)) {
+      if (!same(ui.editing, room, seq) && changeable(msg)) {
         actions.append(
-          act("Edit", "edit", () => startEdit(msg)),
-          act("Delete", "delete", () => { ui.confirming = { room, seq }; focusNext(room, seq, "delete-no"); }),
+          act("Edit", "edit", () => { if (stillChangeable(msg)) startEdit(msg); }),
+          act("Delete", "delete", () => { if (stillChangeable(msg)) { ui.confirming = { room, seq }; focusNext(room, seq, "delete-no"); } }),
         );
       }
     }
@@ -346,6 +372,11 @@ export function makeLifecycle(ctx) {
 
   // After a join's reply: what changed while the page was away, as it is now.
   function applyJoin(data, reply) {
+    if (typeof reply.now === "number") state.clockSkew = reply.now - Date.now();
+    if (typeof reply.edit_policy === "string" && reply.edit_policy !== data.editPolicy) {
+      data.editPolicy = reply.edit_policy; // rows drawn under another policy: drawn again
+      for (const seq of data.seqs) if (mine(data.msgs.get(seq))) refresh(data.id, seq);
+    }
     if (typeof reply.change_no === "number") data.changeNo = Math.max(data.changeNo || 0, reply.change_no);
     for (const msg of reply.changed || []) {
       if (msg.state === "removed") {
