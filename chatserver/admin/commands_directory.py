@@ -35,7 +35,7 @@ def readable(status: dict[str, Any]) -> dict[str, Any]:
             f" (max share {guard['max_share']})"
         )
     for key, value in (status["counts"] or {}).items():
-        out[key.replace("_", " ")] = ", ".join(value) if isinstance(value, list) else value
+        out[key.replace("_", " ")] = (", ".join(value) or "-") if isinstance(value, list) else value
     request = status["request"]
     if request is not None:
         out["requested"] = f"{_when(request['requested_ms'])} by {request['requested_by']}" + (

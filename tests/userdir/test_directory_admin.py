@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -85,13 +86,13 @@ async def newest_audit_id(h: Harness) -> int:
     return entries[0].id if entries else 0
 
 
-def cli(h: Harness, *argv: str) -> tuple[int, str, str]:
-    """``chatserver ARGV --json --url …`` in this process (call it in a worker thread)."""
+def cli(h: Harness, *argv: str, as_json: bool = True) -> tuple[int, str, str]:
+    """``chatserver ARGV [--json] --url …`` in this process (call it in a worker thread)."""
     out, err = io.StringIO(), io.StringIO()
     saved, sys.stdin = sys.stdin, io.StringIO("")
     try:
         with redirect_stdout(out), redirect_stderr(err):
-            main([*argv, "--json", "--url", url(h, "")])
+            main([*argv, *(["--json"] if as_json else []), "--url", url(h, "")])
         code = 0
     except SystemExit as exc:
         code = int(exc.code or 0)
@@ -134,6 +135,10 @@ async def test_status_after_a_sync_shows_what_it_did(
     assert json.loads(out) == await call(h, "GET")
     code, out, err = await asyncio.to_thread(cli, h, "admin", "directory", "status")
     assert code == 0 and json.loads(out)["counts"] == counts
+    code, out, err = await asyncio.to_thread(cli, h, "directory", "status", as_json=False)
+    assert code == 0, err
+    for line in ("lease holder +test-node", "outcome +ok", "users added +5", "groups seen +4"):
+        assert re.search(f"^{line}$", out, re.MULTILINE), (line, out)
 
 
 async def test_a_sync_asked_for_picks_up_a_change_before_the_interval(

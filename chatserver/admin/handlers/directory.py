@@ -114,7 +114,7 @@ async def _status(ctx: Ctx) -> dict[str, Any]:
         "holder": s.holder if live else None,
         "last_holder": s.holder,
         "lease_until_ms": s.lease_until_ms if live else None,
-        "running": s.started_ms > s.last_run_ms,
+        "running": live and s.started_ms > s.last_run_ms,  # (a holder that died mid-run: no)
         "last_started_ms": s.started_ms or None,
         "last_ended_ms": s.last_run_ms or None,
         "outcome": _outcome(s),
