@@ -196,8 +196,9 @@ class DirectorySync:
         here if this node holds (or can take) the lease; else None, and the holder runs it
         within :data:`REQUEST_POLL_S`. The guard holds unless ``override_guard``. Raises as
         :meth:`run_once`."""
-        await store.request_sync(self._db, by, override_guard)
-        return await self.run_once()
+        async with self._lock:  # the loop's poll does not see it first and run it twice
+            await store.request_sync(self._db, by, override_guard)
+            return await self._timed_run(False)
 
     def _lease_ms(self) -> int:
         # Held across runs by renewing it; another node takes over once two runs were missed.
@@ -208,10 +209,13 @@ class DirectorySync:
         changed) or :class:`DirectoryUnavailable` (nothing changed). A run asked for (through
         :meth:`request`, on any node) is taken by the run; its ``override_guard`` forces it."""
         async with self._lock:
-            try:
-                return await self._run(force)
-            finally:
-                self._last_end = asyncio.get_running_loop().time()
+            return await self._timed_run(force)
+
+    async def _timed_run(self, force: bool) -> Report | None:
+        try:
+            return await self._run(force)
+        finally:
+            self._last_end = asyncio.get_running_loop().time()
 
     async def _run(self, force: bool) -> Report | None:
         db, holder = self._db, self._holder
