@@ -163,9 +163,13 @@ class DirectorySync:
 
     async def _loop(self) -> None:
         clock = asyncio.get_running_loop()
+        requested = False
         while True:
             try:
-                await self.run_once()
+                if requested:
+                    await self._run_requested()
+                else:
+                    await self.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -173,10 +177,18 @@ class DirectorySync:
             self.first_run.set()
             # The next run one interval after the last (a run asked for meanwhile moves it), or
             # as soon as a request for one is seen, while this node holds the lease.
+            requested = False
             while (left := self._last_end + self._config.sync_interval_s - clock.time()) > 0:
                 await asyncio.sleep(min(REQUEST_POLL_S, left))
                 if self._holding and await self._requested():
+                    requested = True
                     break
+
+    async def _run_requested(self) -> None:
+        """The run a request asked for, unless another run took the request meanwhile."""
+        async with self._lock:
+            if await self._requested():
+                await self._timed_run(False)
 
     async def _requested(self) -> bool:
         try:
