@@ -1,4 +1,5 @@
-"""``chatserver admin …``: the management API from the command line, and ``chatserver selftest``.
+"""``chatserver admin …``: the management API from the command line (and ``chatserver
+directory …``, the same as ``chatserver admin directory …``), and ``chatserver selftest``.
 
 Every admin subcommand is one request to the management port (``--url``, default
 ``$CHATSERVER_ADMIN_URL`` or ``http://127.0.0.1:8012``), declared in
@@ -21,6 +22,7 @@ from ..cli_common import fail
 from .client import DEFAULT_URL, Api, ApiError, basic, show
 from .command import Command
 from .commands import COMMANDS, LOGIN_ROUTE, RESOURCES
+from .commands_directory import COMMANDS as DIRECTORY_COMMANDS
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -112,6 +114,15 @@ def register(
     }
     for command in COMMANDS:
         p = resources[command.resource].add_parser(command.verb, parents=[http], help=command.help)
+        command.add_arguments(p)
+        p.set_defaults(func=_run, command_spec=command)
+
+    # ``chatserver directory …``: the same commands as ``chatserver admin directory …``.
+    directory = sub.add_parser(
+        "directory", help="the LDAP directory sync: its status, a run now (management API)"
+    ).add_subparsers(dest="verb", required=True, metavar="ACTION")
+    for command in DIRECTORY_COMMANDS:
+        p = directory.add_parser(command.verb, parents=[http], help=command.help)
         command.add_arguments(p)
         p.set_defaults(func=_run, command_spec=command)
 

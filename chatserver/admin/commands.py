@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..cli_common import fail
+from . import commands_directory as directory
 from . import commands_lifecycle as lifecycle
 from .client import Api
 from .command import Command, arg, flags, lists, password, patch_lists, principals
@@ -540,6 +541,7 @@ RESOURCES = {
     "exports": "export to a file in [transfer] directory (docs/export-format.md)",
     "imports": "import a file of [transfer] directory",
     **lifecycle.RESOURCES,
+    **directory.RESOURCES,
 }
 
 TRANSFER = [
@@ -586,6 +588,7 @@ COMMANDS: list[Command] = [
     *OPERATIONS,
     *TRANSFER,
     *lifecycle.COMMANDS,
+    *directory.COMMANDS,
 ]
 
 # ``chatserver admin login`` turns a name and password into a token: this route, with Basic auth.

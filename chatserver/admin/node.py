@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..rooms.retention import Retention
     from ..rooms.settings import RuntimeSettings
     from ..store.db import Database
+    from ..userdir.sync import DirectorySync
 
 
 class LiveConnections(Protocol):
@@ -94,6 +95,11 @@ class NodeControl(Protocol):
     @property
     def store_failover(self) -> StoreFailover:
         """Which store the node uses: normal, or failed over onto the backup store."""
+        ...
+
+    @property
+    def directory_sync(self) -> DirectorySync | None:
+        """The LDAP directory sync, or None without ``[directory]``."""
         ...
 
     @property

@@ -20,6 +20,7 @@ from .handlers import (
     audit,
     categories,
     config,
+    directory,
     groups,
     lifecycle,
     messages,
@@ -44,6 +45,7 @@ HANDLER_MODULES = (
     addins,
     config,
     pool,
+    directory,
     audit,
     tokens,
     transfer,
@@ -63,6 +65,7 @@ ERROR_STATUSES = {
     "409": "The change conflicts with the current state",
     "429": "Too many failed sign-ins for this name or from this address: retry after the"
     " Retry-After header's seconds",
+    "503": "A service the request needs (the store, the LDAP directory) did not answer",
 }
 
 

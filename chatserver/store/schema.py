@@ -107,6 +107,15 @@ directory_sync = Table(
     Column("lease_until_ms", BigInteger, nullable=False),
     Column("last_run_ms", BigInteger, nullable=False),
     Column("last_result", String(2000), nullable=False),
+    # The last run's start (last_run_ms is its end), outcome ("ok", "failed", "stopped"; "" before
+    # the first) and counts (JSON); when the holder runs next; a pending request for a run now.
+    Column("started_ms", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("outcome", String(16), nullable=False, default="", server_default=""),
+    Column("counts", String(4000), nullable=False, default="", server_default=""),
+    Column("next_run_ms", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("requested_ms", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("requested_by", String(128), nullable=False, default="", server_default=""),
+    Column("request_override", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 group_members = Table(

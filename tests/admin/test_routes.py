@@ -245,6 +245,9 @@ async def test_every_command_calls_its_route(
     no_backup = "409 conflict"  # no database.backup_url
     await run("pool", "failover", "--promote", fails=no_backup)
     await run("pool", "failback", fails=no_backup)
+    not_configured = "409 conflict"  # no [directory]: tests/userdir runs them against slapd
+    await run("directory", "status", fails=not_configured)
+    await run("directory", "sync", "--override-guard", fails=not_configured)
     await run("audit", "list", "--target", f"room:{rid}")
     await run("compliance", "show")
     # issue 18: the edit policy, retention, legal holds

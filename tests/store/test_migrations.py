@@ -85,9 +85,10 @@ def _known_benign(diff: tuple[Any, ...], dialect: str) -> bool:
         # the database says privacy 'open' where schema.py says 'closed': a migration dropping
         # these defaults (or schema.py declaring them) would remove the trap.
         return True
-    if dialect == "sqlite" and (table, column) == ("messages", "state"):
-        # Both sides say DEFAULT '' (see the table's SQL); Alembic's SQLite comparison strips
-        # the quotes only from a non-empty literal, so it compares "''" with "" and reports it.
+    if dialect == "sqlite" and diff[6] is not None and diff[6].arg == "":
+        # messages.state, directory_sync.outcome, …: both sides say DEFAULT '' (see the table's
+        # SQL); Alembic's SQLite comparison strips the quotes only from a non-empty literal, so
+        # it compares "''" with "" and reports it.
         reflected = str(diff[5].arg.text).strip("()")
         return diff[6] is not None and diff[6].arg == "" and reflected == "''"
     return False

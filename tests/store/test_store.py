@@ -43,7 +43,7 @@ async def test_schema_check_accepts_head_and_refuses_others(db: Database) -> Non
         await conn.execute(text("DELETE FROM alembic_version"))
     with pytest.raises(SchemaError, match="chatserver migrate"):
         await check_schema(db)
-    assert head_revision() == "0018"
+    assert head_revision() == "0019"
 
 
 async def test_batch_assigns_gap_free_seqs_per_room_and_dedups(db: Database) -> None:

@@ -13,6 +13,7 @@ Each module declares its routes with its own :class:`~chatserver.admin.routing.R
     addins      add-ins
     config      run-time settings, and the compliance settings (read-only)
     pool        the pool's nodes: active list, swap, drain
+    directory   the LDAP directory sync: its status, a run now
     audit       the audit log
     tokens      session tokens for administrators
 
