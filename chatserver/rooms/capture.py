@@ -70,7 +70,7 @@ class Outage:
         counts = ", ".join(f"{kind} {n}" for kind, n in sorted(self.failed.items()))
         log.warning(
             "compliance events are recorded again after %.1f s; %d failed meanwhile (%s),"
-            " %d PARTs kept to record",
+            " %d PARTs kept are still to record",
             time.monotonic() - self.since,
             sum(self.failed.values()),
             counts,
@@ -114,8 +114,11 @@ class Capture:
         else:
             outbox.disable(self._db)
 
-    async def _record(self, events: list[outbox.Event], node: str | None = None) -> None:
-        """Commit ``events``; a failure is counted in :attr:`outage` and raised."""
+    async def _record(
+        self, events: list[outbox.Event], node: str | None = None, *, kept: bool = False
+    ) -> None:
+        """Commit ``events`` (``kept``: the first of the kept PARTs); a failure is counted in
+        :attr:`outage` and raised."""
         node = node or self.node
         assert node is not None
         try:
@@ -124,7 +127,7 @@ class Capture:
         except Exception as exc:
             self.failed([event.kind for event in events], exc)
             raise
-        self.recorded()
+        self.outage.recorded(len(self._parts) - (len(events) if kept else 0))
 
     def failed(self, kinds: list[str], exc: BaseException) -> None:
         """Events of ``kinds`` could not be recorded (here, or by a store module that records
@@ -184,12 +187,13 @@ class Capture:
         pause = RETRY_S
         while self._parts:
             await asyncio.sleep(pause)
-            parts, self._parts = self._parts, []
+            parts = list(self._parts)  # kept until recorded (close() records what is left)
             try:
-                await self._record(parts, self._name)
+                await self._record(parts, self._name, kept=True)
             except Exception:
-                self._parts[:0] = parts  # before any kept meanwhile: the order they happened
                 pause = min(pause * 2, RETRY_MAX_S)
+            else:
+                del self._parts[: len(parts)]  # any kept meanwhile stay, in order
 
     async def read(
         self,
