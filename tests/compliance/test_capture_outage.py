@@ -8,11 +8,13 @@ import asyncio
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from chatserver.client import RequestFailed
 from chatserver.protocol.errors import ChatError
 from chatserver.rooms.capture import Capture
 from chatserver.store.db import Database
@@ -20,7 +22,7 @@ from chatserver.store.schema import compliance_outbox
 from chatserver.store.users import User
 from chatserver.testing import PostgresCluster
 from tests.compliance.test_compliance import wait_until
-from tests.conftest import DIALECTS, scaled
+from tests.conftest import DIALECTS, Harness, node_config, scaled, start_node
 from tests.pool.test_pool import new_database, seed
 from tests.store.faults import StoreProxy
 
@@ -30,6 +32,7 @@ pytestmark = [
 ]
 
 FAILING = 200
+JOINS = 300
 PAGE = [{"seq": 1}, {"seq": 2}]
 
 
@@ -149,4 +152,49 @@ async def test_a_part_still_kept_when_the_node_stops_is_reported_lost(
         assert [k for k, _ in await outbox_kinds(url)] == ["JOIN", "JOIN"]
     finally:
         await db.close()
+        await proxy.close()
+
+
+async def test_a_node_refusing_joins_through_an_outage_logs_it_twice(
+    pg_cluster: PostgresCluster, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A whole node with compliance on: a client joins over and over while the store is cut;
+    every join is answered ``unavailable``, the capture log says so once, and once with the
+    count when a join is recorded again."""
+    caplog.set_level(logging.INFO)
+    url = await new_database(pg_cluster)
+    proxy = StoreProxy(("127.0.0.1", pg_cluster.port))
+    await proxy.start()
+    config = node_config(
+        proxy.url(url),
+        database={"timeout_s": 2},
+        compliance={
+            "enabled": True,
+            "database_url": f"sqlite:///{tmp_path}/compliance.db",
+            "output_dir": str(tmp_path / "out"),
+        },
+    )
+    h = Harness(await start_node(config))
+    try:
+        await h.user("alice")
+        room = await h.room()
+        client = await h.login("alice")
+        await client.call("join", room=room)
+        proxy.cut()
+        refused = 0
+        for _ in range(JOINS):
+            with pytest.raises(RequestFailed) as failed:
+                await asyncio.wait_for(client.call("join", room=room), scaled(10))
+            assert failed.value.code == "unavailable", failed.value.reply
+            refused += 1
+        proxy.heal()
+        await asyncio.wait_for(client.call("join", room=room), scaled(10))
+        lines = [r.getMessage() for r in capture_lines(caplog)]
+        assert len(lines) == 2, lines
+        assert lines[0].startswith("recording compliance events failed"), lines
+        assert f"; {refused} failed meanwhile (JOIN {refused})" in lines[1], lines
+        noisy = [r for r in caplog.records if r.exc_info and r.name.startswith("chatserver")]
+        assert not noisy, [r.getMessage() for r in noisy]
+    finally:
+        await h.close()
         await proxy.close()
