@@ -4,6 +4,7 @@ holds every event exactly once afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -134,3 +135,43 @@ async def test_a_frozen_database_pauses_the_writer_within_its_bound_and_it_resum
 
 async def _later(since: float, seconds: float) -> bool:
     return time.monotonic() - since >= seconds
+
+
+async def test_the_writer_stops_while_the_compliance_database_is_frozen(
+    pg_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """SIGTERM while a round waits on a frozen compliance database: the writer exits within the
+    bound (its connections are dropped, not closed politely)."""
+    content_url = await new_database(pg_cluster)
+    comp_url = await pg_cluster.create_database(f"compw_{os.getpid()}_{next(_numbers)}")
+    comp = Database(comp_url)
+    await comp_schema.prepare(comp)
+    await comp.close()
+    proxy = StoreProxy(("127.0.0.1", pg_cluster.port))
+    await proxy.start()
+    config = comp_config(content_url, proxy.url(comp_url), tmp_path, timeout_s=TIMEOUT_S)
+    writer = NodeProcess(
+        "writer",
+        {**comp_env(config), "PYTHONUNBUFFERED": "1"},
+        args=("compliance", "run", "--no-export", "--poll-s", "0.1"),
+    )
+    try:
+        await record(content_url, 0, 5)
+        await writer.start()
+        await wait_until(lambda: _stored(comp_url, content_url, 5))
+        proxy.freeze()
+        await record(content_url, 5, 5)
+        await asyncio.sleep(0.5)  # a round is waiting on the frozen database
+        started = time.monotonic()
+        code = await writer.stop(scaled(30))
+        took = time.monotonic() - started
+        assert code == 0, writer.lines
+        assert took <= scaled(2 * TIMEOUT_S + 3), took
+        assert await count(content_url, compliance_outbox) == 5  # kept for the next writer
+    finally:
+        await writer.stop(scaled(30))
+        await proxy.close()
+
+
+async def _stored(comp_url: str, content_url: str, n: int) -> bool:
+    return await count(comp_url, events) == n and await count(content_url, compliance_outbox) == 0
