@@ -26,16 +26,19 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatserver.config import Config
 from chatserver.pool.failover import StoreFailover
 from chatserver.store.db import Database, now_ms
-from chatserver.store.health import StoreUnavailable, describe
+from chatserver.store.health import Deadline, StoreUnavailable, describe
 from chatserver.store.schema import compliance_outbox
 
 from . import schema
@@ -146,6 +149,27 @@ class _Elsewhere(Exception):
         self.error = error
 
 
+@asynccontextmanager
+async def _bounded(conn: AsyncConnection, seconds: float | None) -> AsyncIterator[None]:
+    """Bound the statements of the block as :class:`Database` bounds a whole use: the
+    connection is terminated when they outlive ``seconds`` (a cancelled statement would wait
+    for its cancel request, and the rollback, on the same dead network)."""
+    if seconds is None:
+        yield
+        return
+    assert conn.sync_connection is not None
+    driver: Any = conn.sync_connection.connection.driver_connection
+    deadline = Deadline(seconds, driver.terminate)
+    try:
+        yield
+    except Exception as exc:
+        if deadline.expired:
+            raise TimeoutError(f"no answer within {seconds:g} s") from exc
+        raise
+    finally:
+        deadline.cancel()
+
+
 async def move_batch(content: Database, comp: Database, batch: int = DEFAULT_BATCH) -> Moved:
     """Claim up to ``batch`` outbox rows, store them, then delete them from the outbox."""
     try:
@@ -165,7 +189,7 @@ async def _move_batch(content: Database, comp: Database, batch: int) -> Moved:
         step = content.timeout_s
         hold = None if step is None else 2 * step + (comp.use_bound_s or 2 * step)
         async with content.write(hold_s=hold) as conn:
-            async with asyncio.timeout(step):
+            async with _bounded(conn, step):
                 claimed = [
                     _outbox_row(r)
                     for r in await conn.execute(stmt.with_for_update(skip_locked=True))
@@ -176,7 +200,7 @@ async def _move_batch(content: Database, comp: Database, batch: int) -> Moved:
                 stored = await append(comp, claimed)
             except Exception as exc:  # not the content store's failure: roll back, keep it up
                 raise _Elsewhere(exc) from None
-            async with asyncio.timeout(step):
+            async with _bounded(conn, step):
                 await conn.execute(
                     delete(compliance_outbox).where(
                         compliance_outbox.c.id.in_([r["id"] for r in claimed])
