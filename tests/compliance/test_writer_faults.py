@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from sqlalchemy import func, select
 
@@ -75,7 +76,7 @@ async def test_a_frozen_database_pauses_the_writer_within_its_bound_and_it_resum
     writer = NodeProcess(
         "writer",
         env,
-        args=("compliance", "run", "--no-export", "--poll-s", "0.1"),
+        args=("compliance", "run", "--no-export", "--poll-s", "0.1", "--metrics", "127.0.0.1:0"),
         echo=bool(os.environ.get("CHATSERVER_TEST_ECHO")),
     )
 
@@ -107,6 +108,15 @@ async def test_a_frozen_database_pauses_the_writer_within_its_bound_and_it_resum
         await wait_until(lambda: _later(frozen_at, 3 * TIMEOUT_S), 4 * TIMEOUT_S + 5)
         assert len(lines("compliance writer paused")) == 1, writer.lines
         assert await count(content_url, compliance_outbox) == 10
+        # Its /metrics answers too, within the metrics' own bound (5 s), and says so.
+        found = await writer.wait_for(r"metrics on (http://\S+/metrics)", scaled(5))
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as http, http.get(found.group(1)) as response:
+            text = await response.text()
+        assert time.monotonic() - started <= scaled(5 + 3)
+        assert "chatserver_compliance_writer_up 0.0" in text
+        up = "0.0" if frozen == "compliance" else "1.0"
+        assert f"chatserver_compliance_database_up {up}" in text
 
         proxy.thaw()
         await wait_until(lambda: stored(20), 60)
