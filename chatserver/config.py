@@ -372,6 +372,10 @@ class ComplianceConfig(_Section):
     # An Ed25519 private key (PEM, `chatserver compliance keygen`) kept outside the compliance
     # database: with it, every export carries a signed checkpoint of the chain (compliance.md).
     signing_key: str = ""
+    # PostgreSQL: the bound on each use of the writer's connections to the content store and to
+    # the compliance database (connecting, every statement until the connection is given back).
+    # A use that takes longer has its connection dropped, and the round is retried (compliance.md).
+    timeout_s: float = Field(30.0, gt=0, le=3600)
 
     @field_validator("database_url")
     @classmethod

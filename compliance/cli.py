@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from .checkpoint import CheckpointError
     from .schema import ComplianceSchemaError
-    from .writer import run
+    from .writer import UNAVAILABLE_ERRORS, run
 
     config = _config(args)
     configure(args.log_level, config.log.format, config.node.name, False)
@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         _run(main())
     except (ComplianceSchemaError, CheckpointError) as exc:
         _fail(str(exc))
-    except (OSError, SQLAlchemyError) as exc:
+    except UNAVAILABLE_ERRORS as exc:
         _fail(f"compliance writer: {exc}", 1)
 
 

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from chatserver.config import Config, parse_address
 from chatserver.store.db import Database
 
-from .metrics import ComplianceMetrics
+from .metrics import TIMEOUT_S, ComplianceMetrics
 
 # A round older than this many poll intervals (plus the longest pause between retries, 30 s)
 # makes /healthz fail: the writer is stuck.
@@ -82,7 +82,7 @@ class WriterEndpoint:
         self._config = config
         self._stats = stats
         self._stale_s = STALE_ROUNDS * poll_s + 30.0
-        self._content = Database(config.database.url, pool_size=1)
+        self._content = Database(config.database.url, pool_size=1, timeout_s=TIMEOUT_S)
         self.compliance = ComplianceMetrics(config, self._content)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(WriterCollector(stats))

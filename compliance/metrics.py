@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 
 from chatserver.config import Config
 from chatserver.store.db import Database, dialect_of, now_ms, sqlite_path
+from chatserver.store.health import describe
 from chatserver.store.schema import compliance_outbox
 
 from .schema import chain, counts, cursors, events
@@ -53,21 +54,37 @@ class ComplianceMetrics(Collector):
         self.last_export_ms = 0
         self.export_pending: dict[str, int] = {}
         self.export_lag_s: dict[str, float] = {}
+        self._outbox_failing = False
+        self._comp_tried = False
 
     async def refresh(self) -> None:
         """Read the outbox and the compliance database; a failure leaves the last values and,
-        for the compliance database, sets ``database_up`` to 0."""
+        for the compliance database, sets ``database_up`` to 0. Logged once per change of
+        state, not once per scrape."""
         try:
             await asyncio.wait_for(self._refresh_outbox(), TIMEOUT_S)
         except Exception as exc:
-            log.warning("compliance metrics: cannot read the outbox: %s", exc)
+            if not self._outbox_failing:
+                log.warning("compliance metrics: cannot read the outbox: %s", describe(exc))
+            self._outbox_failing = True
+        else:
+            if self._outbox_failing:
+                log.warning("compliance metrics: the outbox is read again")
+            self._outbox_failing = False
+        was_up = self.database_up
         try:
             await asyncio.wait_for(self._refresh_compliance(), TIMEOUT_S)
             self.database_up = True
         except Exception as exc:
             self.database_up = False
-            if self._config.compliance.enabled:
-                log.warning("compliance metrics: cannot read the compliance database: %s", exc)
+            if self._config.compliance.enabled and (was_up or not self._comp_tried):
+                log.warning(
+                    "compliance metrics: cannot read the compliance database: %s", describe(exc)
+                )
+        else:
+            if not was_up and self._comp_tried and self._config.compliance.enabled:
+                log.warning("compliance metrics: the compliance database is read again")
+        self._comp_tried = True
 
     async def _refresh_outbox(self) -> None:
         async with self._content.read() as conn:
@@ -87,7 +104,8 @@ class ComplianceMetrics(Collector):
             path = sqlite_path(url) if dialect_of(url) == "sqlite" else None
             if path is not None and not path.exists():
                 raise FileNotFoundError(f"{path} does not exist (no writer has run yet)")
-            self._comp = Database(url, pool_size=1)
+            # Each use bounded (its connection dropped, not a cancel waiting on a dead network).
+            self._comp = Database(url, pool_size=1, timeout_s=TIMEOUT_S)
         async with self._comp.read() as conn:
             rows = list(await conn.execute(select(counts)))
             adapters = list(await conn.execute(select(cursors)))

@@ -11,6 +11,13 @@ Killed at any point, nothing is lost (the outbox rows stay until the compliance 
 nothing is duplicated (an event id already stored is skipped, then its outbox row deleted).
 Several writers may run: on PostgreSQL each claims rows the others have not locked; on SQLite
 (a single node) they would only repeat each other's work, which the event ids make harmless.
+
+Every use of a PostgreSQL connection, to either database, is bounded by
+``compliance.timeout_s`` (the node's mechanism, :mod:`chatserver.store.health`: the connection
+is dropped when its use outlives the bound, and every connection has TCP keepalive), so a frozen
+database fails the round instead of hanging it. A failed round is retried after a pause (twice
+as long each time, up to :data:`RETRY_MAX_S`); the log says so once when rounds start failing
+and once when one succeeds again (:class:`Pause`).
 """
 
 from __future__ import annotations
@@ -19,15 +26,19 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatserver.config import Config
 from chatserver.pool.failover import StoreFailover
 from chatserver.store.db import Database, now_ms
+from chatserver.store.health import Deadline, StoreUnavailable, describe
 from chatserver.store.schema import compliance_outbox
 
 from . import schema
@@ -37,6 +48,41 @@ from .schema import add_counts, chain, event_hash, events
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 500
+RETRY_MAX_S = 30.0  # the longest pause before a failed round is retried
+
+# What a round that could not use a database raises: a refused or broken connection, a bound
+# exceeded (StoreUnavailable, a ChatError ``unavailable``).
+UNAVAILABLE_ERRORS = (OSError, SQLAlchemyError, StoreUnavailable, TimeoutError)
+
+
+class Pause:
+    """The writer's failed rounds, logged once per change of state."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # monotonic time of the first failed round, while failing
+        self.rounds = 0  # failed rounds since then
+
+    def failed(self, exc: BaseException, retry_s: float) -> None:
+        self.rounds += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            self.rounds = 1
+            log.warning(
+                "compliance writer paused: %s; events wait in the outbox, retried every %.1f s"
+                " or more (up to %g s) until it works",
+                _reason(exc),
+                retry_s,
+                RETRY_MAX_S,
+            )
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "compliance writer resumed after %.1f s; %d rounds failed meanwhile",
+                time.monotonic() - self.since,
+                self.rounds,
+            )
+            self.since = None
 
 
 @dataclass(slots=True)
@@ -94,23 +140,72 @@ def _outbox_row(row: Any) -> dict[str, Any]:
     }
 
 
+class _Elsewhere(Exception):
+    """The compliance database failed while a content store connection was in use: the content
+    store is not to blame (its connection is rolled back and kept, its health unchanged)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@asynccontextmanager
+async def _bounded(conn: AsyncConnection, seconds: float | None) -> AsyncIterator[None]:
+    """Bound the statements of the block as :class:`Database` bounds a whole use: the
+    connection is terminated when they outlive ``seconds`` (a cancelled statement would wait
+    for its cancel request, and the rollback, on the same dead network)."""
+    if seconds is None:
+        yield
+        return
+    assert conn.sync_connection is not None
+    driver: Any = conn.sync_connection.connection.driver_connection
+    deadline = Deadline(seconds, driver.terminate)
+    try:
+        yield
+    except Exception as exc:
+        if deadline.expired:
+            raise TimeoutError(f"no answer within {seconds:g} s") from exc
+        raise
+    finally:
+        deadline.cancel()
+
+
 async def move_batch(content: Database, comp: Database, batch: int = DEFAULT_BATCH) -> Moved:
     """Claim up to ``batch`` outbox rows, store them, then delete them from the outbox."""
+    try:
+        return await _move_batch(content, comp, batch)
+    except _Elsewhere as exc:
+        raise exc.error from None
+
+
+async def _move_batch(content: Database, comp: Database, batch: int) -> Moved:
     stmt = select(compliance_outbox).order_by(compliance_outbox.c.id).limit(batch)
     if content.is_postgres:
-        # Hold the claimed rows locked until they are deleted; other writers skip them.
-        async with content.engine.connect() as conn, conn.begin():
-            claimed = [
-                _outbox_row(r) for r in await conn.execute(stmt.with_for_update(skip_locked=True))
-            ]
+        # Hold the claimed rows locked until they are deleted; other writers skip them. The
+        # content store's use spans the compliance append (bounded by the compliance database's
+        # own timeout), so its two statements are bounded one by one, and the whole use by
+        # their bounds and the append's. Cut short after the append committed, the rows stay
+        # and the next round deletes them without storing them again.
+        step = content.timeout_s
+        hold = None if step is None else 2 * step + (comp.use_bound_s or 2 * step)
+        async with content.write(hold_s=hold) as conn:
+            async with _bounded(conn, step):
+                claimed = [
+                    _outbox_row(r)
+                    for r in await conn.execute(stmt.with_for_update(skip_locked=True))
+                ]
             if not claimed:
                 return Moved()
-            stored = await append(comp, claimed)
-            await conn.execute(
-                delete(compliance_outbox).where(
-                    compliance_outbox.c.id.in_([r["id"] for r in claimed])
+            try:
+                stored = await append(comp, claimed)
+            except Exception as exc:  # not the content store's failure: roll back, keep it up
+                raise _Elsewhere(exc) from None
+            async with _bounded(conn, step):
+                await conn.execute(
+                    delete(compliance_outbox).where(
+                        compliance_outbox.c.id.in_([r["id"] for r in claimed])
+                    )
                 )
-            )
         return Moved(len(claimed), stored)
     async with content.read() as conn:
         claimed = [_outbox_row(r) for r in await conn.execute(stmt)]
@@ -147,14 +242,19 @@ async def run(
 ) -> None:
     """The writer process: drain the outbox every ``poll_s`` and, with ``export``, run the
     configured adapter every ``run_interval_s``. A database that cannot be reached is retried
-    (with a growing pause, up to 30 s) until it returns; nothing is lost meanwhile. ``stats``
+    (with a growing pause, up to 30 s) until it returns, each use of a connection bounded by
+    ``compliance.timeout_s``; nothing is lost meanwhile. ``stats``
     counts what it did (served on ``/metrics`` by compliance/endpoint.py)."""
     from .adapters import export_once
 
     stats = stats if stats is not None else WriterStats()
 
-    content = Database(config.database.url, pool_size=2)
-    comp = Database(config.compliance.database_url, pool_size=2)
+    bound = {"timeout_s": config.compliance.timeout_s, "keepalive_s": config.database.keepalive_s}
+    content = Database(config.database.url, pool_size=2, **bound)
+    comp = Database(config.compliance.database_url, pool_size=2, **bound)
+    content.health.label = "content store"
+    comp.health.label = "compliance database"
+    paused = Pause()
     # The outbox is in the store the pool is on: follow `pool failover` as the nodes do.
     failover = StoreFailover(
         content,
@@ -185,15 +285,17 @@ async def run(
                     stats.exports += 1
                 pause = poll_s
                 stats.last_ok, stats.failing = time.monotonic(), False
+                paused.succeeded()
                 if once:
                     return
-            except (OSError, SQLAlchemyError) as exc:
-                log.warning("compliance writer: %s; retrying in %.1f s", _reason(exc), pause)
+            except UNAVAILABLE_ERRORS as exc:
+                if once:
+                    log.warning("compliance writer: %s", _reason(exc))
+                    raise
+                paused.failed(exc, pause)
                 stats.failures += 1
                 stats.failing = True
-                if once:
-                    raise
-                pause = min(pause * 2, 30.0)
+                pause = min(pause * 2, RETRY_MAX_S)
             try:
                 await asyncio.wait_for(stop.wait(), pause)
             except TimeoutError:
@@ -205,5 +307,4 @@ async def run(
 
 
 def _reason(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+    return describe(getattr(exc, "orig", None) or exc)

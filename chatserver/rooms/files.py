@@ -489,10 +489,11 @@ class Files:
         try:
             await file_store.record_download(self._db, node, user.id, found)
         except Exception as exc:
-            log.error("recording a compliance FILEDOWNLOAD failed: %s", exc)
+            self._capture.failed(["FILEDOWNLOAD"], exc)  # logged once per outage
             raise ChatError(
                 UNAVAILABLE, "the download could not be recorded; retry later"
             ) from None
+        self._capture.recorded()
 
     async def content(self, found: StoredFile, start: int, end: int) -> AsyncIterator[bytes]:
         """The bytes ``start`` … ``end`` (inclusive) of the file, a chunk at a time."""

@@ -141,6 +141,15 @@ class Database:
             return None
         return self.timeout_s * max(1, len(self.target.hosts))
 
+    @property
+    def use_bound_s(self) -> float | None:
+        """The longest one use can take on PostgreSQL: getting the connection, then using it
+        (None: unbounded)."""
+        acquire = self._acquire_s()
+        if acquire is None or self.timeout_s is None:
+            return None
+        return acquire + self.timeout_s
+
     async def switch(self, url: str) -> None:
         """Use another PostgreSQL store from now on (the pool's failover onto its backup store,
         pool/failover.py): new connections go to ``url``; the connections to the old one are
@@ -174,17 +183,19 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction that commits when the block exits normally and rolls back otherwise."""
-        async with self._connection() as conn:
+    async def write(self, *, hold_s: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """A transaction that commits when the block exits normally and rolls back otherwise.
+        ``hold_s``: a longer bound for this use, which waits on something else meanwhile (its
+        own statements are then the caller's to bound)."""
+        async with self._connection(hold_s) as conn:
             conn = await conn.execution_options(chat_write=True)
             async with conn.begin():
                 yield conn
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        """A connection of the engine's pool, its use bounded by ``timeout_s`` on PostgreSQL
-        (see :mod:`chatserver.store.health`)."""
+    async def _connection(self, hold_s: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """A connection of the engine's pool, its use bounded by ``timeout_s`` (or ``hold_s``)
+        on PostgreSQL (see :mod:`chatserver.store.health`)."""
         timeout = self.timeout_s
         if timeout is None or not self.is_postgres:
             async with self.engine.connect() as conn:
@@ -202,7 +213,7 @@ class Database:
             raise_failed(
                 acquire_failed(exc, timeout_s=timeout, health=self.health, started=started), exc
             )
-        deadline = Deadline(timeout, driver.terminate)
+        deadline = Deadline(max(timeout, hold_s or 0), driver.terminate)
         try:
             yield conn
         except Exception as exc:
