@@ -22,6 +22,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import Database, now_ms
 from .schema import directory_sync, group_members, groups, users
@@ -208,17 +209,24 @@ async def user_members(
 # -- the lease ----------------------------------------------------------------------------------
 
 
+async def _sync_row(db: Database, conn: AsyncConnection) -> None:
+    """Make the one row of ``directory_sync`` if it is not there yet (in ``conn``'s
+    transaction)."""
+    t = directory_sync
+    make = pg_insert if db.is_postgres else sqlite_insert
+    await conn.execute(
+        make(t)
+        .values(id=1, holder="", lease_until_ms=0, last_run_ms=0, last_result="")
+        .on_conflict_do_nothing(index_elements=[t.c.id])
+    )
+
+
 async def acquire_lease(db: Database, holder: str, ttl_ms: int) -> bool:
     """Take or renew the sync lease for ``holder`` until the store's now + ``ttl_ms``; False if
     another holder's lease has not expired."""
     t = directory_sync
     async with db.write() as conn:
-        make = pg_insert if db.is_postgres else sqlite_insert
-        await conn.execute(
-            make(t)
-            .values(id=1, holder="", lease_until_ms=0, last_run_ms=0, last_result="")
-            .on_conflict_do_nothing(index_elements=[t.c.id])
-        )
+        await _sync_row(db, conn)
         now = db.now_ms()
         result = await conn.execute(
             update(t)
@@ -282,12 +290,7 @@ async def request_sync(db: Database, by: str, override_guard: bool) -> None:
     waiting already is replaced: the newest asker's ``override_guard`` counts."""
     t = directory_sync
     async with db.write() as conn:
-        make = pg_insert if db.is_postgres else sqlite_insert
-        await conn.execute(
-            make(t)
-            .values(id=1, holder="", lease_until_ms=0, last_run_ms=0, last_result="")
-            .on_conflict_do_nothing(index_elements=[t.c.id])
-        )
+        await _sync_row(db, conn)
         await conn.execute(
             update(t)
             .where(t.c.id == 1)
